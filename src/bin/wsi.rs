@@ -1,0 +1,2 @@
+//! wsi: the native command-line tool.
+fn main() {}

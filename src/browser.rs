@@ -1,0 +1,1 @@
+//! Browser detection: user agent + adapter features/limits -> BrowserProfile.

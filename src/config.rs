@@ -1,0 +1,1 @@
+//! StreamingConfig: every documented option, serde, defaults, validation.

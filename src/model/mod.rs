@@ -1,0 +1,13 @@
+//! Model sources (GGUF files, Hugging Face folders), hyper-parameters and the forward pass.
+
+pub mod convert;
+pub mod gguf;
+pub mod hparams;
+pub mod llama;
+pub mod open;
+pub mod safetensors;
+pub mod source;
+
+pub use hparams::{Arch, ModelConfig, RopeLayout, RopeScaling};
+pub use open::open_path;
+pub use source::{Blob, HostFormat, HostTensor, ModelSource, WeightName};

@@ -1,0 +1,3 @@
+//! Weight formats: CPU reference (de)quantisation of file blocks and of GPU formats.
+
+pub mod ggml;
