@@ -23,6 +23,19 @@ pub struct GgufTokenizerData {
     pub chat_template: Option<String>,
 }
 
+/// Fields of a Hugging Face `tokenizer_config.json` (plus `config.json`'s ids) that
+/// `tokenizer.json` alone does not carry.
+#[derive(Clone, Debug, Default)]
+pub struct HfTokenizerConfig {
+    pub bos_token: Option<String>,
+    pub eos_token: Option<String>,
+    pub add_bos_token: Option<bool>,
+    pub chat_template: Option<String>,
+    /// Ids from config.json, used when the token strings are absent.
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+}
+
 /// One chat message for the chat template.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct ChatMessage {

@@ -2,6 +2,7 @@
 
 pub mod convert;
 pub mod gguf;
+pub mod gguf_write;
 pub mod hparams;
 pub mod llama;
 pub mod open;
