@@ -1,1 +1,421 @@
-//! The generation loop.
+//! The generation loop: prefill in chunks, then decode steps encoded several per command
+//! buffer with the sampled id fed back on the GPU; only ids are read back, asynchronously,
+//! while later steps already run. Written async once: natively driven by pollster, in the
+//! browser by the event loop.
+
+mod stats;
+mod stop;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use web_time::Instant;
+
+pub use stats::{FinishReason, GenerationStats};
+pub use stop::{StopMatcher, StopStep};
+
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, Kernels, PendingMap, finish_map, start_map};
+use crate::model::ModelSource;
+use crate::model::llama::{LlamaGpu, LoadOptions};
+use crate::sampling::SampleSettings;
+use crate::tokenizer::{StreamDecoder, Tokenizer};
+
+/// Engine options fixed at load.
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    pub load: LoadOptions,
+    /// Decode steps encoded into one command buffer.
+    pub steps_per_submit: u32,
+    /// Submissions kept in flight (1 = wait for each before the next).
+    pub in_flight: u32,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            load: LoadOptions::default(),
+            steps_per_submit: 4,
+            in_flight: 3,
+        }
+    }
+}
+
+/// Per-call generation parameters.
+#[derive(Clone, Debug)]
+pub struct GenerateParams {
+    pub sample: SampleSettings,
+    pub max_tokens: usize,
+    pub stop: Vec<String>,
+}
+
+impl Default for GenerateParams {
+    fn default() -> Self {
+        GenerateParams {
+            sample: SampleSettings::greedy(),
+            max_tokens: 128,
+            stop: Vec::new(),
+        }
+    }
+}
+
+/// The result of one generation.
+#[derive(Clone, Debug)]
+pub struct Generation {
+    pub text: String,
+    pub prompt_ids: Vec<u32>,
+    pub ids: Vec<u32>,
+    pub finish_reason: FinishReason,
+    pub stats: GenerationStats,
+}
+
+/// What the callback sees for each generated token.
+pub struct TokenEvent<'a> {
+    pub id: u32,
+    /// Text this token completes (may be empty while a character or stop string is pending).
+    pub text: &'a str,
+}
+
+/// One decode submission whose ids are being read back.
+struct InFlight {
+    slot: usize,
+    count: usize,
+    rx: PendingMap,
+    index: wgpu::SubmissionIndex,
+}
+
+/// A loaded model ready to generate.
+pub struct Engine {
+    pub gpu: Gpu,
+    pub kernels: Kernels,
+    pub model: LlamaGpu,
+    pub tokenizer: Tokenizer,
+    pub options: EngineOptions,
+    /// Ring of staging buffers for token ids: `[steps_per_submit]` u32 each.
+    id_staging: Vec<wgpu::Buffer>,
+    /// `[chunk, vocab]` f32 staging for logits readback.
+    logits_staging: wgpu::Buffer,
+    cancel: Arc<AtomicBool>,
+    /// Time spent loading (weights upload, pipelines), ms.
+    pub load_ms: f64,
+}
+
+impl Engine {
+    /// Upload `src` to the GPU and build everything the decode loop needs.
+    pub fn load(gpu: Gpu, src: &dyn ModelSource, options: EngineOptions) -> Result<Engine> {
+        let t0 = Instant::now();
+        let tokenizer = src.tokenizer()?;
+        let kernels = Kernels::default();
+        let model = LlamaGpu::load(&gpu, &kernels, src, options.load.clone())?;
+        let mut options = options;
+        options.load = model.options.clone();
+        options.steps_per_submit = options.steps_per_submit.clamp(1, 64);
+        options.in_flight = options.in_flight.clamp(1, 16);
+        let slot_bytes = u64::from(options.steps_per_submit) * 4;
+        let id_staging = (0..=options.in_flight)
+            .map(|i| gpu.staging(&format!("ids {i}"), slot_bytes))
+            .collect();
+        let logits_staging = gpu.staging("logits staging", model.logits.size());
+        Ok(Engine {
+            gpu,
+            kernels,
+            model,
+            tokenizer,
+            options,
+            id_staging,
+            logits_staging,
+            cancel: Arc::new(AtomicBool::new(false)),
+            load_ms: t0.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+
+    /// A flag that stops the running generation within one readback when set.
+    pub fn cancel_handle(&self) -> Arc<AtomicBool> {
+        self.cancel.clone()
+    }
+
+    /// Bytes on the GPU: weights, KV cache, activations and staging.
+    pub fn memory_bytes(&self) -> (u64, u64, u64) {
+        let staging: u64 =
+            self.id_staging.iter().map(|b| b.size()).sum::<u64>() + self.logits_staging.size();
+        (
+            self.model.weight_bytes,
+            self.model.kv_bytes,
+            self.model.activation_bytes + staging,
+        )
+    }
+
+    fn check_prompt(&self, ids: &[u32], extra: usize) -> Result<()> {
+        if ids.is_empty() {
+            return Err(Error::invalid("the prompt is empty"));
+        }
+        let vocab = self.model.config.vocab_size;
+        if let Some(bad) = ids.iter().find(|&&i| i as usize >= vocab) {
+            return Err(Error::invalid(format!(
+                "token id {bad} is outside the vocabulary of {vocab}"
+            )));
+        }
+        let ctx = self.model.options.context;
+        if ids.len() + extra > ctx {
+            return Err(Error::ContextLengthExceeded(format!(
+                "the prompt has {} tokens; with {extra} more it exceeds the context of {ctx}",
+                ids.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Encode and submit the prefill of `ids`, chunk by chunk. The last chunk samples the
+    /// first new id (when `sample`) and copies it to staging slot 0.
+    fn submit_prefill(&self, ids: &[u32], sample: bool) -> Option<wgpu::SubmissionIndex> {
+        self.model.write_tokens(&self.gpu, 0, ids);
+        let chunk = self.model.options.chunk;
+        let mut last = None;
+        let n_chunks = ids.len().div_ceil(chunk);
+        for c in 0..n_chunks {
+            let p0 = c * chunk;
+            let len = (ids.len() - p0).min(chunk);
+            let is_last = c + 1 == n_chunks;
+            self.model.write_state(&self.gpu, p0 as u32, len as u32);
+            let mut enc = self.gpu.device.create_command_encoder(&Default::default());
+            {
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                self.model
+                    .encode_prefill(&mut pass, len as u32, sample && is_last, false);
+            }
+            if is_last && sample {
+                enc.copy_buffer_to_buffer(
+                    &self.model.tokens,
+                    ids.len() as u64 * 4,
+                    &self.id_staging[0],
+                    0,
+                    4,
+                );
+            }
+            last = Some(self.gpu.queue.submit([enc.finish()]));
+        }
+        last
+    }
+
+    /// Logits `[vocab]` for the token after `ids` (teacher-forced prefill, no sampling).
+    pub async fn next_logits(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        self.check_prompt(ids, 0)?;
+        self.submit_prefill(ids, false);
+        let vocab = self.model.config.vocab_size as u64;
+        let mut enc = self.gpu.device.create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(&self.model.logits, 0, &self.logits_staging, 0, vocab * 4);
+        let idx = self.gpu.queue.submit([enc.finish()]);
+        let rx = start_map(&self.logits_staging, vocab * 4);
+        let bytes = finish_map(&self.gpu, &self.logits_staging, vocab * 4, rx, Some(idx)).await?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    /// Mean negative log-likelihood of `ids[1..]` given their prefixes: `(sum_nll, count)`.
+    pub async fn score(&mut self, ids: &[u32]) -> Result<(f64, usize)> {
+        self.check_prompt(ids, 0)?;
+        self.model.write_tokens(&self.gpu, 0, ids);
+        let chunk = self.model.options.chunk;
+        let vocab = self.model.config.vocab_size;
+        let (mut sum, mut count) = (0.0f64, 0usize);
+        for p0 in (0..ids.len()).step_by(chunk) {
+            let len = (ids.len() - p0).min(chunk);
+            self.model.write_state(&self.gpu, p0 as u32, len as u32);
+            let mut enc = self.gpu.device.create_command_encoder(&Default::default());
+            {
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                self.model
+                    .encode_prefill(&mut pass, len as u32, false, true);
+            }
+            let bytes_len = (len * vocab * 4) as u64;
+            enc.copy_buffer_to_buffer(&self.model.logits, 0, &self.logits_staging, 0, bytes_len);
+            let idx = self.gpu.queue.submit([enc.finish()]);
+            let rx = start_map(&self.logits_staging, bytes_len);
+            let bytes =
+                finish_map(&self.gpu, &self.logits_staging, bytes_len, rx, Some(idx)).await?;
+            let logits: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
+            for r in 0..len {
+                let Some(&target) = ids.get(p0 + r + 1) else {
+                    break;
+                };
+                let row = &logits[r * vocab..(r + 1) * vocab];
+                let mx = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+                let z: f64 = row.iter().map(|&l| (l as f64 - mx).exp()).sum();
+                sum += z.ln() + mx - row[target as usize] as f64;
+                count += 1;
+            }
+        }
+        Ok((sum, count))
+    }
+
+    /// Generate from prompt ids. `on_token` gets every kept token with the text it
+    /// completes; returning `false` stops the generation.
+    pub async fn generate(
+        &mut self,
+        prompt: &[u32],
+        params: &GenerateParams,
+        on_token: &mut dyn FnMut(TokenEvent<'_>) -> bool,
+    ) -> Result<Generation> {
+        let t_start = Instant::now();
+        self.cancel.store(false, Ordering::SeqCst);
+        self.check_prompt(prompt, 1)?;
+        let ctx = self.model.options.context;
+        let budget = params.max_tokens.min(ctx - prompt.len());
+        let vocab = self.model.config.vocab_size as u32;
+        self.model
+            .write_sample_params(&self.gpu, &params.sample.to_params(vocab, false));
+
+        let mut stats = GenerationStats {
+            prompt_tokens: prompt.len(),
+            dispatches_per_token: self.model.dispatches_per_decode_step(),
+            ..Default::default()
+        };
+        let mut ids = Vec::new();
+        let mut text = String::new();
+        let mut detok = StreamDecoder::new();
+        let mut stops = StopMatcher::new(&params.stop);
+        let mut finish = None;
+        let mut stopped_by_string = false;
+        if budget == 0 {
+            return Ok(Generation {
+                text,
+                prompt_ids: prompt.to_vec(),
+                ids,
+                finish_reason: FinishReason::Length,
+                stats,
+            });
+        }
+
+        let Some(prefill_index) = self.submit_prefill(prompt, true) else {
+            return Err(Error::internal("no prefill submission"));
+        };
+        let mut queue: VecDeque<InFlight> = VecDeque::new();
+        queue.push_back(InFlight {
+            slot: 0,
+            count: 1,
+            rx: start_map(&self.id_staging[0], 4),
+            index: prefill_index,
+        });
+        let mut submitted = 1usize;
+        let mut next_slot = 1usize;
+        let steps = self.options.steps_per_submit as usize;
+        let depth = self.options.in_flight as usize;
+        let mut t_first: Option<Instant> = None;
+
+        loop {
+            while finish.is_none() && queue.len() < depth && submitted < budget {
+                let s = steps.min(budget - submitted);
+                let slot = next_slot;
+                next_slot = (next_slot + 1) % self.id_staging.len();
+                let mut enc = self.gpu.device.create_command_encoder(&Default::default());
+                {
+                    let mut pass = enc.begin_compute_pass(&Default::default());
+                    for _ in 0..s {
+                        self.model.encode_decode_step(&mut pass);
+                    }
+                }
+                let from = (prompt.len() + submitted) as u64 * 4;
+                enc.copy_buffer_to_buffer(
+                    &self.model.tokens,
+                    from,
+                    &self.id_staging[slot],
+                    0,
+                    s as u64 * 4,
+                );
+                let index = self.gpu.queue.submit([enc.finish()]);
+                let rx = start_map(&self.id_staging[slot], s as u64 * 4);
+                queue.push_back(InFlight {
+                    slot,
+                    count: s,
+                    rx,
+                    index,
+                });
+                submitted += s;
+                stats.submissions += 1;
+                stats.steps_run += s;
+            }
+            let Some(job) = queue.pop_front() else { break };
+            let bytes = finish_map(
+                &self.gpu,
+                &self.id_staging[job.slot],
+                job.count as u64 * 4,
+                job.rx,
+                Some(job.index),
+            )
+            .await?;
+            if t_first.is_none() {
+                let now = Instant::now();
+                stats.first_token_latency_ms = (now - t_start).as_secs_f64() * 1e3;
+                stats.prefill_ms = stats.first_token_latency_ms;
+                t_first = Some(now);
+            }
+            if finish.is_some() {
+                continue; // steps that ran past a stop are discarded
+            }
+            for chunk in bytes.chunks_exact(4) {
+                let id = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+                if self.tokenizer.eos_ids().contains(&id) {
+                    finish = Some(FinishReason::Stop);
+                    break;
+                }
+                ids.push(id);
+                let piece = detok.push(&self.tokenizer, id)?;
+                let step = stops.push(&piece);
+                text.push_str(&step.emit);
+                let keep_going = on_token(TokenEvent {
+                    id,
+                    text: &step.emit,
+                });
+                if step.stopped {
+                    stopped_by_string = true;
+                    finish = Some(FinishReason::Stop);
+                    break;
+                }
+                if !keep_going || self.cancel.load(Ordering::SeqCst) {
+                    finish = Some(FinishReason::Cancelled);
+                    break;
+                }
+                if ids.len() >= budget {
+                    finish = Some(FinishReason::Length);
+                    break;
+                }
+            }
+        }
+        let finish = finish.unwrap_or(FinishReason::Length);
+        if !stopped_by_string {
+            let tail = detok.finish(&self.tokenizer)?;
+            let step = stops.push(&tail);
+            let mut rest = step.emit;
+            if !step.stopped {
+                rest.push_str(&stops.finish());
+            }
+            if !rest.is_empty() {
+                text.push_str(&rest);
+                on_token(TokenEvent {
+                    id: u32::MAX,
+                    text: &rest,
+                });
+            }
+        }
+        let t_end = Instant::now();
+        stats.tokens_generated = ids.len();
+        stats.generation_time_ms = (t_end - t_start).as_secs_f64() * 1e3;
+        if let Some(t1) = t_first {
+            stats.decode_ms = (t_end - t1).as_secs_f64() * 1e3;
+        }
+        stats.prefill_tokens_per_second = prompt.len() as f64 / (stats.prefill_ms / 1e3).max(1e-9);
+        let decoded = ids.len().saturating_sub(1);
+        if decoded > 0 && stats.decode_ms > 0.0 {
+            stats.tokens_per_second = decoded as f64 / (stats.decode_ms / 1e3);
+            stats.avg_token_latency_ms = stats.decode_ms / decoded as f64;
+        }
+        stats.finish_reason = Some(finish);
+        Ok(Generation {
+            text,
+            prompt_ids: prompt.to_vec(),
+            ids,
+            finish_reason: finish,
+            stats,
+        })
+    }
+}

@@ -1,1 +1,16 @@
-//! Device, buffers, pipelines.
+//! The GPU layer: device acquisition with feature detection, typed kernel keys with a
+//! pipeline cache, buffer helpers and asynchronous readback.
+
+mod device;
+mod kernels;
+pub mod params;
+mod readback;
+
+pub use device::{Gpu, GpuCaps};
+pub use kernels::{Kernel, KernelKey, Kernels, MatMode, WeightFormat};
+pub use readback::{PendingMap, finish_map, read_buffer, start_map};
+
+/// Round `n` up to a multiple of `m`.
+pub fn round_up(n: u64, m: u64) -> u64 {
+    n.div_ceil(m) * m
+}

@@ -1,1 +1,650 @@
-//! (stub)
+//! The llama-family forward pass on the GPU: weights, every activation buffer (allocated
+//! once, at load), and the prebuilt dispatch lists for a prefill chunk and a decode step.
+//! Nothing here allocates or creates pipelines after `LlamaGpu::load`.
+
+use crate::error::{Error, Result};
+use crate::gpu::params::{EmbedParams, HeadParams, MatParams, SampleParams};
+use crate::gpu::{Gpu, Kernel, KernelKey, Kernels, MatMode, WeightFormat};
+use crate::model::upload::{GpuMatrix, required, required_f32, upload_matrix, upload_vec};
+use crate::model::{ModelConfig, ModelSource, RopeLayout, RopeScaling, WeightName};
+
+/// Load-time options of the GPU model.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub format: WeightFormat,
+    /// Tokens the KV cache holds (clamped to the model's context length).
+    pub context: usize,
+    /// Most tokens in one prefill chunk.
+    pub chunk: usize,
+    /// Threads per workgroup for the matvec and attention kernels.
+    pub workgroup: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            format: WeightFormat::F32,
+            context: 2048,
+            chunk: 64,
+            workgroup: 64,
+        }
+    }
+}
+
+/// How a dispatch's grid depends on the number of tokens in the step.
+#[derive(Clone, Copy, Debug)]
+enum Grid {
+    /// Same grid whatever the token count.
+    Fixed([u32; 3]),
+    /// `x` workgroups by one y per token.
+    PerToken(u32),
+    /// `x` workgroups by one y per 32 tokens (matmul tiles).
+    PerTile(u32),
+}
+
+struct Dispatch {
+    pipeline: wgpu::ComputePipeline,
+    bind: wgpu::BindGroup,
+    grid: Grid,
+}
+
+impl Dispatch {
+    fn grid_for(&self, tokens: u32) -> [u32; 3] {
+        match self.grid {
+            Grid::Fixed(g) => g,
+            Grid::PerToken(x) => [x, tokens, 1],
+            Grid::PerTile(x) => [x, tokens.div_ceil(32), 1],
+        }
+    }
+}
+
+struct Layer {
+    attn_norm: wgpu::Buffer,
+    qkv: GpuMatrix,
+    qkv_bias: Option<wgpu::Buffer>,
+    o: GpuMatrix,
+    ffn_norm: wgpu::Buffer,
+    gate_up: GpuMatrix,
+    down: GpuMatrix,
+}
+
+/// The model on the GPU with its activations and dispatch lists.
+pub struct LlamaGpu {
+    pub config: ModelConfig,
+    pub options: LoadOptions,
+    /// `[ctx + 1]` u32: every token id of the sequence; samplers write here.
+    pub tokens: wgpu::Buffer,
+    /// `[4]` u32: (pos, n_tokens, 0, 0) of the step about to run.
+    pub state: wgpu::Buffer,
+    /// `[chunk, vocab]` f32 (row 0 only in last-row mode).
+    pub logits: wgpu::Buffer,
+    /// Sampler parameters for the current generation.
+    pub sample_params: wgpu::Buffer,
+    /// Bytes of weights on the GPU.
+    pub weight_bytes: u64,
+    /// Bytes of KV cache on the GPU.
+    pub kv_bytes: u64,
+    /// Bytes of activations and scratch on the GPU.
+    pub activation_bytes: u64,
+    decode: Vec<Dispatch>,
+    prefill: Vec<Dispatch>,
+    prefill_all_logits: Vec<Dispatch>,
+    sample: Dispatch,
+    _keep: Vec<wgpu::Buffer>,
+}
+
+fn u32_of(v: usize, what: &str) -> Result<u32> {
+    u32::try_from(v).map_err(|_| Error::model(format!("{what} {v} is too large")))
+}
+
+/// cos/sin table `[ctx, hd/2]` in f64, stored as f32 pairs.
+fn rope_table(cfg: &ModelConfig, ctx: usize) -> Vec<f32> {
+    let half = cfg.head_dim / 2;
+    let scale = match cfg.rope_scaling {
+        RopeScaling::None => 1.0,
+        RopeScaling::Linear { factor } => 1.0 / f64::from(factor.max(1e-6)),
+    };
+    let mut out = Vec::with_capacity(ctx * half * 2);
+    for pos in 0..ctx {
+        for i in 0..half {
+            let inv_freq = f64::from(cfg.rope_theta).powf(-2.0 * i as f64 / cfg.head_dim as f64);
+            let a = pos as f64 * scale * inv_freq;
+            out.push(a.cos() as f32);
+            out.push(a.sin() as f32);
+        }
+    }
+    out
+}
+
+impl LlamaGpu {
+    /// Upload the weights of `src` and build every buffer and dispatch.
+    pub fn load(
+        gpu: &Gpu,
+        kernels: &Kernels,
+        src: &dyn ModelSource,
+        options: LoadOptions,
+    ) -> Result<LlamaGpu> {
+        let cfg = src.config().clone();
+        let fmt = options.format;
+        let (d, hd, nh, nkv, dff, vocab) = (
+            cfg.d_model,
+            cfg.head_dim,
+            cfg.n_heads,
+            cfg.n_kv_heads,
+            cfg.d_ff,
+            cfg.vocab_size,
+        );
+        if nh == 0 || nkv == 0 || nh % nkv != 0 || hd % 4 != 0 || d % 4 != 0 || dff % 4 != 0 {
+            return Err(Error::model(format!(
+                "unsupported shape: {nh} heads, {nkv} kv heads, head_dim {hd}, d_model {d}, d_ff {dff}"
+            )));
+        }
+        let ctx = options.context.clamp(1, cfg.context_length.max(1));
+        let chunk = options.chunk.clamp(1, ctx);
+        let mut options = options;
+        options.context = ctx;
+        options.chunk = chunk;
+        let qdim = nh * hd;
+        let kvdim = nkv * hd;
+        let qkv_rows = qdim + 2 * kvdim;
+        let mut weight_bytes = 0u64;
+
+        let embd_t = required(src, WeightName::TokenEmbd, &[vocab, d])?;
+        let embd = upload_matrix(gpu, "token_embd", &[&embd_t.to_f32()?], d, fmt)?;
+        drop(embd_t);
+        weight_bytes += embd.bytes();
+        let lm_head = if cfg.tied_embeddings {
+            None
+        } else {
+            let m = upload_matrix(
+                gpu,
+                "output",
+                &[&required_f32(src, WeightName::Output, &[vocab, d])?],
+                d,
+                fmt,
+            )?;
+            weight_bytes += m.bytes();
+            Some(m)
+        };
+        let out_norm = upload_vec(
+            gpu,
+            "output_norm",
+            &required_f32(src, WeightName::OutputNorm, &[d])?,
+        );
+        weight_bytes += out_norm.size();
+
+        let mut layers = Vec::with_capacity(cfg.n_layers);
+        for l in 0..cfg.n_layers {
+            let q = required_f32(src, WeightName::AttnQ(l), &[qdim, d])?;
+            let k = required_f32(src, WeightName::AttnK(l), &[kvdim, d])?;
+            let v = required_f32(src, WeightName::AttnV(l), &[kvdim, d])?;
+            let qkv = upload_matrix(gpu, &format!("blk.{l}.qkv"), &[&q, &k, &v], d, fmt)?;
+            let qkv_bias = if cfg.qkv_bias {
+                let qb = required_f32(src, WeightName::AttnQBias(l), &[qdim])?;
+                let kb = required_f32(src, WeightName::AttnKBias(l), &[kvdim])?;
+                let vb = required_f32(src, WeightName::AttnVBias(l), &[kvdim])?;
+                let all: Vec<f32> = qb.iter().chain(&kb).chain(&vb).copied().collect();
+                Some(upload_vec(gpu, &format!("blk.{l}.qkv_bias"), &all))
+            } else {
+                None
+            };
+            let o = upload_matrix(
+                gpu,
+                &format!("blk.{l}.attn_output"),
+                &[&required_f32(src, WeightName::AttnOutput(l), &[d, qdim])?],
+                qdim,
+                fmt,
+            )?;
+            let g = required_f32(src, WeightName::FfnGate(l), &[dff, d])?;
+            let u = required_f32(src, WeightName::FfnUp(l), &[dff, d])?;
+            let gate_up = upload_matrix(gpu, &format!("blk.{l}.gate_up"), &[&g, &u], d, fmt)?;
+            let down = upload_matrix(
+                gpu,
+                &format!("blk.{l}.ffn_down"),
+                &[&required_f32(src, WeightName::FfnDown(l), &[d, dff])?],
+                dff,
+                fmt,
+            )?;
+            let attn_norm = upload_vec(
+                gpu,
+                &format!("blk.{l}.attn_norm"),
+                &required_f32(src, WeightName::AttnNorm(l), &[d])?,
+            );
+            let ffn_norm = upload_vec(
+                gpu,
+                &format!("blk.{l}.ffn_norm"),
+                &required_f32(src, WeightName::FfnNorm(l), &[d])?,
+            );
+            weight_bytes += qkv.bytes()
+                + o.bytes()
+                + gate_up.bytes()
+                + down.bytes()
+                + attn_norm.size()
+                + ffn_norm.size();
+            if let Some(b) = &qkv_bias {
+                weight_bytes += b.size();
+            }
+            layers.push(Layer {
+                attn_norm,
+                qkv,
+                qkv_bias,
+                o,
+                ffn_norm,
+                gate_up,
+                down,
+            });
+        }
+
+        // Activations, allocated once.
+        let f = 4u64;
+        let c = chunk as u64;
+        let x = gpu.storage("x", c * d as u64 * f); // [chunk, d]
+        let qkv_buf = gpu.storage("qkv", c * qkv_rows as u64 * f); // [chunk, qkv_rows]
+        let q_buf = gpu.storage("q", c * qdim as u64 * f); // [chunk, n_heads*hd]
+        let attn = gpu.storage("attn", c * qdim as u64 * f); // [chunk, n_heads*hd]
+        let gate_up = gpu.storage("gate_up", c * 2 * dff as u64 * f); // [chunk, 2*d_ff]
+        let logits = gpu.storage("logits", c * vocab as u64 * f); // [chunk, vocab]
+        let scores = gpu.storage("scores", c * nh as u64 * ctx as u64 * f); // [chunk, n_heads, ctx]
+        let kv_layer = ctx as u64 * kvdim as u64;
+        let k_cache = gpu.storage("k_cache", cfg.n_layers as u64 * kv_layer * f); // [layers, ctx, kvdim]
+        let v_cache = gpu.storage("v_cache", cfg.n_layers as u64 * kv_layer * f);
+        let tokens = gpu.storage("tokens", (ctx as u64 + 1) * 4); // [ctx + 1] u32
+        let state = gpu.storage("state", 16); // (pos, n_tokens)
+        let rope = gpu.storage_init("rope", bytemuck::cast_slice(&rope_table(&cfg, ctx))); // [ctx, hd/2] (cos, sin)
+        let dummy = gpu.storage("dummy", 16);
+        let kv_bytes = k_cache.size() + v_cache.size();
+        let activation_bytes = [
+            &x, &qkv_buf, &q_buf, &attn, &gate_up, &logits, &scores, &tokens, &state, &rope, &dummy,
+        ]
+        .iter()
+        .map(|b| b.size())
+        .sum();
+
+        let wg = options.workgroup.next_power_of_two().clamp(32, 256);
+        let rows = 4u32;
+        let b = Builder {
+            gpu,
+            kernels,
+            wg,
+            rows,
+            state: &state,
+            dummy: &dummy,
+            eps: cfg.rms_eps,
+        };
+
+        let layer_off = |l: usize| -> Result<u32> { u32_of(l * kv_layer as usize, "kv offset") };
+        let head_params = |l: usize| -> Result<HeadParams> {
+            Ok(HeadParams {
+                n_heads: u32_of(nh, "heads")?,
+                n_kv: u32_of(nkv, "kv heads")?,
+                hd: u32_of(hd, "head dim")?,
+                layer_off: layer_off(l)?,
+                ctx: u32_of(ctx, "context")?,
+                scale: 1.0 / (hd as f32).sqrt(),
+                _pad: [0; 2],
+            })
+        };
+        let embed_bytes = EmbedParams {
+            d: u32_of(d, "d_model")?,
+            vocab: u32_of(vocab, "vocab")?,
+            _pad: [0; 2],
+        };
+        let embed = |b: &Builder| -> Result<Dispatch> {
+            let pipeline = b.pipeline(Kernel::Embed { format: fmt })?;
+            let params = gpu.uniform_init("embed params", bytemuck::bytes_of(&embed_bytes));
+            let bind = b.bind(
+                &pipeline,
+                &[
+                    (0, &params),
+                    (1, &embd.buf),
+                    (3, &tokens),
+                    (4, &x),
+                    (7, &state),
+                ],
+            );
+            Ok(Dispatch {
+                pipeline,
+                bind,
+                grid: Grid::PerToken((d as u32 / 4).div_ceil(64)),
+            })
+        };
+        let rope_groups = u32_of((nh + nkv) * hd / 2 + kvdim / 2, "rope items")?.div_ceil(64);
+
+        let mut lists: [Vec<Dispatch>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+        for (li, list) in lists.iter_mut().enumerate() {
+            let tiled = li > 0;
+            list.push(embed(&b)?);
+            for (l, layer) in layers.iter().enumerate() {
+                let norm_mode = MatMode {
+                    fuse_norm: true,
+                    bias: layer.qkv_bias.is_some(),
+                    ..Default::default()
+                };
+                list.push(b.matrix(
+                    tiled,
+                    &layer.qkv,
+                    norm_mode,
+                    &x,
+                    &qkv_buf,
+                    Some(&layer.attn_norm),
+                    layer.qkv_bias.as_ref(),
+                    false,
+                )?);
+                let hp = head_params(l)?;
+                let rp = gpu.uniform_init("rope params", bytemuck::bytes_of(&hp));
+                let pipeline = b.pipeline(Kernel::RopeKv {
+                    adjacent: cfg.rope_layout == RopeLayout::Adjacent,
+                })?;
+                let bind = b.bind(
+                    &pipeline,
+                    &[
+                        (0, &rp),
+                        (1, &qkv_buf),
+                        (2, &q_buf),
+                        (3, &k_cache),
+                        (4, &v_cache),
+                        (5, &rope),
+                        (7, &state),
+                    ],
+                );
+                list.push(Dispatch {
+                    pipeline,
+                    bind,
+                    grid: Grid::PerToken(rope_groups),
+                });
+                let pipeline = b.pipeline(Kernel::Attention)?;
+                let bind = b.bind(
+                    &pipeline,
+                    &[
+                        (0, &rp),
+                        (1, &q_buf),
+                        (2, &k_cache),
+                        (3, &v_cache),
+                        (4, &attn),
+                        (5, &scores),
+                        (7, &state),
+                    ],
+                );
+                list.push(Dispatch {
+                    pipeline,
+                    bind,
+                    grid: Grid::PerToken(u32_of(nh, "heads")?),
+                });
+                let acc = MatMode {
+                    accumulate: true,
+                    ..Default::default()
+                };
+                list.push(b.matrix(tiled, &layer.o, acc, &attn, &x, None, None, false)?);
+                let norm = MatMode {
+                    fuse_norm: true,
+                    ..Default::default()
+                };
+                list.push(b.matrix(
+                    tiled,
+                    &layer.gate_up,
+                    norm,
+                    &x,
+                    &gate_up,
+                    Some(&layer.ffn_norm),
+                    None,
+                    false,
+                )?);
+                let down = MatMode {
+                    swiglu_in: true,
+                    accumulate: true,
+                    ..Default::default()
+                };
+                list.push(b.matrix(tiled, &layer.down, down, &gate_up, &x, None, None, false)?);
+            }
+            let head = lm_head.as_ref().unwrap_or(&embd);
+            let norm = MatMode {
+                fuse_norm: true,
+                ..Default::default()
+            };
+            // Decode and plain prefill: logits of the last row only; li == 2: every row.
+            list.push(b.matrix(
+                li == 2,
+                head,
+                norm,
+                &x,
+                &logits,
+                Some(&out_norm),
+                None,
+                li == 1,
+            )?);
+        }
+        let [decode, prefill, prefill_all_logits] = lists;
+
+        let sp = SampleParams {
+            vocab: u32_of(vocab, "vocab")?,
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            rep_penalty: 1.0,
+            rep_window: 0,
+            seed_lo: 0,
+            seed_hi: 0,
+            last_row: 0,
+            _pad: [0; 3],
+        };
+        let sample_params = gpu.uniform_init("sample params", bytemuck::bytes_of(&sp));
+        let pipeline = b.pipeline(Kernel::Sample)?;
+        let bind = b.bind(
+            &pipeline,
+            &[(0, &sample_params), (1, &logits), (2, &tokens), (3, &state)],
+        );
+        let sample = Dispatch {
+            pipeline,
+            bind,
+            grid: Grid::Fixed([1, 1, 1]),
+        };
+
+        let mut keep = vec![
+            x, qkv_buf, q_buf, attn, gate_up, scores, k_cache, v_cache, rope, dummy, out_norm,
+            embd.buf,
+        ];
+        if let Some(h) = lm_head {
+            keep.push(h.buf);
+        }
+        for l in layers {
+            keep.extend([
+                l.attn_norm,
+                l.qkv.buf,
+                l.o.buf,
+                l.ffn_norm,
+                l.gate_up.buf,
+                l.down.buf,
+            ]);
+            if let Some(bias) = l.qkv_bias {
+                keep.push(bias);
+            }
+        }
+        Ok(LlamaGpu {
+            config: cfg,
+            options,
+            tokens,
+            state,
+            logits,
+            sample_params,
+            weight_bytes,
+            kv_bytes,
+            activation_bytes,
+            decode,
+            prefill,
+            prefill_all_logits,
+            sample,
+            _keep: keep,
+        })
+    }
+
+    /// Dispatches in one decode step (sampler included).
+    pub fn dispatches_per_decode_step(&self) -> usize {
+        self.decode.len() + 1
+    }
+
+    /// Set the step state (pos, n_tokens) before a submission.
+    pub fn write_state(&self, gpu: &Gpu, pos: u32, n_tokens: u32) {
+        gpu.queue.write_buffer(
+            &self.state,
+            0,
+            bytemuck::cast_slice(&[pos, n_tokens, 0u32, 0u32]),
+        );
+    }
+
+    /// Write token ids at `pos..` of the token buffer.
+    pub fn write_tokens(&self, gpu: &Gpu, pos: usize, ids: &[u32]) {
+        gpu.queue
+            .write_buffer(&self.tokens, pos as u64 * 4, bytemuck::cast_slice(ids));
+    }
+
+    /// Set the sampler parameters of the next generation.
+    pub fn write_sample_params(&self, gpu: &Gpu, p: &SampleParams) {
+        gpu.queue
+            .write_buffer(&self.sample_params, 0, bytemuck::bytes_of(p));
+    }
+
+    /// Encode a prefill chunk of `n` tokens (state written beforehand). With `sample`, the
+    /// next token is sampled from the last row; with `all_logits`, every row's logits are kept.
+    pub fn encode_prefill(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        n: u32,
+        sample: bool,
+        all_logits: bool,
+    ) {
+        let list = if all_logits {
+            &self.prefill_all_logits
+        } else {
+            &self.prefill
+        };
+        run(pass, list, n);
+        if sample {
+            run(pass, std::slice::from_ref(&self.sample), 1);
+        }
+    }
+
+    /// Encode one decode step: reads the token at `state.pos`, writes the next one, advances.
+    pub fn encode_decode_step(&self, pass: &mut wgpu::ComputePass<'_>) {
+        run(pass, &self.decode, 1);
+        run(pass, std::slice::from_ref(&self.sample), 1);
+    }
+}
+
+fn run(pass: &mut wgpu::ComputePass<'_>, list: &[Dispatch], tokens: u32) {
+    for d in list {
+        let [x, y, z] = d.grid_for(tokens);
+        pass.set_pipeline(&d.pipeline);
+        pass.set_bind_group(0, &d.bind, &[]);
+        pass.dispatch_workgroups(x, y, z);
+    }
+}
+
+/// Helper that creates pipelines and bind groups at load.
+struct Builder<'a> {
+    gpu: &'a Gpu,
+    kernels: &'a Kernels,
+    wg: u32,
+    rows: u32,
+    state: &'a wgpu::Buffer,
+    dummy: &'a wgpu::Buffer,
+    eps: f32,
+}
+
+impl Builder<'_> {
+    fn pipeline(&self, kernel: Kernel) -> Result<wgpu::ComputePipeline> {
+        self.kernels.get(
+            &self.gpu.device,
+            KernelKey {
+                kernel,
+                wg: self.wg,
+                rows: self.rows,
+            },
+        )
+    }
+
+    fn bind(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        entries: &[(u32, &wgpu::Buffer)],
+    ) -> wgpu::BindGroup {
+        let layout = pipeline.get_bind_group_layout(0);
+        let entries: Vec<wgpu::BindGroupEntry> = entries
+            .iter()
+            .map(|(binding, buf)| wgpu::BindGroupEntry {
+                binding: *binding,
+                resource: buf.as_entire_binding(),
+            })
+            .collect();
+        self.gpu
+            .device
+            .create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout: &layout,
+                entries: &entries,
+            })
+    }
+
+    /// A matvec (decode) or tiled matmul (prefill) dispatch of `m` over `x` into `y`.
+    #[allow(clippy::too_many_arguments)]
+    fn matrix(
+        &self,
+        tiled: bool,
+        m: &GpuMatrix,
+        mode: MatMode,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        norm: Option<&wgpu::Buffer>,
+        bias: Option<&wgpu::Buffer>,
+        last_row: bool,
+    ) -> Result<Dispatch> {
+        let x_stride = if mode.swiglu_in { 2 * m.cols } else { m.cols };
+        let params = MatParams {
+            n: m.rows,
+            k: m.cols,
+            x_stride,
+            y_stride: m.rows,
+            eps: self.eps,
+            last_row: u32::from(last_row),
+            _pad: [0; 2],
+        };
+        let ub = self
+            .gpu
+            .uniform_init("mat params", bytemuck::bytes_of(&params));
+        let kernel = if tiled {
+            Kernel::Matmul {
+                format: m.format,
+                mode,
+            }
+        } else {
+            Kernel::Matvec {
+                format: m.format,
+                mode,
+            }
+        };
+        let pipeline = self.pipeline(kernel)?;
+        let bind = self.bind(
+            &pipeline,
+            &[
+                (0, &ub),
+                (1, &m.buf),
+                (3, x),
+                (4, y),
+                (5, norm.unwrap_or(self.dummy)),
+                (6, bias.unwrap_or(self.dummy)),
+                (7, self.state),
+            ],
+        );
+        let grid = if tiled {
+            Grid::PerTile(m.rows.div_ceil(32))
+        } else if last_row {
+            Grid::Fixed([m.rows.div_ceil(self.rows), 1, 1])
+        } else {
+            Grid::PerToken(m.rows.div_ceil(self.rows))
+        };
+        Ok(Dispatch {
+            pipeline,
+            bind,
+            grid,
+        })
+    }
+}

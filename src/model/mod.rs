@@ -6,8 +6,10 @@ pub mod gguf_write;
 pub mod hparams;
 pub mod llama;
 pub mod open;
+pub mod reference;
 pub mod safetensors;
 pub mod source;
+pub mod upload;
 
 pub use hparams::{Arch, ModelConfig, RopeLayout, RopeScaling};
 pub use open::open_path;

@@ -1,0 +1,29 @@
+// Token embedding lookup: out[t, :] = E[tokens[state.pos + t], :] for t < state.n_tokens.
+// Token ids come from a GPU buffer, so a decode step reads the id the previous step's
+// sampler wrote without a CPU round trip. The weight prelude supplies `load_w4`.
+
+struct EmbedParams {
+    d: u32,      // embedding width (multiple of 4)
+    vocab: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: EmbedParams;
+@group(0) @binding(3) var<storage, read> tokens: array<u32>;
+@group(0) @binding(4) var<storage, read_write> out: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read> state: array<u32>;
+
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let k4n = p.d / 4u;
+    let t = gid.y;
+    if (gid.x >= k4n || t >= state[1]) {
+        return;
+    }
+    var id = tokens[state[0] + t];
+    if (id >= p.vocab) {
+        id = 0u;
+    }
+    out[t * k4n + gid.x] = load_w4(id, gid.x, k4n);
+}

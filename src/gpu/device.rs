@@ -1,0 +1,154 @@
+//! Device acquisition: ask for what the adapter has (features we can use, its limits),
+//! and describe it so that the engine picks kernel variants by feature detection.
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+
+/// What the device can do, as detected (never assumed from the user agent).
+#[derive(Clone, Debug)]
+pub struct GpuCaps {
+    pub adapter_name: String,
+    pub backend: String,
+    pub shader_f16: bool,
+    pub subgroups: bool,
+    pub timestamps: bool,
+    pub max_storage_binding: u64,
+    pub max_buffer_size: u64,
+    pub max_workgroup_storage: u32,
+    pub max_invocations: u32,
+}
+
+/// A device + queue and what they can do.
+#[derive(Clone)]
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub caps: Arc<GpuCaps>,
+}
+
+impl Gpu {
+    /// Acquire the best adapter and a device with every limit the adapter offers.
+    /// `WSI_FORCE_F32=1` and `WSI_DISABLE_SUBGROUPS=1` (native) turn fast paths off.
+    pub async fn new() -> Result<Gpu> {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
+        let adapter = instance
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                force_fallback_adapter: false,
+                compatible_surface: None,
+                apply_limit_buckets: false,
+            })
+            .await
+            .map_err(|e| Error::GpuUnavailable(format!("no WebGPU adapter: {e}")))?;
+        Self::from_adapter(adapter).await
+    }
+
+    /// Create the device on a given adapter.
+    pub async fn from_adapter(adapter: wgpu::Adapter) -> Result<Gpu> {
+        let info = adapter.get_info();
+        let offered = adapter.features();
+        let mut wanted = wgpu::Features::empty();
+        let force_f32 = env_flag("WSI_FORCE_F32");
+        let no_subgroups = env_flag("WSI_DISABLE_SUBGROUPS");
+        if offered.contains(wgpu::Features::SHADER_F16) && !force_f32 {
+            wanted |= wgpu::Features::SHADER_F16;
+        }
+        if offered.contains(wgpu::Features::SUBGROUP) && !no_subgroups {
+            wanted |= wgpu::Features::SUBGROUP;
+        }
+        if offered.contains(wgpu::Features::TIMESTAMP_QUERY) {
+            wanted |= wgpu::Features::TIMESTAMP_QUERY;
+        }
+        let limits = adapter.limits();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("wsi"),
+                required_features: wanted,
+                required_limits: limits.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::GpuUnavailable(format!("device request refused: {e}")))?;
+        let caps = GpuCaps {
+            adapter_name: if info.name.is_empty() {
+                format!("{:?}", info.backend)
+            } else {
+                info.name.clone()
+            },
+            backend: format!("{:?}", info.backend),
+            shader_f16: wanted.contains(wgpu::Features::SHADER_F16),
+            subgroups: wanted.contains(wgpu::Features::SUBGROUP),
+            timestamps: wanted.contains(wgpu::Features::TIMESTAMP_QUERY),
+            max_storage_binding: u64::from(limits.max_storage_buffer_binding_size),
+            max_buffer_size: limits.max_buffer_size,
+            max_workgroup_storage: limits.max_compute_workgroup_storage_size,
+            max_invocations: limits.max_compute_invocations_per_workgroup,
+        };
+        Ok(Gpu {
+            device,
+            queue,
+            caps: Arc::new(caps),
+        })
+    }
+
+    /// A storage buffer with the given contents.
+    pub fn storage_init(&self, label: &str, bytes: &[u8]) -> wgpu::Buffer {
+        use wgpu::util::DeviceExt;
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytes,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_DST
+                    | wgpu::BufferUsages::COPY_SRC,
+            })
+    }
+
+    /// A zeroed storage buffer of `size` bytes (at least 16).
+    pub fn storage(&self, label: &str, size: u64) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: super::round_up(size.max(16), 4),
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// A uniform buffer with the given contents.
+    pub fn uniform_init(&self, label: &str, bytes: &[u8]) -> wgpu::Buffer {
+        use wgpu::util::DeviceExt;
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytes,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            })
+    }
+
+    /// A buffer the CPU maps to read results.
+    pub fn staging(&self, label: &str, size: u64) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: super::round_up(size.max(16), 4),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+}
+
+fn env_flag(name: &str) -> bool {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        std::env::var(name)
+            .map(|v| v == "1" || v == "true")
+            .unwrap_or(false)
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        let _ = name;
+        false
+    }
+}

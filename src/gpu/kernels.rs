@@ -1,0 +1,204 @@
+//! Typed kernel keys and the pipeline cache. Each kernel family lives in one
+//! `shaders/*.wgsl` file specialised by `override` constants; kernels that read weights
+//! get a small prelude per weight format (`shaders/weights/*.wgsl`) defining `load_w4`.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use crate::error::{Error, Result};
+
+/// How a weight matrix is stored on the GPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WeightFormat {
+    /// `array<vec4<f32>>`, 4 bytes per weight.
+    F32,
+    /// f16 packed two per u32, unpacked in the shader (no shader-f16 needed).
+    F16,
+}
+
+impl WeightFormat {
+    fn prelude(self) -> &'static str {
+        match self {
+            WeightFormat::F32 => include_str!("../../shaders/weights/f32.wgsl"),
+            WeightFormat::F16 => include_str!("../../shaders/weights/f16.wgsl"),
+        }
+    }
+
+    /// Bytes per weight.
+    pub fn bytes_per_weight(self) -> f64 {
+        match self {
+            WeightFormat::F32 => 4.0,
+            WeightFormat::F16 => 2.0,
+        }
+    }
+
+    /// Name used in stats.
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightFormat::F32 => "fp32",
+            WeightFormat::F16 => "fp16",
+        }
+    }
+}
+
+/// Input/output variants of the matrix kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct MatMode {
+    /// RMS-normalise the input row (norm weight bound as `aux`).
+    pub fuse_norm: bool,
+    /// The input is `[gate | up]`; use `silu(gate) * up`.
+    pub swiglu_in: bool,
+    /// Add into the output (residual) instead of overwriting it.
+    pub accumulate: bool,
+    /// Add a bias vector.
+    pub bias: bool,
+}
+
+/// A kernel family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    /// Decode matrix-vector product.
+    Matvec { format: WeightFormat, mode: MatMode },
+    /// Prefill tiled matrix-matrix product.
+    Matmul { format: WeightFormat, mode: MatMode },
+    /// Embedding gather from token ids on the GPU.
+    Embed { format: WeightFormat },
+    /// RoPE + KV append.
+    RopeKv { adjacent: bool },
+    /// Causal GQA attention.
+    Attention,
+    /// Sampling + step advance.
+    Sample,
+}
+
+/// A kernel with its workgroup specialisation: the pipeline cache key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct KernelKey {
+    pub kernel: Kernel,
+    /// Threads per workgroup (x), for kernels that take it as an override.
+    pub wg: u32,
+    /// Output rows per workgroup (matvec).
+    pub rows: u32,
+}
+
+impl KernelKey {
+    fn source(&self) -> String {
+        let (prelude, body) = match self.kernel {
+            Kernel::Matvec { format, .. } => {
+                (format.prelude(), include_str!("../../shaders/matvec.wgsl"))
+            }
+            Kernel::Matmul { format, .. } => {
+                (format.prelude(), include_str!("../../shaders/matmul.wgsl"))
+            }
+            Kernel::Embed { format } => {
+                (format.prelude(), include_str!("../../shaders/embed.wgsl"))
+            }
+            Kernel::RopeKv { .. } => ("", include_str!("../../shaders/rope_kv.wgsl")),
+            Kernel::Attention => ("", include_str!("../../shaders/attention.wgsl")),
+            Kernel::Sample => ("", include_str!("../../shaders/sample.wgsl")),
+        };
+        format!("{prelude}\n{body}")
+    }
+
+    fn constants(&self) -> Vec<(&'static str, f64)> {
+        let b = |v: bool| if v { 1.0 } else { 0.0 };
+        match self.kernel {
+            Kernel::Matvec { mode, .. } => vec![
+                ("WG", f64::from(self.wg)),
+                ("ROWS", f64::from(self.rows)),
+                ("FUSE_NORM", b(mode.fuse_norm)),
+                ("SWIGLU_IN", b(mode.swiglu_in)),
+                ("ACCUMULATE", b(mode.accumulate)),
+                ("HAS_BIAS", b(mode.bias)),
+            ],
+            Kernel::Matmul { mode, .. } => vec![
+                ("FUSE_NORM", b(mode.fuse_norm)),
+                ("SWIGLU_IN", b(mode.swiglu_in)),
+                ("ACCUMULATE", b(mode.accumulate)),
+                ("HAS_BIAS", b(mode.bias)),
+            ],
+            Kernel::RopeKv { adjacent } => vec![("ADJACENT", b(adjacent))],
+            Kernel::Attention => vec![("WG", f64::from(self.wg))],
+            Kernel::Embed { .. } | Kernel::Sample => vec![],
+        }
+    }
+}
+
+/// Pipeline cache: one compute pipeline per key, created on first use (at load time;
+/// the decode loop only looks pipelines up).
+#[derive(Default)]
+pub struct Kernels {
+    cache: Mutex<HashMap<KernelKey, wgpu::ComputePipeline>>,
+}
+
+impl Kernels {
+    /// The pipeline for `key`, compiling it if needed.
+    pub fn get(&self, device: &wgpu::Device, key: KernelKey) -> Result<wgpu::ComputePipeline> {
+        let mut cache = self
+            .cache
+            .lock()
+            .map_err(|_| Error::internal("pipeline cache poisoned"))?;
+        if let Some(p) = cache.get(&key) {
+            return Ok(p.clone());
+        }
+        let label = format!("{:?}", key.kernel);
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(&label),
+            source: wgpu::ShaderSource::Wgsl(key.source().into()),
+        });
+        let constants = key.constants();
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(&label),
+            layout: None,
+            module: &module,
+            entry_point: Some("main"),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: &constants,
+                zero_initialize_workgroup_memory: true,
+            },
+            cache: None,
+        });
+        cache.insert(key, pipeline.clone());
+        Ok(pipeline)
+    }
+
+    /// Drop every pipeline (after a workgroup-size change).
+    pub fn clear(&self) {
+        if let Ok(mut c) = self.cache.lock() {
+            c.clear();
+        }
+    }
+
+    /// Every WGSL source with every specialisation the engine can ask for, for validation.
+    pub fn all_sources_for_validation() -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for format in [WeightFormat::F32, WeightFormat::F16] {
+            let mode = MatMode::default();
+            for k in [
+                Kernel::Matvec { format, mode },
+                Kernel::Matmul { format, mode },
+                Kernel::Embed { format },
+            ] {
+                let key = KernelKey {
+                    kernel: k,
+                    wg: 64,
+                    rows: 4,
+                };
+                out.push((format!("{k:?}"), key.source()));
+            }
+        }
+        for k in [
+            Kernel::RopeKv { adjacent: true },
+            Kernel::Attention,
+            Kernel::Sample,
+        ] {
+            let key = KernelKey {
+                kernel: k,
+                wg: 64,
+                rows: 1,
+            };
+            out.push((format!("{k:?}"), key.source()));
+        }
+        out
+    }
+}

@@ -1,0 +1,78 @@
+//! Shared helpers for the native GPU tests (run on lavapipe in CI).
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use wsi::gpu::Gpu;
+
+/// One device for the whole test binary.
+pub fn gpu() -> Gpu {
+    static GPU: OnceLock<Gpu> = OnceLock::new();
+    GPU.get_or_init(|| pollster::block_on(Gpu::new()).expect("a GPU adapter (lavapipe in CI)"))
+        .clone()
+}
+
+/// Deterministic pseudo-random values in [-scale, scale].
+pub fn rand_vec(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+/// Read a storage buffer back as f32.
+pub fn read_f32(gpu: &Gpu, buf: &wgpu::Buffer) -> Vec<f32> {
+    bytemuck::pod_collect_to_vec(&read_bytes(gpu, buf))
+}
+
+/// Read a storage buffer back as u32.
+pub fn read_u32(gpu: &Gpu, buf: &wgpu::Buffer) -> Vec<u32> {
+    bytemuck::pod_collect_to_vec(&read_bytes(gpu, buf))
+}
+
+pub fn read_bytes(gpu: &Gpu, buf: &wgpu::Buffer) -> Vec<u8> {
+    let staging = gpu.staging("test staging", buf.size());
+    let mut enc = gpu.device.create_command_encoder(&Default::default());
+    enc.copy_buffer_to_buffer(buf, 0, &staging, 0, buf.size());
+    gpu.queue.submit([enc.finish()]);
+    pollster::block_on(wsi::gpu::read_buffer(gpu, &staging, buf.size())).expect("readback")
+}
+
+/// The real SmolLM2 file, if present (CI fetches it; `WSI_MODEL` overrides the path).
+pub fn smollm2_path() -> Option<PathBuf> {
+    let p = std::env::var_os("WSI_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
+    p.exists().then_some(p)
+}
+
+/// Like `smollm2_path` but fails loudly in CI, where the model must be there.
+pub fn require_smollm2() -> Option<PathBuf> {
+    let p = smollm2_path();
+    if p.is_none() && std::env::var_os("CI").is_some() {
+        panic!("models/SmolLM2-135M-Instruct.Q4_1.gguf is missing: run scripts/fetch-model.sh");
+    }
+    if p.is_none() {
+        eprintln!("SmolLM2 model not found: skipping (run scripts/fetch-model.sh)");
+    }
+    p
+}
+
+/// Max |a-b| / max(|b|, floor).
+pub fn max_rel_err(a: &[f32], b: &[f32], floor: f32) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs() / y.abs().max(floor))
+        .fold(0.0, f32::max)
+}

@@ -1,0 +1,504 @@
+//! Every kernel against a CPU reference, on shapes that are not multiples of the
+//! workgroup or tile sizes.
+
+mod common;
+
+use common::{gpu, max_rel_err, rand_vec, read_f32, read_u32};
+use wsi::gpu::params::{EmbedParams, HeadParams, MatParams};
+use wsi::gpu::{Gpu, Kernel, KernelKey, Kernels, MatMode, WeightFormat};
+use wsi::model::reference::rope_head;
+use wsi::model::upload::upload_matrix;
+use wsi::model::{RopeLayout, RopeScaling};
+use wsi::sampling::{SampleSettings, sample_reference};
+
+fn run(gpu: &Gpu, key: KernelKey, bindings: &[(u32, &wgpu::Buffer)], grid: [u32; 3]) {
+    let kernels = Kernels::default();
+    let pipeline = kernels.get(&gpu.device, key).expect("pipeline");
+    let layout = pipeline.get_bind_group_layout(0);
+    let entries: Vec<_> = bindings
+        .iter()
+        .map(|(b, buf)| wgpu::BindGroupEntry {
+            binding: *b,
+            resource: buf.as_entire_binding(),
+        })
+        .collect();
+    let bind = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: None,
+        layout: &layout,
+        entries: &entries,
+    });
+    let mut enc = gpu.device.create_command_encoder(&Default::default());
+    {
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bind, &[]);
+        pass.dispatch_workgroups(grid[0], grid[1], grid[2]);
+    }
+    gpu.queue.submit([enc.finish()]);
+}
+
+fn f16_round(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect()
+}
+
+/// CPU reference of matvec/matmul: y[t, n] (+)= in(t) . W[n] (+ bias).
+#[allow(clippy::too_many_arguments)]
+fn mat_ref(
+    w: &[f32],
+    x: &[f32],
+    y0: &[f32],
+    n: usize,
+    k: usize,
+    t: usize,
+    mode: MatMode,
+    norm: &[f32],
+    bias: &[f32],
+) -> Vec<f32> {
+    let xs = if mode.swiglu_in { 2 * k } else { k };
+    let mut y = y0.to_vec();
+    for ti in 0..t {
+        let row = &x[ti * xs..(ti + 1) * xs];
+        let mut inp: Vec<f32> = if mode.swiglu_in {
+            (0..k)
+                .map(|i| row[i] / (1.0 + (-row[i]).exp()) * row[k + i])
+                .collect()
+        } else {
+            row.to_vec()
+        };
+        if mode.fuse_norm {
+            let ss: f32 = inp.iter().map(|v| v * v).sum::<f32>() / k as f32;
+            let inv = 1.0 / (ss + 1e-5).sqrt();
+            inp = inp.iter().zip(norm).map(|(v, g)| v * inv * g).collect();
+        }
+        for ni in 0..n {
+            let mut v: f32 = w[ni * k..(ni + 1) * k]
+                .iter()
+                .zip(&inp)
+                .map(|(a, b)| a * b)
+                .sum();
+            if mode.bias {
+                v += bias[ni];
+            }
+            let yi = ti * n + ni;
+            y[yi] = if mode.accumulate { y[yi] + v } else { v };
+        }
+    }
+    y
+}
+
+fn check_matrix_kernel(
+    tiled: bool,
+    format: WeightFormat,
+    mode: MatMode,
+    n: usize,
+    k: usize,
+    t: usize,
+) {
+    let gpu = gpu();
+    let w = rand_vec(n * k, 1, 0.5);
+    let xs = if mode.swiglu_in { 2 * k } else { k };
+    let x = rand_vec(t * xs, 2, 1.0);
+    let y0 = rand_vec(t * n, 3, 1.0);
+    let norm = rand_vec(k, 4, 1.0);
+    let bias = rand_vec(n, 5, 1.0);
+    let m = upload_matrix(&gpu, "w", &[&w], k, format).expect("upload");
+    let params = MatParams {
+        n: n as u32,
+        k: k as u32,
+        x_stride: xs as u32,
+        y_stride: n as u32,
+        eps: 1e-5,
+        last_row: 0,
+        _pad: [0; 2],
+    };
+    let ub = gpu.uniform_init("p", bytemuck::bytes_of(&params));
+    let xb = gpu.storage_init("x", bytemuck::cast_slice(&x));
+    let yb = gpu.storage_init("y", bytemuck::cast_slice(&y0));
+    let nb = gpu.storage_init("norm", bytemuck::cast_slice(&norm));
+    let bb = gpu.storage_init("bias", bytemuck::cast_slice(&bias));
+    let state = gpu.storage_init("state", bytemuck::cast_slice(&[0u32, t as u32, 0, 0]));
+    let (kernel, grid) = if tiled {
+        (
+            Kernel::Matmul { format, mode },
+            [n.div_ceil(32) as u32, t.div_ceil(32) as u32, 1],
+        )
+    } else {
+        (
+            Kernel::Matvec { format, mode },
+            [n.div_ceil(4) as u32, t as u32, 1],
+        )
+    };
+    run(
+        &gpu,
+        KernelKey {
+            kernel,
+            wg: 64,
+            rows: 4,
+        },
+        &[
+            (0, &ub),
+            (1, &m.buf),
+            (3, &xb),
+            (4, &yb),
+            (5, &nb),
+            (6, &bb),
+            (7, &state),
+        ],
+        grid,
+    );
+    let got = read_f32(&gpu, &yb);
+    let wr = if format == WeightFormat::F16 {
+        f16_round(&w)
+    } else {
+        w
+    };
+    let want = mat_ref(&wr, &x, &y0, n, k, t, mode, &norm, &bias);
+    let err = max_rel_err(&got[..want.len()], &want, 1.0);
+    assert!(
+        err < 1e-4,
+        "{kernel:?} n={n} k={k} t={t}: max rel err {err}"
+    );
+}
+
+fn modes() -> Vec<MatMode> {
+    vec![
+        MatMode::default(),
+        MatMode {
+            fuse_norm: true,
+            ..Default::default()
+        },
+        MatMode {
+            fuse_norm: true,
+            bias: true,
+            ..Default::default()
+        },
+        MatMode {
+            accumulate: true,
+            ..Default::default()
+        },
+        MatMode {
+            swiglu_in: true,
+            accumulate: true,
+            ..Default::default()
+        },
+    ]
+}
+
+#[test]
+fn matvec_matches_cpu_reference_for_every_mode_and_format() {
+    for format in [WeightFormat::F32, WeightFormat::F16] {
+        for mode in modes() {
+            check_matrix_kernel(false, format, mode, 37, 52, 1);
+            check_matrix_kernel(false, format, mode, 130, 300, 2);
+        }
+    }
+}
+
+#[test]
+fn matmul_matches_cpu_reference_on_ragged_tiles() {
+    for format in [WeightFormat::F32, WeightFormat::F16] {
+        for mode in modes() {
+            check_matrix_kernel(true, format, mode, 70, 88, 45);
+        }
+    }
+    check_matrix_kernel(true, WeightFormat::F32, MatMode::default(), 33, 20, 1);
+}
+
+#[test]
+fn embed_gathers_rows_of_the_ids_on_the_gpu() {
+    let gpu = gpu();
+    let (vocab, d) = (50, 24);
+    let e = rand_vec(vocab * d, 9, 1.0);
+    let m = upload_matrix(&gpu, "e", &[&e], d, WeightFormat::F32).expect("upload");
+    let ids = [0u32, 7, 49, 3, 999 /* out of range -> row 0 */];
+    let ub = gpu.uniform_init(
+        "p",
+        bytemuck::bytes_of(&EmbedParams {
+            d: d as u32,
+            vocab: vocab as u32,
+            _pad: [0; 2],
+        }),
+    );
+    let mut tok = vec![0u32; 2];
+    tok.extend_from_slice(&ids);
+    let tb = gpu.storage_init("tokens", bytemuck::cast_slice(&tok));
+    let out = gpu.storage("out", (ids.len() * d * 4) as u64);
+    let state = gpu.storage_init(
+        "state",
+        bytemuck::cast_slice(&[2u32, ids.len() as u32, 0, 0]),
+    );
+    run(
+        &gpu,
+        KernelKey {
+            kernel: Kernel::Embed {
+                format: WeightFormat::F32,
+            },
+            wg: 64,
+            rows: 1,
+        },
+        &[(0, &ub), (1, &m.buf), (3, &tb), (4, &out), (7, &state)],
+        [1, ids.len() as u32, 1],
+    );
+    let got = read_f32(&gpu, &out);
+    for (t, &id) in ids.iter().enumerate() {
+        let id = if id as usize >= vocab { 0 } else { id as usize };
+        assert_eq!(&got[t * d..(t + 1) * d], &e[id * d..(id + 1) * d]);
+    }
+}
+
+fn rope_table(ctx: usize, hd: usize, theta: f64) -> Vec<f32> {
+    let mut v = Vec::new();
+    for pos in 0..ctx {
+        for i in 0..hd / 2 {
+            let a = pos as f64 * theta.powf(-2.0 * i as f64 / hd as f64);
+            v.push(a.cos() as f32);
+            v.push(a.sin() as f32);
+        }
+    }
+    v
+}
+
+#[test]
+fn rope_kv_rotates_and_appends_for_both_layouts() {
+    let gpu = gpu();
+    let (nh, nkv, hd, ctx, t, pos0, layers) =
+        (6usize, 2usize, 16usize, 40usize, 3usize, 11usize, 2usize);
+    let layer = 1usize;
+    let row = (nh + 2 * nkv) * hd;
+    for layout in [RopeLayout::Adjacent, RopeLayout::HalfSplit] {
+        let qkv = rand_vec(t * row, 17, 1.0);
+        let hp = HeadParams {
+            n_heads: nh as u32,
+            n_kv: nkv as u32,
+            hd: hd as u32,
+            layer_off: (layer * ctx * nkv * hd) as u32,
+            ctx: ctx as u32,
+            scale: 0.0,
+            _pad: [0; 2],
+        };
+        let ub = gpu.uniform_init("p", bytemuck::bytes_of(&hp));
+        let qb = gpu.storage_init("qkv", bytemuck::cast_slice(&qkv));
+        let qo = gpu.storage("q", (t * nh * hd * 4) as u64);
+        let kc = gpu.storage("k", (layers * ctx * nkv * hd * 4) as u64);
+        let vc = gpu.storage("v", (layers * ctx * nkv * hd * 4) as u64);
+        let rb = gpu.storage_init("rope", bytemuck::cast_slice(&rope_table(ctx, hd, 10000.0)));
+        let state = gpu.storage_init(
+            "state",
+            bytemuck::cast_slice(&[pos0 as u32, t as u32, 0, 0]),
+        );
+        let items = ((nh + nkv) * hd / 2 + nkv * hd / 2) as u32;
+        run(
+            &gpu,
+            KernelKey {
+                kernel: Kernel::RopeKv {
+                    adjacent: layout == RopeLayout::Adjacent,
+                },
+                wg: 64,
+                rows: 1,
+            },
+            &[
+                (0, &ub),
+                (1, &qb),
+                (2, &qo),
+                (3, &kc),
+                (4, &vc),
+                (5, &rb),
+                (7, &state),
+            ],
+            [items.div_ceil(64), t as u32, 1],
+        );
+        let (gq, gk, gv) = (
+            read_f32(&gpu, &qo),
+            read_f32(&gpu, &kc),
+            read_f32(&gpu, &vc),
+        );
+        for ti in 0..t {
+            let pos = pos0 + ti;
+            let src = &qkv[ti * row..(ti + 1) * row];
+            for h in 0..nh + nkv {
+                let mut head = src[h * hd..(h + 1) * hd].to_vec();
+                rope_head(&mut head, pos, 10000.0, RopeScaling::None, layout);
+                let got = if h < nh {
+                    &gq[ti * nh * hd + h * hd..][..hd]
+                } else {
+                    &gk[hp.layer_off as usize + pos * nkv * hd + (h - nh) * hd..][..hd]
+                };
+                assert!(
+                    max_rel_err(got, &head, 1.0) < 1e-5,
+                    "{layout:?} head {h} pos {pos}"
+                );
+            }
+            let v = &src[(nh + nkv) * hd..];
+            assert_eq!(&gv[hp.layer_off as usize + pos * nkv * hd..][..nkv * hd], v);
+        }
+    }
+}
+
+#[test]
+fn attention_matches_cpu_reference_with_gqa_and_causal_mask() {
+    let gpu = gpu();
+    let (nh, nkv, hd, ctx, t, pos0) = (6usize, 2usize, 16usize, 300usize, 5usize, 190usize);
+    let kv_row = nkv * hd;
+    let q = rand_vec(t * nh * hd, 21, 1.0);
+    let k = rand_vec(ctx * kv_row, 22, 1.0);
+    let v = rand_vec(ctx * kv_row, 23, 1.0);
+    let scale = 1.0 / (hd as f32).sqrt();
+    let hp = HeadParams {
+        n_heads: nh as u32,
+        n_kv: nkv as u32,
+        hd: hd as u32,
+        layer_off: 0,
+        ctx: ctx as u32,
+        scale,
+        _pad: [0; 2],
+    };
+    let ub = gpu.uniform_init("p", bytemuck::bytes_of(&hp));
+    let qb = gpu.storage_init("q", bytemuck::cast_slice(&q));
+    let kb = gpu.storage_init("k", bytemuck::cast_slice(&k));
+    let vb = gpu.storage_init("v", bytemuck::cast_slice(&v));
+    let out = gpu.storage("out", (t * nh * hd * 4) as u64);
+    let scores = gpu.storage("scores", (t * nh * ctx * 4) as u64);
+    let state = gpu.storage_init(
+        "state",
+        bytemuck::cast_slice(&[pos0 as u32, t as u32, 0, 0]),
+    );
+    run(
+        &gpu,
+        KernelKey {
+            kernel: Kernel::Attention,
+            wg: 64,
+            rows: 1,
+        },
+        &[
+            (0, &ub),
+            (1, &qb),
+            (2, &kb),
+            (3, &vb),
+            (4, &out),
+            (5, &scores),
+            (7, &state),
+        ],
+        [nh as u32, t as u32, 1],
+    );
+    let got = read_f32(&gpu, &out);
+    let mut want = vec![0.0f32; t * nh * hd];
+    for ti in 0..t {
+        let n_keys = pos0 + ti + 1;
+        for h in 0..nh {
+            let kvh = h / (nh / nkv);
+            let qh = &q[ti * nh * hd + h * hd..][..hd];
+            let s: Vec<f64> = (0..n_keys)
+                .map(|j| {
+                    qh.iter()
+                        .zip(&k[j * kv_row + kvh * hd..][..hd])
+                        .map(|(a, b)| (a * b) as f64)
+                        .sum::<f64>()
+                        * scale as f64
+                })
+                .collect();
+            let mx = s.iter().copied().fold(f64::MIN, f64::max);
+            let e: Vec<f64> = s.iter().map(|x| (x - mx).exp()).collect();
+            let z: f64 = e.iter().sum();
+            for dd in 0..hd {
+                let acc: f64 = (0..n_keys)
+                    .map(|j| e[j] * v[j * kv_row + kvh * hd + dd] as f64)
+                    .sum();
+                want[ti * nh * hd + h * hd + dd] = (acc / z) as f32;
+            }
+        }
+    }
+    let err = max_rel_err(&got, &want, 0.1);
+    assert!(err < 1e-4, "attention max rel err {err}");
+}
+
+fn gpu_sample(logits: &[f32], history: &[u32], s: &SampleSettings) -> (u32, Vec<u32>) {
+    let gpu = gpu();
+    let vocab = logits.len() as u32;
+    let p = s.to_params(vocab, false);
+    let ub = gpu.uniform_init("p", bytemuck::bytes_of(&p));
+    let lb = gpu.storage_init("logits", bytemuck::cast_slice(logits));
+    let mut toks = history.to_vec();
+    toks.extend([0u32; 4]);
+    let tb = gpu.storage_init("tokens", bytemuck::cast_slice(&toks));
+    // The sampler writes at pos + n_tokens = history.len().
+    let state = gpu.storage_init(
+        "state",
+        bytemuck::cast_slice(&[history.len() as u32 - 1, 1, 0, 0]),
+    );
+    run(
+        &gpu,
+        KernelKey {
+            kernel: Kernel::Sample,
+            wg: 256,
+            rows: 1,
+        },
+        &[(0, &ub), (1, &lb), (2, &tb), (3, &state)],
+        [1, 1, 1],
+    );
+    let toks = read_u32(&gpu, &tb);
+    (toks[history.len()], read_u32(&gpu, &state))
+}
+
+#[test]
+fn gpu_sampler_matches_cpu_reference_and_advances_the_state() {
+    let vocab = 5003;
+    let logits: Vec<f32> = rand_vec(vocab, 31, 4.0);
+    let history: Vec<u32> = vec![5, 17, 17, 4000, 12, 5];
+    let cases = [
+        SampleSettings::greedy(),
+        SampleSettings {
+            repetition_penalty: 1.5,
+            ..SampleSettings::greedy()
+        },
+        SampleSettings {
+            temperature: 0.7,
+            top_p: 0.9,
+            seed: 1,
+            ..Default::default()
+        },
+        SampleSettings {
+            temperature: 1.0,
+            top_k: 40,
+            seed: 2,
+            ..Default::default()
+        },
+        SampleSettings {
+            temperature: 1.3,
+            top_k: 50,
+            top_p: 0.8,
+            repetition_penalty: 1.2,
+            seed: 3,
+            ..Default::default()
+        },
+    ];
+    let mut agree = 0;
+    let mut total = 0;
+    for s in &cases {
+        for seed_off in 0..6u64 {
+            let s = SampleSettings {
+                seed: s.seed + seed_off * 1000,
+                ..s.clone()
+            };
+            let want = sample_reference(&mut logits.clone(), &history, &s);
+            let (got, state) = gpu_sample(&logits, &history, &s);
+            assert_eq!(
+                state[0],
+                history.len() as u32,
+                "state.pos advanced to the written index"
+            );
+            assert_eq!(state[1], 1);
+            total += 1;
+            if got == want {
+                agree += 1;
+            }
+            if s.temperature == 0.0 {
+                assert_eq!(got, want, "greedy pick");
+            }
+        }
+    }
+    // Float exp() may differ in the last bit between CPU and GPU; picks near a boundary can flip.
+    assert!(
+        agree * 10 >= total * 9,
+        "only {agree}/{total} sampled picks agree with the CPU reference"
+    );
+}
