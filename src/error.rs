@@ -87,10 +87,7 @@ mod tests {
     fn codes_are_stable_snake_case() {
         assert_eq!(Error::invalid("x").code(), "invalid_request");
         assert_eq!(Error::model("x").code(), "model_loading_error");
-        assert_eq!(
-            Error::ContextLengthExceeded("x".into()).code(),
-            "context_length_exceeded"
-        );
+        assert_eq!(Error::ContextLengthExceeded("x".into()).code(), "context_length_exceeded");
         assert!(!Error::internal("x").recoverable());
     }
 }

@@ -45,16 +45,8 @@ impl SampleSettings {
             vocab,
             temperature: self.temperature.max(0.0),
             top_k: self.top_k,
-            top_p: if self.top_p > 0.0 && self.top_p < 1.0 {
-                self.top_p
-            } else {
-                1.0
-            },
-            rep_penalty: if self.repetition_penalty > 0.0 {
-                self.repetition_penalty
-            } else {
-                1.0
-            },
+            top_p: if self.top_p > 0.0 && self.top_p < 1.0 { self.top_p } else { 1.0 },
+            rep_penalty: if self.repetition_penalty > 0.0 { self.repetition_penalty } else { 1.0 },
             rep_window: self.repetition_window,
             seed_lo: self.seed as u32,
             seed_hi: (self.seed >> 32) as u32,
@@ -92,11 +84,7 @@ pub fn sample_reference(logits: &mut [f32], history: &[u32], s: &SampleSettings)
                 continue;
             }
             let l = &mut logits[id as usize];
-            *l = if *l > 0.0 {
-                *l / s.repetition_penalty
-            } else {
-                *l * s.repetition_penalty
-            };
+            *l = if *l > 0.0 { *l / s.repetition_penalty } else { *l * s.repetition_penalty };
         }
     }
     let mut argmax = 0usize;
@@ -114,11 +102,7 @@ pub fn sample_reference(logits: &mut [f32], history: &[u32], s: &SampleSettings)
     let total: f32 = logits.iter().map(|&l| p(l)).sum();
     let floor_v = mx - 60.0 * s.temperature;
     let (mut lo_k, mut hi_k, mut lo_p, mut hi_p) = (floor_v, mx, floor_v, mx);
-    let top_p = if s.top_p > 0.0 && s.top_p < 1.0 {
-        s.top_p
-    } else {
-        1.0
-    };
+    let top_p = if s.top_p > 0.0 && s.top_p < 1.0 { s.top_p } else { 1.0 };
     let use_k = s.top_k > 0 && (s.top_k as usize) < vocab;
     let use_p = top_p < 1.0;
     if use_k || use_p {
@@ -151,11 +135,7 @@ pub fn sample_reference(logits: &mut [f32], history: &[u32], s: &SampleSettings)
         .map(|t| {
             let c0 = (t * chunk).min(vocab);
             let c1 = (c0 + chunk).min(vocab);
-            logits[c0..c1]
-                .iter()
-                .filter(|&&l| l >= thr)
-                .map(|&l| p(l))
-                .sum()
+            logits[c0..c1].iter().filter(|&&l| l >= thr).map(|&l| p(l)).sum()
         })
         .collect();
     let kept: f32 = parts.iter().sum();
@@ -207,10 +187,7 @@ mod tests {
     #[test]
     fn repetition_penalty_moves_the_argmax() {
         let mut l = vec![0.0, 3.0, 2.9, -1.0];
-        let s = SampleSettings {
-            repetition_penalty: 1.3,
-            ..SampleSettings::greedy()
-        };
+        let s = SampleSettings { repetition_penalty: 1.3, ..SampleSettings::greedy() };
         assert_eq!(sample_reference(&mut l, &[1, 1], &s), 2);
     }
 
@@ -219,12 +196,7 @@ mod tests {
         let mut l: Vec<f32> = (0..1000).map(|i| ((i * 37) % 101) as f32 * 0.05).collect();
         let best = sample_reference(&mut l.clone(), &[], &SampleSettings::greedy());
         for seed in 0..20 {
-            let s = SampleSettings {
-                temperature: 1.5,
-                top_k: 1,
-                seed,
-                ..Default::default()
-            };
+            let s = SampleSettings { temperature: 1.5, top_k: 1, seed, ..Default::default() };
             assert_eq!(sample_reference(&mut l, &[7; 3], &s), best);
         }
     }
@@ -236,11 +208,7 @@ mod tests {
         let mut hits = 0;
         let n = 4000;
         for i in 0..n {
-            let s = SampleSettings {
-                temperature: 1.0,
-                seed: 42,
-                ..Default::default()
-            };
+            let s = SampleSettings { temperature: 1.0, seed: 42, ..Default::default() };
             let hist = vec![0u32; i];
             if sample_reference(&mut base.clone(), &hist, &s) == 0 {
                 hits += 1;
@@ -255,12 +223,7 @@ mod tests {
         // probabilities ~ 0.5, 0.3, 0.2: top_p 0.6 keeps the first two only.
         let base = vec![(0.5f32).ln(), (0.3f32).ln(), (0.2f32).ln()];
         for seed in 0..200 {
-            let s = SampleSettings {
-                temperature: 1.0,
-                top_p: 0.6,
-                seed,
-                ..Default::default()
-            };
+            let s = SampleSettings { temperature: 1.0, top_p: 0.6, seed, ..Default::default() };
             assert_ne!(sample_reference(&mut base.clone(), &[], &s), 2);
         }
     }
@@ -268,13 +231,7 @@ mod tests {
     #[test]
     fn same_seed_same_pick() {
         let base: Vec<f32> = (0..500).map(|i| (i as f32 * 0.37).sin()).collect();
-        let s = SampleSettings {
-            temperature: 0.8,
-            top_p: 0.9,
-            top_k: 40,
-            seed: 7,
-            ..Default::default()
-        };
+        let s = SampleSettings { temperature: 0.8, top_p: 0.9, top_k: 40, seed: 7, ..Default::default() };
         let a = sample_reference(&mut base.clone(), &[1, 2, 3], &s);
         let b = sample_reference(&mut base.clone(), &[1, 2, 3], &s);
         assert_eq!(a, b);

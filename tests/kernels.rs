@@ -17,16 +17,10 @@ fn run(gpu: &Gpu, key: KernelKey, bindings: &[(u32, &wgpu::Buffer)], grid: [u32;
     let layout = pipeline.get_bind_group_layout(0);
     let entries: Vec<_> = bindings
         .iter()
-        .map(|(b, buf)| wgpu::BindGroupEntry {
-            binding: *b,
-            resource: buf.as_entire_binding(),
-        })
+        .map(|(b, buf)| wgpu::BindGroupEntry { binding: *b, resource: buf.as_entire_binding() })
         .collect();
-    let bind = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
-        label: None,
-        layout: &layout,
-        entries: &entries,
-    });
+    let bind =
+        gpu.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &layout, entries: &entries });
     let mut enc = gpu.device.create_command_encoder(&Default::default());
     {
         let mut pass = enc.begin_compute_pass(&Default::default());
@@ -59,9 +53,7 @@ fn mat_ref(
     for ti in 0..t {
         let row = &x[ti * xs..(ti + 1) * xs];
         let mut inp: Vec<f32> = if mode.swiglu_in {
-            (0..k)
-                .map(|i| row[i] / (1.0 + (-row[i]).exp()) * row[k + i])
-                .collect()
+            (0..k).map(|i| row[i] / (1.0 + (-row[i]).exp()) * row[k + i]).collect()
         } else {
             row.to_vec()
         };
@@ -71,11 +63,7 @@ fn mat_ref(
             inp = inp.iter().zip(norm).map(|(v, g)| v * inv * g).collect();
         }
         for ni in 0..n {
-            let mut v: f32 = w[ni * k..(ni + 1) * k]
-                .iter()
-                .zip(&inp)
-                .map(|(a, b)| a * b)
-                .sum();
+            let mut v: f32 = w[ni * k..(ni + 1) * k].iter().zip(&inp).map(|(a, b)| a * b).sum();
             if mode.bias {
                 v += bias[ni];
             }
@@ -86,14 +74,7 @@ fn mat_ref(
     y
 }
 
-fn check_matrix_kernel(
-    tiled: bool,
-    format: WeightFormat,
-    mode: MatMode,
-    n: usize,
-    k: usize,
-    t: usize,
-) {
+fn check_matrix_kernel(tiled: bool, format: WeightFormat, mode: MatMode, n: usize, k: usize, t: usize) {
     let gpu = gpu();
     let w = rand_vec(n * k, 1, 0.5);
     let xs = if mode.swiglu_in { 2 * k } else { k };
@@ -118,69 +99,30 @@ fn check_matrix_kernel(
     let bb = gpu.storage_init("bias", bytemuck::cast_slice(&bias));
     let state = gpu.storage_init("state", bytemuck::cast_slice(&[0u32, t as u32, 0, 0]));
     let (kernel, grid) = if tiled {
-        (
-            Kernel::Matmul { format, mode },
-            [n.div_ceil(32) as u32, t.div_ceil(32) as u32, 1],
-        )
+        (Kernel::Matmul { format, mode }, [n.div_ceil(32) as u32, t.div_ceil(32) as u32, 1])
     } else {
-        (
-            Kernel::Matvec { format, mode },
-            [n.div_ceil(4) as u32, t as u32, 1],
-        )
+        (Kernel::Matvec { format, mode }, [n.div_ceil(4) as u32, t as u32, 1])
     };
     run(
         &gpu,
-        KernelKey {
-            kernel,
-            wg: 64,
-            rows: 4,
-        },
-        &[
-            (0, &ub),
-            (1, &m.buf),
-            (3, &xb),
-            (4, &yb),
-            (5, &nb),
-            (6, &bb),
-            (7, &state),
-        ],
+        KernelKey { kernel, wg: 64, rows: 4 },
+        &[(0, &ub), (1, &m.buf), (3, &xb), (4, &yb), (5, &nb), (6, &bb), (7, &state)],
         grid,
     );
     let got = read_f32(&gpu, &yb);
-    let wr = if format == WeightFormat::F16 {
-        f16_round(&w)
-    } else {
-        w
-    };
+    let wr = if format == WeightFormat::F16 { f16_round(&w) } else { w };
     let want = mat_ref(&wr, &x, &y0, n, k, t, mode, &norm, &bias);
     let err = max_rel_err(&got[..want.len()], &want, 1.0);
-    assert!(
-        err < 1e-4,
-        "{kernel:?} n={n} k={k} t={t}: max rel err {err}"
-    );
+    assert!(err < 1e-4, "{kernel:?} n={n} k={k} t={t}: max rel err {err}");
 }
 
 fn modes() -> Vec<MatMode> {
     vec![
         MatMode::default(),
-        MatMode {
-            fuse_norm: true,
-            ..Default::default()
-        },
-        MatMode {
-            fuse_norm: true,
-            bias: true,
-            ..Default::default()
-        },
-        MatMode {
-            accumulate: true,
-            ..Default::default()
-        },
-        MatMode {
-            swiglu_in: true,
-            accumulate: true,
-            ..Default::default()
-        },
+        MatMode { fuse_norm: true, ..Default::default() },
+        MatMode { fuse_norm: true, bias: true, ..Default::default() },
+        MatMode { accumulate: true, ..Default::default() },
+        MatMode { swiglu_in: true, accumulate: true, ..Default::default() },
     ]
 }
 
@@ -211,31 +153,15 @@ fn embed_gathers_rows_of_the_ids_on_the_gpu() {
     let e = rand_vec(vocab * d, 9, 1.0);
     let m = upload_matrix(&gpu, "e", &[&e], d, WeightFormat::F32).expect("upload");
     let ids = [0u32, 7, 49, 3, 999 /* out of range -> row 0 */];
-    let ub = gpu.uniform_init(
-        "p",
-        bytemuck::bytes_of(&EmbedParams {
-            d: d as u32,
-            vocab: vocab as u32,
-            _pad: [0; 2],
-        }),
-    );
+    let ub = gpu.uniform_init("p", bytemuck::bytes_of(&EmbedParams { d: d as u32, vocab: vocab as u32, _pad: [0; 2] }));
     let mut tok = vec![0u32; 2];
     tok.extend_from_slice(&ids);
     let tb = gpu.storage_init("tokens", bytemuck::cast_slice(&tok));
     let out = gpu.storage("out", (ids.len() * d * 4) as u64);
-    let state = gpu.storage_init(
-        "state",
-        bytemuck::cast_slice(&[2u32, ids.len() as u32, 0, 0]),
-    );
+    let state = gpu.storage_init("state", bytemuck::cast_slice(&[2u32, ids.len() as u32, 0, 0]));
     run(
         &gpu,
-        KernelKey {
-            kernel: Kernel::Embed {
-                format: WeightFormat::F32,
-            },
-            wg: 64,
-            rows: 1,
-        },
+        KernelKey { kernel: Kernel::Embed { format: WeightFormat::F32 }, wg: 64, rows: 1 },
         &[(0, &ub), (1, &m.buf), (3, &tb), (4, &out), (7, &state)],
         [1, ids.len() as u32, 1],
     );
@@ -261,8 +187,7 @@ fn rope_table(ctx: usize, hd: usize, theta: f64) -> Vec<f32> {
 #[test]
 fn rope_kv_rotates_and_appends_for_both_layouts() {
     let gpu = gpu();
-    let (nh, nkv, hd, ctx, t, pos0, layers) =
-        (6usize, 2usize, 16usize, 40usize, 3usize, 11usize, 2usize);
+    let (nh, nkv, hd, ctx, t, pos0, layers) = (6usize, 2usize, 16usize, 40usize, 3usize, 11usize, 2usize);
     let layer = 1usize;
     let row = (nh + 2 * nkv) * hd;
     for layout in [RopeLayout::Adjacent, RopeLayout::HalfSplit] {
@@ -282,36 +207,15 @@ fn rope_kv_rotates_and_appends_for_both_layouts() {
         let kc = gpu.storage("k", (layers * ctx * nkv * hd * 4) as u64);
         let vc = gpu.storage("v", (layers * ctx * nkv * hd * 4) as u64);
         let rb = gpu.storage_init("rope", bytemuck::cast_slice(&rope_table(ctx, hd, 10000.0)));
-        let state = gpu.storage_init(
-            "state",
-            bytemuck::cast_slice(&[pos0 as u32, t as u32, 0, 0]),
-        );
+        let state = gpu.storage_init("state", bytemuck::cast_slice(&[pos0 as u32, t as u32, 0, 0]));
         let items = ((nh + nkv) * hd / 2 + nkv * hd / 2) as u32;
         run(
             &gpu,
-            KernelKey {
-                kernel: Kernel::RopeKv {
-                    adjacent: layout == RopeLayout::Adjacent,
-                },
-                wg: 64,
-                rows: 1,
-            },
-            &[
-                (0, &ub),
-                (1, &qb),
-                (2, &qo),
-                (3, &kc),
-                (4, &vc),
-                (5, &rb),
-                (7, &state),
-            ],
+            KernelKey { kernel: Kernel::RopeKv { adjacent: layout == RopeLayout::Adjacent }, wg: 64, rows: 1 },
+            &[(0, &ub), (1, &qb), (2, &qo), (3, &kc), (4, &vc), (5, &rb), (7, &state)],
             [items.div_ceil(64), t as u32, 1],
         );
-        let (gq, gk, gv) = (
-            read_f32(&gpu, &qo),
-            read_f32(&gpu, &kc),
-            read_f32(&gpu, &vc),
-        );
+        let (gq, gk, gv) = (read_f32(&gpu, &qo), read_f32(&gpu, &kc), read_f32(&gpu, &vc));
         for ti in 0..t {
             let pos = pos0 + ti;
             let src = &qkv[ti * row..(ti + 1) * row];
@@ -323,10 +227,7 @@ fn rope_kv_rotates_and_appends_for_both_layouts() {
                 } else {
                     &gk[hp.layer_off as usize + pos * nkv * hd + (h - nh) * hd..][..hd]
                 };
-                assert!(
-                    max_rel_err(got, &head, 1.0) < 1e-5,
-                    "{layout:?} head {h} pos {pos}"
-                );
+                assert!(max_rel_err(got, &head, 1.0) < 1e-5, "{layout:?} head {h} pos {pos}");
             }
             let v = &src[(nh + nkv) * hd..];
             assert_eq!(&gv[hp.layer_off as usize + pos * nkv * hd..][..nkv * hd], v);
@@ -358,26 +259,11 @@ fn attention_matches_cpu_reference_with_gqa_and_causal_mask() {
     let vb = gpu.storage_init("v", bytemuck::cast_slice(&v));
     let out = gpu.storage("out", (t * nh * hd * 4) as u64);
     let scores = gpu.storage("scores", (t * nh * ctx * 4) as u64);
-    let state = gpu.storage_init(
-        "state",
-        bytemuck::cast_slice(&[pos0 as u32, t as u32, 0, 0]),
-    );
+    let state = gpu.storage_init("state", bytemuck::cast_slice(&[pos0 as u32, t as u32, 0, 0]));
     run(
         &gpu,
-        KernelKey {
-            kernel: Kernel::Attention,
-            wg: 64,
-            rows: 1,
-        },
-        &[
-            (0, &ub),
-            (1, &qb),
-            (2, &kb),
-            (3, &vb),
-            (4, &out),
-            (5, &scores),
-            (7, &state),
-        ],
+        KernelKey { kernel: Kernel::Attention, wg: 64, rows: 1 },
+        &[(0, &ub), (1, &qb), (2, &kb), (3, &vb), (4, &out), (5, &scores), (7, &state)],
         [nh as u32, t as u32, 1],
     );
     let got = read_f32(&gpu, &out);
@@ -389,10 +275,7 @@ fn attention_matches_cpu_reference_with_gqa_and_causal_mask() {
             let qh = &q[ti * nh * hd + h * hd..][..hd];
             let s: Vec<f64> = (0..n_keys)
                 .map(|j| {
-                    qh.iter()
-                        .zip(&k[j * kv_row + kvh * hd..][..hd])
-                        .map(|(a, b)| (a * b) as f64)
-                        .sum::<f64>()
+                    qh.iter().zip(&k[j * kv_row + kvh * hd..][..hd]).map(|(a, b)| (a * b) as f64).sum::<f64>()
                         * scale as f64
                 })
                 .collect();
@@ -400,9 +283,7 @@ fn attention_matches_cpu_reference_with_gqa_and_causal_mask() {
             let e: Vec<f64> = s.iter().map(|x| (x - mx).exp()).collect();
             let z: f64 = e.iter().sum();
             for dd in 0..hd {
-                let acc: f64 = (0..n_keys)
-                    .map(|j| e[j] * v[j * kv_row + kvh * hd + dd] as f64)
-                    .sum();
+                let acc: f64 = (0..n_keys).map(|j| e[j] * v[j * kv_row + kvh * hd + dd] as f64).sum();
                 want[ti * nh * hd + h * hd + dd] = (acc / z) as f32;
             }
         }
@@ -421,17 +302,10 @@ fn gpu_sample(logits: &[f32], history: &[u32], s: &SampleSettings) -> (u32, Vec<
     toks.extend([0u32; 4]);
     let tb = gpu.storage_init("tokens", bytemuck::cast_slice(&toks));
     // The sampler writes at pos + n_tokens = history.len().
-    let state = gpu.storage_init(
-        "state",
-        bytemuck::cast_slice(&[history.len() as u32 - 1, 1, 0, 0]),
-    );
+    let state = gpu.storage_init("state", bytemuck::cast_slice(&[history.len() as u32 - 1, 1, 0, 0]));
     run(
         &gpu,
-        KernelKey {
-            kernel: Kernel::Sample,
-            wg: 256,
-            rows: 1,
-        },
+        KernelKey { kernel: Kernel::Sample, wg: 256, rows: 1 },
         &[(0, &ub), (1, &lb), (2, &tb), (3, &state)],
         [1, 1, 1],
     );
@@ -446,22 +320,9 @@ fn gpu_sampler_matches_cpu_reference_and_advances_the_state() {
     let history: Vec<u32> = vec![5, 17, 17, 4000, 12, 5];
     let cases = [
         SampleSettings::greedy(),
-        SampleSettings {
-            repetition_penalty: 1.5,
-            ..SampleSettings::greedy()
-        },
-        SampleSettings {
-            temperature: 0.7,
-            top_p: 0.9,
-            seed: 1,
-            ..Default::default()
-        },
-        SampleSettings {
-            temperature: 1.0,
-            top_k: 40,
-            seed: 2,
-            ..Default::default()
-        },
+        SampleSettings { repetition_penalty: 1.5, ..SampleSettings::greedy() },
+        SampleSettings { temperature: 0.7, top_p: 0.9, seed: 1, ..Default::default() },
+        SampleSettings { temperature: 1.0, top_k: 40, seed: 2, ..Default::default() },
         SampleSettings {
             temperature: 1.3,
             top_k: 50,
@@ -475,17 +336,10 @@ fn gpu_sampler_matches_cpu_reference_and_advances_the_state() {
     let mut total = 0;
     for s in &cases {
         for seed_off in 0..6u64 {
-            let s = SampleSettings {
-                seed: s.seed + seed_off * 1000,
-                ..s.clone()
-            };
+            let s = SampleSettings { seed: s.seed + seed_off * 1000, ..s.clone() };
             let want = sample_reference(&mut logits.clone(), &history, &s);
             let (got, state) = gpu_sample(&logits, &history, &s);
-            assert_eq!(
-                state[0],
-                history.len() as u32,
-                "state.pos advanced to the written index"
-            );
+            assert_eq!(state[0], history.len() as u32, "state.pos advanced to the written index");
             assert_eq!(state[1], 1);
             total += 1;
             if got == want {
@@ -497,8 +351,5 @@ fn gpu_sampler_matches_cpu_reference_and_advances_the_state() {
         }
     }
     // Float exp() may differ in the last bit between CPU and GPU; picks near a boundary can flip.
-    assert!(
-        agree * 10 >= total * 9,
-        "only {agree}/{total} sampled picks agree with the CPU reference"
-    );
+    assert!(agree * 10 >= total * 9, "only {agree}/{total} sampled picks agree with the CPU reference");
 }

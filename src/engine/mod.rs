@@ -3,6 +3,7 @@
 //! while later steps already run. Written async once: natively driven by pollster, in the
 //! browser by the event loop.
 
+mod bench;
 mod stats;
 mod stop;
 
@@ -12,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use web_time::Instant;
 
+pub use bench::{BenchReport, bench};
 pub use stats::{FinishReason, GenerationStats};
 pub use stop::{StopMatcher, StopStep};
 
@@ -34,11 +36,7 @@ pub struct EngineOptions {
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions {
-            load: LoadOptions::default(),
-            steps_per_submit: 4,
-            in_flight: 3,
-        }
+        EngineOptions { load: LoadOptions::default(), steps_per_submit: 4, in_flight: 3 }
     }
 }
 
@@ -48,15 +46,13 @@ pub struct GenerateParams {
     pub sample: SampleSettings,
     pub max_tokens: usize,
     pub stop: Vec<String>,
+    /// Keep going past end-of-sequence ids (benchmarks).
+    pub ignore_eos: bool,
 }
 
 impl Default for GenerateParams {
     fn default() -> Self {
-        GenerateParams {
-            sample: SampleSettings::greedy(),
-            max_tokens: 128,
-            stop: Vec::new(),
-        }
+        GenerateParams { sample: SampleSettings::greedy(), max_tokens: 128, stop: Vec::new(), ignore_eos: false }
     }
 }
 
@@ -108,14 +104,13 @@ impl Engine {
         let tokenizer = src.tokenizer()?;
         let kernels = Kernels::default();
         let model = LlamaGpu::load(&gpu, &kernels, src, options.load.clone())?;
+        gpu.take_errors()?;
         let mut options = options;
         options.load = model.options.clone();
         options.steps_per_submit = options.steps_per_submit.clamp(1, 64);
         options.in_flight = options.in_flight.clamp(1, 16);
         let slot_bytes = u64::from(options.steps_per_submit) * 4;
-        let id_staging = (0..=options.in_flight)
-            .map(|i| gpu.staging(&format!("ids {i}"), slot_bytes))
-            .collect();
+        let id_staging = (0..=options.in_flight).map(|i| gpu.staging(&format!("ids {i}"), slot_bytes)).collect();
         let logits_staging = gpu.staging("logits staging", model.logits.size());
         Ok(Engine {
             gpu,
@@ -137,13 +132,8 @@ impl Engine {
 
     /// Bytes on the GPU: weights, KV cache, activations and staging.
     pub fn memory_bytes(&self) -> (u64, u64, u64) {
-        let staging: u64 =
-            self.id_staging.iter().map(|b| b.size()).sum::<u64>() + self.logits_staging.size();
-        (
-            self.model.weight_bytes,
-            self.model.kv_bytes,
-            self.model.activation_bytes + staging,
-        )
+        let staging: u64 = self.id_staging.iter().map(|b| b.size()).sum::<u64>() + self.logits_staging.size();
+        (self.model.weight_bytes, self.model.kv_bytes, self.model.activation_bytes + staging)
     }
 
     fn check_prompt(&self, ids: &[u32], extra: usize) -> Result<()> {
@@ -152,9 +142,7 @@ impl Engine {
         }
         let vocab = self.model.config.vocab_size;
         if let Some(bad) = ids.iter().find(|&&i| i as usize >= vocab) {
-            return Err(Error::invalid(format!(
-                "token id {bad} is outside the vocabulary of {vocab}"
-            )));
+            return Err(Error::invalid(format!("token id {bad} is outside the vocabulary of {vocab}")));
         }
         let ctx = self.model.options.context;
         if ids.len() + extra > ctx {
@@ -181,17 +169,10 @@ impl Engine {
             let mut enc = self.gpu.device.create_command_encoder(&Default::default());
             {
                 let mut pass = enc.begin_compute_pass(&Default::default());
-                self.model
-                    .encode_prefill(&mut pass, len as u32, sample && is_last, false);
+                self.model.encode_prefill(&mut pass, len as u32, sample && is_last, false);
             }
             if is_last && sample {
-                enc.copy_buffer_to_buffer(
-                    &self.model.tokens,
-                    ids.len() as u64 * 4,
-                    &self.id_staging[0],
-                    0,
-                    4,
-                );
+                enc.copy_buffer_to_buffer(&self.model.tokens, ids.len() as u64 * 4, &self.id_staging[0], 0, 4);
             }
             last = Some(self.gpu.queue.submit([enc.finish()]));
         }
@@ -224,15 +205,13 @@ impl Engine {
             let mut enc = self.gpu.device.create_command_encoder(&Default::default());
             {
                 let mut pass = enc.begin_compute_pass(&Default::default());
-                self.model
-                    .encode_prefill(&mut pass, len as u32, false, true);
+                self.model.encode_prefill(&mut pass, len as u32, false, true);
             }
             let bytes_len = (len * vocab * 4) as u64;
             enc.copy_buffer_to_buffer(&self.model.logits, 0, &self.logits_staging, 0, bytes_len);
             let idx = self.gpu.queue.submit([enc.finish()]);
             let rx = start_map(&self.logits_staging, bytes_len);
-            let bytes =
-                finish_map(&self.gpu, &self.logits_staging, bytes_len, rx, Some(idx)).await?;
+            let bytes = finish_map(&self.gpu, &self.logits_staging, bytes_len, rx, Some(idx)).await?;
             let logits: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
             for r in 0..len {
                 let Some(&target) = ids.get(p0 + r + 1) else {
@@ -262,8 +241,7 @@ impl Engine {
         let ctx = self.model.options.context;
         let budget = params.max_tokens.min(ctx - prompt.len());
         let vocab = self.model.config.vocab_size as u32;
-        self.model
-            .write_sample_params(&self.gpu, &params.sample.to_params(vocab, false));
+        self.model.write_sample_params(&self.gpu, &params.sample.to_params(vocab, false));
 
         let mut stats = GenerationStats {
             prompt_tokens: prompt.len(),
@@ -290,12 +268,7 @@ impl Engine {
             return Err(Error::internal("no prefill submission"));
         };
         let mut queue: VecDeque<InFlight> = VecDeque::new();
-        queue.push_back(InFlight {
-            slot: 0,
-            count: 1,
-            rx: start_map(&self.id_staging[0], 4),
-            index: prefill_index,
-        });
+        queue.push_back(InFlight { slot: 0, count: 1, rx: start_map(&self.id_staging[0], 4), index: prefill_index });
         let mut submitted = 1usize;
         let mut next_slot = 1usize;
         let steps = self.options.steps_per_submit as usize;
@@ -315,34 +288,18 @@ impl Engine {
                     }
                 }
                 let from = (prompt.len() + submitted) as u64 * 4;
-                enc.copy_buffer_to_buffer(
-                    &self.model.tokens,
-                    from,
-                    &self.id_staging[slot],
-                    0,
-                    s as u64 * 4,
-                );
+                enc.copy_buffer_to_buffer(&self.model.tokens, from, &self.id_staging[slot], 0, s as u64 * 4);
                 let index = self.gpu.queue.submit([enc.finish()]);
                 let rx = start_map(&self.id_staging[slot], s as u64 * 4);
-                queue.push_back(InFlight {
-                    slot,
-                    count: s,
-                    rx,
-                    index,
-                });
+                queue.push_back(InFlight { slot, count: s, rx, index });
                 submitted += s;
                 stats.submissions += 1;
                 stats.steps_run += s;
             }
             let Some(job) = queue.pop_front() else { break };
-            let bytes = finish_map(
-                &self.gpu,
-                &self.id_staging[job.slot],
-                job.count as u64 * 4,
-                job.rx,
-                Some(job.index),
-            )
-            .await?;
+            let bytes =
+                finish_map(&self.gpu, &self.id_staging[job.slot], job.count as u64 * 4, job.rx, Some(job.index))
+                    .await?;
             if t_first.is_none() {
                 let now = Instant::now();
                 stats.first_token_latency_ms = (now - t_start).as_secs_f64() * 1e3;
@@ -354,7 +311,7 @@ impl Engine {
             }
             for chunk in bytes.chunks_exact(4) {
                 let id = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-                if self.tokenizer.eos_ids().contains(&id) {
+                if !params.ignore_eos && self.tokenizer.eos_ids().contains(&id) {
                     finish = Some(FinishReason::Stop);
                     break;
                 }
@@ -362,10 +319,7 @@ impl Engine {
                 let piece = detok.push(&self.tokenizer, id)?;
                 let step = stops.push(&piece);
                 text.push_str(&step.emit);
-                let keep_going = on_token(TokenEvent {
-                    id,
-                    text: &step.emit,
-                });
+                let keep_going = on_token(TokenEvent { id, text: &step.emit });
                 if step.stopped {
                     stopped_by_string = true;
                     finish = Some(FinishReason::Stop);
@@ -391,10 +345,7 @@ impl Engine {
             }
             if !rest.is_empty() {
                 text.push_str(&rest);
-                on_token(TokenEvent {
-                    id: u32::MAX,
-                    text: &rest,
-                });
+                on_token(TokenEvent { id: u32::MAX, text: &rest });
             }
         }
         let t_end = Instant::now();
@@ -410,12 +361,7 @@ impl Engine {
             stats.avg_token_latency_ms = stats.decode_ms / decoded as f64;
         }
         stats.finish_reason = Some(finish);
-        Ok(Generation {
-            text,
-            prompt_ids: prompt.to_vec(),
-            ids,
-            finish_reason: finish,
-            stats,
-        })
+        self.gpu.take_errors()?;
+        Ok(Generation { text, prompt_ids: prompt.to_vec(), ids, finish_reason: finish, stats })
     }
 }

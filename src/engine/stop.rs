@@ -19,34 +19,20 @@ pub struct StopStep {
 
 impl StopMatcher {
     pub fn new(stops: &[String]) -> Self {
-        StopMatcher {
-            stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
-            held: String::new(),
-        }
+        StopMatcher { stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(), held: String::new() }
     }
 
     /// Feed a piece; returns what may be emitted.
     pub fn push(&mut self, piece: &str) -> StopStep {
         self.held.push_str(piece);
         if self.stops.is_empty() {
-            return StopStep {
-                emit: std::mem::take(&mut self.held),
-                stopped: false,
-            };
+            return StopStep { emit: std::mem::take(&mut self.held), stopped: false };
         }
         // Earliest full match wins.
-        if let Some(at) = self
-            .stops
-            .iter()
-            .filter_map(|s| self.held.find(s.as_str()))
-            .min()
-        {
+        if let Some(at) = self.stops.iter().filter_map(|s| self.held.find(s.as_str())).min() {
             let emit = self.held[..at].to_string();
             self.held.clear();
-            return StopStep {
-                emit,
-                stopped: true,
-            };
+            return StopStep { emit, stopped: true };
         }
         // Hold back the longest suffix that is a prefix of some stop string.
         let mut keep = 0;
@@ -62,10 +48,7 @@ impl StopMatcher {
         let cut = self.held.len() - keep;
         let emit = self.held[..cut].to_string();
         self.held.drain(..cut);
-        StopStep {
-            emit,
-            stopped: false,
-        }
+        StopStep { emit, stopped: false }
     }
 
     /// End of generation: whatever is held is plain text.

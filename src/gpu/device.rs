@@ -1,7 +1,7 @@
 //! Device acquisition: ask for what the adapter has (features we can use, its limits),
 //! and describe it so that the engine picks kernel variants by feature detection.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 
@@ -25,6 +25,9 @@ pub struct Gpu {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
     pub caps: Arc<GpuCaps>,
+    /// GPU errors no scope caught (validation, out of memory), oldest first. Reported
+    /// through `take_errors` instead of the default handler, which would panic.
+    errors: Arc<Mutex<Vec<String>>>,
 }
 
 impl Gpu {
@@ -71,11 +74,7 @@ impl Gpu {
             .await
             .map_err(|e| Error::GpuUnavailable(format!("device request refused: {e}")))?;
         let caps = GpuCaps {
-            adapter_name: if info.name.is_empty() {
-                format!("{:?}", info.backend)
-            } else {
-                info.name.clone()
-            },
+            adapter_name: if info.name.is_empty() { format!("{:?}", info.backend) } else { info.name.clone() },
             backend: format!("{:?}", info.backend),
             shader_f16: wanted.contains(wgpu::Features::SHADER_F16),
             subgroups: wanted.contains(wgpu::Features::SUBGROUP),
@@ -85,24 +84,35 @@ impl Gpu {
             max_workgroup_storage: limits.max_compute_workgroup_storage_size,
             max_invocations: limits.max_compute_invocations_per_workgroup,
         };
-        Ok(Gpu {
-            device,
-            queue,
-            caps: Arc::new(caps),
-        })
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let sink = errors.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            if let Ok(mut v) = sink.lock() {
+                v.push(e.to_string());
+            }
+        }));
+        Ok(Gpu { device, queue, caps: Arc::new(caps), errors })
+    }
+
+    /// GPU errors since the last call, as one `Error::Gpu`, if any.
+    pub fn take_errors(&self) -> Result<()> {
+        let mut v = self.errors.lock().map_err(|_| Error::internal("error sink poisoned"))?;
+        if v.is_empty() {
+            return Ok(());
+        }
+        let msg = v.join("; ");
+        v.clear();
+        Err(Error::Gpu(msg))
     }
 
     /// A storage buffer with the given contents.
     pub fn storage_init(&self, label: &str, bytes: &[u8]) -> wgpu::Buffer {
         use wgpu::util::DeviceExt;
-        self.device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents: bytes,
-                usage: wgpu::BufferUsages::STORAGE
-                    | wgpu::BufferUsages::COPY_DST
-                    | wgpu::BufferUsages::COPY_SRC,
-            })
+        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: bytes,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+        })
     }
 
     /// A zeroed storage buffer of `size` bytes (at least 16).
@@ -110,9 +120,7 @@ impl Gpu {
         self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: super::round_up(size.max(16), 4),
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_DST
-                | wgpu::BufferUsages::COPY_SRC,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
             mapped_at_creation: false,
         })
     }
@@ -120,12 +128,11 @@ impl Gpu {
     /// A uniform buffer with the given contents.
     pub fn uniform_init(&self, label: &str, bytes: &[u8]) -> wgpu::Buffer {
         use wgpu::util::DeviceExt;
-        self.device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents: bytes,
-                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-            })
+        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: bytes,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        })
     }
 
     /// A buffer the CPU maps to read results.
@@ -142,9 +149,7 @@ impl Gpu {
 fn env_flag(name: &str) -> bool {
     #[cfg(not(target_arch = "wasm32"))]
     {
-        std::env::var(name)
-            .map(|v| v == "1" || v == "true")
-            .unwrap_or(false)
+        std::env::var(name).map(|v| v == "1" || v == "true").unwrap_or(false)
     }
     #[cfg(target_arch = "wasm32")]
     {

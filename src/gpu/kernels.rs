@@ -84,15 +84,9 @@ pub struct KernelKey {
 impl KernelKey {
     fn source(&self) -> String {
         let (prelude, body) = match self.kernel {
-            Kernel::Matvec { format, .. } => {
-                (format.prelude(), include_str!("../../shaders/matvec.wgsl"))
-            }
-            Kernel::Matmul { format, .. } => {
-                (format.prelude(), include_str!("../../shaders/matmul.wgsl"))
-            }
-            Kernel::Embed { format } => {
-                (format.prelude(), include_str!("../../shaders/embed.wgsl"))
-            }
+            Kernel::Matvec { format, .. } => (format.prelude(), include_str!("../../shaders/matvec.wgsl")),
+            Kernel::Matmul { format, .. } => (format.prelude(), include_str!("../../shaders/matmul.wgsl")),
+            Kernel::Embed { format } => (format.prelude(), include_str!("../../shaders/embed.wgsl")),
             Kernel::RopeKv { .. } => ("", include_str!("../../shaders/rope_kv.wgsl")),
             Kernel::Attention => ("", include_str!("../../shaders/attention.wgsl")),
             Kernel::Sample => ("", include_str!("../../shaders/sample.wgsl")),
@@ -134,10 +128,7 @@ pub struct Kernels {
 impl Kernels {
     /// The pipeline for `key`, compiling it if needed.
     pub fn get(&self, device: &wgpu::Device, key: KernelKey) -> Result<wgpu::ComputePipeline> {
-        let mut cache = self
-            .cache
-            .lock()
-            .map_err(|_| Error::internal("pipeline cache poisoned"))?;
+        let mut cache = self.cache.lock().map_err(|_| Error::internal("pipeline cache poisoned"))?;
         if let Some(p) = cache.get(&key) {
             return Ok(p.clone());
         }
@@ -174,29 +165,13 @@ impl Kernels {
         let mut out = Vec::new();
         for format in [WeightFormat::F32, WeightFormat::F16] {
             let mode = MatMode::default();
-            for k in [
-                Kernel::Matvec { format, mode },
-                Kernel::Matmul { format, mode },
-                Kernel::Embed { format },
-            ] {
-                let key = KernelKey {
-                    kernel: k,
-                    wg: 64,
-                    rows: 4,
-                };
+            for k in [Kernel::Matvec { format, mode }, Kernel::Matmul { format, mode }, Kernel::Embed { format }] {
+                let key = KernelKey { kernel: k, wg: 64, rows: 4 };
                 out.push((format!("{k:?}"), key.source()));
             }
         }
-        for k in [
-            Kernel::RopeKv { adjacent: true },
-            Kernel::Attention,
-            Kernel::Sample,
-        ] {
-            let key = KernelKey {
-                kernel: k,
-                wg: 64,
-                rows: 1,
-            };
+        for k in [Kernel::RopeKv { adjacent: true }, Kernel::Attention, Kernel::Sample] {
+            let key = KernelKey { kernel: k, wg: 64, rows: 1 };
             out.push((format!("{k:?}"), key.source()));
         }
         out

@@ -33,10 +33,7 @@ pub async fn finish_map(
 ) -> Result<Vec<u8>> {
     #[cfg(not(target_arch = "wasm32"))]
     gpu.device
-        .poll(wgpu::PollType::Wait {
-            submission_index: after,
-            timeout: None,
-        })
+        .poll(wgpu::PollType::Wait { submission_index: after, timeout: None })
         .map_err(|e| Error::Gpu(format!("device poll failed: {e}")))?;
     #[cfg(target_arch = "wasm32")]
     let _ = (gpu, after);
@@ -44,9 +41,7 @@ pub async fn finish_map(
         .map_err(|_| Error::Gpu("readback callback dropped (device lost?)".into()))?
         .map_err(|e| Error::Gpu(format!("buffer map failed: {e}")))?;
     let out = {
-        let view = staging
-            .get_mapped_range(0..size)
-            .map_err(|e| Error::Gpu(format!("mapped range: {e}")))?;
+        let view = staging.get_mapped_range(0..size).map_err(|e| Error::Gpu(format!("mapped range: {e}")))?;
         view.to_vec()
     };
     staging.unmap();

@@ -22,12 +22,7 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions {
-            format: WeightFormat::F32,
-            context: 2048,
-            chunk: 64,
-            workgroup: 64,
-        }
+        LoadOptions { format: WeightFormat::F32, context: 2048, chunk: 64, workgroup: 64 }
     }
 }
 
@@ -118,22 +113,11 @@ fn rope_table(cfg: &ModelConfig, ctx: usize) -> Vec<f32> {
 
 impl LlamaGpu {
     /// Upload the weights of `src` and build every buffer and dispatch.
-    pub fn load(
-        gpu: &Gpu,
-        kernels: &Kernels,
-        src: &dyn ModelSource,
-        options: LoadOptions,
-    ) -> Result<LlamaGpu> {
+    pub fn load(gpu: &Gpu, kernels: &Kernels, src: &dyn ModelSource, options: LoadOptions) -> Result<LlamaGpu> {
         let cfg = src.config().clone();
         let fmt = options.format;
-        let (d, hd, nh, nkv, dff, vocab) = (
-            cfg.d_model,
-            cfg.head_dim,
-            cfg.n_heads,
-            cfg.n_kv_heads,
-            cfg.d_ff,
-            cfg.vocab_size,
-        );
+        let (d, hd, nh, nkv, dff, vocab) =
+            (cfg.d_model, cfg.head_dim, cfg.n_heads, cfg.n_kv_heads, cfg.d_ff, cfg.vocab_size);
         if nh == 0 || nkv == 0 || nh % nkv != 0 || hd % 4 != 0 || d % 4 != 0 || dff % 4 != 0 {
             return Err(Error::model(format!(
                 "unsupported shape: {nh} heads, {nkv} kv heads, head_dim {hd}, d_model {d}, d_ff {dff}"
@@ -156,21 +140,11 @@ impl LlamaGpu {
         let lm_head = if cfg.tied_embeddings {
             None
         } else {
-            let m = upload_matrix(
-                gpu,
-                "output",
-                &[&required_f32(src, WeightName::Output, &[vocab, d])?],
-                d,
-                fmt,
-            )?;
+            let m = upload_matrix(gpu, "output", &[&required_f32(src, WeightName::Output, &[vocab, d])?], d, fmt)?;
             weight_bytes += m.bytes();
             Some(m)
         };
-        let out_norm = upload_vec(
-            gpu,
-            "output_norm",
-            &required_f32(src, WeightName::OutputNorm, &[d])?,
-        );
+        let out_norm = upload_vec(gpu, "output_norm", &required_f32(src, WeightName::OutputNorm, &[d])?);
         weight_bytes += out_norm.size();
 
         let mut layers = Vec::with_capacity(cfg.n_layers);
@@ -205,34 +179,16 @@ impl LlamaGpu {
                 dff,
                 fmt,
             )?;
-            let attn_norm = upload_vec(
-                gpu,
-                &format!("blk.{l}.attn_norm"),
-                &required_f32(src, WeightName::AttnNorm(l), &[d])?,
-            );
-            let ffn_norm = upload_vec(
-                gpu,
-                &format!("blk.{l}.ffn_norm"),
-                &required_f32(src, WeightName::FfnNorm(l), &[d])?,
-            );
-            weight_bytes += qkv.bytes()
-                + o.bytes()
-                + gate_up.bytes()
-                + down.bytes()
-                + attn_norm.size()
-                + ffn_norm.size();
+            let attn_norm =
+                upload_vec(gpu, &format!("blk.{l}.attn_norm"), &required_f32(src, WeightName::AttnNorm(l), &[d])?);
+            let ffn_norm =
+                upload_vec(gpu, &format!("blk.{l}.ffn_norm"), &required_f32(src, WeightName::FfnNorm(l), &[d])?);
+            weight_bytes +=
+                qkv.bytes() + o.bytes() + gate_up.bytes() + down.bytes() + attn_norm.size() + ffn_norm.size();
             if let Some(b) = &qkv_bias {
                 weight_bytes += b.size();
             }
-            layers.push(Layer {
-                attn_norm,
-                qkv,
-                qkv_bias,
-                o,
-                ffn_norm,
-                gate_up,
-                down,
-            });
+            layers.push(Layer { attn_norm, qkv, qkv_bias, o, ffn_norm, gate_up, down });
         }
 
         // Activations, allocated once.
@@ -253,24 +209,15 @@ impl LlamaGpu {
         let rope = gpu.storage_init("rope", bytemuck::cast_slice(&rope_table(&cfg, ctx))); // [ctx, hd/2] (cos, sin)
         let dummy = gpu.storage("dummy", 16);
         let kv_bytes = k_cache.size() + v_cache.size();
-        let activation_bytes = [
-            &x, &qkv_buf, &q_buf, &attn, &gate_up, &logits, &scores, &tokens, &state, &rope, &dummy,
-        ]
-        .iter()
-        .map(|b| b.size())
-        .sum();
+        let activation_bytes =
+            [&x, &qkv_buf, &q_buf, &attn, &gate_up, &logits, &scores, &tokens, &state, &rope, &dummy]
+                .iter()
+                .map(|b| b.size())
+                .sum();
 
         let wg = options.workgroup.next_power_of_two().clamp(32, 256);
         let rows = 4u32;
-        let b = Builder {
-            gpu,
-            kernels,
-            wg,
-            rows,
-            state: &state,
-            dummy: &dummy,
-            eps: cfg.rms_eps,
-        };
+        let b = Builder { gpu, kernels, wg, rows, state: &state, dummy: &dummy, eps: cfg.rms_eps };
 
         let layer_off = |l: usize| -> Result<u32> { u32_of(l * kv_layer as usize, "kv offset") };
         let head_params = |l: usize| -> Result<HeadParams> {
@@ -284,29 +231,12 @@ impl LlamaGpu {
                 _pad: [0; 2],
             })
         };
-        let embed_bytes = EmbedParams {
-            d: u32_of(d, "d_model")?,
-            vocab: u32_of(vocab, "vocab")?,
-            _pad: [0; 2],
-        };
+        let embed_bytes = EmbedParams { d: u32_of(d, "d_model")?, vocab: u32_of(vocab, "vocab")?, _pad: [0; 2] };
         let embed = |b: &Builder| -> Result<Dispatch> {
             let pipeline = b.pipeline(Kernel::Embed { format: fmt })?;
             let params = gpu.uniform_init("embed params", bytemuck::bytes_of(&embed_bytes));
-            let bind = b.bind(
-                &pipeline,
-                &[
-                    (0, &params),
-                    (1, &embd.buf),
-                    (3, &tokens),
-                    (4, &x),
-                    (7, &state),
-                ],
-            );
-            Ok(Dispatch {
-                pipeline,
-                bind,
-                grid: Grid::PerToken((d as u32 / 4).div_ceil(64)),
-            })
+            let bind = b.bind(&pipeline, &[(0, &params), (1, &embd.buf), (3, &tokens), (4, &x), (7, &state)]);
+            Ok(Dispatch { pipeline, bind, grid: Grid::PerToken((d as u32 / 4).div_ceil(64)) })
         };
         let rope_groups = u32_of((nh + nkv) * hd / 2 + kvdim / 2, "rope items")?.div_ceil(64);
 
@@ -315,11 +245,7 @@ impl LlamaGpu {
             let tiled = li > 0;
             list.push(embed(&b)?);
             for (l, layer) in layers.iter().enumerate() {
-                let norm_mode = MatMode {
-                    fuse_norm: true,
-                    bias: layer.qkv_bias.is_some(),
-                    ..Default::default()
-                };
+                let norm_mode = MatMode { fuse_norm: true, bias: layer.qkv_bias.is_some(), ..Default::default() };
                 list.push(b.matrix(
                     tiled,
                     &layer.qkv,
@@ -332,86 +258,29 @@ impl LlamaGpu {
                 )?);
                 let hp = head_params(l)?;
                 let rp = gpu.uniform_init("rope params", bytemuck::bytes_of(&hp));
-                let pipeline = b.pipeline(Kernel::RopeKv {
-                    adjacent: cfg.rope_layout == RopeLayout::Adjacent,
-                })?;
+                let pipeline = b.pipeline(Kernel::RopeKv { adjacent: cfg.rope_layout == RopeLayout::Adjacent })?;
                 let bind = b.bind(
                     &pipeline,
-                    &[
-                        (0, &rp),
-                        (1, &qkv_buf),
-                        (2, &q_buf),
-                        (3, &k_cache),
-                        (4, &v_cache),
-                        (5, &rope),
-                        (7, &state),
-                    ],
+                    &[(0, &rp), (1, &qkv_buf), (2, &q_buf), (3, &k_cache), (4, &v_cache), (5, &rope), (7, &state)],
                 );
-                list.push(Dispatch {
-                    pipeline,
-                    bind,
-                    grid: Grid::PerToken(rope_groups),
-                });
+                list.push(Dispatch { pipeline, bind, grid: Grid::PerToken(rope_groups) });
                 let pipeline = b.pipeline(Kernel::Attention)?;
                 let bind = b.bind(
                     &pipeline,
-                    &[
-                        (0, &rp),
-                        (1, &q_buf),
-                        (2, &k_cache),
-                        (3, &v_cache),
-                        (4, &attn),
-                        (5, &scores),
-                        (7, &state),
-                    ],
+                    &[(0, &rp), (1, &q_buf), (2, &k_cache), (3, &v_cache), (4, &attn), (5, &scores), (7, &state)],
                 );
-                list.push(Dispatch {
-                    pipeline,
-                    bind,
-                    grid: Grid::PerToken(u32_of(nh, "heads")?),
-                });
-                let acc = MatMode {
-                    accumulate: true,
-                    ..Default::default()
-                };
+                list.push(Dispatch { pipeline, bind, grid: Grid::PerToken(u32_of(nh, "heads")?) });
+                let acc = MatMode { accumulate: true, ..Default::default() };
                 list.push(b.matrix(tiled, &layer.o, acc, &attn, &x, None, None, false)?);
-                let norm = MatMode {
-                    fuse_norm: true,
-                    ..Default::default()
-                };
-                list.push(b.matrix(
-                    tiled,
-                    &layer.gate_up,
-                    norm,
-                    &x,
-                    &gate_up,
-                    Some(&layer.ffn_norm),
-                    None,
-                    false,
-                )?);
-                let down = MatMode {
-                    swiglu_in: true,
-                    accumulate: true,
-                    ..Default::default()
-                };
+                let norm = MatMode { fuse_norm: true, ..Default::default() };
+                list.push(b.matrix(tiled, &layer.gate_up, norm, &x, &gate_up, Some(&layer.ffn_norm), None, false)?);
+                let down = MatMode { swiglu_in: true, accumulate: true, ..Default::default() };
                 list.push(b.matrix(tiled, &layer.down, down, &gate_up, &x, None, None, false)?);
             }
             let head = lm_head.as_ref().unwrap_or(&embd);
-            let norm = MatMode {
-                fuse_norm: true,
-                ..Default::default()
-            };
+            let norm = MatMode { fuse_norm: true, ..Default::default() };
             // Decode and plain prefill: logits of the last row only; li == 2: every row.
-            list.push(b.matrix(
-                li == 2,
-                head,
-                norm,
-                &x,
-                &logits,
-                Some(&out_norm),
-                None,
-                li == 1,
-            )?);
+            list.push(b.matrix(li == 2, head, norm, &x, &logits, Some(&out_norm), None, li == 1)?);
         }
         let [decode, prefill, prefill_all_logits] = lists;
 
@@ -429,32 +298,16 @@ impl LlamaGpu {
         };
         let sample_params = gpu.uniform_init("sample params", bytemuck::bytes_of(&sp));
         let pipeline = b.pipeline(Kernel::Sample)?;
-        let bind = b.bind(
-            &pipeline,
-            &[(0, &sample_params), (1, &logits), (2, &tokens), (3, &state)],
-        );
-        let sample = Dispatch {
-            pipeline,
-            bind,
-            grid: Grid::Fixed([1, 1, 1]),
-        };
+        let bind = b.bind(&pipeline, &[(0, &sample_params), (1, &logits), (2, &tokens), (3, &state)]);
+        let sample = Dispatch { pipeline, bind, grid: Grid::Fixed([1, 1, 1]) };
 
-        let mut keep = vec![
-            x, qkv_buf, q_buf, attn, gate_up, scores, k_cache, v_cache, rope, dummy, out_norm,
-            embd.buf,
-        ];
+        let mut keep =
+            vec![x, qkv_buf, q_buf, attn, gate_up, scores, k_cache, v_cache, rope, dummy, out_norm, embd.buf];
         if let Some(h) = lm_head {
             keep.push(h.buf);
         }
         for l in layers {
-            keep.extend([
-                l.attn_norm,
-                l.qkv.buf,
-                l.o.buf,
-                l.ffn_norm,
-                l.gate_up.buf,
-                l.down.buf,
-            ]);
+            keep.extend([l.attn_norm, l.qkv.buf, l.o.buf, l.ffn_norm, l.gate_up.buf, l.down.buf]);
             if let Some(bias) = l.qkv_bias {
                 keep.push(bias);
             }
@@ -484,39 +337,23 @@ impl LlamaGpu {
 
     /// Set the step state (pos, n_tokens) before a submission.
     pub fn write_state(&self, gpu: &Gpu, pos: u32, n_tokens: u32) {
-        gpu.queue.write_buffer(
-            &self.state,
-            0,
-            bytemuck::cast_slice(&[pos, n_tokens, 0u32, 0u32]),
-        );
+        gpu.queue.write_buffer(&self.state, 0, bytemuck::cast_slice(&[pos, n_tokens, 0u32, 0u32]));
     }
 
     /// Write token ids at `pos..` of the token buffer.
     pub fn write_tokens(&self, gpu: &Gpu, pos: usize, ids: &[u32]) {
-        gpu.queue
-            .write_buffer(&self.tokens, pos as u64 * 4, bytemuck::cast_slice(ids));
+        gpu.queue.write_buffer(&self.tokens, pos as u64 * 4, bytemuck::cast_slice(ids));
     }
 
     /// Set the sampler parameters of the next generation.
     pub fn write_sample_params(&self, gpu: &Gpu, p: &SampleParams) {
-        gpu.queue
-            .write_buffer(&self.sample_params, 0, bytemuck::bytes_of(p));
+        gpu.queue.write_buffer(&self.sample_params, 0, bytemuck::bytes_of(p));
     }
 
     /// Encode a prefill chunk of `n` tokens (state written beforehand). With `sample`, the
     /// next token is sampled from the last row; with `all_logits`, every row's logits are kept.
-    pub fn encode_prefill(
-        &self,
-        pass: &mut wgpu::ComputePass<'_>,
-        n: u32,
-        sample: bool,
-        all_logits: bool,
-    ) {
-        let list = if all_logits {
-            &self.prefill_all_logits
-        } else {
-            &self.prefill
-        };
+    pub fn encode_prefill(&self, pass: &mut wgpu::ComputePass<'_>, n: u32, sample: bool, all_logits: bool) {
+        let list = if all_logits { &self.prefill_all_logits } else { &self.prefill };
         run(pass, list, n);
         if sample {
             run(pass, std::slice::from_ref(&self.sample), 1);
@@ -552,36 +389,20 @@ struct Builder<'a> {
 
 impl Builder<'_> {
     fn pipeline(&self, kernel: Kernel) -> Result<wgpu::ComputePipeline> {
-        self.kernels.get(
-            &self.gpu.device,
-            KernelKey {
-                kernel,
-                wg: self.wg,
-                rows: self.rows,
-            },
-        )
+        self.kernels.get(&self.gpu.device, KernelKey { kernel, wg: self.wg, rows: self.rows })
     }
 
-    fn bind(
-        &self,
-        pipeline: &wgpu::ComputePipeline,
-        entries: &[(u32, &wgpu::Buffer)],
-    ) -> wgpu::BindGroup {
+    fn bind(&self, pipeline: &wgpu::ComputePipeline, entries: &[(u32, &wgpu::Buffer)]) -> wgpu::BindGroup {
         let layout = pipeline.get_bind_group_layout(0);
         let entries: Vec<wgpu::BindGroupEntry> = entries
             .iter()
-            .map(|(binding, buf)| wgpu::BindGroupEntry {
-                binding: *binding,
-                resource: buf.as_entire_binding(),
-            })
+            .map(|(binding, buf)| wgpu::BindGroupEntry { binding: *binding, resource: buf.as_entire_binding() })
             .collect();
-        self.gpu
-            .device
-            .create_bind_group(&wgpu::BindGroupDescriptor {
-                label: None,
-                layout: &layout,
-                entries: &entries,
-            })
+        self.gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &layout,
+            entries: &entries,
+        })
     }
 
     /// A matvec (decode) or tiled matmul (prefill) dispatch of `m` over `x` into `y`.
@@ -607,20 +428,9 @@ impl Builder<'_> {
             last_row: u32::from(last_row),
             _pad: [0; 2],
         };
-        let ub = self
-            .gpu
-            .uniform_init("mat params", bytemuck::bytes_of(&params));
-        let kernel = if tiled {
-            Kernel::Matmul {
-                format: m.format,
-                mode,
-            }
-        } else {
-            Kernel::Matvec {
-                format: m.format,
-                mode,
-            }
-        };
+        let ub = self.gpu.uniform_init("mat params", bytemuck::bytes_of(&params));
+        let kernel =
+            if tiled { Kernel::Matmul { format: m.format, mode } } else { Kernel::Matvec { format: m.format, mode } };
         let pipeline = self.pipeline(kernel)?;
         let bind = self.bind(
             &pipeline,
@@ -641,10 +451,6 @@ impl Builder<'_> {
         } else {
             Grid::PerToken(m.rows.div_ceil(self.rows))
         };
-        Ok(Dispatch {
-            pipeline,
-            bind,
-            grid,
-        })
+        Ok(Dispatch { pipeline, bind, grid })
     }
 }

@@ -5,8 +5,5 @@ use crate::model::ModelSource;
 
 /// Open a GGUF file or a Hugging Face model folder.
 pub fn open_path(path: &std::path::Path) -> Result<Box<dyn ModelSource>> {
-    Err(Error::model(format!(
-        "cannot open {}: not implemented yet",
-        path.display()
-    )))
+    Err(Error::model(format!("cannot open {}: not implemented yet", path.display())))
 }

@@ -8,24 +8,13 @@ use crate::model::{ModelSource, RopeLayout, RopeScaling, WeightName};
 
 fn matvec(w: &[f32], x: &[f32], rows: usize) -> Vec<f32> {
     let k = x.len();
-    (0..rows)
-        .map(|r| {
-            w[r * k..(r + 1) * k]
-                .iter()
-                .zip(x)
-                .map(|(a, b)| a * b)
-                .sum()
-        })
-        .collect()
+    (0..rows).map(|r| w[r * k..(r + 1) * k].iter().zip(x).map(|(a, b)| a * b).sum()).collect()
 }
 
 fn rmsnorm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
     let ss: f64 = x.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>() / x.len() as f64;
     let inv = 1.0 / (ss + f64::from(eps)).sqrt();
-    x.iter()
-        .zip(w)
-        .map(|(&v, &g)| (f64::from(v) * inv) as f32 * g)
-        .collect()
+    x.iter().zip(w).map(|(&v, &g)| (f64::from(v) * inv) as f32 * g).collect()
 }
 
 /// Rotate one head in place at position `pos`.
@@ -52,25 +41,11 @@ pub fn rope_head(h: &mut [f32], pos: usize, theta: f32, scaling: RopeScaling, la
 /// Logits `[tokens.len(), vocab]` for every position of `tokens`.
 pub fn forward_all(src: &dyn ModelSource, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
     let c = src.config().clone();
-    let (d, hd, nh, nkv, dff, vocab) = (
-        c.d_model,
-        c.head_dim,
-        c.n_heads,
-        c.n_kv_heads,
-        c.d_ff,
-        c.vocab_size,
-    );
+    let (d, hd, nh, nkv, dff, vocab) = (c.d_model, c.head_dim, c.n_heads, c.n_kv_heads, c.d_ff, c.vocab_size);
     let embd = required_f32(src, WeightName::TokenEmbd, &[vocab, d])?;
-    let head = if c.tied_embeddings {
-        embd.clone()
-    } else {
-        required_f32(src, WeightName::Output, &[vocab, d])?
-    };
+    let head = if c.tied_embeddings { embd.clone() } else { required_f32(src, WeightName::Output, &[vocab, d])? };
     let out_norm = required_f32(src, WeightName::OutputNorm, &[d])?;
-    let mut xs: Vec<Vec<f32>> = tokens
-        .iter()
-        .map(|&t| embd[t as usize * d..(t as usize + 1) * d].to_vec())
-        .collect();
+    let mut xs: Vec<Vec<f32>> = tokens.iter().map(|&t| embd[t as usize * d..(t as usize + 1) * d].to_vec()).collect();
     let group = nh / nkv;
     for l in 0..c.n_layers {
         let wq = required_f32(src, WeightName::AttnQ(l), &[nh * hd, d])?;
@@ -96,21 +71,9 @@ pub fn forward_all(src: &dyn ModelSource, tokens: &[u32]) -> Result<Vec<Vec<f32>
         let mut vs = Vec::new();
         for (pos, x) in xs.iter().enumerate() {
             let xn = rmsnorm(x, &an, c.rms_eps);
-            let mut q: Vec<f32> = matvec(&wq, &xn, nh * hd)
-                .iter()
-                .zip(&bq)
-                .map(|(a, b)| a + b)
-                .collect();
-            let mut k: Vec<f32> = matvec(&wk, &xn, nkv * hd)
-                .iter()
-                .zip(&bk)
-                .map(|(a, b)| a + b)
-                .collect();
-            let v: Vec<f32> = matvec(&wv, &xn, nkv * hd)
-                .iter()
-                .zip(&bv)
-                .map(|(a, b)| a + b)
-                .collect();
+            let mut q: Vec<f32> = matvec(&wq, &xn, nh * hd).iter().zip(&bq).map(|(a, b)| a + b).collect();
+            let mut k: Vec<f32> = matvec(&wk, &xn, nkv * hd).iter().zip(&bk).map(|(a, b)| a + b).collect();
+            let v: Vec<f32> = matvec(&wv, &xn, nkv * hd).iter().zip(&bv).map(|(a, b)| a + b).collect();
             for h in q.chunks_mut(hd) {
                 rope_head(h, pos, c.rope_theta, c.rope_scaling, c.rope_layout);
             }
@@ -130,20 +93,14 @@ pub fn forward_all(src: &dyn ModelSource, tokens: &[u32]) -> Result<Vec<Vec<f32>
                 let scores: Vec<f64> = (0..=t)
                     .map(|j| {
                         let k = &ks[j][kvh * hd..(kvh + 1) * hd];
-                        q.iter()
-                            .zip(k)
-                            .map(|(a, b)| f64::from(*a) * f64::from(*b))
-                            .sum::<f64>()
-                            * scale
+                        q.iter().zip(k).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum::<f64>() * scale
                     })
                     .collect();
                 let mx = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                 let e: Vec<f64> = scores.iter().map(|s| (s - mx).exp()).collect();
                 let z: f64 = e.iter().sum();
                 for dd in 0..hd {
-                    let acc: f64 = (0..=t)
-                        .map(|j| e[j] * f64::from(vs[j][kvh * hd + dd]))
-                        .sum();
+                    let acc: f64 = (0..=t).map(|j| e[j] * f64::from(vs[j][kvh * hd + dd])).sum();
                     att[h * hd + dd] = (acc / z) as f32;
                 }
             }
@@ -154,19 +111,12 @@ pub fn forward_all(src: &dyn ModelSource, tokens: &[u32]) -> Result<Vec<Vec<f32>
             let xn = rmsnorm(x, &fnw, c.rms_eps);
             let g = matvec(&wg, &xn, dff);
             let u = matvec(&wu, &xn, dff);
-            let act: Vec<f32> = g
-                .iter()
-                .zip(&u)
-                .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u)
-                .collect();
+            let act: Vec<f32> = g.iter().zip(&u).map(|(&g, &u)| g / (1.0 + (-g).exp()) * u).collect();
             let down = matvec(&wd, &act, d);
             for (a, b) in x.iter_mut().zip(&down) {
                 *a += b;
             }
         }
     }
-    Ok(xs
-        .iter()
-        .map(|x| matvec(&head, &rmsnorm(x, &out_norm, c.rms_eps), vocab))
-        .collect())
+    Ok(xs.iter().map(|x| matvec(&head, &rmsnorm(x, &out_norm, c.rms_eps), vocab)).collect())
 }

@@ -21,19 +21,10 @@ impl GpuMatrix {
 }
 
 /// Fetch a required tensor, checking its shape.
-pub fn required<'a>(
-    src: &'a dyn ModelSource,
-    name: WeightName,
-    shape: &[usize],
-) -> Result<HostTensor<'a>> {
-    let t = src
-        .tensor(name)?
-        .ok_or_else(|| Error::model(format!("missing tensor {}", name.gguf_name())))?;
+pub fn required<'a>(src: &'a dyn ModelSource, name: WeightName, shape: &[usize]) -> Result<HostTensor<'a>> {
+    let t = src.tensor(name)?.ok_or_else(|| Error::model(format!("missing tensor {}", name.gguf_name())))?;
     if t.shape != shape {
-        return Err(Error::model(format!(
-            "tensor {} has shape {:?}, expected {:?}",
-            t.name, t.shape, shape
-        )));
+        return Err(Error::model(format!("tensor {} has shape {:?}, expected {:?}", t.name, t.shape, shape)));
     }
     Ok(t)
 }
@@ -44,27 +35,16 @@ pub fn required_f32(src: &dyn ModelSource, name: WeightName, shape: &[usize]) ->
 }
 
 /// Upload row-concatenated matrices `parts` (each `[rows_i, cols]` f32) as one matrix.
-pub fn upload_matrix(
-    gpu: &Gpu,
-    label: &str,
-    parts: &[&[f32]],
-    cols: usize,
-    format: WeightFormat,
-) -> Result<GpuMatrix> {
+pub fn upload_matrix(gpu: &Gpu, label: &str, parts: &[&[f32]], cols: usize, format: WeightFormat) -> Result<GpuMatrix> {
     if cols % 4 != 0 {
-        return Err(Error::model(format!(
-            "{label}: width {cols} is not a multiple of 4"
-        )));
+        return Err(Error::model(format!("{label}: width {cols} is not a multiple of 4")));
     }
     let total: usize = parts.iter().map(|p| p.len()).sum();
     if total % cols != 0 {
-        return Err(Error::internal(format!(
-            "{label}: {total} values do not fill rows of {cols}"
-        )));
+        return Err(Error::internal(format!("{label}: {total} values do not fill rows of {cols}")));
     }
     let rows = total / cols;
-    if u64::try_from(total).unwrap_or(u64::MAX) as f64 * format.bytes_per_weight()
-        > gpu.caps.max_storage_binding as f64
+    if u64::try_from(total).unwrap_or(u64::MAX) as f64 * format.bytes_per_weight() > gpu.caps.max_storage_binding as f64
     {
         return Err(Error::model(format!(
             "{label}: {rows}x{cols} exceeds the adapter's storage binding limit of {} bytes",

@@ -9,20 +9,15 @@ use wsi::gpu::Gpu;
 /// One device for the whole test binary.
 pub fn gpu() -> Gpu {
     static GPU: OnceLock<Gpu> = OnceLock::new();
-    GPU.get_or_init(|| pollster::block_on(Gpu::new()).expect("a GPU adapter (lavapipe in CI)"))
-        .clone()
+    GPU.get_or_init(|| pollster::block_on(Gpu::new()).expect("a GPU adapter (lavapipe in CI)")).clone()
 }
 
 /// Deterministic pseudo-random values in [-scale, scale].
 pub fn rand_vec(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
         })
         .collect()
@@ -50,9 +45,7 @@ pub fn read_bytes(gpu: &Gpu, buf: &wgpu::Buffer) -> Vec<u8> {
 pub fn smollm2_path() -> Option<PathBuf> {
     let p = std::env::var_os("WSI_MODEL")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf"));
     p.exists().then_some(p)
 }
 
@@ -71,8 +64,5 @@ pub fn require_smollm2() -> Option<PathBuf> {
 /// Max |a-b| / max(|b|, floor).
 pub fn max_rel_err(a: &[f32], b: &[f32], floor: f32) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs() / y.abs().max(floor))
-        .fold(0.0, f32::max)
+    a.iter().zip(b).map(|(x, y)| (x - y).abs() / y.abs().max(floor)).fold(0.0, f32::max)
 }
