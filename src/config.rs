@@ -1,1 +1,0 @@
-//! StreamingConfig: every documented option, serde, defaults, validation.
