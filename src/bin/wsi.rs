@@ -1,2 +1,270 @@
-//! wsi: the native command-line tool.
-fn main() {}
+//! wsi: the native command-line tool (generate, logits, perplexity, bench, convert, synth).
+//! Bad input ends with a one-line reason on stderr and a non-zero exit, never a panic.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use wsi::config::{GenerateOptions, StreamingConfig};
+use wsi::engine::{Engine, EngineOptions, GenerateParams};
+use wsi::error::{Error, Result};
+use wsi::gpu::Gpu;
+use wsi::tokenizer::ChatMessage;
+
+#[derive(Parser)]
+#[command(name = "wsi", version, about = "WebGPU Streaming Inference: run language models on the GPU through wgpu")]
+struct Cli {
+    /// A GGUF file or a Hugging Face model folder.
+    #[arg(long, global = true, default_value = "models/SmolLM2-135M-Instruct.Q4_1.gguf")]
+    model: PathBuf,
+    /// Weight precision on the GPU (fp32, fp16, int8, int4, int3, int2, mixed).
+    #[arg(long, global = true)]
+    quantization: Option<String>,
+    /// StreamingConfig as a JSON object, or a path to a JSON file.
+    #[arg(long, global = true)]
+    config: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Stream a continuation of a prompt to stdout.
+    Generate {
+        #[arg(long)]
+        prompt: String,
+        /// Wrap the prompt in the model's chat template as a user message.
+        #[arg(long)]
+        chat: bool,
+        #[arg(long)]
+        max_tokens: Option<usize>,
+        #[arg(long)]
+        temperature: Option<f32>,
+        #[arg(long)]
+        top_p: Option<f32>,
+        #[arg(long)]
+        top_k: Option<u32>,
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Print one JSON object at the end instead of streaming text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The top-10 next-token logits after a prompt.
+    Logits {
+        #[arg(long)]
+        prompt: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Perplexity of a text file.
+    Perplexity {
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long, default_value_t = 1024)]
+        max_tokens: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure prefill and decode speed.
+    Bench {
+        #[arg(long, default_value_t = 512)]
+        prompt_tokens: usize,
+        #[arg(long, default_value_t = 128)]
+        gen_tokens: usize,
+        /// A second configuration (JSON) measured in the same process; prints the ratio.
+        #[arg(long)]
+        compare: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a Hugging Face folder (f32 safetensors, config.json, tokenizer.json).
+    Convert {
+        /// Output format (only `safetensors`).
+        #[arg(long, default_value = "safetensors")]
+        to: String,
+        out_dir: PathBuf,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("wsi: {} ({})", e, e.code());
+        std::process::exit(1);
+    }
+}
+
+fn load_config(cli: &Cli) -> Result<StreamingConfig> {
+    let mut cfg = match &cli.config {
+        None => StreamingConfig::default(),
+        Some(s) if s.trim_start().starts_with('{') => StreamingConfig::from_json_str(s)?,
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Error::invalid(format!("cannot read config file {path}: {e}")))?;
+            StreamingConfig::from_json_str(&text)?
+        }
+    };
+    if let Some(q) = &cli.quantization {
+        cfg.update_from_json_value(&json!({ "quantization": q }))?;
+    }
+    Ok(cfg)
+}
+
+fn open_engine(model: &Path, cfg: &StreamingConfig) -> Result<Engine> {
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_message(format!("loading {}", model.display()));
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    let src = wsi::model::open_path(model)?;
+    let gpu = pollster::block_on(Gpu::new())?;
+    let options = EngineOptions::from_config(cfg, &gpu.caps, src.config())?;
+    let bar2 = bar.clone();
+    let engine = Engine::load_with_progress(gpu, src.as_ref(), options, &mut |done, total| {
+        bar2.set_message(format!("uploading weights {done}/{total}"));
+    });
+    bar.finish_and_clear();
+    engine
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let cfg = load_config(&cli)?;
+    match &cli.command {
+        Command::Convert { to, out_dir } => {
+            if to != "safetensors" {
+                return Err(Error::invalid(format!("--to {to}: only safetensors is supported")));
+            }
+            let src = wsi::model::open_path(&cli.model)?;
+            let tok = src.tokenizer()?;
+            wsi::model::convert::convert_to_hf(src.as_ref(), &tok.to_hf_json()?, out_dir)?;
+            eprintln!("wrote {}", out_dir.display());
+            Ok(())
+        }
+        Command::Generate { prompt, chat, max_tokens, temperature, top_p, top_k, seed, json: as_json } => {
+            let mut engine = open_engine(&cli.model, &cfg)?;
+            let text = if *chat {
+                engine
+                    .tokenizer
+                    .apply_chat_template(&[ChatMessage { role: "user".into(), content: prompt.clone() }], true)?
+            } else {
+                prompt.clone()
+            };
+            let ids = engine.tokenizer.encode(&text)?;
+            let opts = GenerateOptions {
+                max_tokens: *max_tokens,
+                temperature: *temperature,
+                top_p: *top_p,
+                top_k: *top_k,
+                seed: *seed,
+                ..Default::default()
+            };
+            let params = GenerateParams::from_sampling(&opts.resolve(&cfg, 128, clock_seed()));
+            let mut out = std::io::stdout();
+            let streaming = !*as_json;
+            let g = pollster::block_on(engine.generate(&ids, &params, &mut |ev| {
+                if streaming {
+                    let _ = out.write_all(ev.text.as_bytes());
+                    let _ = out.flush();
+                }
+                true
+            }))?;
+            if *as_json {
+                let v = json!({
+                    "text": g.text,
+                    "prompt_token_ids": g.prompt_ids,
+                    "token_ids": g.ids,
+                    "finish_reason": g.finish_reason.as_str(),
+                    "stats": engine.stats_json(&g.stats),
+                });
+                println!("{v}");
+            } else {
+                println!();
+            }
+            Ok(())
+        }
+        Command::Logits { prompt, json: as_json } => {
+            let mut engine = open_engine(&cli.model, &cfg)?;
+            let ids = engine.tokenizer.encode(prompt)?;
+            let logits = pollster::block_on(engine.next_logits(&ids))?;
+            let mut order: Vec<usize> = (0..logits.len()).collect();
+            order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+            let top: Vec<(usize, f32)> = order.iter().take(10).map(|&i| (i, logits[i])).collect();
+            if *as_json {
+                println!("{}", json!({ "prompt_token_ids": ids, "top": top }));
+            } else {
+                for (id, l) in top {
+                    let piece = engine.tokenizer.decode(&[id as u32], false).unwrap_or_default();
+                    println!("{id:>7} {l:>10.4} {piece:?}");
+                }
+            }
+            Ok(())
+        }
+        Command::Perplexity { file, max_tokens, json: as_json } => {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| Error::invalid(format!("cannot read {}: {e}", file.display())))?;
+            let mut engine = open_engine(&cli.model, &cfg)?;
+            let mut ids = engine.tokenizer.encode(&text)?;
+            ids.truncate((*max_tokens).min(engine.model.options.context));
+            if ids.len() < 2 {
+                return Err(Error::invalid("the text has fewer than 2 tokens"));
+            }
+            let (sum, n) = pollster::block_on(engine.score(&ids))?;
+            let mean = sum / n as f64;
+            if *as_json {
+                println!("{}", json!({ "tokens": ids.len(), "mean_nll": mean, "perplexity": mean.exp() }));
+            } else {
+                println!("tokens {}  mean nll {mean:.4}  perplexity {:.3}", ids.len(), mean.exp());
+            }
+            Ok(())
+        }
+        Command::Bench { prompt_tokens, gen_tokens, compare, json: as_json } => {
+            let mut engine = open_engine(&cli.model, &cfg)?;
+            let base = pollster::block_on(wsi::engine::bench(&mut engine, *prompt_tokens, *gen_tokens))?;
+            let other = match compare {
+                None => None,
+                Some(c) => {
+                    drop(engine);
+                    let mut cfg2 = cfg.clone();
+                    cfg2.update_from_json_value(
+                        &serde_json::from_str(c).map_err(|e| Error::invalid(format!("--compare: {e}")))?,
+                    )?;
+                    let mut e2 = open_engine(&cli.model, &cfg2)?;
+                    Some(pollster::block_on(wsi::engine::bench(&mut e2, *prompt_tokens, *gen_tokens))?)
+                }
+            };
+            let ratio = other.as_ref().map(|o| {
+                json!({
+                    "decode": o.decode_tokens_per_second / base.decode_tokens_per_second,
+                    "prefill": o.prefill_tokens_per_second / base.prefill_tokens_per_second,
+                })
+            });
+            if *as_json {
+                println!("{}", json!({ "base": base, "compare": other, "ratio": ratio }));
+            } else {
+                for (name, r) in std::iter::once(("base", &base)).chain(other.as_ref().map(|o| ("compare", o))) {
+                    println!(
+                        "{name:8} {} [{}] {}: prefill {:.1} tok/s ({} tokens), decode {:.1} tok/s ({} tokens), first token {:.1} ms, {} dispatches/token, {:.3} submits/token",
+                        r.adapter,
+                        r.backend,
+                        r.quantization,
+                        r.prefill_tokens_per_second,
+                        r.prompt_tokens,
+                        r.decode_tokens_per_second,
+                        r.gen_tokens,
+                        r.first_token_latency_ms,
+                        r.dispatches_per_token,
+                        r.submissions_per_token
+                    );
+                }
+                if let Some(r) = ratio {
+                    println!("ratio compare/base: {r}");
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn clock_seed() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}

@@ -4,6 +4,7 @@
 //! browser by the event loop.
 
 mod bench;
+mod options;
 mod stats;
 mod stop;
 
@@ -14,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use web_time::Instant;
 
 pub use bench::{BenchReport, bench};
+pub use options::weight_format;
 pub use stats::{FinishReason, GenerationStats};
 pub use stop::{StopMatcher, StopStep};
 
@@ -32,11 +34,21 @@ pub struct EngineOptions {
     pub steps_per_submit: u32,
     /// Submissions kept in flight (1 = wait for each before the next).
     pub in_flight: u32,
+    /// The browser profile in force (None: plain native defaults).
+    pub profile: Option<crate::browser::BrowserProfile>,
+    /// The configuration these options came from.
+    pub config: crate::config::StreamingConfig,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { load: LoadOptions::default(), steps_per_submit: 4, in_flight: 3 }
+        EngineOptions {
+            load: LoadOptions::default(),
+            steps_per_submit: 4,
+            in_flight: 3,
+            profile: None,
+            config: crate::config::StreamingConfig::default(),
+        }
     }
 }
 
@@ -100,10 +112,20 @@ pub struct Engine {
 impl Engine {
     /// Upload `src` to the GPU and build everything the decode loop needs.
     pub fn load(gpu: Gpu, src: &dyn ModelSource, options: EngineOptions) -> Result<Engine> {
+        Self::load_with_progress(gpu, src, options, &mut |_, _| {})
+    }
+
+    /// [`Engine::load`] reporting `(layers uploaded, total)` as it goes.
+    pub fn load_with_progress(
+        gpu: Gpu,
+        src: &dyn ModelSource,
+        options: EngineOptions,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Engine> {
         let t0 = Instant::now();
         let tokenizer = src.tokenizer()?;
         let kernels = Kernels::default();
-        let model = LlamaGpu::load(&gpu, &kernels, src, options.load.clone())?;
+        let model = LlamaGpu::load(&gpu, &kernels, src, options.load.clone(), progress)?;
         gpu.take_errors()?;
         let mut options = options;
         options.load = model.options.clone();

@@ -113,7 +113,13 @@ fn rope_table(cfg: &ModelConfig, ctx: usize) -> Vec<f32> {
 
 impl LlamaGpu {
     /// Upload the weights of `src` and build every buffer and dispatch.
-    pub fn load(gpu: &Gpu, kernels: &Kernels, src: &dyn ModelSource, options: LoadOptions) -> Result<LlamaGpu> {
+    pub fn load(
+        gpu: &Gpu,
+        kernels: &Kernels,
+        src: &dyn ModelSource,
+        options: LoadOptions,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<LlamaGpu> {
         let cfg = src.config().clone();
         let fmt = options.format;
         let (d, hd, nh, nkv, dff, vocab) =
@@ -149,6 +155,7 @@ impl LlamaGpu {
 
         let mut layers = Vec::with_capacity(cfg.n_layers);
         for l in 0..cfg.n_layers {
+            progress(l, cfg.n_layers);
             let q = required_f32(src, WeightName::AttnQ(l), &[qdim, d])?;
             let k = required_f32(src, WeightName::AttnK(l), &[kvdim, d])?;
             let v = required_f32(src, WeightName::AttnV(l), &[kvdim, d])?;
@@ -191,6 +198,7 @@ impl LlamaGpu {
             layers.push(Layer { attn_norm, qkv, qkv_bias, o, ffn_norm, gate_up, down });
         }
 
+        progress(cfg.n_layers, cfg.n_layers);
         // Activations, allocated once.
         let f = 4u64;
         let c = chunk as u64;

@@ -1,0 +1,135 @@
+//! From the user's StreamingConfig (+ the detected profile and the model) to the engine's
+//! load-time options. Every option read here changes what the GPU runs.
+
+use serde_json::{Value, json};
+
+use super::{Engine, EngineOptions, GenerateParams, GenerationStats};
+use crate::browser::{AdapterCaps, BrowserProfile};
+use crate::config::{Quantization, SamplingParams, StreamingConfig};
+use crate::error::{Error, Result};
+use crate::gpu::{GpuCaps, WeightFormat};
+use crate::model::ModelConfig;
+use crate::model::llama::LoadOptions;
+use crate::sampling::SampleSettings;
+
+/// Longest context the KV cache is sized for when the budget allows more.
+const MAX_DEFAULT_CONTEXT: usize = 4096;
+
+impl GpuCaps {
+    /// The subset the browser profile needs.
+    pub fn adapter_caps(&self) -> AdapterCaps {
+        AdapterCaps {
+            shader_f16: self.shader_f16,
+            subgroups: self.subgroups,
+            max_storage_binding: self.max_storage_binding,
+            max_buffer_size: self.max_buffer_size,
+            name: self.adapter_name.clone(),
+        }
+    }
+}
+
+/// GPU weight format for a configured precision.
+pub fn weight_format(q: Quantization) -> Result<WeightFormat> {
+    match q {
+        Quantization::Fp32 => Ok(WeightFormat::F32),
+        Quantization::Fp16 => Ok(WeightFormat::F16),
+        other => Err(Error::invalid(format!(
+            "quantization \"{}\" is not available in this build yet: use fp32 or fp16",
+            other.as_str()
+        ))),
+    }
+}
+
+impl EngineOptions {
+    /// Options for `model` under `cfg` on a device with `caps`, with the profile of
+    /// `user_agent` (None natively).
+    pub fn from_config_for(
+        cfg: &StreamingConfig,
+        caps: &GpuCaps,
+        model: &ModelConfig,
+        user_agent: Option<&str>,
+    ) -> Result<EngineOptions> {
+        cfg.validate()?;
+        let profile = BrowserProfile::from_config(user_agent, &caps.adapter_caps(), cfg);
+        let format = weight_format(cfg.quantization)?;
+        // KV cache (f32 K and V per layer) sized to the budget, the model and a ceiling.
+        let per_token = (model.n_layers * model.n_kv_heads * model.head_dim * 4 * 2).max(1);
+        let budget_tokens = (u64::from(profile.kv_cache_mb(cfg)) * 1_048_576 / per_token as u64) as usize;
+        let context = model.context_length.min(budget_tokens).min(MAX_DEFAULT_CONTEXT).max(16);
+        // Latency: smaller prefill chunks and submissions; throughput: larger.
+        let chunk = if cfg.optimize_for_latency { 64 } else { 256 };
+        let (steps, in_flight) = if cfg.optimize_compute_transfer && profile.compute_transfer_overlap {
+            let steps = if cfg.optimize_for_latency { profile.max_steps_per_submit.min(4) } else { profile.max_steps_per_submit };
+            (steps.max(1), cfg.prefetch_depth().max(1))
+        } else {
+            (1, 1)
+        };
+        Ok(EngineOptions {
+            load: LoadOptions { format, context, chunk, workgroup: profile.workgroup_size[0] },
+            steps_per_submit: steps,
+            in_flight,
+            profile: Some(profile),
+            config: cfg.clone(),
+        })
+    }
+
+    /// Native: no user agent.
+    pub fn from_config(cfg: &StreamingConfig, caps: &GpuCaps, model: &ModelConfig) -> Result<EngineOptions> {
+        Self::from_config_for(cfg, caps, model, None)
+    }
+}
+
+impl GenerateParams {
+    /// From resolved per-call parameters.
+    pub fn from_sampling(p: &SamplingParams) -> Self {
+        GenerateParams {
+            sample: SampleSettings {
+                temperature: p.temperature,
+                top_k: p.top_k,
+                top_p: p.top_p,
+                repetition_penalty: p.repetition_penalty,
+                repetition_window: 64,
+                seed: p.seed,
+            },
+            max_tokens: p.max_tokens,
+            stop: p.stop.clone(),
+            ignore_eos: false,
+        }
+    }
+}
+
+impl Engine {
+    /// The stats object of DESIGN.md §4 for a generation (every figure measured).
+    pub fn stats_json(&self, s: &GenerationStats) -> Value {
+        let (w, kv, act) = self.memory_bytes();
+        let mb = |b: u64| b as f64 / 1_048_576.0;
+        let profile = self.options.profile.as_ref();
+        json!({
+            "tokens_generated": s.tokens_generated,
+            "prompt_tokens": s.prompt_tokens,
+            "first_token_latency_ms": s.first_token_latency_ms,
+            "avg_token_latency_ms": s.avg_token_latency_ms,
+            "tokens_per_second": s.tokens_per_second,
+            "prefill_tokens_per_second": s.prefill_tokens_per_second,
+            "generation_time_ms": s.generation_time_ms,
+            "prefetch_hit_rate": 0.0,
+            "current_batch_size": 1,
+            "batch_size_history": [1],
+            "kv_cache_mb": mb(kv),
+            "model_memory_mb": mb(w),
+            "peak_memory_mb": mb(w + kv + act),
+            "quantization": self.model.options.format.name(),
+            "kv_cache_strategy": "static",
+            "browser": profile.map(|p| p.browser.as_str()).unwrap_or("native"),
+            "adapter": self.gpu.caps.adapter_name,
+            "workgroup_size": [self.model.options.workgroup, 1, 1],
+            "latency_optimized": self.options.config.optimize_for_latency,
+            "kv_cache_optimized": false,
+            "finish_reason": s.finish_reason.map(|f| f.as_str()),
+            "steps_per_submit": self.options.steps_per_submit,
+            "in_flight": self.options.in_flight,
+            "submissions": s.submissions,
+            "dispatches_per_token": s.dispatches_per_token,
+        })
+    }
+}
