@@ -1,1 +1,646 @@
-//! (stub)
+//! A GGUF v3 writer (metadata of every value type, tensors in any supported format,
+//! aligned), and [`tiny_llama_gguf`]: a complete random llama model with a small
+//! byte-level BPE tokenizer, for tests and `wsi synth`.
+
+use crate::error::{Error, Result};
+use crate::model::HostFormat;
+use crate::model::gguf::{DEFAULT_ALIGNMENT, GGUF_MAGIC, GgufType, GgufValue};
+use crate::quant::ggml;
+
+struct PendingTensor {
+    name: String,
+    /// GGUF order (`ne[0]` contiguous).
+    ne: Vec<u64>,
+    ggml_type: u32,
+    bytes: Vec<u8>,
+}
+
+/// Builds a GGUF v3 file in memory.
+pub struct GgufWriter {
+    alignment: usize,
+    metadata: Vec<(String, GgufValue)>,
+    tensors: Vec<PendingTensor>,
+}
+
+impl Default for GgufWriter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// An array of strings.
+pub fn string_array<S: Into<String>>(items: impl IntoIterator<Item = S>) -> GgufValue {
+    GgufValue::Array(
+        GgufType::String,
+        items
+            .into_iter()
+            .map(|s| GgufValue::String(s.into()))
+            .collect(),
+    )
+}
+
+/// An array of f32.
+pub fn f32_array(items: impl IntoIterator<Item = f32>) -> GgufValue {
+    GgufValue::Array(
+        GgufType::F32,
+        items.into_iter().map(GgufValue::F32).collect(),
+    )
+}
+
+/// An array of i32.
+pub fn i32_array(items: impl IntoIterator<Item = i32>) -> GgufValue {
+    GgufValue::Array(
+        GgufType::I32,
+        items.into_iter().map(GgufValue::I32).collect(),
+    )
+}
+
+fn check_value(key: &str, v: &GgufValue) -> Result<()> {
+    if let GgufValue::Array(t, items) = v {
+        for item in items {
+            if item.ty() != *t {
+                return Err(Error::model(format!(
+                    "GGUF writer: array {key} declared {t:?} holds a {:?}",
+                    item.ty()
+                )));
+            }
+            check_value(key, item)?;
+        }
+    }
+    Ok(())
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn put_value(out: &mut Vec<u8>, v: &GgufValue) {
+    match v {
+        GgufValue::U8(x) => out.push(*x),
+        GgufValue::I8(x) => out.extend_from_slice(&x.to_le_bytes()),
+        GgufValue::U16(x) => out.extend_from_slice(&x.to_le_bytes()),
+        GgufValue::I16(x) => out.extend_from_slice(&x.to_le_bytes()),
+        GgufValue::U32(x) => out.extend_from_slice(&x.to_le_bytes()),
+        GgufValue::I32(x) => out.extend_from_slice(&x.to_le_bytes()),
+        GgufValue::F32(x) => out.extend_from_slice(&x.to_le_bytes()),
+        GgufValue::Bool(x) => out.push(u8::from(*x)),
+        GgufValue::String(s) => put_str(out, s),
+        GgufValue::Array(t, items) => {
+            out.extend_from_slice(&(*t as u32).to_le_bytes());
+            out.extend_from_slice(&(items.len() as u64).to_le_bytes());
+            for item in items {
+                put_value(out, item);
+            }
+        }
+        GgufValue::U64(x) => out.extend_from_slice(&x.to_le_bytes()),
+        GgufValue::I64(x) => out.extend_from_slice(&x.to_le_bytes()),
+        GgufValue::F64(x) => out.extend_from_slice(&x.to_le_bytes()),
+    }
+}
+
+fn pad_to(out: &mut Vec<u8>, alignment: usize) {
+    let rem = out.len() % alignment;
+    if rem != 0 {
+        out.resize(out.len() + alignment - rem, 0);
+    }
+}
+
+impl GgufWriter {
+    /// An empty file with the default alignment (32).
+    pub fn new() -> Self {
+        GgufWriter {
+            alignment: DEFAULT_ALIGNMENT,
+            metadata: Vec::new(),
+            tensors: Vec::new(),
+        }
+    }
+
+    /// Use another alignment (a power of two); writes `general.alignment`.
+    pub fn set_alignment(&mut self, alignment: usize) -> Result<&mut Self> {
+        if !alignment.is_power_of_two() {
+            return Err(Error::model(format!(
+                "GGUF writer: alignment {alignment} is not a power of two"
+            )));
+        }
+        self.alignment = alignment;
+        self.set("general.alignment", GgufValue::U32(alignment as u32))
+    }
+
+    /// Set (or replace) a metadata value. Arrays must hold elements of their declared type.
+    pub fn set(&mut self, key: &str, value: GgufValue) -> Result<&mut Self> {
+        check_value(key, &value)?;
+        match self.metadata.iter_mut().find(|(k, _)| k == key) {
+            Some((_, v)) => *v = value,
+            None => self.metadata.push((key.to_string(), value)),
+        }
+        Ok(self)
+    }
+
+    /// Add a tensor already encoded in `format`. `shape` is in PyTorch order.
+    pub fn add_tensor(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        format: HostFormat,
+        bytes: Vec<u8>,
+    ) -> Result<&mut Self> {
+        if shape.is_empty() || shape.len() > 4 {
+            return Err(Error::model(format!(
+                "GGUF writer: tensor {name} has {} dimensions (1 to 4)",
+                shape.len()
+            )));
+        }
+        let numel = shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| Error::model(format!("GGUF writer: tensor {name} is too large")))?;
+        let row = shape.last().copied().unwrap_or(1);
+        if !row.is_multiple_of(ggml::block_elems(format)) {
+            return Err(Error::model(format!(
+                "GGUF writer: tensor {name} rows of {row} are not whole {format:?} blocks"
+            )));
+        }
+        let expected = ggml::tensor_bytes(format, numel)?;
+        if bytes.len() != expected {
+            return Err(Error::model(format!(
+                "GGUF writer: tensor {name} {shape:?} in {format:?} needs {expected} bytes, got {}",
+                bytes.len()
+            )));
+        }
+        if self.tensors.iter().any(|t| t.name == name) {
+            return Err(Error::model(format!(
+                "GGUF writer: tensor {name} added twice"
+            )));
+        }
+        self.tensors.push(PendingTensor {
+            name: name.to_string(),
+            ne: shape.iter().rev().map(|&d| d as u64).collect(),
+            ggml_type: ggml::ggml_type_id(format),
+            bytes,
+        });
+        Ok(self)
+    }
+
+    /// Add f32 data encoded in `format` (see `ggml::quantize` for the formats it can
+    /// encode). data: `shape` elements, row-major.
+    pub fn add_f32(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        format: HostFormat,
+        data: &[f32],
+    ) -> Result<&mut Self> {
+        let bytes = ggml::quantize(format, data)
+            .map_err(|e| Error::model(format!("GGUF writer: tensor {name}: {e}")))?;
+        self.add_tensor(name, shape, format, bytes)
+    }
+
+    /// The complete file.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&GGUF_MAGIC);
+        out.extend_from_slice(&3u32.to_le_bytes());
+        out.extend_from_slice(&(self.tensors.len() as u64).to_le_bytes());
+        out.extend_from_slice(&(self.metadata.len() as u64).to_le_bytes());
+        for (k, v) in &self.metadata {
+            put_str(&mut out, k);
+            out.extend_from_slice(&(v.ty() as u32).to_le_bytes());
+            put_value(&mut out, v);
+        }
+        let mut offset = 0usize;
+        for t in &self.tensors {
+            put_str(&mut out, &t.name);
+            out.extend_from_slice(&(t.ne.len() as u32).to_le_bytes());
+            for d in &t.ne {
+                out.extend_from_slice(&d.to_le_bytes());
+            }
+            out.extend_from_slice(&t.ggml_type.to_le_bytes());
+            out.extend_from_slice(&(offset as u64).to_le_bytes());
+            offset = (offset + t.bytes.len()).div_ceil(self.alignment) * self.alignment;
+        }
+        pad_to(&mut out, self.alignment);
+        for t in &self.tensors {
+            out.extend_from_slice(&t.bytes);
+            pad_to(&mut out, self.alignment);
+        }
+        out
+    }
+}
+
+/// A small deterministic PRNG (SplitMix64) with uniform and normal draws.
+#[derive(Clone, Debug)]
+pub struct SplitMix64(pub u64);
+
+impl SplitMix64 {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+
+    /// Standard normal (Box-Muller).
+    pub fn normal(&mut self) -> f32 {
+        let u1 = 1.0 - self.uniform(); // (0, 1]
+        let u2 = self.uniform();
+        (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+    }
+}
+
+/// Shape of a tiny random llama model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TinySpec {
+    pub n_layers: usize,
+    pub d_model: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub d_ff: usize,
+    /// At least [`TinySpec::MIN_VOCAB`]; ids past the tokenizer's tokens are reserved
+    /// control tokens.
+    pub vocab: usize,
+    pub context: usize,
+    /// No `output.weight`: the lm head reads `token_embd.weight`.
+    pub tied: bool,
+}
+
+impl Default for TinySpec {
+    fn default() -> Self {
+        TinySpec {
+            n_layers: 2,
+            d_model: 64,
+            n_heads: 4,
+            n_kv_heads: 2,
+            d_ff: 128,
+            vocab: 320,
+            context: 256,
+            tied: true,
+        }
+    }
+}
+
+/// Merges of the tiny tokenizer, in GPT-2 byte-to-unicode space (`Ġ` is a space).
+const TINY_MERGES: [(&str, &str); 24] = [
+    ("Ġ", "t"),
+    ("h", "e"),
+    ("i", "n"),
+    ("Ġ", "a"),
+    ("e", "r"),
+    ("o", "n"),
+    ("r", "e"),
+    ("a", "n"),
+    ("Ġt", "he"),
+    ("Ġ", "s"),
+    ("e", "n"),
+    ("a", "t"),
+    ("o", "r"),
+    ("Ġ", "w"),
+    ("e", "s"),
+    ("Ġ", "o"),
+    ("i", "s"),
+    ("Ġ", "c"),
+    ("i", "t"),
+    ("Ġ", "b"),
+    ("l", "l"),
+    ("Ġ", "f"),
+    ("in", "g"),
+    ("Ġ", "m"),
+];
+
+/// Special tokens of the tiny tokenizer: ids 0, 1, 2.
+pub const TINY_SPECIALS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
+
+/// A ChatML template (what SmolLM2-Instruct uses, without its default system prompt).
+pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{{ '<|im_start|>' + \
+    message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}\
+    {% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+
+impl TinySpec {
+    /// Specials + 256 byte tokens + one token per merge.
+    pub const MIN_VOCAB: usize = TINY_SPECIALS.len() + 256 + TINY_MERGES.len();
+
+    fn head_dim(&self) -> Result<usize> {
+        let bad = |m: &str| Err(Error::invalid(format!("TinySpec {self:?}: {m}")));
+        if self.n_layers == 0 || self.d_ff == 0 || self.context == 0 {
+            return bad("n_layers, d_ff and context must be positive");
+        }
+        if self.n_heads == 0
+            || self.n_kv_heads == 0
+            || !self.n_heads.is_multiple_of(self.n_kv_heads)
+        {
+            return bad("n_heads must be a positive multiple of n_kv_heads");
+        }
+        if !self.d_model.is_multiple_of(2 * self.n_heads) || self.d_model == 0 {
+            return bad("d_model must be a positive multiple of 2 * n_heads");
+        }
+        if self.vocab < Self::MIN_VOCAB {
+            return bad("vocab is below TinySpec::MIN_VOCAB");
+        }
+        Ok(self.d_model / self.n_heads)
+    }
+}
+
+/// GPT-2's byte-to-unicode map: printable bytes map to themselves, the others to
+/// U+0100 upwards, so every byte has a visible one-char token.
+pub fn gpt2_byte_char(b: u8) -> char {
+    let printable = |c: u8| (33..=126).contains(&c) || (161..=172).contains(&c) || c >= 174;
+    if printable(b) {
+        char::from(b)
+    } else {
+        let rank = (0..b).filter(|c| !printable(*c)).count() as u32;
+        char::from_u32(256 + rank).unwrap_or('?')
+    }
+}
+
+/// Tokens, token types and merges of the tiny byte-level BPE tokenizer, padded to `vocab`.
+fn tiny_tokenizer(vocab: usize) -> (Vec<String>, Vec<i32>, Vec<String>) {
+    let mut tokens: Vec<String> = TINY_SPECIALS.iter().map(|s| s.to_string()).collect();
+    let mut types = vec![3; TINY_SPECIALS.len()];
+    for b in 0..=255u8 {
+        tokens.push(gpt2_byte_char(b).to_string());
+        types.push(1);
+    }
+    let mut merges = Vec::new();
+    for (a, b) in TINY_MERGES {
+        merges.push(format!("{a} {b}"));
+        tokens.push(format!("{a}{b}"));
+        types.push(1);
+    }
+    for i in tokens.len()..vocab {
+        tokens.push(format!("<|reserved_{i}|>"));
+        types.push(3);
+    }
+    (tokens, types, merges)
+}
+
+/// A complete random llama model (GGUF v3): weights ~N(0, σ) with σ = 1/sqrt(fan_in)
+/// clamped to [0.02, 0.1], norms 1 ± 0.1, a byte-level BPE tokenizer ("gpt2", pre
+/// "smollm", specials `<|endoftext|>` 0 / `<|im_start|>` 1 (bos) / `<|im_end|>` 2 (eos),
+/// add_bos false) and a ChatML template. Matrices (and the embeddings) are stored in
+/// `format` when their rows are whole blocks of it and it can be encoded, else in F32;
+/// norms are F32. The same (spec, seed, format) always gives the same bytes.
+///
+/// # Panics
+/// When the spec is invalid; [`try_tiny_llama_gguf`] returns the error instead.
+pub fn tiny_llama_gguf(cfg: &TinySpec, seed: u64, format: HostFormat) -> Vec<u8> {
+    match try_tiny_llama_gguf(cfg, seed, format) {
+        Ok(b) => b,
+        Err(e) => panic!("tiny_llama_gguf: {e}"),
+    }
+}
+
+/// [`tiny_llama_gguf`] returning an error for an invalid spec.
+pub fn try_tiny_llama_gguf(cfg: &TinySpec, seed: u64, format: HostFormat) -> Result<Vec<u8>> {
+    let head_dim = cfg.head_dim()?;
+    let mut w = GgufWriter::new();
+    let u32v = |v: usize| GgufValue::U32(v as u32);
+    w.set("general.architecture", GgufValue::String("llama".into()))?
+        .set("general.name", GgufValue::String("tiny-llama".into()))?
+        .set("general.alignment", u32v(DEFAULT_ALIGNMENT))?
+        .set("llama.block_count", u32v(cfg.n_layers))?
+        .set("llama.context_length", u32v(cfg.context))?
+        .set("llama.embedding_length", u32v(cfg.d_model))?
+        .set("llama.feed_forward_length", u32v(cfg.d_ff))?
+        .set("llama.attention.head_count", u32v(cfg.n_heads))?
+        .set("llama.attention.head_count_kv", u32v(cfg.n_kv_heads))?
+        .set("llama.rope.dimension_count", u32v(head_dim))?
+        .set("llama.rope.freq_base", GgufValue::F32(10000.0))?
+        .set(
+            "llama.attention.layer_norm_rms_epsilon",
+            GgufValue::F32(1e-5),
+        )?
+        .set("llama.vocab_size", u32v(cfg.vocab))?;
+
+    let (tokens, types, merges) = tiny_tokenizer(cfg.vocab);
+    w.set("tokenizer.ggml.model", GgufValue::String("gpt2".into()))?
+        .set("tokenizer.ggml.pre", GgufValue::String("smollm".into()))?
+        .set("tokenizer.ggml.tokens", string_array(tokens))?
+        .set("tokenizer.ggml.token_type", i32_array(types))?
+        .set("tokenizer.ggml.merges", string_array(merges))?
+        .set("tokenizer.ggml.bos_token_id", GgufValue::U32(1))?
+        .set("tokenizer.ggml.eos_token_id", GgufValue::U32(2))?
+        .set("tokenizer.ggml.unknown_token_id", GgufValue::U32(0))?
+        .set("tokenizer.ggml.padding_token_id", GgufValue::U32(2))?
+        .set("tokenizer.ggml.add_bos_token", GgufValue::Bool(false))?
+        .set(
+            "tokenizer.chat_template",
+            GgufValue::String(CHATML_TEMPLATE.into()),
+        )?;
+
+    let mut rng = SplitMix64(seed);
+    let (d, q, kv, ff) = (
+        cfg.d_model,
+        cfg.n_heads * head_dim,
+        cfg.n_kv_heads * head_dim,
+        cfg.d_ff,
+    );
+    let mut matrix = |w: &mut GgufWriter, name: &str, rows: usize, cols: usize| -> Result<()> {
+        let sigma = (1.0 / (cols as f32).sqrt()).clamp(0.02, 0.1);
+        let data: Vec<f32> = (0..rows * cols).map(|_| rng.normal() * sigma).collect();
+        let fmt = if cols.is_multiple_of(ggml::block_elems(format))
+            && ggml::quantize(format, &[0.0; 256]).is_ok()
+        {
+            format
+        } else {
+            HostFormat::F32
+        };
+        w.add_f32(name, &[rows, cols], fmt, &data)?;
+        Ok(())
+    };
+    let mut norm_rng = SplitMix64(seed ^ 0x6e6f_726d);
+    let mut norm = |w: &mut GgufWriter, name: &str| -> Result<()> {
+        let data: Vec<f32> = (0..d)
+            .map(|_| 1.0 + 0.2 * (norm_rng.uniform() - 0.5))
+            .collect();
+        w.add_f32(name, &[d], HostFormat::F32, &data)?;
+        Ok(())
+    };
+    matrix(&mut w, "token_embd.weight", cfg.vocab, d)?;
+    norm(&mut w, "output_norm.weight")?;
+    if !cfg.tied {
+        matrix(&mut w, "output.weight", cfg.vocab, d)?;
+    }
+    for l in 0..cfg.n_layers {
+        norm(&mut w, &format!("blk.{l}.attn_norm.weight"))?;
+        matrix(&mut w, &format!("blk.{l}.attn_q.weight"), q, d)?;
+        matrix(&mut w, &format!("blk.{l}.attn_k.weight"), kv, d)?;
+        matrix(&mut w, &format!("blk.{l}.attn_v.weight"), kv, d)?;
+        matrix(&mut w, &format!("blk.{l}.attn_output.weight"), d, q)?;
+        norm(&mut w, &format!("blk.{l}.ffn_norm.weight"))?;
+        matrix(&mut w, &format!("blk.{l}.ffn_gate.weight"), ff, d)?;
+        matrix(&mut w, &format!("blk.{l}.ffn_up.weight"), ff, d)?;
+        matrix(&mut w, &format!("blk.{l}.ffn_down.weight"), d, ff)?;
+    }
+    Ok(w.to_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::gguf::{GgufFile, GgufSource};
+    use crate::model::{ModelSource, RopeLayout, WeightName};
+
+    #[test]
+    fn metadata_round_trip_all_types() {
+        let mut w = GgufWriter::new();
+        let nested = GgufValue::Array(
+            GgufType::Array,
+            vec![i32_array([1, -2]), i32_array([]), i32_array([3])],
+        );
+        let values = vec![
+            ("a.u8", GgufValue::U8(7)),
+            ("a.i8", GgufValue::I8(-7)),
+            ("a.u16", GgufValue::U16(65535)),
+            ("a.i16", GgufValue::I16(-300)),
+            ("a.u32", GgufValue::U32(1 << 31)),
+            ("a.i32", GgufValue::I32(-5)),
+            ("a.f32", GgufValue::F32(0.25)),
+            ("a.bool", GgufValue::Bool(true)),
+            ("a.str", GgufValue::String("héllo".into())),
+            ("a.u64", GgufValue::U64(u64::MAX)),
+            ("a.i64", GgufValue::I64(i64::MIN)),
+            ("a.f64", GgufValue::F64(-1.5)),
+            ("a.strs", string_array(["x", "", "yz"])),
+            ("a.nested", nested),
+            ("a.empty", f32_array([])),
+        ];
+        for (k, v) in &values {
+            w.set(k, v.clone()).unwrap();
+        }
+        w.add_f32("t", &[2, 32], HostFormat::Q8_0, &[0.5; 64])
+            .unwrap();
+        let bytes = w.to_bytes();
+        let f = GgufFile::parse(&bytes).unwrap();
+        assert_eq!(f.version, 3);
+        for (k, v) in &values {
+            assert_eq!(f.get(k), Some(v), "{k}");
+        }
+        let t = f.tensor_info("t").unwrap();
+        assert_eq!(t.shape, vec![2, 32]);
+        assert_eq!(t.ne, vec![32, 2]);
+        assert_eq!(t.range.start % 32, 0);
+        assert_eq!(t.range.len(), 68);
+        assert_eq!(f.data_offset % 32, 0);
+    }
+
+    #[test]
+    fn mixed_array_is_rejected() {
+        let mut w = GgufWriter::new();
+        let bad = GgufValue::Array(GgufType::U8, vec![GgufValue::U8(1), GgufValue::I8(1)]);
+        assert!(w.set("k", bad).is_err());
+        assert!(
+            w.add_f32("t", &[3, 31], HostFormat::Q4_0, &[0.0; 93])
+                .is_err()
+        );
+        assert!(
+            w.add_tensor("t", &[4], HostFormat::F32, vec![0; 15])
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn custom_alignment() {
+        let mut w = GgufWriter::new();
+        w.set_alignment(64).unwrap();
+        w.add_f32("a", &[3], HostFormat::F32, &[1.0, 2.0, 3.0])
+            .unwrap();
+        w.add_f32("b", &[2], HostFormat::F16, &[4.0, 5.0]).unwrap();
+        let bytes = w.to_bytes();
+        let f = GgufFile::parse(&bytes).unwrap();
+        assert_eq!(f.alignment, 64);
+        let b = f.tensor_info("b").unwrap();
+        assert_eq!(b.offset, 64);
+        let y = ggml::dequantize(HostFormat::F16, &bytes[b.range.clone()], 2).unwrap();
+        assert_eq!(y, vec![4.0, 5.0]);
+    }
+
+    #[test]
+    fn tiny_model_loads_and_is_deterministic() {
+        let spec = TinySpec::default();
+        for format in [
+            HostFormat::F32,
+            HostFormat::F16,
+            HostFormat::Q8_0,
+            HostFormat::Q4_1,
+        ] {
+            let bytes = tiny_llama_gguf(&spec, 7, format);
+            assert_eq!(bytes, tiny_llama_gguf(&spec, 7, format));
+            let src = GgufSource::from_bytes(bytes).unwrap();
+            let c = src.config();
+            assert_eq!(
+                (c.n_layers, c.d_model, c.n_heads, c.n_kv_heads),
+                (2, 64, 4, 2)
+            );
+            assert_eq!(
+                (c.head_dim, c.d_ff, c.vocab_size, c.context_length),
+                (16, 128, 320, 256)
+            );
+            assert_eq!(c.rope_layout, RopeLayout::Adjacent);
+            assert!(c.tied_embeddings && !c.qkv_bias);
+            assert!(src.tensor(WeightName::Output).unwrap().is_none());
+            let q = src.tensor(WeightName::AttnQ(1)).unwrap().unwrap();
+            assert_eq!(q.shape, vec![64, 64]);
+            assert_eq!(q.format, format);
+            assert!(matches!(q.bytes, std::borrow::Cow::Borrowed(_)));
+            let v = q.to_f32().unwrap();
+            let sd = (v.iter().map(|x| x * x).sum::<f32>() / v.len() as f32).sqrt();
+            assert!((0.08..0.17).contains(&sd), "{sd}");
+            let n = src.tensor(WeightName::FfnNorm(0)).unwrap().unwrap();
+            assert_eq!(n.format, HostFormat::F32);
+            assert!(n.to_f32().unwrap().iter().all(|x| (0.89..1.11).contains(x)));
+            let tok = src.tokenizer_data().unwrap();
+            assert_eq!(tok.tokens.len(), 320);
+            assert_eq!(tok.tokens[0], "<|endoftext|>");
+            assert_eq!(tok.tokens[3 + 32], "Ġ");
+            assert_eq!(tok.merges.as_ref().map(Vec::len), Some(24));
+            assert_eq!(
+                (tok.bos_id, tok.eos_id, tok.add_bos),
+                (Some(1), Some(2), Some(false))
+            );
+            assert!(tok.chat_template.is_some());
+        }
+        let untied = TinySpec {
+            tied: false,
+            ..TinySpec::default()
+        };
+        let src = GgufSource::from_bytes(tiny_llama_gguf(&untied, 1, HostFormat::Q4_0)).unwrap();
+        assert!(!src.config().tied_embeddings);
+        assert_eq!(
+            src.tensor(WeightName::Output).unwrap().unwrap().shape,
+            vec![320, 64]
+        );
+        assert_ne!(
+            tiny_llama_gguf(&untied, 1, HostFormat::F32),
+            tiny_llama_gguf(&untied, 2, HostFormat::F32)
+        );
+    }
+
+    #[test]
+    fn bad_specs_are_errors() {
+        let s = TinySpec {
+            vocab: 10,
+            ..TinySpec::default()
+        };
+        assert!(try_tiny_llama_gguf(&s, 0, HostFormat::F32).is_err());
+        let s = TinySpec {
+            n_kv_heads: 3,
+            ..TinySpec::default()
+        };
+        assert!(try_tiny_llama_gguf(&s, 0, HostFormat::F32).is_err());
+    }
+
+    #[test]
+    fn byte_map_is_a_bijection() {
+        let chars: std::collections::HashSet<char> = (0..=255u8).map(gpt2_byte_char).collect();
+        assert_eq!(chars.len(), 256);
+        assert_eq!(gpt2_byte_char(b' '), 'Ġ');
+        assert_eq!(gpt2_byte_char(b'\n'), 'Ċ');
+        assert_eq!(gpt2_byte_char(b'a'), 'a');
+    }
+}
