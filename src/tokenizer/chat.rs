@@ -64,11 +64,27 @@ fn strftime_now(fmt: String) -> String {
 }
 
 const MONTHS: [&str; 12] = [
-    "January", "February", "March", "April", "May", "June", "July", "August", "September",
-    "October", "November", "December",
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
 ];
 const DAYS: [&str; 7] = [
-    "Thursday", "Friday", "Saturday", "Sunday", "Monday", "Tuesday", "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+    "Sunday",
+    "Monday",
+    "Tuesday",
+    "Wednesday",
 ];
 
 /// Format seconds since 1970 (UTC) with a subset of strftime.
@@ -166,7 +182,10 @@ fn py_method(
             "capitalize" => {
                 let mut cs = s.chars();
                 Value::from(match cs.next() {
-                    Some(f) => f.to_uppercase().chain(cs.flat_map(char::to_lowercase)).collect(),
+                    Some(f) => f
+                        .to_uppercase()
+                        .chain(cs.flat_map(char::to_lowercase))
+                        .collect(),
                     None => String::new(),
                 })
             }
@@ -180,7 +199,9 @@ fn py_method(
             "split" => {
                 let max = args.get(1).and_then(Value::as_i64).filter(|n| *n >= 0);
                 let parts: Vec<String> = match (arg(0), max) {
-                    (Some(sep), Some(n)) => s.splitn(n as usize + 1, sep).map(String::from).collect(),
+                    (Some(sep), Some(n)) => {
+                        s.splitn(n as usize + 1, sep).map(String::from).collect()
+                    }
                     (Some(sep), None) => s.split(sep).map(String::from).collect(),
                     (None, _) => s.split_whitespace().map(String::from).collect(),
                 };
@@ -190,7 +211,11 @@ fn py_method(
                 Some(byte) => s[..byte].chars().count() as i64,
                 None => -1,
             }),
-            "count" => Value::from(arg(0).filter(|p| !p.is_empty()).map_or(0, |p| s.matches(p).count())),
+            "count" => Value::from(
+                arg(0)
+                    .filter(|p| !p.is_empty())
+                    .map_or(0, |p| s.matches(p).count()),
+            ),
             "isdigit" => Value::from(!s.is_empty() && s.chars().all(|c| c.is_ascii_digit())),
             "isspace" => Value::from(!s.is_empty() && s.chars().all(char::is_whitespace)),
             "join" => {
@@ -238,7 +263,10 @@ mod tests {
         // 2024-07-23 14:05:09 UTC, a Tuesday, day 205 of a leap year.
         let t = 1_721_743_509;
         assert_eq!(format_time("%d %b %Y", t), "23 Jul 2024");
-        assert_eq!(format_time("%A %B %e, %y %H:%M:%S %j %%", t), "Tuesday July 23, 24 14:05:09 205 %");
+        assert_eq!(
+            format_time("%A %B %e, %y %H:%M:%S %j %%", t),
+            "Tuesday July 23, 24 14:05:09 205 %"
+        );
         assert_eq!(format_time("%Y-%m-%d", 0), "1970-01-01");
     }
 
@@ -247,7 +275,7 @@ mod tests {
         let msgs = [ChatMessage::new("user", "  Hello World  ")];
         let t = "{{ messages[0].content.strip().lower().replace('world', 'there') }}|{{ 'a,b,c'.split(',')|join('-') }}|{{ {'k': 1}.get('k') }}{{ {'k': 1}.get('x', 2) }}|{% for k, v in {'z': 3}.items() %}{{ k }}{{ v }}{% endfor %}|{{ 'abc'.startswith('ab') }}";
         let out = render(t, &msgs, false, "", "").unwrap();
-        assert_eq!(out, "hello there|a-b-c|12|z3|true");
+        assert_eq!(out, "hello there|a-b-c|12|z3|True");
     }
 
     #[test]

@@ -38,10 +38,14 @@ fn tk_err(what: &str) -> impl FnOnce(tokenizers::Error) -> Error + '_ {
 pub(super) fn build(data: &GgufTokenizerData) -> Result<Tokenizer> {
     let n = data.tokens.len();
     if n == 0 {
-        return Err(Error::model("tokenizer: empty vocabulary (tokenizer.ggml.tokens)"));
+        return Err(Error::model(
+            "tokenizer: empty vocabulary (tokenizer.ggml.tokens)",
+        ));
     }
     if u32::try_from(n).is_err() {
-        return Err(Error::model(format!("tokenizer: vocabulary of {n} tokens is too large")));
+        return Err(Error::model(format!(
+            "tokenizer: vocabulary of {n} tokens is too large"
+        )));
     }
     if let Some(s) = &data.scores
         && s.len() != n
@@ -140,7 +144,9 @@ pub(super) fn build(data: &GgufTokenizerData) -> Result<Tokenizer> {
         inner.with_post_processor(Some(post));
     }
 
-    let eos = [data.eos_id, data.eot_id, data.eom_id].into_iter().flatten();
+    let eos = [data.eos_id, data.eot_id, data.eom_id]
+        .into_iter()
+        .flatten();
     Tokenizer::assemble(
         inner,
         kind,
@@ -181,7 +187,9 @@ fn byte_level(data: &GgufTokenizerData, vocab: Vocab) -> Result<tokenizers::Toke
     let mut merges = Vec::with_capacity(merge_lines.len());
     for (i, line) in merge_lines.iter().enumerate() {
         let (a, b) = line.split_once(' ').ok_or_else(|| {
-            Error::model(format!("tokenizer: merge {i} {line:?} is not \"left right\""))
+            Error::model(format!(
+                "tokenizer: merge {i} {line:?} is not \"left right\""
+            ))
         })?;
         for part in [a, b] {
             if !vocab.contains_key(part) {
@@ -199,7 +207,10 @@ fn byte_level(data: &GgufTokenizerData, vocab: Vocab) -> Result<tokenizers::Toke
         merges.push((a.to_owned(), b.to_owned()));
     }
     let pre = data.pre.as_deref().unwrap_or("default");
-    let llama3 = matches!(pre, "llama3" | "llama-v3" | "llama-bpe" | "dbrx" | "smaug-bpe" | "falcon3");
+    let llama3 = matches!(
+        pre,
+        "llama3" | "llama-v3" | "llama-bpe" | "dbrx" | "smaug-bpe" | "falcon3"
+    );
     let model = BPE::builder()
         .vocab_and_merges(vocab, merges)
         .ignore_merges(llama3)
@@ -207,9 +218,13 @@ fn byte_level(data: &GgufTokenizerData, vocab: Vocab) -> Result<tokenizers::Toke
         .map_err(tk_err("byte-level BPE"))?;
 
     let split = |re: &str| -> Result<PreTokenizerWrapper> {
-        Ok(Split::new(SplitPattern::Regex(re.into()), SplitDelimiterBehavior::Isolated, false)
-            .map_err(tk_err("pre-tokenizer regex"))?
-            .into())
+        Ok(Split::new(
+            SplitPattern::Regex(re.into()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(tk_err("pre-tokenizer regex"))?
+        .into())
     };
     let bytes_only: PreTokenizerWrapper = ByteLevel::new(false, true, false).into();
     // `ByteLevel(use_regex = true)` applies GPT-2's split, the default for unknown names.
@@ -223,7 +238,9 @@ fn byte_level(data: &GgufTokenizerData, vocab: Vocab) -> Result<tokenizers::Toke
             .into()
         }
         _ if llama3 => PreSequence::new(vec![split(LLAMA3_REGEX)?, bytes_only]).into(),
-        "qwen2" | "deepseek-r1-qwen" => PreSequence::new(vec![split(QWEN2_REGEX)?, bytes_only]).into(),
+        "qwen2" | "deepseek-r1-qwen" => {
+            PreSequence::new(vec![split(QWEN2_REGEX)?, bytes_only]).into()
+        }
         "gpt2" | "default" | "gpt-2" => ByteLevel::new(false, true, true).into(),
         other => {
             log::warn!("tokenizer: unknown pre-tokenizer {other:?}, using GPT-2's split");
@@ -285,7 +302,9 @@ fn sentencepiece(
 
     let has_bytes = (0..=255u8).all(|b| vocab.contains_key(&format!("<0x{b:02X}>")));
     if !has_bytes && types.contains(&TYPE_BYTE) {
-        log::warn!("tokenizer: SentencePiece vocabulary has only some <0xNN> pieces; no byte fallback");
+        log::warn!(
+            "tokenizer: SentencePiece vocabulary has only some <0xNN> pieces; no byte fallback"
+        );
     }
     let mut builder = BPE::builder()
         .vocab_and_merges(vocab, merges)

@@ -78,7 +78,12 @@ fn decode_kind(inner: &tokenizers::Tokenizer) -> DecodeKind {
         Some(list) => list.iter().collect(),
         None => vec![&v],
     };
-    let ty = |p: &Value| p.get("type").and_then(Value::as_str).unwrap_or("").to_owned();
+    let ty = |p: &Value| {
+        p.get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned()
+    };
     if parts.iter().any(|p| ty(p) == "ByteLevel") {
         return DecodeKind::ByteLevel;
     }

@@ -153,10 +153,7 @@ impl Tokenizer {
     pub fn hf_config(&self) -> HfTokenizerConfig {
         HfTokenizerConfig {
             bos_token: self.bos.and_then(|id| self.inner.id_to_token(id)),
-            eos_token: self
-                .eos
-                .first()
-                .and_then(|&id| self.inner.id_to_token(id)),
+            eos_token: self.eos.first().and_then(|&id| self.inner.id_to_token(id)),
             add_bos_token: Some(self.add_bos),
             chat_template: self.chat_template.clone(),
             bos_token_id: self.bos,
