@@ -40,12 +40,8 @@ pub enum BrowserName {
 
 impl BrowserName {
     /// The names `optimize_for_browser` accepts.
-    pub const FORCEABLE: &'static [BrowserName] = &[
-        BrowserName::Chrome,
-        BrowserName::Edge,
-        BrowserName::Firefox,
-        BrowserName::Safari,
-    ];
+    pub const FORCEABLE: &'static [BrowserName] =
+        &[BrowserName::Chrome, BrowserName::Edge, BrowserName::Firefox, BrowserName::Safari];
 
     /// Lower-case name: chrome, edge, firefox, safari, other.
     pub fn as_str(self) -> &'static str {
@@ -62,28 +58,17 @@ impl BrowserName {
     /// `key`.
     pub fn parse_forced(key: &str, s: &str) -> Result<Self> {
         let wanted = s.trim().to_ascii_lowercase();
-        Self::FORCEABLE
-            .iter()
-            .copied()
-            .find(|b| b.as_str() == wanted)
-            .ok_or_else(|| {
-                let names: Vec<&str> = Self::FORCEABLE.iter().map(|b| b.as_str()).collect();
-                Error::invalid(format!(
-                    "invalid value \"{s}\" for \"{key}\": expected one of {}",
-                    names.join(", ")
-                ))
-            })
+        Self::FORCEABLE.iter().copied().find(|b| b.as_str() == wanted).ok_or_else(|| {
+            let names: Vec<&str> = Self::FORCEABLE.iter().map(|b| b.as_str()).collect();
+            Error::invalid(format!("invalid value \"{s}\" for \"{key}\": expected one of {}", names.join(", ")))
+        })
     }
 
     /// Reads a JSON string for `key` with [`BrowserName::parse_forced`].
     pub(crate) fn read_forced(key: &str, v: &Value) -> Result<Self> {
         match v.as_str() {
             Some(s) => Self::parse_forced(key, s),
-            None => Err(crate::config::value::type_error(
-                key,
-                "a string (chrome, edge, firefox, safari)",
-                v,
-            )),
+            None => Err(crate::config::value::type_error(key, "a string (chrome, edge, firefox, safari)", v)),
         }
     }
 
@@ -251,14 +236,8 @@ impl BrowserProfile {
         let or_default = |x: u64, d: u64| if x == 0 { d } else { x };
         let binding = b
             .binding_cap
-            .min(or_default(
-                caps.max_storage_binding,
-                WEBGPU_DEFAULT_MAX_STORAGE_BINDING,
-            ))
-            .min(or_default(
-                caps.max_buffer_size,
-                WEBGPU_DEFAULT_MAX_BUFFER_SIZE,
-            ));
+            .min(or_default(caps.max_storage_binding, WEBGPU_DEFAULT_MAX_STORAGE_BINDING))
+            .min(or_default(caps.max_buffer_size, WEBGPU_DEFAULT_MAX_BUFFER_SIZE));
         let mut p = BrowserProfile {
             browser,
             workgroup_size: b.workgroup_size,
@@ -278,11 +257,7 @@ impl BrowserProfile {
     /// The profile an engine uses for `cfg`: `optimize_for_browser` forces one;
     /// `browser_optimizations: false` uses the generic one (keeping the detected name
     /// for stats); then [`BrowserProfile::apply_config`].
-    pub fn from_config(
-        user_agent: Option<&str>,
-        caps: &AdapterCaps,
-        cfg: &StreamingConfig,
-    ) -> Self {
+    pub fn from_config(user_agent: Option<&str>, caps: &AdapterCaps, cfg: &StreamingConfig) -> Self {
         let detected = user_agent.map_or(BrowserName::Other, BrowserName::from_user_agent);
         let mut p = match cfg.optimize_for_browser {
             Some(forced) => Self::for_browser(forced, caps),
@@ -314,18 +289,13 @@ impl BrowserProfile {
             return;
         }
         if on {
-            self.default_memory_limit_mb =
-                (self.default_memory_limit_mb / CONSERVATIVE_DIVISOR).max(1);
+            self.default_memory_limit_mb = (self.default_memory_limit_mb / CONSERVATIVE_DIVISOR).max(1);
             self.default_kv_cache_mb = (self.default_kv_cache_mb / CONSERVATIVE_DIVISOR).max(1);
             self.max_steps_per_submit = self.max_steps_per_submit.min(4);
         } else {
             let base = base(self.browser);
-            self.default_memory_limit_mb = self
-                .default_memory_limit_mb
-                .saturating_mul(CONSERVATIVE_DIVISOR);
-            self.default_kv_cache_mb = self
-                .default_kv_cache_mb
-                .saturating_mul(CONSERVATIVE_DIVISOR);
+            self.default_memory_limit_mb = self.default_memory_limit_mb.saturating_mul(CONSERVATIVE_DIVISOR);
+            self.default_kv_cache_mb = self.default_kv_cache_mb.saturating_mul(CONSERVATIVE_DIVISOR);
             self.max_steps_per_submit = base.steps_per_submit;
         }
         self.conservative_memory = on;
@@ -339,9 +309,7 @@ impl BrowserProfile {
     /// The KV cache budget: the config's, else the profile's, never above the memory
     /// budget.
     pub fn kv_cache_mb(&self, cfg: &StreamingConfig) -> u32 {
-        cfg.max_kv_cache_mb
-            .unwrap_or(self.default_kv_cache_mb)
-            .min(self.memory_limit_mb(cfg))
+        cfg.max_kv_cache_mb.unwrap_or(self.default_kv_cache_mb).min(self.memory_limit_mb(cfg))
     }
 }
 
@@ -352,21 +320,19 @@ mod tests {
 
     const CHROME_WINDOWS: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36";
     const CHROME_MAC: &str = "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36";
-    const CHROME_LINUX: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36";
+    const CHROME_LINUX: &str =
+        "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36";
     const CHROME_ANDROID: &str = "Mozilla/5.0 (Linux; Android 10; K) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Mobile Safari/537.36";
-    const HEADLESS_CHROMIUM: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/156.0.0.0 Safari/537.36";
+    const HEADLESS_CHROMIUM: &str =
+        "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/156.0.0.0 Safari/537.36";
     const EDGE_WINDOWS: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36 Edg/124.0.2478.51";
     const EDGE_ANDROID: &str = "Mozilla/5.0 (Linux; Android 10; HD1913) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.6367.54 Mobile Safari/537.36 EdgA/124.0.2478.49";
     const EDGE_LEGACY: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/70.0.3538.102 Safari/537.36 Edge/18.19582";
     const EDGE_IOS: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.0 EdgiOS/124.2478.50 Mobile/15E148 Safari/605.1.15";
-    const FIREFOX_WINDOWS: &str =
-        "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:125.0) Gecko/20100101 Firefox/125.0";
-    const FIREFOX_LINUX_ESR: &str =
-        "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0";
-    const FIREFOX_MAC: &str =
-        "Mozilla/5.0 (Macintosh; Intel Mac OS X 14.4; rv:125.0) Gecko/20100101 Firefox/125.0";
-    const FIREFOX_ANDROID: &str =
-        "Mozilla/5.0 (Android 14; Mobile; rv:125.0) Gecko/125.0 Firefox/125.0";
+    const FIREFOX_WINDOWS: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:125.0) Gecko/20100101 Firefox/125.0";
+    const FIREFOX_LINUX_ESR: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0";
+    const FIREFOX_MAC: &str = "Mozilla/5.0 (Macintosh; Intel Mac OS X 14.4; rv:125.0) Gecko/20100101 Firefox/125.0";
+    const FIREFOX_ANDROID: &str = "Mozilla/5.0 (Android 14; Mobile; rv:125.0) Gecko/125.0 Firefox/125.0";
     const SAFARI_MAC: &str = "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4.1 Safari/605.1.15";
     const SAFARI_IPHONE: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4.1 Mobile/15E148 Safari/604.1";
     const SAFARI_IPAD: &str = "Mozilla/5.0 (iPad; CPU OS 17_4_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4.1 Mobile/15E148 Safari/604.1";
@@ -415,10 +381,7 @@ mod tests {
             (SAMSUNG, Chrome),
             ("curl/8.5.0", Other),
             ("", Other),
-            (
-                "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
-                Other,
-            ),
+            ("Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)", Other),
         ];
         for (ua, want) in cases {
             assert_eq!(BrowserName::from_user_agent(ua), want, "{ua}");
@@ -429,10 +392,7 @@ mod tests {
     fn names_parse_and_print() {
         for b in BrowserName::FORCEABLE {
             assert_eq!(b.as_str().parse::<BrowserName>().unwrap(), *b);
-            assert_eq!(
-                BrowserName::parse_forced("k", &b.to_string().to_uppercase()).unwrap(),
-                *b
-            );
+            assert_eq!(BrowserName::parse_forced("k", &b.to_string().to_uppercase()).unwrap(), *b);
         }
         assert_eq!("other".parse::<BrowserName>().unwrap(), BrowserName::Other);
         let e = BrowserName::parse_forced("optimizeForBrowser", "opera").unwrap_err();
@@ -453,10 +413,7 @@ mod tests {
             assert_eq!(p.max_binding_bytes, GIB);
             assert!(p.use_f16 && p.use_subgroups);
         }
-        assert_eq!(
-            BrowserProfile::detect(Some(EDGE_WINDOWS), &caps_all()).browser,
-            BrowserName::Edge
-        );
+        assert_eq!(BrowserProfile::detect(Some(EDGE_WINDOWS), &caps_all()).browser, BrowserName::Edge);
     }
 
     #[test]
@@ -521,49 +478,26 @@ mod tests {
 
     #[test]
     fn feature_detection_wins() {
-        let weak = AdapterCaps {
-            max_storage_binding: 100 * MIB + 7,
-            ..AdapterCaps::default()
-        };
-        for b in [
-            BrowserName::Chrome,
-            BrowserName::Edge,
-            BrowserName::Firefox,
-            BrowserName::Safari,
-            BrowserName::Other,
-        ] {
+        let weak = AdapterCaps { max_storage_binding: 100 * MIB + 7, ..AdapterCaps::default() };
+        for b in [BrowserName::Chrome, BrowserName::Edge, BrowserName::Firefox, BrowserName::Safari, BrowserName::Other]
+        {
             let p = BrowserProfile::for_browser(b, &weak);
             assert!(!p.use_f16 && !p.use_subgroups, "{b}");
             assert_eq!(p.max_binding_bytes, 100 * MIB, "{b}: aligned down to 256");
             assert_eq!(p.max_binding_bytes % BINDING_ALIGN, 0);
         }
         // max_buffer_size bounds the binding too; 0 means "unknown" -> WebGPU defaults.
-        let small_buffers = AdapterCaps {
-            max_storage_binding: GIB,
-            max_buffer_size: 64 * MIB,
-            ..AdapterCaps::default()
-        };
-        assert_eq!(
-            BrowserProfile::for_browser(BrowserName::Chrome, &small_buffers).max_binding_bytes,
-            64 * MIB
-        );
-        let unknown = AdapterCaps {
-            max_storage_binding: 0,
-            max_buffer_size: 0,
-            ..AdapterCaps::default()
-        };
-        assert_eq!(
-            BrowserProfile::for_browser(BrowserName::Other, &unknown).max_binding_bytes,
-            128 * MIB
-        );
+        let small_buffers =
+            AdapterCaps { max_storage_binding: GIB, max_buffer_size: 64 * MIB, ..AdapterCaps::default() };
+        assert_eq!(BrowserProfile::for_browser(BrowserName::Chrome, &small_buffers).max_binding_bytes, 64 * MIB);
+        let unknown = AdapterCaps { max_storage_binding: 0, max_buffer_size: 0, ..AdapterCaps::default() };
+        assert_eq!(BrowserProfile::for_browser(BrowserName::Other, &unknown).max_binding_bytes, 128 * MIB);
     }
 
     #[test]
     fn apply_config_overrides() {
-        let cfg = StreamingConfig::from_json_value(
-            json!({"workgroupSize": [32, 4], "conservativeMemory": true}),
-        )
-        .unwrap();
+        let cfg =
+            StreamingConfig::from_json_value(json!({"workgroupSize": [32, 4], "conservativeMemory": true})).unwrap();
         let mut p = BrowserProfile::detect(Some(CHROME_WINDOWS), &caps_all());
         let before = p.clone();
         p.apply_config(&cfg);
@@ -573,22 +507,17 @@ mod tests {
         assert!(p.default_kv_cache_mb < before.default_kv_cache_mb);
         assert!(p.max_steps_per_submit <= before.max_steps_per_submit);
         // Switching it off again restores the profile's values.
-        p.apply_config(
-            &StreamingConfig::from_json_value(json!({"conservative_memory": false})).unwrap(),
-        );
+        p.apply_config(&StreamingConfig::from_json_value(json!({"conservative_memory": false})).unwrap());
         assert_eq!(p.default_memory_limit_mb, before.default_memory_limit_mb);
         assert_eq!(p.default_kv_cache_mb, before.default_kv_cache_mb);
         assert_eq!(p.max_steps_per_submit, before.max_steps_per_submit);
 
         // Safari without conservative memory.
         let mut s = BrowserProfile::detect(Some(SAFARI_MAC), &caps_all());
-        s.apply_config(
-            &StreamingConfig::from_json_value(json!({"conservative_memory": false})).unwrap(),
-        );
+        s.apply_config(&StreamingConfig::from_json_value(json!({"conservative_memory": false})).unwrap());
         assert!(!s.conservative_memory);
         assert!(
-            s.default_memory_limit_mb
-                > BrowserProfile::detect(Some(SAFARI_MAC), &caps_all()).default_memory_limit_mb
+            s.default_memory_limit_mb > BrowserProfile::detect(Some(SAFARI_MAC), &caps_all()).default_memory_limit_mb
         );
 
         // No overrides: unchanged.
@@ -599,8 +528,7 @@ mod tests {
 
     #[test]
     fn from_config_forces_or_disables_profiles() {
-        let forced =
-            StreamingConfig::from_json_value(json!({"optimizeForBrowser": "safari"})).unwrap();
+        let forced = StreamingConfig::from_json_value(json!({"optimizeForBrowser": "safari"})).unwrap();
         let p = BrowserProfile::from_config(Some(CHROME_WINDOWS), &caps_all(), &forced);
         assert_eq!(p.browser, BrowserName::Safari);
         assert_eq!(p.workgroup_size, [64, 1, 1]);
@@ -611,15 +539,8 @@ mod tests {
         assert_eq!(p.workgroup_size, [128, 1, 1]);
         assert!(!p.conservative_memory);
 
-        let p = BrowserProfile::from_config(
-            Some(FIREFOX_WINDOWS),
-            &caps_all(),
-            &StreamingConfig::default(),
-        );
-        assert_eq!(
-            p,
-            BrowserProfile::detect(Some(FIREFOX_WINDOWS), &caps_all())
-        );
+        let p = BrowserProfile::from_config(Some(FIREFOX_WINDOWS), &caps_all(), &StreamingConfig::default());
+        assert_eq!(p, BrowserProfile::detect(Some(FIREFOX_WINDOWS), &caps_all()));
     }
 
     #[test]
@@ -628,9 +549,7 @@ mod tests {
         let d = StreamingConfig::default();
         assert_eq!(p.memory_limit_mb(&d), p.default_memory_limit_mb);
         assert_eq!(p.kv_cache_mb(&d), p.default_kv_cache_mb);
-        let c =
-            StreamingConfig::from_json_value(json!({"memoryLimitMb": 300, "maxKvCacheMb": 200}))
-                .unwrap();
+        let c = StreamingConfig::from_json_value(json!({"memoryLimitMb": 300, "maxKvCacheMb": 200})).unwrap();
         assert_eq!((p.memory_limit_mb(&c), p.kv_cache_mb(&c)), (300, 200));
         let c = StreamingConfig::from_json_value(json!({"memoryLimitMb": 100})).unwrap();
         assert_eq!(p.kv_cache_mb(&c), 100, "never above the memory budget");

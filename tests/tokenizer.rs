@@ -8,27 +8,21 @@ fn byte_char(b: u8) -> char {
     if printable {
         return char::from(b);
     }
-    let extra = (0..b)
-        .filter(|x| !matches!(x, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF))
-        .count() as u32;
+    let extra = (0..b).filter(|x| !matches!(x, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF)).count() as u32;
     char::from_u32(256 + extra).unwrap()
 }
 
 /// Byte-level BPE: 3 control tokens, the 256 byte chars, then merged tokens.
 fn byte_level_data() -> GgufTokenizerData {
-    let mut tokens: Vec<String> = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut tokens: Vec<String> =
+        ["<|endoftext|>", "<|im_start|>", "<|im_end|>"].iter().map(|s| s.to_string()).collect();
     let mut types = vec![3; 3];
     for b in 0..=255u8 {
         tokens.push(byte_char(b).to_string());
         types.push(1);
     }
-    let merges = [
-        "h e", "l l", "he ll", "hell o", "Ġ w", "o r", "Ġw or", "l d", "Ġwor ld", "Ġ t", "Ġt he",
-        "1 2", "Ã ©",
-    ];
+    let merges =
+        ["h e", "l l", "he ll", "hell o", "Ġ w", "o r", "Ġw or", "l d", "Ġwor ld", "Ġ t", "Ġt he", "1 2", "Ã ©"];
     for m in merges {
         let (a, b) = m.split_once(' ').unwrap();
         tokens.push(format!("{a}{b}"));
@@ -49,16 +43,12 @@ fn byte_level_data() -> GgufTokenizerData {
 }
 
 fn id(tok: &Tokenizer, s: &str) -> u32 {
-    tok.token_to_id(s)
-        .unwrap_or_else(|| panic!("{s:?} not in vocab"))
+    tok.token_to_id(s).unwrap_or_else(|| panic!("{s:?} not in vocab"))
 }
 
 /// SentencePiece: <unk> <s> </s>, 256 byte pieces, then scored pieces.
 fn spm_data() -> GgufTokenizerData {
-    let mut tokens: Vec<String> = ["<unk>", "<s>", "</s>"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut tokens: Vec<String> = ["<unk>", "<s>", "</s>"].iter().map(|s| s.to_string()).collect();
     let mut types = vec![2, 3, 3];
     let mut scores = vec![0.0f32; 3];
     for b in 0..=255u8 {
@@ -67,9 +57,8 @@ fn spm_data() -> GgufTokenizerData {
         scores.push(0.0);
     }
     let pieces = [
-        "▁", "h", "e", "l", "o", "w", "r", "d", "t", "é", "c", "a", "f", "1", "2", "▁h", "he",
-        "ll", "▁he", "▁hell", "▁hello", "▁w", "or", "▁wor", "ld", "▁world", "ca", "caf", "▁caf",
-        "▁café", "[INST]",
+        "▁", "h", "e", "l", "o", "w", "r", "d", "t", "é", "c", "a", "f", "1", "2", "▁h", "he", "ll", "▁he", "▁hell",
+        "▁hello", "▁w", "or", "▁wor", "ld", "▁world", "ca", "caf", "▁caf", "▁café", "[INST]",
     ];
     for (i, p) in pieces.iter().enumerate() {
         tokens.push(p.to_string());
@@ -120,18 +109,12 @@ fn byte_level_parses_special_tokens_in_text() {
     let tok = Tokenizer::from_gguf(&byte_level_data()).unwrap();
     let ids = tok.encode("<|im_start|>hello<|im_end|>\n").unwrap();
     assert_eq!(ids, vec![1, id(&tok, "hello"), 2, id(&tok, "Ċ")]);
-    assert_eq!(
-        tok.decode(&ids, false).unwrap(),
-        "<|im_start|>hello<|im_end|>\n"
-    );
+    assert_eq!(tok.decode(&ids, false).unwrap(), "<|im_start|>hello<|im_end|>\n");
     assert_eq!(tok.decode(&ids, true).unwrap(), "hello\n");
     assert_eq!(tok.token_to_bytes(2).unwrap(), b"<|im_end|>");
     assert_eq!(tok.token_to_bytes(id(&tok, "Ġ")).unwrap(), b" ");
     assert!(tok.token_to_bytes(100_000).is_none());
-    assert_eq!(
-        tok.decode(&[100_000], false).unwrap_err().code(),
-        "invalid_request"
-    );
+    assert_eq!(tok.decode(&[100_000], false).unwrap_err().code(), "invalid_request");
 }
 
 #[test]
@@ -140,10 +123,7 @@ fn smollm_pre_tokenizer_splits_digits() {
     data.pre = Some("smollm".into());
     let tok = Tokenizer::from_gguf(&data).unwrap();
     // "12" is a merge, but SmolLM splits every digit first.
-    assert_eq!(
-        tok.encode("12").unwrap(),
-        vec![id(&tok, "1"), id(&tok, "2")]
-    );
+    assert_eq!(tok.encode("12").unwrap(), vec![id(&tok, "1"), id(&tok, "2")]);
     let gpt2 = Tokenizer::from_gguf(&byte_level_data()).unwrap();
     assert_eq!(gpt2.encode("12").unwrap(), vec![id(&gpt2, "12")]);
     for s in SAMPLES {
@@ -156,10 +136,7 @@ fn llama3_pre_tokenizer_round_trips() {
     let mut data = byte_level_data();
     data.pre = Some("llama-bpe".into());
     let tok = Tokenizer::from_gguf(&data).unwrap();
-    assert_eq!(
-        tok.encode("hello world").unwrap(),
-        vec![id(&tok, "hello"), id(&tok, "Ġworld")]
-    );
+    assert_eq!(tok.encode("hello world").unwrap(), vec![id(&tok, "hello"), id(&tok, "Ġworld")]);
     for s in SAMPLES {
         assert_eq!(tok.decode(&tok.encode(s).unwrap(), false).unwrap(), *s);
     }
@@ -189,10 +166,7 @@ fn sentencepiece_uses_scores_byte_fallback_and_spaces() {
     assert_eq!(tok.encode("café").unwrap(), vec![1, id(&tok, "▁café")]);
     // "ñ" is not in the vocabulary: its two UTF-8 bytes.
     let ids = tok.encode("ñ").unwrap();
-    assert_eq!(
-        ids,
-        vec![1, id(&tok, "▁"), id(&tok, "<0xC3>"), id(&tok, "<0xB1>")]
-    );
+    assert_eq!(ids, vec![1, id(&tok, "▁"), id(&tok, "<0xC3>"), id(&tok, "<0xB1>")]);
     for s in SAMPLES {
         let ids = tok.encode(s).unwrap();
         assert_eq!(tok.decode(&ids, true).unwrap(), *s, "{ids:?}");
@@ -242,10 +216,7 @@ fn stream_decoder_holds_split_characters() {
 
 #[test]
 fn chat_templates_render() {
-    let msgs = [
-        ChatMessage::new("system", "Be brief."),
-        ChatMessage::new("user", "hi"),
-    ];
+    let msgs = [ChatMessage::new("system", "Be brief."), ChatMessage::new("user", "hi")];
     let mut data = byte_level_data();
     data.chat_template = Some(CHATML_TEMPLATE.into());
     let tok = Tokenizer::from_gguf(&data).unwrap();
@@ -292,20 +263,11 @@ fn hf_json_round_trips() {
         assert_eq!(back.eos_ids(), tok.eos_ids());
         assert_eq!(back.chat_template(), tok.chat_template());
         assert_eq!(back.to_hf_json().unwrap(), json);
-        for s in SAMPLES
-            .iter()
-            .chain(&["<|im_start|>hi<|im_end|>", "</s>[INST]x"])
-        {
+        for s in SAMPLES.iter().chain(&["<|im_start|>hi<|im_end|>", "</s>[INST]x"]) {
             let ids = tok.encode(s).unwrap();
             assert_eq!(back.encode(s).unwrap(), ids, "{s:?}");
-            assert_eq!(
-                back.decode(&ids, false).unwrap(),
-                tok.decode(&ids, false).unwrap()
-            );
-            assert_eq!(
-                back.decode(&ids, true).unwrap(),
-                tok.decode(&ids, true).unwrap()
-            );
+            assert_eq!(back.decode(&ids, false).unwrap(), tok.decode(&ids, false).unwrap());
+            assert_eq!(back.decode(&ids, true).unwrap(), tok.decode(&ids, true).unwrap());
         }
         // Without a config the tokenizer.json alone still says whether BOS is added.
         let bare = Tokenizer::from_hf_json(json.as_bytes(), &HfTokenizerConfig::default()).unwrap();
@@ -324,37 +286,19 @@ fn hf_config_controls_bos() {
         ..Default::default()
     };
     let with_bos = Tokenizer::from_hf_json(json.as_bytes(), &cfg).unwrap();
-    assert_eq!(
-        with_bos.encode("hello").unwrap(),
-        vec![0, id(&tok, "hello")]
-    );
+    assert_eq!(with_bos.encode("hello").unwrap(), vec![0, id(&tok, "hello")]);
     assert_eq!(with_bos.eos_ids(), &[2, 0]);
-    let back = Tokenizer::from_hf_json(
-        with_bos.to_hf_json().unwrap().as_bytes(),
-        &HfTokenizerConfig::default(),
-    )
-    .unwrap();
+    let back =
+        Tokenizer::from_hf_json(with_bos.to_hf_json().unwrap().as_bytes(), &HfTokenizerConfig::default()).unwrap();
     assert_eq!(back.encode("hello").unwrap(), vec![0, id(&tok, "hello")]);
-    let cfg = HfTokenizerConfig {
-        add_bos_token: Some(false),
-        bos_token_id: Some(0),
-        ..Default::default()
-    };
+    let cfg = HfTokenizerConfig { add_bos_token: Some(false), bos_token_id: Some(0), ..Default::default() };
     let without = Tokenizer::from_hf_json(with_bos.to_hf_json().unwrap().as_bytes(), &cfg).unwrap();
     assert_eq!(without.encode("hello").unwrap(), vec![id(&tok, "hello")]);
 
-    let bad = HfTokenizerConfig {
-        bos_token: Some("<nope>".into()),
-        ..Default::default()
-    };
+    let bad = HfTokenizerConfig { bos_token: Some("<nope>".into()), ..Default::default() };
     let err = Tokenizer::from_hf_json(json.as_bytes(), &bad).unwrap_err();
     assert_eq!(err.code(), "model_loading_error");
-    assert_eq!(
-        Tokenizer::from_hf_json(b"{not json", &cfg)
-            .unwrap_err()
-            .code(),
-        "model_loading_error"
-    );
+    assert_eq!(Tokenizer::from_hf_json(b"{not json", &cfg).unwrap_err().code(), "model_loading_error");
 }
 
 #[test]
@@ -367,24 +311,14 @@ fn bad_data_is_a_model_error() {
 
     let mut data = byte_level_data();
     data.merges.as_mut().unwrap().push("nospace".into());
-    assert_eq!(
-        Tokenizer::from_gguf(&data).unwrap_err().code(),
-        "model_loading_error"
-    );
+    assert_eq!(Tokenizer::from_gguf(&data).unwrap_err().code(), "model_loading_error");
 
     let mut data = byte_level_data();
     data.merges = None;
-    assert_eq!(
-        Tokenizer::from_gguf(&data).unwrap_err().code(),
-        "model_loading_error"
-    );
+    assert_eq!(Tokenizer::from_gguf(&data).unwrap_err().code(), "model_loading_error");
 
     for model in ["gpt2", "llama"] {
-        let empty = GgufTokenizerData {
-            model: model.into(),
-            merges: Some(vec![]),
-            ..Default::default()
-        };
+        let empty = GgufTokenizerData { model: model.into(), merges: Some(vec![]), ..Default::default() };
         let err = Tokenizer::from_gguf(&empty).unwrap_err();
         assert_eq!(err.code(), "model_loading_error");
         assert!(err.to_string().contains("empty"), "{err}");
@@ -392,15 +326,9 @@ fn bad_data_is_a_model_error() {
 
     let mut data = spm_data();
     data.scores.as_mut().unwrap().pop();
-    assert_eq!(
-        Tokenizer::from_gguf(&data).unwrap_err().code(),
-        "model_loading_error"
-    );
+    assert_eq!(Tokenizer::from_gguf(&data).unwrap_err().code(), "model_loading_error");
 
     let mut data = spm_data();
     data.eos_id = Some(1_000_000);
-    assert_eq!(
-        Tokenizer::from_gguf(&data).unwrap_err().code(),
-        "model_loading_error"
-    );
+    assert_eq!(Tokenizer::from_gguf(&data).unwrap_err().code(), "model_loading_error");
 }

@@ -136,7 +136,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             let src = wsi::model::open_path(&cli.model)?;
             let tok = src.tokenizer()?;
-            wsi::model::convert::convert_to_hf(src.as_ref(), &tok.to_hf_json()?, out_dir)?;
+            wsi::model::convert::convert_to_hf(src.as_ref(), &tok.to_hf_json()?, &tok.hf_config(), out_dir)?;
             eprintln!("wrote {}", out_dir.display());
             Ok(())
         }

@@ -10,11 +10,7 @@ use crate::error::Result;
 
 /// An f32 as the JSON number of its shortest decimal form (0.7, not 0.699999988).
 pub(crate) fn f32_json(x: f32) -> Value {
-    x.to_string()
-        .parse::<f64>()
-        .ok()
-        .and_then(serde_json::Number::from_f64)
-        .map_or(Value::Null, Value::Number)
+    x.to_string().parse::<f64>().ok().and_then(serde_json::Number::from_f64).map_or(Value::Null, Value::Number)
 }
 
 /// A number `n` (= `[n, 1, 1]`) or an array of 1 to 3 numbers (missing ones are 1).
@@ -28,11 +24,7 @@ pub(crate) fn read_workgroup(key: &str, v: &Value) -> Result<[u32; 3]> {
             }
         }
         _ => {
-            return Err(value::type_error(
-                key,
-                "a number or an array of 1 to 3 numbers ([x, y, z])",
-                v,
-            ));
+            return Err(value::type_error(key, "a number or an array of 1 to 3 numbers ([x, y, z])", v));
         }
     }
     check_workgroup(key, wg)?;
@@ -46,10 +38,7 @@ pub(crate) fn check_workgroup(key: &str, wg: [u32; 3]) -> Result<()> {
         "powers of two with x <= {}, y <= {}, z <= {} and x*y*z <= {MAX_WORKGROUP_INVOCATIONS}",
         MAX_WORKGROUP_DIMS[0], MAX_WORKGROUP_DIMS[1], MAX_WORKGROUP_DIMS[2]
     );
-    let dims_ok = wg
-        .iter()
-        .zip(MAX_WORKGROUP_DIMS)
-        .all(|(x, max)| x.is_power_of_two() && *x <= max);
+    let dims_ok = wg.iter().zip(MAX_WORKGROUP_DIMS).all(|(x, max)| x.is_power_of_two() && *x <= max);
     let total = u64::from(wg[0]) * u64::from(wg[1]) * u64::from(wg[2]);
     if !dims_ok || total > u64::from(MAX_WORKGROUP_INVOCATIONS) {
         return Err(value_error(key, shown, &expected));
@@ -93,21 +82,13 @@ pub(crate) fn read_repetition_penalty(key: &str, v: &Value) -> Result<f32> {
 /// The sampling ranges, for values built in code.
 pub(crate) fn check_sampling(temperature: f32, top_p: f32, repetition_penalty: f32) -> Result<()> {
     if !(temperature.is_finite() && temperature >= 0.0) {
-        return Err(value_error(
-            "temperature",
-            temperature,
-            "a number >= 0 (0 = greedy)",
-        ));
+        return Err(value_error("temperature", temperature, "a number >= 0 (0 = greedy)"));
     }
     if !(top_p > 0.0 && top_p <= 1.0) {
         return Err(value_error("top_p", top_p, "a number in (0, 1] (1 = off)"));
     }
     if !(repetition_penalty.is_finite() && repetition_penalty > 0.0) {
-        return Err(value_error(
-            "repetition_penalty",
-            repetition_penalty,
-            "a number > 0 (1 = off)",
-        ));
+        return Err(value_error("repetition_penalty", repetition_penalty, "a number > 0 (1 = off)"));
     }
     Ok(())
 }
@@ -115,11 +96,7 @@ pub(crate) fn check_sampling(temperature: f32, top_p: f32, repetition_penalty: f
 /// No empty stop string.
 pub(crate) fn check_stop(key: &str, stop: &[String]) -> Result<()> {
     match stop.iter().position(String::is_empty) {
-        Some(i) => Err(value_error(
-            &format!("{key}[{i}]"),
-            "\"\"",
-            "a non-empty string",
-        )),
+        Some(i) => Err(value_error(&format!("{key}[{i}]"), "\"\"", "a non-empty string")),
         None => Ok(()),
     }
 }

@@ -98,16 +98,9 @@ impl Quantization {
     pub(crate) fn read_single(key: &str, v: &Value) -> Result<Self> {
         let q = Self::read(key, v)?;
         if q == Quantization::Mixed {
-            let names: Vec<&str> = Self::ALL
-                .iter()
-                .filter(|q| **q != Quantization::Mixed)
-                .map(|q| q.as_str())
-                .collect();
-            return Err(value_error(
-                key,
-                "\"mixed\"",
-                &format!("one of {}", names.join(", ")),
-            ));
+            let names: Vec<&str> =
+                Self::ALL.iter().filter(|q| **q != Quantization::Mixed).map(|q| q.as_str()).collect();
+            return Err(value_error(key, "\"mixed\"", &format!("one of {}", names.join(", "))));
         }
         Ok(q)
     }

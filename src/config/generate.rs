@@ -86,31 +86,19 @@ impl SamplingParams {
 }
 
 /// Keys [`GenerateOptions`] accepts, snake_case.
-pub const GENERATE_KEYS: &[&str] = &[
-    "max_tokens",
-    "temperature",
-    "top_p",
-    "top_k",
-    "repetition_penalty",
-    "seed",
-    "stop",
-    "messages",
-    "chat",
-];
+pub const GENERATE_KEYS: &[&str] =
+    &["max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed", "stop", "messages", "chat"];
 
 impl GenerateOptions {
     /// Only a token budget.
     pub fn with_max_tokens(max_tokens: usize) -> Self {
-        GenerateOptions {
-            max_tokens: Some(max_tokens),
-            ..Default::default()
-        }
+        GenerateOptions { max_tokens: Some(max_tokens), ..Default::default() }
     }
 
     /// Parses a JSON text; see [`GenerateOptions::from_json_value`].
     pub fn from_json_str(text: &str) -> Result<Self> {
-        let v: Value = serde_json::from_str(text)
-            .map_err(|e| Error::invalid(format!("options are not valid JSON: {e}")))?;
+        let v: Value =
+            serde_json::from_str(text).map_err(|e| Error::invalid(format!("options are not valid JSON: {e}")))?;
         Self::from_json_value(v)
     }
 
@@ -124,10 +112,7 @@ impl GenerateOptions {
     /// Like [`GenerateOptions::from_json_value`], but keys listed in `extra` (snake_case,
     /// e.g. `["prompt", "options"]` for a protocol frame) are returned unparsed, keyed by
     /// their snake_case name, instead of being rejected.
-    pub fn from_json_value_with_extra(
-        v: &Value,
-        extra: &[&str],
-    ) -> Result<(Self, Map<String, Value>)> {
+    pub fn from_json_value_with_extra(v: &Value, extra: &[&str]) -> Result<(Self, Map<String, Value>)> {
         let mut opts = GenerateOptions::default();
         let mut rest = Map::new();
         let map = match v {
@@ -159,12 +144,7 @@ impl GenerateOptions {
                 }
                 let mut known: Vec<&str> = GENERATE_KEYS.to_vec();
                 known.extend_from_slice(extra);
-                return Err(value::unknown_key(
-                    "generation options",
-                    key.written,
-                    canonical,
-                    &known,
-                ));
+                return Err(value::unknown_key("generation options", key.written, canonical, &known));
             }
             opts.set(canonical, key.written, val)?;
         }
@@ -178,23 +158,13 @@ impl GenerateOptions {
             "temperature" => self.temperature = opt.then(|| read_temperature(k, v)).transpose()?,
             "top_p" => self.top_p = opt.then(|| read_top_p(k, v)).transpose()?,
             "top_k" => self.top_k = opt.then(|| read_u32(k, v, 0, u32::MAX)).transpose()?,
-            "repetition_penalty" => {
-                self.repetition_penalty = opt.then(|| read_repetition_penalty(k, v)).transpose()?
-            }
+            "repetition_penalty" => self.repetition_penalty = opt.then(|| read_repetition_penalty(k, v)).transpose()?,
             "seed" => self.seed = opt.then(|| read_seed(k, v)).transpose()?,
             "stop" => self.stop = opt.then(|| read_stop(k, v)).transpose()?,
-            "messages" => {
-                self.messages = if opt {
-                    read_messages(k, v)?
-                } else {
-                    Vec::new()
-                }
-            }
+            "messages" => self.messages = if opt { read_messages(k, v)? } else { Vec::new() },
             "chat" => self.chat = opt && read_bool(k, v)?,
             other => {
-                return Err(Error::internal(format!(
-                    "generation option \"{other}\" has no reader"
-                )));
+                return Err(Error::internal(format!("generation option \"{other}\" has no reader")));
             }
         }
         Ok(())
@@ -226,22 +196,14 @@ impl GenerateOptions {
 
     /// Merges with the instance config: per-call value, else the config's, else
     /// `default_max_tokens` / `fallback_seed` (the caller picks it, e.g. from the clock).
-    pub fn resolve(
-        &self,
-        cfg: &StreamingConfig,
-        default_max_tokens: usize,
-        fallback_seed: u64,
-    ) -> SamplingParams {
+    pub fn resolve(&self, cfg: &StreamingConfig, default_max_tokens: usize, fallback_seed: u64) -> SamplingParams {
         SamplingParams {
             temperature: self.temperature.unwrap_or(cfg.temperature),
             top_p: self.top_p.unwrap_or(cfg.top_p),
             top_k: self.top_k.unwrap_or(cfg.top_k),
             repetition_penalty: self.repetition_penalty.unwrap_or(cfg.repetition_penalty),
             seed: self.seed.or(cfg.seed).unwrap_or(fallback_seed),
-            max_tokens: self
-                .max_tokens
-                .or(cfg.max_tokens)
-                .unwrap_or(default_max_tokens),
+            max_tokens: self.max_tokens.or(cfg.max_tokens).unwrap_or(default_max_tokens),
             stop: self.stop.clone().unwrap_or_else(|| cfg.stop.clone()),
         }
     }
@@ -251,22 +213,14 @@ fn check_role(key: &str, role: &str) -> Result<()> {
     if CHAT_ROLES.contains(&role) {
         Ok(())
     } else {
-        Err(value::value_error(
-            key,
-            value::quote(role),
-            &format!("one of {}", CHAT_ROLES.join(", ")),
-        ))
+        Err(value::value_error(key, value::quote(role), &format!("one of {}", CHAT_ROLES.join(", "))))
     }
 }
 
 /// An array of `{role, content}` objects.
 fn read_messages(key: &str, v: &Value) -> Result<Vec<ChatMessage>> {
     let Value::Array(items) = v else {
-        return Err(value::type_error(
-            key,
-            "an array of {role, content} objects",
-            v,
-        ));
+        return Err(value::type_error(key, "an array of {role, content} objects", v));
     };
     let mut out = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {

@@ -19,10 +19,7 @@ fn err(v: Value) -> String {
 #[test]
 fn null_and_number_forms() {
     assert_eq!(opts(Value::Null).unwrap(), GenerateOptions::default());
-    assert_eq!(
-        opts(json!(64)).unwrap(),
-        GenerateOptions::with_max_tokens(64)
-    );
+    assert_eq!(opts(json!(64)).unwrap(), GenerateOptions::with_max_tokens(64));
     assert_eq!(opts(json!(64.0)).unwrap().max_tokens, Some(64));
     let e = err(json!(0));
     assert!(e.contains("\"max_tokens\""), "{e}");
@@ -55,13 +52,7 @@ fn every_key_snake_and_camel() {
     assert_eq!(a.seed, Some(1234));
     assert_eq!(a.stop, Some(vec!["\n".to_string()]));
     assert_eq!(a.messages.len(), 2);
-    assert_eq!(
-        a.messages[1],
-        ChatMessage {
-            role: "user".into(),
-            content: "Hi".into()
-        }
-    );
+    assert_eq!(a.messages[1], ChatMessage { role: "user".into(), content: "Hi".into() });
     assert!(a.chat && a.uses_chat_template());
     assert!(a.validate().is_ok());
 }
@@ -78,17 +69,11 @@ fn bad_messages() {
     let e = err(json!({"messages": "hi"}));
     assert!(e.contains("\"messages\"") && e.contains("array"), "{e}");
     let e = err(json!({"messages": [{"role": "robot", "content": "x"}]}));
-    assert!(
-        e.contains("\"messages[0].role\"") && e.contains("system, user, assistant, tool"),
-        "{e}"
-    );
+    assert!(e.contains("\"messages[0].role\"") && e.contains("system, user, assistant, tool"), "{e}");
     let e = err(json!({"messages": [{"role": "user"}]}));
     assert!(e.contains("\"messages[0]\" has no \"content\""), "{e}");
     let e = err(json!({"messages": [{"role": "user", "content": 5}]}));
-    assert!(
-        e.contains("\"messages[0].content\"") && e.contains("a string"),
-        "{e}"
-    );
+    assert!(e.contains("\"messages[0].content\"") && e.contains("a string"), "{e}");
     let e = err(json!({"messages": [{"role": "user", "content": "x", "name": "bob"}]}));
     assert!(e.contains("\"name\"") && e.contains("messages[0]"), "{e}");
     let e = err(json!({"messages": [1]}));
@@ -101,11 +86,7 @@ fn bad_values_and_types() {
         (json!({"temperature": -1}), "\"temperature\"", ">= 0"),
         (json!({"topP": 0}), "\"topP\"", "(0, 1]"),
         (json!({"top_k": "5"}), "\"top_k\"", "an integer"),
-        (
-            json!({"repetition_penalty": 0}),
-            "\"repetition_penalty\"",
-            "> 0",
-        ),
+        (json!({"repetition_penalty": 0}), "\"repetition_penalty\"", "> 0"),
         (json!({"seed": 1.5}), "\"seed\"", "integer"),
         (json!({"stop": [""]}), "\"stop[0]\"", "non-empty"),
         (json!({"chat": "yes"}), "\"chat\"", "a boolean"),
@@ -122,10 +103,7 @@ fn unknown_and_instance_keys() {
         err(json!({"max_new_tokens": 5})),
         "unknown option \"max_new_tokens\" in generation options: did you mean \"max_tokens\"?"
     );
-    assert_eq!(
-        err(json!({"topp": 0.5})),
-        "unknown option \"topp\" in generation options: did you mean \"top_p\"?"
-    );
+    assert_eq!(err(json!({"topp": 0.5})), "unknown option \"topp\" in generation options: did you mean \"top_p\"?");
     let e = err(json!({"quantization": "int4"}));
     assert!(e.contains("\"quantization\" is an instance option"), "{e}");
     let e = err(json!({"maxTokens": 1, "max_tokens": 2}));
@@ -137,13 +115,11 @@ fn extra_keys_are_handed_back() {
     let frame = json!({
         "prompt": "Hello", "maxTokens": 5, "options": {"stream": true, "echoPrompt": false}
     });
-    let (o, rest) =
-        GenerateOptions::from_json_value_with_extra(&frame, &["prompt", "options"]).unwrap();
+    let (o, rest) = GenerateOptions::from_json_value_with_extra(&frame, &["prompt", "options"]).unwrap();
     assert_eq!(o.max_tokens, Some(5));
     assert_eq!(rest["prompt"], json!("Hello"));
     assert_eq!(rest["options"]["stream"], json!(true));
-    let e = GenerateOptions::from_json_value_with_extra(&json!({"promt": "x"}), &["prompt"])
-        .unwrap_err();
+    let e = GenerateOptions::from_json_value_with_extra(&json!({"promt": "x"}), &["prompt"]).unwrap_err();
     assert!(e.to_string().contains("did you mean \"prompt\""), "{e}");
 }
 
@@ -166,27 +142,17 @@ fn resolve_prefers_call_then_config_then_fallback() {
             stop: vec!["END".into()],
         }
     );
-    let call =
-        opts(json!({"temperature": 0, "topK": 0, "seed": 7, "stop": [], "maxTokens": 3})).unwrap();
+    let call = opts(json!({"temperature": 0, "topK": 0, "seed": 7, "stop": [], "maxTokens": 3})).unwrap();
     let p = call.resolve(&cfg, 256, 99);
-    assert_eq!(
-        (p.temperature, p.top_k, p.seed, p.max_tokens),
-        (0.0, 0, 7, 3)
-    );
+    assert_eq!((p.temperature, p.top_k, p.seed, p.max_tokens), (0.0, 0, 7, 3));
     assert!(p.stop.is_empty());
     assert!(p.is_greedy());
 
     let p = GenerateOptions::default().resolve(&StreamingConfig::default(), 256, 5);
-    assert_eq!(
-        (p.temperature, p.top_p, p.max_tokens, p.seed),
-        (0.7, 0.9, 256, 5)
-    );
+    assert_eq!((p.temperature, p.top_p, p.max_tokens, p.seed), (0.7, 0.9, 256, 5));
     assert!(!p.is_greedy());
 
-    let seeded = StreamingConfig {
-        seed: Some(11),
-        ..Default::default()
-    };
+    let seeded = StreamingConfig { seed: Some(11), ..Default::default() };
     assert_eq!(GenerateOptions::default().resolve(&seeded, 1, 5).seed, 11);
 }
 
@@ -194,40 +160,19 @@ fn resolve_prefers_call_then_config_then_fallback() {
 fn greedy_params() {
     let g = SamplingParams::greedy(16);
     assert!(g.is_greedy());
-    assert_eq!(
-        (g.max_tokens, g.top_p, g.top_k, g.repetition_penalty),
-        (16, 1.0, 0, 1.0)
-    );
+    assert_eq!((g.max_tokens, g.top_p, g.top_k, g.repetition_penalty), (16, 1.0, 0, 1.0));
 }
 
 #[test]
 fn validate_catches_options_built_in_code() {
     for o in [
+        GenerateOptions { max_tokens: Some(0), ..Default::default() },
+        GenerateOptions { temperature: Some(-1.0), ..Default::default() },
+        GenerateOptions { top_p: Some(1.5), ..Default::default() },
+        GenerateOptions { repetition_penalty: Some(0.0), ..Default::default() },
+        GenerateOptions { stop: Some(vec![String::new()]), ..Default::default() },
         GenerateOptions {
-            max_tokens: Some(0),
-            ..Default::default()
-        },
-        GenerateOptions {
-            temperature: Some(-1.0),
-            ..Default::default()
-        },
-        GenerateOptions {
-            top_p: Some(1.5),
-            ..Default::default()
-        },
-        GenerateOptions {
-            repetition_penalty: Some(0.0),
-            ..Default::default()
-        },
-        GenerateOptions {
-            stop: Some(vec![String::new()]),
-            ..Default::default()
-        },
-        GenerateOptions {
-            messages: vec![ChatMessage {
-                role: "x".into(),
-                content: String::new(),
-            }],
+            messages: vec![ChatMessage { role: "x".into(), content: String::new() }],
             ..Default::default()
         },
     ] {

@@ -26,8 +26,8 @@ pub use generate::{ChatMessage, GenerateOptions, SamplingParams};
 use crate::browser::BrowserName;
 use crate::error::{Error, Result};
 pub(crate) use checks::{
-    check_sampling, check_stop, check_workgroup, f32_json, read_max_tokens,
-    read_repetition_penalty, read_temperature, read_top_p, read_workgroup,
+    check_sampling, check_stop, check_workgroup, f32_json, read_max_tokens, read_repetition_penalty, read_temperature,
+    read_top_p, read_workgroup,
 };
 use value::{Key, read_bool, read_seed, read_stop, read_u32, read_uint, value_error};
 
@@ -41,8 +41,7 @@ pub const MAX_WORKGROUP_INVOCATIONS: u32 = 256;
 pub const MAX_WORKGROUP_DIMS: [u32; 3] = [256, 256, 64];
 /// Precisions used by `mixed` when `attention_precision` / `feedforward_precision` are
 /// not given: (attention, feed-forward).
-pub const MIXED_DEFAULT_PRECISIONS: (Quantization, Quantization) =
-    (Quantization::Int8, Quantization::Int4);
+pub const MIXED_DEFAULT_PRECISIONS: (Quantization, Quantization) = (Quantization::Int8, Quantization::Int4);
 
 /// Every option of the engine (DESIGN.md §3) plus the generation defaults that per-call
 /// [`GenerateOptions`] override. `None` means "from the browser profile" unless noted.
@@ -152,15 +151,8 @@ impl Default for StreamingConfig {
 }
 
 /// The generation keys shared by [`StreamingConfig`] and [`GenerateOptions`].
-pub(crate) const GENERATION_KEYS: &[&str] = &[
-    "max_tokens",
-    "temperature",
-    "top_p",
-    "top_k",
-    "repetition_penalty",
-    "seed",
-    "stop",
-];
+pub(crate) const GENERATION_KEYS: &[&str] =
+    &["max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed", "stop"];
 
 /// Every key [`StreamingConfig`] accepts, snake_case.
 pub const CONFIG_KEYS: &[&str] = &[
@@ -200,8 +192,8 @@ pub const CONFIG_KEYS: &[&str] = &[
 impl StreamingConfig {
     /// Parses a JSON object text (`{"quantization": "int4", "topP": 0.95}`).
     pub fn from_json_str(text: &str) -> Result<Self> {
-        let v: Value = serde_json::from_str(text)
-            .map_err(|e| Error::invalid(format!("config is not valid JSON: {e}")))?;
+        let v: Value =
+            serde_json::from_str(text).map_err(|e| Error::invalid(format!("config is not valid JSON: {e}")))?;
         Self::from_json_value(v)
     }
 
@@ -219,22 +211,14 @@ impl StreamingConfig {
             Value::Null => return Ok(()),
             Value::Object(m) => m,
             other => {
-                return Err(Error::invalid(format!(
-                    "config must be a JSON object, got {}",
-                    value::describe(other)
-                )));
+                return Err(Error::invalid(format!("config must be a JSON object, got {}", value::describe(other))));
             }
         };
         let mut next = self.clone();
         let defaults = StreamingConfig::default().to_json_value();
         for (key, val) in value::keys("config", map)? {
             if !CONFIG_KEYS.contains(&key.canonical.as_str()) {
-                return Err(value::unknown_key(
-                    "config",
-                    key.written,
-                    &key.canonical,
-                    CONFIG_KEYS,
-                ));
+                return Err(value::unknown_key("config", key.written, &key.canonical, CONFIG_KEYS));
             }
             let val = match val {
                 Value::Null => defaults.get(&key.canonical).unwrap_or(&Value::Null),
@@ -254,18 +238,14 @@ impl StreamingConfig {
         match key.canonical.as_str() {
             "quantization" => self.quantization = Quantization::read(k, v)?,
             "attention_precision" => {
-                self.attention_precision =
-                    opt.then(|| Quantization::read_single(k, v)).transpose()?
+                self.attention_precision = opt.then(|| Quantization::read_single(k, v)).transpose()?
             }
             "feedforward_precision" => {
-                self.feedforward_precision =
-                    opt.then(|| Quantization::read_single(k, v)).transpose()?
+                self.feedforward_precision = opt.then(|| Quantization::read_single(k, v)).transpose()?
             }
             "kv_cache_optimization" => self.kv_cache_optimization = read_bool(k, v)?,
             "kv_cache_strategy" => self.kv_cache_strategy = KvCacheStrategy::read(k, v)?,
-            "max_kv_cache_mb" => {
-                self.max_kv_cache_mb = opt.then(|| read_u32(k, v, 1, u32::MAX)).transpose()?
-            }
+            "max_kv_cache_mb" => self.max_kv_cache_mb = opt.then(|| read_u32(k, v, 1, u32::MAX)).transpose()?,
             "optimize_compute_transfer" => self.optimize_compute_transfer = read_bool(k, v)?,
             "optimize_for_latency" => self.optimize_for_latency = read_bool(k, v)?,
             "adaptive_batch_size" => self.adaptive_batch_size = read_bool(k, v)?,
@@ -275,28 +255,18 @@ impl StreamingConfig {
             "batch_size_strategy" => self.batch_size_strategy = BatchSizeStrategy::read(k, v)?,
             "browser_optimizations" => self.browser_optimizations = read_bool(k, v)?,
             "optimize_for_browser" => {
-                self.optimize_for_browser =
-                    opt.then(|| BrowserName::read_forced(k, v)).transpose()?
+                self.optimize_for_browser = opt.then(|| BrowserName::read_forced(k, v)).transpose()?
             }
-            "conservative_memory" => {
-                self.conservative_memory = opt.then(|| read_bool(k, v)).transpose()?
-            }
+            "conservative_memory" => self.conservative_memory = opt.then(|| read_bool(k, v)).transpose()?,
             "prefetch_enabled" => self.prefetch_enabled = read_bool(k, v)?,
             "prefetch_size" => self.prefetch_size = read_u32(k, v, 1, MAX_PREFETCH_SIZE)?,
             "prefetch_strategy" => self.prefetch_strategy = PrefetchStrategy::read(k, v)?,
             "token_prediction_enabled" => self.token_prediction_enabled = read_bool(k, v)?,
-            "workgroup_size" => {
-                self.workgroup_size = opt.then(|| read_workgroup(k, v)).transpose()?
-            }
-            "memory_limit_mb" => {
-                self.memory_limit_mb = opt.then(|| read_u32(k, v, 1, u32::MAX)).transpose()?
-            }
-            "token_timeout_ms" => {
-                self.token_timeout_ms = opt.then(|| read_uint(k, v, 1, u64::MAX)).transpose()?
-            }
+            "workgroup_size" => self.workgroup_size = opt.then(|| read_workgroup(k, v)).transpose()?,
+            "memory_limit_mb" => self.memory_limit_mb = opt.then(|| read_u32(k, v, 1, u32::MAX)).transpose()?,
+            "token_timeout_ms" => self.token_timeout_ms = opt.then(|| read_uint(k, v, 1, u64::MAX)).transpose()?,
             "generation_timeout_ms" => {
-                self.generation_timeout_ms =
-                    opt.then(|| read_uint(k, v, 1, u64::MAX)).transpose()?
+                self.generation_timeout_ms = opt.then(|| read_uint(k, v, 1, u64::MAX)).transpose()?
             }
             "max_tokens" => self.max_tokens = opt.then(|| read_max_tokens(k, v)).transpose()?,
             "temperature" => self.temperature = read_temperature(k, v)?,
@@ -306,9 +276,7 @@ impl StreamingConfig {
             "seed" => self.seed = opt.then(|| read_seed(k, v)).transpose()?,
             "stop" => self.stop = if opt { read_stop(k, v)? } else { Vec::new() },
             other => {
-                return Err(Error::internal(format!(
-                    "config key \"{other}\" has no reader"
-                )));
+                return Err(Error::internal(format!("config key \"{other}\" has no reader")));
             }
         }
         Ok(())
@@ -316,22 +284,10 @@ impl StreamingConfig {
 
     /// Checks the rules between options (and every range, for configs built in code).
     pub fn validate(&self) -> Result<()> {
-        let (min, init, max) = (
-            self.min_batch_size,
-            self.initial_batch_size,
-            self.max_batch_size,
-        );
-        for (key, x) in [
-            ("min_batch_size", min),
-            ("initial_batch_size", init),
-            ("max_batch_size", max),
-        ] {
+        let (min, init, max) = (self.min_batch_size, self.initial_batch_size, self.max_batch_size);
+        for (key, x) in [("min_batch_size", min), ("initial_batch_size", init), ("max_batch_size", max)] {
             if !(1..=MAX_BATCH_SIZE).contains(&x) {
-                return Err(value_error(
-                    key,
-                    x,
-                    &format!("an integer from 1 to {MAX_BATCH_SIZE}"),
-                ));
+                return Err(value_error(key, x, &format!("an integer from 1 to {MAX_BATCH_SIZE}")));
             }
         }
         if min > init || init > max {
@@ -346,17 +302,12 @@ impl StreamingConfig {
                 &format!("an integer from 1 to {MAX_PREFETCH_SIZE}"),
             ));
         }
-        for (key, p) in [
-            ("attention_precision", self.attention_precision),
-            ("feedforward_precision", self.feedforward_precision),
-        ] {
+        for (key, p) in
+            [("attention_precision", self.attention_precision), ("feedforward_precision", self.feedforward_precision)]
+        {
             match p {
                 Some(Quantization::Mixed) => {
-                    return Err(value_error(
-                        key,
-                        "\"mixed\"",
-                        "one of fp32, fp16, int8, int4, int3, int2",
-                    ));
+                    return Err(value_error(key, "\"mixed\"", "one of fp32, fp16, int8, int4, int3, int2"));
                 }
                 Some(q) if self.quantization != Quantization::Mixed => {
                     return Err(Error::invalid(format!(
@@ -370,16 +321,9 @@ impl StreamingConfig {
         if let Some(wg) = self.workgroup_size {
             check_workgroup("workgroup_size", wg)?;
         }
-        for (key, x) in [
-            ("max_kv_cache_mb", self.max_kv_cache_mb),
-            ("memory_limit_mb", self.memory_limit_mb),
-        ] {
+        for (key, x) in [("max_kv_cache_mb", self.max_kv_cache_mb), ("memory_limit_mb", self.memory_limit_mb)] {
             if x == Some(0) {
-                return Err(value_error(
-                    key,
-                    0,
-                    "an integer >= 1 (or null for the profile's)",
-                ));
+                return Err(value_error(key, 0, "an integer >= 1 (or null for the profile's)"));
             }
         }
         if let (Some(kv), Some(limit)) = (self.max_kv_cache_mb, self.memory_limit_mb)
@@ -389,16 +333,11 @@ impl StreamingConfig {
                 "\"max_kv_cache_mb\" ({kv}) must not exceed \"memory_limit_mb\" ({limit})"
             )));
         }
-        for (key, x) in [
-            ("token_timeout_ms", self.token_timeout_ms),
-            ("generation_timeout_ms", self.generation_timeout_ms),
-        ] {
+        for (key, x) in
+            [("token_timeout_ms", self.token_timeout_ms), ("generation_timeout_ms", self.generation_timeout_ms)]
+        {
             if x == Some(0) {
-                return Err(value_error(
-                    key,
-                    0,
-                    "an integer >= 1 (or null for no deadline)",
-                ));
+                return Err(value_error(key, 0, "an integer >= 1 (or null for no deadline)"));
             }
         }
         if self.max_tokens == Some(0) {
@@ -416,43 +355,25 @@ impl StreamingConfig {
             m.insert(k.to_string(), v);
         };
         put("quantization", json!(self.quantization.as_str()));
-        put(
-            "attention_precision",
-            json!(self.attention_precision.map(Quantization::as_str)),
-        );
-        put(
-            "feedforward_precision",
-            json!(self.feedforward_precision.map(Quantization::as_str)),
-        );
+        put("attention_precision", json!(self.attention_precision.map(Quantization::as_str)));
+        put("feedforward_precision", json!(self.feedforward_precision.map(Quantization::as_str)));
         put("kv_cache_optimization", json!(self.kv_cache_optimization));
         put("kv_cache_strategy", json!(self.kv_cache_strategy.as_str()));
         put("max_kv_cache_mb", json!(self.max_kv_cache_mb));
-        put(
-            "optimize_compute_transfer",
-            json!(self.optimize_compute_transfer),
-        );
+        put("optimize_compute_transfer", json!(self.optimize_compute_transfer));
         put("optimize_for_latency", json!(self.optimize_for_latency));
         put("adaptive_batch_size", json!(self.adaptive_batch_size));
         put("initial_batch_size", json!(self.initial_batch_size));
         put("min_batch_size", json!(self.min_batch_size));
         put("max_batch_size", json!(self.max_batch_size));
-        put(
-            "batch_size_strategy",
-            json!(self.batch_size_strategy.as_str()),
-        );
+        put("batch_size_strategy", json!(self.batch_size_strategy.as_str()));
         put("browser_optimizations", json!(self.browser_optimizations));
-        put(
-            "optimize_for_browser",
-            json!(self.optimize_for_browser.map(BrowserName::as_str)),
-        );
+        put("optimize_for_browser", json!(self.optimize_for_browser.map(BrowserName::as_str)));
         put("conservative_memory", json!(self.conservative_memory));
         put("prefetch_enabled", json!(self.prefetch_enabled));
         put("prefetch_size", json!(self.prefetch_size));
         put("prefetch_strategy", json!(self.prefetch_strategy.as_str()));
-        put(
-            "token_prediction_enabled",
-            json!(self.token_prediction_enabled),
-        );
+        put("token_prediction_enabled", json!(self.token_prediction_enabled));
         put("workgroup_size", json!(self.workgroup_size));
         put("memory_limit_mb", json!(self.memory_limit_mb));
         put("token_timeout_ms", json!(self.token_timeout_ms));
@@ -472,10 +393,8 @@ impl StreamingConfig {
     pub fn matrix_precisions(&self) -> (Quantization, Quantization) {
         match self.quantization {
             Quantization::Mixed => (
-                self.attention_precision
-                    .unwrap_or(MIXED_DEFAULT_PRECISIONS.0),
-                self.feedforward_precision
-                    .unwrap_or(MIXED_DEFAULT_PRECISIONS.1),
+                self.attention_precision.unwrap_or(MIXED_DEFAULT_PRECISIONS.0),
+                self.feedforward_precision.unwrap_or(MIXED_DEFAULT_PRECISIONS.1),
             ),
             q => (q, q),
         }
@@ -483,11 +402,7 @@ impl StreamingConfig {
 
     /// Decode steps in flight: `prefetch_size` when prefetch is on, else 1.
     pub fn prefetch_depth(&self) -> u32 {
-        if self.prefetch_enabled {
-            self.prefetch_size
-        } else {
-            1
-        }
+        if self.prefetch_enabled { self.prefetch_size } else { 1 }
     }
 }
 

@@ -27,10 +27,7 @@ fn defaults_match_the_design() {
     assert_eq!(c.kv_cache_strategy, KvCacheStrategy::Dynamic);
     assert_eq!(c.max_kv_cache_mb, None);
     assert!(c.optimize_compute_transfer && c.optimize_for_latency && c.adaptive_batch_size);
-    assert_eq!(
-        (c.initial_batch_size, c.min_batch_size, c.max_batch_size),
-        (1, 1, 4)
-    );
+    assert_eq!((c.initial_batch_size, c.min_batch_size, c.max_batch_size), (1, 1, 4));
     assert_eq!(c.batch_size_strategy, BatchSizeStrategy::Balanced);
     assert!(c.browser_optimizations);
     assert_eq!(c.optimize_for_browser, None);
@@ -54,10 +51,7 @@ fn defaults_match_the_design() {
 fn empty_null_and_empty_text_give_defaults() {
     assert_eq!(parse(json!({})).unwrap(), StreamingConfig::default());
     assert_eq!(parse(Value::Null).unwrap(), StreamingConfig::default());
-    assert_eq!(
-        StreamingConfig::from_json_str("{}").unwrap(),
-        StreamingConfig::default()
-    );
+    assert_eq!(StreamingConfig::from_json_str("{}").unwrap(), StreamingConfig::default());
 }
 
 #[test]
@@ -97,18 +91,12 @@ fn every_key_in_snake_case() {
     }))
     .unwrap();
     assert_eq!(c.quantization, Quantization::Mixed);
-    assert_eq!(
-        c.matrix_precisions(),
-        (Quantization::Int8, Quantization::Int4)
-    );
+    assert_eq!(c.matrix_precisions(), (Quantization::Int8, Quantization::Int4));
     assert!(!c.kv_cache_optimization);
     assert_eq!(c.kv_cache_strategy, KvCacheStrategy::Progressive);
     assert_eq!(c.max_kv_cache_mb, Some(256));
     assert!(!c.optimize_compute_transfer && !c.optimize_for_latency && !c.adaptive_batch_size);
-    assert_eq!(
-        (c.initial_batch_size, c.min_batch_size, c.max_batch_size),
-        (2, 1, 8)
-    );
+    assert_eq!((c.initial_batch_size, c.min_batch_size, c.max_batch_size), (2, 1, 8));
     assert_eq!(c.batch_size_strategy, BatchSizeStrategy::Performance);
     assert!(!c.browser_optimizations);
     assert_eq!(c.optimize_for_browser, Some(BrowserName::Firefox));
@@ -149,10 +137,7 @@ fn camel_case_keys_are_accepted() {
     }));
     // maxKvCacheMb and maxKVCacheMB are the same option.
     let e = c.unwrap_err().to_string();
-    assert!(
-        e.contains("\"maxKVCacheMB\"") && e.contains("\"maxKvCacheMb\""),
-        "{e}"
-    );
+    assert!(e.contains("\"maxKVCacheMB\"") && e.contains("\"maxKvCacheMb\""), "{e}");
     assert!(e.contains("max_kv_cache_mb"), "{e}");
 
     let c = parse(json!({
@@ -222,28 +207,19 @@ fn bad_quantization_names_key_and_values() {
         "invalid value \"int5\" for \"quantization\": expected one of fp32, fp16, int8, int4, int3, int2, mixed"
     );
     let e = err(json!({"quantization": 4}));
-    assert!(
-        e.contains("\"quantization\"") && e.contains("expected a string"),
-        "{e}"
-    );
+    assert!(e.contains("\"quantization\"") && e.contains("expected a string"), "{e}");
 }
 
 #[test]
 fn bad_enum_values() {
     let e = err(json!({"kvCacheStrategy": "paged"}));
-    assert!(
-        e.contains("\"kvCacheStrategy\"") && e.contains("static, dynamic, progressive"),
-        "{e}"
-    );
+    assert!(e.contains("\"kvCacheStrategy\"") && e.contains("static, dynamic, progressive"), "{e}");
     let e = err(json!({"batch_size_strategy": "fast"}));
     assert!(e.contains("performance, memory, balanced"), "{e}");
     let e = err(json!({"prefetch_strategy": "greedy"}));
     assert!(e.contains("fixed, adaptive, context-aware"), "{e}");
     let e = err(json!({"optimize_for_browser": "opera"}));
-    assert!(
-        e.contains("\"optimize_for_browser\"") && e.contains("chrome, edge, firefox, safari"),
-        "{e}"
-    );
+    assert!(e.contains("\"optimize_for_browser\"") && e.contains("chrome, edge, firefox, safari"), "{e}");
     let e = err(json!({"optimize_for_browser": "other"}));
     assert!(e.contains("chrome, edge, firefox, safari"), "{e}");
     let e = err(json!({"optimize_for_browser": true}));
@@ -253,73 +229,34 @@ fn bad_enum_values() {
 #[test]
 fn precisions_only_with_mixed_and_never_mixed() {
     let e = err(json!({"quantization": "mixed", "attention_precision": "mixed"}));
-    assert!(
-        e.contains("\"attention_precision\"") && e.contains("fp32, fp16, int8, int4, int3, int2"),
-        "{e}"
-    );
+    assert!(e.contains("\"attention_precision\"") && e.contains("fp32, fp16, int8, int4, int3, int2"), "{e}");
     assert!(!e.contains("int2, mixed"), "{e}");
     let e = err(json!({"feedforwardPrecision": "int4"}));
-    assert!(
-        e.contains("\"feedforward_precision\"") && e.contains("mixed") && e.contains("fp16"),
-        "{e}"
-    );
+    assert!(e.contains("\"feedforward_precision\"") && e.contains("mixed") && e.contains("fp16"), "{e}");
     let c = parse(json!({"quantization": "mixed", "feedforward_precision": "int2"})).unwrap();
-    assert_eq!(
-        c.matrix_precisions(),
-        (MIXED_DEFAULT_PRECISIONS.0, Quantization::Int2)
-    );
+    assert_eq!(c.matrix_precisions(), (MIXED_DEFAULT_PRECISIONS.0, Quantization::Int2));
     let c = parse(json!({"quantization": "int4"})).unwrap();
-    assert_eq!(
-        c.matrix_precisions(),
-        (Quantization::Int4, Quantization::Int4)
-    );
+    assert_eq!(c.matrix_precisions(), (Quantization::Int4, Quantization::Int4));
 }
 
 #[test]
 fn wrong_types_name_key_and_type() {
     let cases = [
-        (
-            json!({"kv_cache_optimization": "yes"}),
-            "\"kv_cache_optimization\"",
-            "a boolean",
-        ),
-        (
-            json!({"prefetchEnabled": 1}),
-            "\"prefetchEnabled\"",
-            "a boolean",
-        ),
+        (json!({"kv_cache_optimization": "yes"}), "\"kv_cache_optimization\"", "a boolean"),
+        (json!({"prefetchEnabled": 1}), "\"prefetchEnabled\"", "a boolean"),
         (json!({"temperature": "hot"}), "\"temperature\"", "a number"),
         (json!({"top_p": [0.5]}), "\"top_p\"", "a number"),
         (json!({"max_tokens": "10"}), "\"max_tokens\"", "an integer"),
-        (
-            json!({"memory_limit_mb": {}}),
-            "\"memory_limit_mb\"",
-            "an integer",
-        ),
-        (
-            json!({"stop": 5}),
-            "\"stop\"",
-            "a string or an array of strings",
-        ),
+        (json!({"memory_limit_mb": {}}), "\"memory_limit_mb\"", "an integer"),
+        (json!({"stop": 5}), "\"stop\"", "a string or an array of strings"),
         (json!({"stop": ["a", 3]}), "\"stop[1]\"", "a string"),
         (json!({"seed": true}), "\"seed\"", "an integer"),
-        (
-            json!({"workgroup_size": "64"}),
-            "\"workgroup_size\"",
-            "a number or an array",
-        ),
-        (
-            json!({"conservative_memory": "true"}),
-            "\"conservative_memory\"",
-            "a boolean",
-        ),
+        (json!({"workgroup_size": "64"}), "\"workgroup_size\"", "a number or an array"),
+        (json!({"conservative_memory": "true"}), "\"conservative_memory\"", "a boolean"),
     ];
     for (v, key, expected) in cases {
         let e = err(v.clone());
-        assert!(
-            e.starts_with("invalid type for ") || e.starts_with("invalid value"),
-            "{e}"
-        );
+        assert!(e.starts_with("invalid type for ") || e.starts_with("invalid value"), "{e}");
         assert!(e.contains(key) && e.contains(expected), "{v}: {e}");
     }
     let e = err(json!({"temperature": "hot"}));
@@ -333,59 +270,23 @@ fn ranges_are_validated() {
         (json!({"temperature": 1e300}), "\"temperature\"", "finite"),
         (json!({"top_p": 0}), "\"top_p\"", "(0, 1]"),
         (json!({"top_p": 1.5}), "\"top_p\"", "(0, 1]"),
-        (
-            json!({"repetition_penalty": 0}),
-            "\"repetition_penalty\"",
-            "> 0",
-        ),
-        (
-            json!({"repetition_penalty": -1.0}),
-            "\"repetition_penalty\"",
-            "> 0",
-        ),
+        (json!({"repetition_penalty": 0}), "\"repetition_penalty\"", "> 0"),
+        (json!({"repetition_penalty": -1.0}), "\"repetition_penalty\"", "> 0"),
         (json!({"top_k": -1}), "\"top_k\"", ">= 0"),
         (json!({"top_k": 2.5}), "\"top_k\"", "integer"),
         (json!({"max_tokens": 0}), "\"max_tokens\"", ">= 1"),
-        (
-            json!({"prefetch_size": 0}),
-            "\"prefetch_size\"",
-            "from 1 to 16",
-        ),
-        (
-            json!({"prefetch_size": 17}),
-            "\"prefetch_size\"",
-            "from 1 to 16",
-        ),
-        (
-            json!({"max_batch_size": 65}),
-            "\"max_batch_size\"",
-            "from 1 to 64",
-        ),
-        (
-            json!({"min_batch_size": 0}),
-            "\"min_batch_size\"",
-            "from 1 to 64",
-        ),
+        (json!({"prefetch_size": 0}), "\"prefetch_size\"", "from 1 to 16"),
+        (json!({"prefetch_size": 17}), "\"prefetch_size\"", "from 1 to 16"),
+        (json!({"max_batch_size": 65}), "\"max_batch_size\"", "from 1 to 64"),
+        (json!({"min_batch_size": 0}), "\"min_batch_size\"", "from 1 to 64"),
         (json!({"memory_limit_mb": 0}), "\"memory_limit_mb\"", ">= 1"),
         (json!({"max_kv_cache_mb": 0}), "\"max_kv_cache_mb\"", ">= 1"),
-        (
-            json!({"token_timeout_ms": 0}),
-            "\"token_timeout_ms\"",
-            ">= 1",
-        ),
-        (
-            json!({"generation_timeout_ms": -5}),
-            "\"generation_timeout_ms\"",
-            ">= 1",
-        ),
+        (json!({"token_timeout_ms": 0}), "\"token_timeout_ms\"", ">= 1"),
+        (json!({"generation_timeout_ms": -5}), "\"generation_timeout_ms\"", ">= 1"),
         (json!({"seed": -1}), "\"seed\"", ">= 0"),
         (json!({"seed": "abc"}), "\"seed\"", "string of digits"),
         (json!({"stop": ""}), "\"stop[0]\"", "non-empty"),
-        (
-            json!({"memory_limit_mb": 5_000_000_000u64}),
-            "\"memory_limit_mb\"",
-            "from 1 to",
-        ),
+        (json!({"memory_limit_mb": 5_000_000_000u64}), "\"memory_limit_mb\"", "from 1 to"),
     ];
     for (v, key, expected) in cases {
         let e = err(v.clone());
@@ -396,27 +297,17 @@ fn ranges_are_validated() {
 #[test]
 fn batch_bounds_must_be_ordered() {
     let e = err(json!({"initial_batch_size": 8}));
-    assert!(
-        e.contains("\"initial_batch_size\" <= \"max_batch_size\"") && e.contains("1 <= 8 <= 4"),
-        "{e}"
-    );
+    assert!(e.contains("\"initial_batch_size\" <= \"max_batch_size\"") && e.contains("1 <= 8 <= 4"), "{e}");
     let e = err(json!({"min_batch_size": 2}));
     assert!(e.contains("min_batch_size"), "{e}");
-    let c =
-        parse(json!({"min_batch_size": 4, "initial_batch_size": 4, "max_batch_size": 64})).unwrap();
-    assert_eq!(
-        (c.min_batch_size, c.initial_batch_size, c.max_batch_size),
-        (4, 4, 64)
-    );
+    let c = parse(json!({"min_batch_size": 4, "initial_batch_size": 4, "max_batch_size": 64})).unwrap();
+    assert_eq!((c.min_batch_size, c.initial_batch_size, c.max_batch_size), (4, 4, 64));
 }
 
 #[test]
 fn kv_budget_fits_memory_budget() {
     let e = err(json!({"max_kv_cache_mb": 512, "memory_limit_mb": 256}));
-    assert!(
-        e.contains("\"max_kv_cache_mb\" (512)") && e.contains("\"memory_limit_mb\" (256)"),
-        "{e}"
-    );
+    assert!(e.contains("\"max_kv_cache_mb\" (512)") && e.contains("\"memory_limit_mb\" (256)"), "{e}");
     assert!(parse(json!({"max_kv_cache_mb": 256, "memory_limit_mb": 256})).is_ok());
 }
 
@@ -429,32 +320,18 @@ fn workgroup_size_forms_and_limits() {
     assert_eq!(wg(json!([4, 4, 16])).unwrap(), Some([4, 4, 16]));
     assert_eq!(wg(json!(64.0)).unwrap(), Some([64, 1, 1]));
     assert_eq!(wg(Value::Null).unwrap(), None);
-    for bad in [
-        json!(512),
-        json!(0),
-        json!(96),
-        json!([128, 4]),
-        json!([1, 1, 128]),
-        json!([]),
-        json!([1, 1, 1, 1]),
-    ] {
+    for bad in [json!(512), json!(0), json!(96), json!([128, 4]), json!([1, 1, 128]), json!([]), json!([1, 1, 1, 1])] {
         let e = err(json!({ "workgroupSize": bad }));
         assert!(e.contains("\"workgroupSize"), "{bad}: {e}");
     }
     let e = err(json!({ "workgroup_size": [128, 4] }));
-    assert!(
-        e.contains("[128, 4, 1]") && e.contains("x*y*z <= 256"),
-        "{e}"
-    );
+    assert!(e.contains("[128, 4, 1]") && e.contains("x*y*z <= 256"), "{e}");
 }
 
 #[test]
 fn numbers_from_javascript_may_be_floats() {
     let c = parse(json!({"max_tokens": 32.0, "prefetch_size": 4.0, "seed": 7.0})).unwrap();
-    assert_eq!(
-        (c.max_tokens, c.prefetch_size, c.seed),
-        (Some(32), 4, Some(7))
-    );
+    assert_eq!((c.max_tokens, c.prefetch_size, c.seed), (Some(32), 4, Some(7)));
     let c = parse(json!({"seed": "18446744073709551615"})).unwrap();
     assert_eq!(c.seed, Some(u64::MAX));
 }
@@ -471,20 +348,11 @@ fn unknown_keys_are_rejected_with_a_suggestion() {
         err(json!({"temprature": 0.5})),
         "unknown option \"temprature\" in config: did you mean \"temperature\"?"
     );
-    assert_eq!(
-        err(json!({"maxToken": 5})),
-        "unknown option \"maxToken\" in config: did you mean \"maxTokens\"?"
-    );
+    assert_eq!(err(json!({"maxToken": 5})), "unknown option \"maxToken\" in config: did you mean \"maxTokens\"?");
     let e = err(json!({"kv_cache": "static"}));
-    assert!(
-        e.contains("\"kv_cache\"") && e.contains("did you mean"),
-        "{e}"
-    );
+    assert!(e.contains("\"kv_cache\"") && e.contains("did you mean"), "{e}");
     let e = err(json!({"flux_capacitor": 1}));
-    assert!(
-        e.contains("\"flux_capacitor\"") && e.contains("known options: quantization"),
-        "{e}"
-    );
+    assert!(e.contains("\"flux_capacitor\"") && e.contains("known options: quantization"), "{e}");
     // Per-call-only keys are not config keys.
     let e = err(json!({"messages": []}));
     assert!(e.contains("unknown option \"messages\""), "{e}");
@@ -493,10 +361,7 @@ fn unknown_keys_are_rejected_with_a_suggestion() {
 #[test]
 fn not_an_object_or_not_json() {
     let e = err(json!([1, 2]));
-    assert!(
-        e.contains("config must be a JSON object") && e.contains("array"),
-        "{e}"
-    );
+    assert!(e.contains("config must be a JSON object") && e.contains("array"), "{e}");
     let e = StreamingConfig::from_json_str("{quantization: int4}").unwrap_err();
     assert_eq!(e.code(), "invalid_request");
     assert!(e.to_string().contains("not valid JSON"), "{e}");
@@ -506,31 +371,20 @@ fn not_an_object_or_not_json() {
 
 #[test]
 fn null_resets_to_default() {
-    let mut c =
-        parse(json!({"temperature": 0.1, "seed": 3, "stop": ["x"], "memoryLimitMb": 100})).unwrap();
-    c.update_from_json_value(
-        &json!({"temperature": null, "seed": null, "stop": null, "memoryLimitMb": null}),
-    )
-    .unwrap();
+    let mut c = parse(json!({"temperature": 0.1, "seed": 3, "stop": ["x"], "memoryLimitMb": 100})).unwrap();
+    c.update_from_json_value(&json!({"temperature": null, "seed": null, "stop": null, "memoryLimitMb": null})).unwrap();
     assert_eq!(c, StreamingConfig::default());
 }
 
 #[test]
 fn update_is_all_or_nothing() {
     let mut c = StreamingConfig::default();
-    c.update_from_json_value(&json!({"quantization": "int4", "top_k": 10}))
-        .unwrap();
+    c.update_from_json_value(&json!({"quantization": "int4", "top_k": 10})).unwrap();
     assert_eq!((c.quantization, c.top_k), (Quantization::Int4, 10));
     let before = c.clone();
-    assert!(
-        c.update_from_json_value(&json!({"top_k": 20, "top_p": 2}))
-            .is_err()
-    );
+    assert!(c.update_from_json_value(&json!({"top_k": 20, "top_p": 2})).is_err());
     assert_eq!(c, before);
-    assert!(
-        c.update_from_json_value(&json!({"max_batch_size": 64, "initial_batch_size": 0}))
-            .is_err()
-    );
+    assert!(c.update_from_json_value(&json!({"max_batch_size": 64, "initial_batch_size": 0})).is_err());
     assert_eq!(c, before);
 }
 
@@ -565,51 +419,21 @@ fn to_json_round_trips_in_snake_case() {
 #[test]
 fn validate_catches_configs_built_in_code() {
     let bad = [
-        StreamingConfig {
-            temperature: f32::NAN,
-            ..Default::default()
-        },
-        StreamingConfig {
-            top_p: 0.0,
-            ..Default::default()
-        },
-        StreamingConfig {
-            repetition_penalty: 0.0,
-            ..Default::default()
-        },
-        StreamingConfig {
-            max_batch_size: 100,
-            ..Default::default()
-        },
-        StreamingConfig {
-            prefetch_size: 0,
-            ..Default::default()
-        },
-        StreamingConfig {
-            workgroup_size: Some([3, 1, 1]),
-            ..Default::default()
-        },
-        StreamingConfig {
-            attention_precision: Some(Quantization::Int8),
-            ..Default::default()
-        },
+        StreamingConfig { temperature: f32::NAN, ..Default::default() },
+        StreamingConfig { top_p: 0.0, ..Default::default() },
+        StreamingConfig { repetition_penalty: 0.0, ..Default::default() },
+        StreamingConfig { max_batch_size: 100, ..Default::default() },
+        StreamingConfig { prefetch_size: 0, ..Default::default() },
+        StreamingConfig { workgroup_size: Some([3, 1, 1]), ..Default::default() },
+        StreamingConfig { attention_precision: Some(Quantization::Int8), ..Default::default() },
         StreamingConfig {
             quantization: Quantization::Mixed,
             feedforward_precision: Some(Quantization::Mixed),
             ..Default::default()
         },
-        StreamingConfig {
-            stop: vec![String::new()],
-            ..Default::default()
-        },
-        StreamingConfig {
-            max_tokens: Some(0),
-            ..Default::default()
-        },
-        StreamingConfig {
-            token_timeout_ms: Some(0),
-            ..Default::default()
-        },
+        StreamingConfig { stop: vec![String::new()], ..Default::default() },
+        StreamingConfig { max_tokens: Some(0), ..Default::default() },
+        StreamingConfig { token_timeout_ms: Some(0), ..Default::default() },
     ];
     for c in bad {
         let e = c.validate().unwrap_err();

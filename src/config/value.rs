@@ -25,9 +25,7 @@ pub(crate) fn camel_to_snake(s: &str) -> String {
             if i > 0 {
                 let prev = chars[i - 1];
                 let next_lower = chars.get(i + 1).is_some_and(|n| n.is_lowercase());
-                let boundary = prev.is_lowercase()
-                    || prev.is_ascii_digit()
-                    || (prev.is_uppercase() && next_lower);
+                let boundary = prev.is_lowercase() || prev.is_ascii_digit() || (prev.is_uppercase() && next_lower);
                 if boundary && prev != '_' {
                     out.push('_');
                 }
@@ -76,10 +74,7 @@ fn distance(a: &str, b: &str) -> usize {
 
 /// The known key closest to `canonical`, if it is close enough to be a typo.
 pub(crate) fn closest<'k>(canonical: &str, known: &[&'k str]) -> Option<&'k str> {
-    let (best, d) = known
-        .iter()
-        .map(|k| (*k, distance(canonical, k)))
-        .min_by_key(|(_, d)| *d)?;
+    let (best, d) = known.iter().map(|k| (*k, distance(canonical, k))).min_by_key(|(_, d)| *d)?;
     let contains = best.contains(canonical) || canonical.contains(best);
     (d <= (canonical.len() / 3).max(2) || (contains && canonical.len() >= 3)).then_some(best)
 }
@@ -88,28 +83,16 @@ pub(crate) fn closest<'k>(canonical: &str, known: &[&'k str]) -> Option<&'k str>
 pub(crate) fn unknown_key(what: &str, written: &str, canonical: &str, known: &[&str]) -> Error {
     match closest(canonical, known) {
         Some(best) => {
-            let shown = if written.chars().any(char::is_uppercase) {
-                snake_to_camel(best)
-            } else {
-                best.to_string()
-            };
-            Error::invalid(format!(
-                "unknown option \"{written}\" in {what}: did you mean \"{shown}\"?"
-            ))
+            let shown = if written.chars().any(char::is_uppercase) { snake_to_camel(best) } else { best.to_string() };
+            Error::invalid(format!("unknown option \"{written}\" in {what}: did you mean \"{shown}\"?"))
         }
-        None => Error::invalid(format!(
-            "unknown option \"{written}\" in {what}; known options: {}",
-            known.join(", ")
-        )),
+        None => Error::invalid(format!("unknown option \"{written}\" in {what}; known options: {}", known.join(", "))),
     }
 }
 
 /// Splits an object into its keys, normalised, rejecting one option set twice
 /// (`maxTokens` and `max_tokens`). `what` names the object in messages ("config").
-pub(crate) fn keys<'a>(
-    what: &str,
-    map: &'a Map<String, Value>,
-) -> Result<Vec<(Key<'a>, &'a Value)>> {
+pub(crate) fn keys<'a>(what: &str, map: &'a Map<String, Value>) -> Result<Vec<(Key<'a>, &'a Value)>> {
     let mut out: Vec<(Key<'a>, &'a Value)> = Vec::with_capacity(map.len());
     for (written, v) in map {
         let canonical = camel_to_snake(written);
@@ -149,23 +132,17 @@ pub(crate) fn quote(s: &str) -> String {
 
 /// "invalid type for "key": expected X, got Y".
 pub(crate) fn type_error(key: &str, expected: &str, v: &Value) -> Error {
-    Error::invalid(format!(
-        "invalid type for \"{key}\": expected {expected}, got {}",
-        describe(v)
-    ))
+    Error::invalid(format!("invalid type for \"{key}\": expected {expected}, got {}", describe(v)))
 }
 
 /// "invalid value V for "key": expected X".
 pub(crate) fn value_error(key: &str, shown: impl std::fmt::Display, expected: &str) -> Error {
-    Error::invalid(format!(
-        "invalid value {shown} for \"{key}\": expected {expected}"
-    ))
+    Error::invalid(format!("invalid value {shown} for \"{key}\": expected {expected}"))
 }
 
 /// A JSON boolean.
 pub(crate) fn read_bool(key: &str, v: &Value) -> Result<bool> {
-    v.as_bool()
-        .ok_or_else(|| type_error(key, "a boolean (true or false)", v))
+    v.as_bool().ok_or_else(|| type_error(key, "a boolean (true or false)", v))
 }
 
 /// A JSON string.
@@ -232,11 +209,7 @@ pub(crate) fn read_f32(key: &str, v: &Value) -> Result<f32> {
 pub(crate) fn read_seed(key: &str, v: &Value) -> Result<u64> {
     match v {
         Value::String(s) => s.trim().parse::<u64>().map_err(|_| {
-            value_error(
-                key,
-                quote(s),
-                "an integer from 0 to 18446744073709551615 (a number or a string of digits)",
-            )
+            value_error(key, quote(s), "an integer from 0 to 18446744073709551615 (a number or a string of digits)")
         }),
         Value::Number(_) => read_uint(key, v, 0, u64::MAX),
         _ => Err(type_error(key, "an integer (or a string of digits)", v)),
@@ -252,15 +225,9 @@ pub(crate) fn read_stop(key: &str, v: &Value) -> Result<Vec<String>> {
     };
     let mut out = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
-        let s = item
-            .as_str()
-            .ok_or_else(|| type_error(&format!("{key}[{i}]"), "a string", item))?;
+        let s = item.as_str().ok_or_else(|| type_error(&format!("{key}[{i}]"), "a string", item))?;
         if s.is_empty() {
-            return Err(value_error(
-                &format!("{key}[{i}]"),
-                "\"\"",
-                "a non-empty string",
-            ));
+            return Err(value_error(&format!("{key}[{i}]"), "\"\"", "a non-empty string"));
         }
         out.push(s.to_string());
     }
@@ -270,8 +237,5 @@ pub(crate) fn read_stop(key: &str, v: &Value) -> Result<Vec<String>> {
 /// Lower-cases and drops `-` / `_` so that `context-aware`, `context_aware`,
 /// `contextAware` and `FP16` match their canonical names.
 pub(crate) fn loose(s: &str) -> String {
-    s.chars()
-        .filter(|c| *c != '-' && *c != '_')
-        .flat_map(char::to_lowercase)
-        .collect()
+    s.chars().filter(|c| *c != '-' && *c != '_').flat_map(char::to_lowercase).collect()
 }

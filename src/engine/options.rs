@@ -59,7 +59,11 @@ impl EngineOptions {
         // Latency: smaller prefill chunks and submissions; throughput: larger.
         let chunk = if cfg.optimize_for_latency { 64 } else { 256 };
         let (steps, in_flight) = if cfg.optimize_compute_transfer && profile.compute_transfer_overlap {
-            let steps = if cfg.optimize_for_latency { profile.max_steps_per_submit.min(4) } else { profile.max_steps_per_submit };
+            let steps = if cfg.optimize_for_latency {
+                profile.max_steps_per_submit.min(4)
+            } else {
+                profile.max_steps_per_submit
+            };
             (steps.max(1), cfg.prefetch_depth().max(1))
         } else {
             (1, 1)

@@ -10,11 +10,7 @@ use crate::tokenizer::{GgufTokenizerData, HfTokenizerConfig};
 
 fn check_heads(len: usize, rows: usize, cols: usize, n_heads: usize) -> Result<usize> {
     let hd = rows.checked_div(n_heads).unwrap_or(0);
-    if hd == 0
-        || !hd.is_multiple_of(2)
-        || hd * n_heads != rows
-        || rows.checked_mul(cols) != Some(len)
-    {
+    if hd == 0 || !hd.is_multiple_of(2) || hd * n_heads != rows || rows.checked_mul(cols) != Some(len) {
         return Err(Error::model(format!(
             "cannot permute {len} values as {rows} rows x {cols} cols in {n_heads} heads of even size"
         )));
@@ -140,25 +136,15 @@ pub fn convert_to_hf(
     let weights = cfg.expected_weights();
     let entries: Vec<(String, &str, Vec<usize>, usize)> = weights
         .iter()
-        .map(|(w, shape)| {
-            (
-                w.hf_name(),
-                "F32",
-                shape.clone(),
-                shape.iter().product::<usize>() * 4,
-            )
-        })
+        .map(|(w, shape)| (w.hf_name(), "F32", shape.clone(), shape.iter().product::<usize>() * 4))
         .collect();
     let header = crate::model::safetensors::safetensors_header(&entries)?;
     let path = out_dir.join("model.safetensors");
     let file = std::fs::File::create(&path).map_err(|e| io("model.safetensors", e))?;
     let mut out = std::io::BufWriter::new(file);
-    out.write_all(&header)
-        .map_err(|e| io("model.safetensors", e))?;
+    out.write_all(&header).map_err(|e| io("model.safetensors", e))?;
     for (w, shape) in &weights {
-        let t = src
-            .tensor(*w)?
-            .ok_or_else(|| Error::model(format!("convert: source lacks {}", w.gguf_name())))?;
+        let t = src.tensor(*w)?.ok_or_else(|| Error::model(format!("convert: source lacks {}", w.gguf_name())))?;
         if &t.shape != shape {
             return Err(Error::model(format!(
                 "convert: tensor {} has shape {:?}, expected {shape:?}",
@@ -180,20 +166,17 @@ pub fn convert_to_hf(
             }
         }
         let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
-        out.write_all(&bytes)
-            .map_err(|e| io("model.safetensors", e))?;
+        out.write_all(&bytes).map_err(|e| io("model.safetensors", e))?;
     }
     out.flush().map_err(|e| io("model.safetensors", e))?;
 
     let write_json = |name: &str, v: &Value| -> Result<()> {
-        let s = serde_json::to_string_pretty(v)
-            .map_err(|e| Error::internal(format!("convert: {name}: {e}")))?;
+        let s = serde_json::to_string_pretty(v).map_err(|e| Error::internal(format!("convert: {name}: {e}")))?;
         std::fs::write(out_dir.join(name), s).map_err(|e| io(name, e))
     };
     write_json("config.json", &hf_config_json(cfg, tok))?;
     write_json("tokenizer_config.json", &hf_tokenizer_config_json(tok))?;
-    std::fs::write(out_dir.join("tokenizer.json"), tokenizer_json)
-        .map_err(|e| io("tokenizer.json", e))?;
+    std::fs::write(out_dir.join("tokenizer.json"), tokenizer_json).map_err(|e| io("tokenizer.json", e))?;
     Ok(())
 }
 
@@ -214,10 +197,7 @@ mod tests {
         assert_eq!(gguf, vec![0.0, 2.0, 1.0, 3.0, 4.0, 6.0, 5.0, 7.0]);
         assert_eq!(unpermute_rows(&gguf, 8, 1, 2).unwrap(), hf);
         let m: Vec<f32> = (0..48).map(|v| v as f32).collect();
-        assert_eq!(
-            unpermute_rows(&permute_rows(&m, 12, 4, 3).unwrap(), 12, 4, 3).unwrap(),
-            m
-        );
+        assert_eq!(unpermute_rows(&permute_rows(&m, 12, 4, 3).unwrap(), 12, 4, 3).unwrap(), m);
         assert!(unpermute_rows(&m, 12, 4, 5).is_err());
         assert!(unpermute_rows(&m, 12, 3, 3).is_err());
     }
@@ -225,30 +205,18 @@ mod tests {
     #[test]
     fn gguf_to_hf_round_trip() {
         for (format, tied) in [(HostFormat::Q4_1, false), (HostFormat::F16, true)] {
-            let spec = TinySpec {
-                tied,
-                ..TinySpec::default()
-            };
+            let spec = TinySpec { tied, ..TinySpec::default() };
             let gguf = GgufSource::from_bytes(tiny_llama_gguf(&spec, 11, format)).unwrap();
             let tok = hf_tokenizer_config_from_gguf(&gguf.tokenizer_data().unwrap());
             assert_eq!(tok.eos_token.as_deref(), Some("<|im_end|>"));
-            let dir = std::env::temp_dir().join(format!(
-                "wsi-convert-{}-{format:?}-{tied}",
-                std::process::id()
-            ));
+            let dir = std::env::temp_dir().join(format!("wsi-convert-{}-{format:?}-{tied}", std::process::id()));
             convert_to_hf(&gguf, "{\"model\": {}}", &tok, &dir).unwrap();
             let hf = HfSource::open_dir(&dir).unwrap();
-            let expected = ModelConfig {
-                rope_layout: RopeLayout::HalfSplit,
-                ..gguf.config().clone()
-            };
+            let expected = ModelConfig { rope_layout: RopeLayout::HalfSplit, ..gguf.config().clone() };
             assert_eq!(hf.config(), &expected);
             assert_eq!(hf.tokenizer_config().eos_token_ids, vec![2]);
             assert_eq!(hf.tokenizer_config().chat_template, tok.chat_template);
-            assert_eq!(
-                hf.tokenizer_config().bos_token.as_deref(),
-                Some("<|im_start|>")
-            );
+            assert_eq!(hf.tokenizer_config().bos_token.as_deref(), Some("<|im_start|>"));
             assert_eq!(hf.tensor(WeightName::Output).unwrap().is_some(), !tied);
             let c = gguf.config();
             for (w, shape) in c.expected_weights() {

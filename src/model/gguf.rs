@@ -9,10 +9,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 
 use crate::error::{Error, Result};
-use crate::model::{
-    Arch, Blob, HostFormat, HostTensor, ModelConfig, ModelSource, RopeLayout, RopeScaling,
-    WeightName,
-};
+use crate::model::{Arch, Blob, HostFormat, HostTensor, ModelConfig, ModelSource, RopeLayout, RopeScaling, WeightName};
 use crate::quant::ggml;
 use crate::tokenizer::{GgufTokenizerData, Tokenizer};
 
@@ -47,11 +44,7 @@ impl GgufType {
     /// The type of a type id, `None` for an unknown id.
     pub fn from_id(id: u32) -> Option<Self> {
         use GgufType::*;
-        [
-            U8, I8, U16, I16, U32, I32, F32, Bool, String, Array, U64, I64, F64,
-        ]
-        .into_iter()
-        .find(|t| *t as u32 == id)
+        [U8, I8, U16, I16, U32, I32, F32, Bool, String, Array, U64, I64, F64].into_iter().find(|t| *t as u32 == id)
     }
 
     /// The fewest bytes one value of this type takes in a file.
@@ -275,9 +268,7 @@ impl<'a> Reader<'a> {
                 let at = self.pos;
                 let id = self.u32(key)?;
                 let elem = GgufType::from_id(id).ok_or_else(|| {
-                    Error::model(format!(
-                        "GGUF metadata {key}: unknown array element type {id} at offset {at}"
-                    ))
+                    Error::model(format!("GGUF metadata {key}: unknown array element type {id} at offset {at}"))
                 })?;
                 let n = self.count(elem.min_size(), &format!("array length of {key}"))?;
                 let mut v = Vec::with_capacity(n);
@@ -301,15 +292,11 @@ impl GgufFile {
         let mut r = Reader { b: bytes, pos: 0 };
         let magic = r.arr::<4>("magic")?;
         if magic != GGUF_MAGIC {
-            return Err(Error::model(format!(
-                "not a GGUF file: magic is {magic:02x?}, expected \"GGUF\""
-            )));
+            return Err(Error::model(format!("not a GGUF file: magic is {magic:02x?}, expected \"GGUF\"")));
         }
         let version = r.u32("version")?;
         if !(2..=3).contains(&version) {
-            return Err(Error::model(format!(
-                "unsupported GGUF version {version} (supported: 2, 3)"
-            )));
+            return Err(Error::model(format!("unsupported GGUF version {version} (supported: 2, 3)")));
         }
         // Smallest tensor info: name length 8 + n_dims 4 + one dim 8 + type 4 + offset 8.
         let n_tensors = r.count(32, "tensor count")?;
@@ -322,24 +309,16 @@ impl GgufFile {
             let key = r.string(&format!("metadata key #{i}"))?;
             let at = r.pos;
             let id = r.u32(&key)?;
-            let ty = GgufType::from_id(id).ok_or_else(|| {
-                Error::model(format!(
-                    "GGUF metadata {key}: unknown value type {id} at offset {at}"
-                ))
-            })?;
+            let ty = GgufType::from_id(id)
+                .ok_or_else(|| Error::model(format!("GGUF metadata {key}: unknown value type {id} at offset {at}")))?;
             let value = r.value(ty, 0, &key)?;
             if meta_index.insert(key.clone(), metadata.len()).is_some() {
-                return Err(Error::model(format!(
-                    "GGUF metadata key {key} appears twice"
-                )));
+                return Err(Error::model(format!("GGUF metadata key {key} appears twice")));
             }
             metadata.push((key, value));
         }
 
-        let alignment = match meta_index
-            .get("general.alignment")
-            .and_then(|i| metadata.get(*i))
-        {
+        let alignment = match meta_index.get("general.alignment").and_then(|i| metadata.get(*i)) {
             None => DEFAULT_ALIGNMENT,
             Some((_, v)) => match v.as_u64().and_then(|a| usize::try_from(a).ok()) {
                 Some(a) if a.is_power_of_two() && a <= 1 << 20 => a,
@@ -356,9 +335,7 @@ impl GgufFile {
             let name = r.string(&format!("name of tensor #{i}"))?;
             let n_dims = r.u32(&name)?;
             if n_dims == 0 || n_dims > MAX_DIMS {
-                return Err(Error::model(format!(
-                    "tensor {name}: {n_dims} dimensions (1 to {MAX_DIMS} supported)"
-                )));
+                return Err(Error::model(format!("tensor {name}: {n_dims} dimensions (1 to {MAX_DIMS} supported)")));
             }
             let mut ne = Vec::with_capacity(n_dims as usize);
             for _ in 0..n_dims {
@@ -368,63 +345,36 @@ impl GgufFile {
             let offset = r.u64(&name)?;
             raw.push((name, ne, ggml_type, offset));
         }
-        let data_offset = align_up(r.pos, alignment)
-            .ok_or_else(|| Error::model("GGUF data section offset overflows"))?;
+        let data_offset =
+            align_up(r.pos, alignment).ok_or_else(|| Error::model("GGUF data section offset overflows"))?;
 
         let mut tensors = Vec::with_capacity(raw.len());
         let mut tensor_index = HashMap::with_capacity(raw.len());
         for (name, ne, ggml_type, offset) in raw {
-            let info = tensor_info(
-                name,
-                ne,
-                ggml_type,
-                offset,
-                alignment,
-                data_offset,
-                bytes.len(),
-            )?;
-            if tensor_index
-                .insert(info.name.clone(), tensors.len())
-                .is_some()
-            {
+            let info = tensor_info(name, ne, ggml_type, offset, alignment, data_offset, bytes.len())?;
+            if tensor_index.insert(info.name.clone(), tensors.len()).is_some() {
                 return Err(Error::model(format!("tensor {} appears twice", info.name)));
             }
             tensors.push(info);
         }
-        Ok(GgufFile {
-            version,
-            alignment,
-            data_offset,
-            metadata,
-            tensors,
-            meta_index,
-            tensor_index,
-        })
+        Ok(GgufFile { version, alignment, data_offset, metadata, tensors, meta_index, tensor_index })
     }
 
     /// A metadata value by key.
     pub fn get(&self, key: &str) -> Option<&GgufValue> {
-        self.meta_index
-            .get(key)
-            .and_then(|i| self.metadata.get(*i))
-            .map(|(_, v)| v)
+        self.meta_index.get(key).and_then(|i| self.metadata.get(*i)).map(|(_, v)| v)
     }
 
     /// A tensor's directory entry by GGUF name.
     pub fn tensor_info(&self, name: &str) -> Option<&GgufTensorInfo> {
-        self.tensor_index
-            .get(name)
-            .and_then(|i| self.tensors.get(*i))
+        self.tensor_index.get(name).and_then(|i| self.tensors.get(*i))
     }
 
     fn opt_u64(&self, key: &str) -> Result<Option<u64>> {
         match self.get(key) {
             None => Ok(None),
             Some(v) => v.as_u64().map(Some).ok_or_else(|| {
-                Error::model(format!(
-                    "GGUF metadata {key} should be a non-negative integer, found {:?}",
-                    v.ty()
-                ))
+                Error::model(format!("GGUF metadata {key} should be a non-negative integer, found {:?}", v.ty()))
             }),
         }
     }
@@ -439,31 +389,26 @@ impl GgufFile {
     }
 
     fn req_usize(&self, key: &str) -> Result<usize> {
-        self.opt_usize(key)?
-            .ok_or_else(|| Error::model(format!("GGUF metadata {key} is missing")))
+        self.opt_usize(key)?.ok_or_else(|| Error::model(format!("GGUF metadata {key} is missing")))
     }
 
     fn opt_f32(&self, key: &str) -> Result<Option<f32>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v.as_f64().map(|f| Some(f as f32)).ok_or_else(|| {
-                Error::model(format!(
-                    "GGUF metadata {key} should be a number, found {:?}",
-                    v.ty()
-                ))
-            }),
+            Some(v) => v
+                .as_f64()
+                .map(|f| Some(f as f32))
+                .ok_or_else(|| Error::model(format!("GGUF metadata {key} should be a number, found {:?}", v.ty()))),
         }
     }
 
     fn opt_str(&self, key: &str) -> Result<Option<&str>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v.as_str().map(Some).ok_or_else(|| {
-                Error::model(format!(
-                    "GGUF metadata {key} should be a string, found {:?}",
-                    v.ty()
-                ))
-            }),
+            Some(v) => v
+                .as_str()
+                .map(Some)
+                .ok_or_else(|| Error::model(format!("GGUF metadata {key} should be a string, found {:?}", v.ty()))),
         }
     }
 
@@ -474,10 +419,9 @@ impl GgufFile {
             Some(GgufValue::Array(t, _)) => Err(Error::model(format!(
                 "GGUF metadata {key} should be an array of {elem:?}, found an array of {t:?}"
             ))),
-            Some(v) => Err(Error::model(format!(
-                "GGUF metadata {key} should be an array of {elem:?}, found {:?}",
-                v.ty()
-            ))),
+            Some(v) => {
+                Err(Error::model(format!("GGUF metadata {key} should be an array of {elem:?}, found {:?}", v.ty())))
+            }
         }
     }
 }
@@ -496,11 +440,7 @@ fn tensor_info(
         numel = usize::try_from(d)
             .ok()
             .and_then(|d| numel.checked_mul(d))
-            .ok_or_else(|| {
-                Error::model(format!(
-                    "tensor {name}: dimensions {ne:?} overflow the element count"
-                ))
-            })?;
+            .ok_or_else(|| Error::model(format!("tensor {name}: dimensions {ne:?} overflow the element count")))?;
     }
     let shape: Vec<usize> = ne.iter().rev().map(|&d| d as usize).collect();
     if !offset.is_multiple_of(alignment as u64) {
@@ -520,11 +460,8 @@ fn tensor_info(
                      blocks of {be}"
                 )));
             }
-            let size = ggml::tensor_bytes(f, numel)
-                .map_err(|e| Error::model(format!("tensor {name}: {e}")))?;
-            let start = usize::try_from(offset)
-                .ok()
-                .and_then(|o| o.checked_add(data_offset));
+            let size = ggml::tensor_bytes(f, numel).map_err(|e| Error::model(format!("tensor {name}: {e}")))?;
+            let start = usize::try_from(offset).ok().and_then(|o| o.checked_add(data_offset));
             let end = start.and_then(|s| s.checked_add(size));
             match (start, end) {
                 (Some(s), Some(e)) if e <= file_len => s..e,
@@ -537,15 +474,7 @@ fn tensor_info(
             }
         }
     };
-    Ok(GgufTensorInfo {
-        name,
-        ne,
-        shape,
-        ggml_type,
-        format,
-        offset,
-        range,
-    })
+    Ok(GgufTensorInfo { name, ne, shape, ggml_type, format, offset, range })
 }
 
 /// Build the engine's hyper-parameters from `general.architecture` and `{arch}.*`.
@@ -564,10 +493,7 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
         }
     };
     let k = |s: &str| format!("{arch_name}.{s}");
-    if matches!(
-        f.get(&k("attention.head_count_kv")),
-        Some(GgufValue::Array(..))
-    ) {
+    if matches!(f.get(&k("attention.head_count_kv")), Some(GgufValue::Array(..))) {
         return Err(Error::model(format!(
             "GGUF metadata {}: per-layer head counts are not supported",
             k("attention.head_count_kv")
@@ -575,9 +501,7 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
     }
     let d_model = f.req_usize(&k("embedding_length"))?;
     let n_heads = f.req_usize(&k("attention.head_count"))?;
-    let n_kv_heads = f
-        .opt_usize(&k("attention.head_count_kv"))?
-        .unwrap_or(n_heads);
+    let n_kv_heads = f.opt_usize(&k("attention.head_count_kv"))?.unwrap_or(n_heads);
     let head_dim = match f.opt_usize(&k("attention.key_length"))? {
         Some(h) => h,
         None => match f.opt_usize(&k("rope.dimension_count"))? {
@@ -588,9 +512,7 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
     if let Some(v) = f.opt_usize(&k("attention.value_length"))?
         && v != head_dim
     {
-        return Err(Error::model(format!(
-            "GGUF: value_length {v} differs from key_length {head_dim} (not supported)"
-        )));
+        return Err(Error::model(format!("GGUF: value_length {v} differs from key_length {head_dim} (not supported)")));
     }
     if let Some(r) = f.opt_usize(&k("rope.dimension_count"))?
         && r != head_dim
@@ -616,12 +538,9 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
             _ => RopeScaling::None,
         },
         Some("linear") => RopeScaling::Linear {
-            factor: f.opt_f32(&k("rope.scaling.factor"))?.ok_or_else(|| {
-                Error::model(format!(
-                    "GGUF metadata {} is missing",
-                    k("rope.scaling.factor")
-                ))
-            })?,
+            factor: f
+                .opt_f32(&k("rope.scaling.factor"))?
+                .ok_or_else(|| Error::model(format!("GGUF metadata {} is missing", k("rope.scaling.factor"))))?,
         },
         Some(other) => {
             return Err(Error::model(format!(
@@ -641,14 +560,9 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
         d_ff: f.req_usize(&k("feed_forward_length"))?,
         vocab_size,
         context_length: f.req_usize(&k("context_length"))?,
-        rms_eps: f
-            .opt_f32(&k("attention.layer_norm_rms_epsilon"))?
-            .ok_or_else(|| {
-                Error::model(format!(
-                    "GGUF metadata {} is missing",
-                    k("attention.layer_norm_rms_epsilon")
-                ))
-            })?,
+        rms_eps: f.opt_f32(&k("attention.layer_norm_rms_epsilon"))?.ok_or_else(|| {
+            Error::model(format!("GGUF metadata {} is missing", k("attention.layer_norm_rms_epsilon")))
+        })?,
         rope_theta: f.opt_f32(&k("rope.freq_base"))?.unwrap_or(10000.0),
         rope_scaling,
         rope_layout,
@@ -663,48 +577,40 @@ fn opt_id(f: &GgufFile, key: &str, n_tokens: usize) -> Result<Option<u32>> {
     match f.opt_u64(key)? {
         None => Ok(None),
         Some(id) if (id as u128) < n_tokens as u128 => Ok(Some(id as u32)),
-        Some(id) => Err(Error::model(format!(
-            "GGUF metadata {key} = {id} is not a token id (vocabulary of {n_tokens})"
-        ))),
+        Some(id) => {
+            Err(Error::model(format!("GGUF metadata {key} = {id} is not a token id (vocabulary of {n_tokens})")))
+        }
     }
 }
 
 fn opt_bool(f: &GgufFile, key: &str) -> Result<Option<bool>> {
     match f.get(key) {
         None => Ok(None),
-        Some(v) => v.as_bool().map(Some).ok_or_else(|| {
-            Error::model(format!(
-                "GGUF metadata {key} should be a bool, found {:?}",
-                v.ty()
-            ))
-        }),
+        Some(v) => v
+            .as_bool()
+            .map(Some)
+            .ok_or_else(|| Error::model(format!("GGUF metadata {key} should be a bool, found {:?}", v.ty()))),
     }
 }
 
 fn strings(v: &[GgufValue]) -> Vec<String> {
-    v.iter()
-        .map(|s| s.as_str().unwrap_or_default().to_string())
-        .collect()
+    v.iter().map(|s| s.as_str().unwrap_or_default().to_string()).collect()
 }
 
 /// Read `tokenizer.ggml.*` and `tokenizer.chat_template`.
 pub fn tokenizer_data_from_gguf(f: &GgufFile) -> Result<GgufTokenizerData> {
-    let model = f.opt_str("tokenizer.ggml.model")?.ok_or_else(|| {
-        Error::model("missing tokenizer metadata: GGUF key tokenizer.ggml.model is absent")
-    })?;
+    let model = f
+        .opt_str("tokenizer.ggml.model")?
+        .ok_or_else(|| Error::model("missing tokenizer metadata: GGUF key tokenizer.ggml.model is absent"))?;
     let tokens = f
         .opt_array("tokenizer.ggml.tokens", &[GgufType::String])?
-        .ok_or_else(|| {
-            Error::model("missing tokenizer metadata: GGUF key tokenizer.ggml.tokens is absent")
-        })?;
+        .ok_or_else(|| Error::model("missing tokenizer metadata: GGUF key tokenizer.ggml.tokens is absent"))?;
     let n = tokens.len();
     let check_len = |key: &str, len: usize| {
         if len == n {
             Ok(())
         } else {
-            Err(Error::model(format!(
-                "GGUF metadata {key} has {len} entries for {n} tokens"
-            )))
+            Err(Error::model(format!("GGUF metadata {key} has {len} entries for {n} tokens")))
         }
     };
     let scores = match f.opt_array("tokenizer.ggml.scores", &[GgufType::F32, GgufType::F64])? {
@@ -714,19 +620,15 @@ pub fn tokenizer_data_from_gguf(f: &GgufFile) -> Result<GgufTokenizerData> {
             Some(v.iter().map(|s| s.as_f64().unwrap_or(0.0) as f32).collect())
         }
     };
-    let token_types = match f.opt_array(
-        "tokenizer.ggml.token_type",
-        &[GgufType::I32, GgufType::U32, GgufType::I8, GgufType::U8],
-    )? {
-        None => None,
-        Some(v) => {
-            check_len("tokenizer.ggml.token_type", v.len())?;
-            Some(v.iter().map(|t| t.as_i64().unwrap_or(0) as i32).collect())
-        }
-    };
-    let merges = f
-        .opt_array("tokenizer.ggml.merges", &[GgufType::String])?
-        .map(strings);
+    let token_types =
+        match f.opt_array("tokenizer.ggml.token_type", &[GgufType::I32, GgufType::U32, GgufType::I8, GgufType::U8])? {
+            None => None,
+            Some(v) => {
+                check_len("tokenizer.ggml.token_type", v.len())?;
+                Some(v.iter().map(|t| t.as_i64().unwrap_or(0) as i32).collect())
+            }
+        };
+    let merges = f.opt_array("tokenizer.ggml.merges", &[GgufType::String])?.map(strings);
     Ok(GgufTokenizerData {
         model: model.to_string(),
         pre: f.opt_str("tokenizer.ggml.pre")?.map(str::to_string),
@@ -738,6 +640,9 @@ pub fn tokenizer_data_from_gguf(f: &GgufFile) -> Result<GgufTokenizerData> {
         eos_id: opt_id(f, "tokenizer.ggml.eos_token_id", n)?,
         unk_id: opt_id(f, "tokenizer.ggml.unknown_token_id", n)?,
         pad_id: opt_id(f, "tokenizer.ggml.padding_token_id", n)?,
+        eot_id: opt_id(f, "tokenizer.ggml.eot_token_id", n)?,
+        eom_id: opt_id(f, "tokenizer.ggml.eom_token_id", n)?,
+        add_space_prefix: opt_bool(f, "tokenizer.ggml.add_space_prefix")?,
         add_bos: opt_bool(f, "tokenizer.ggml.add_bos_token")?,
         add_eos: opt_bool(f, "tokenizer.ggml.add_eos_token")?,
         chat_template: f.opt_str("tokenizer.chat_template")?.map(str::to_string),
@@ -756,11 +661,7 @@ impl GgufSource {
     pub fn from_blob(blob: Blob) -> Result<Self> {
         let parsed = GgufFile::parse(&blob)?;
         let config = config_from_gguf(&parsed)?;
-        let src = GgufSource {
-            blob,
-            parsed,
-            config,
-        };
+        let src = GgufSource { blob, parsed, config };
         src.validate()?;
         tokenizer_data_from_gguf(&src.parsed)?;
         Ok(src)
@@ -774,14 +675,13 @@ impl GgufSource {
     /// Memory-map a file.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn open(path: &std::path::Path) -> Result<Self> {
-        let file = std::fs::File::open(path)
-            .map_err(|e| Error::model(format!("cannot open {}: {e}", path.display())))?;
+        let file =
+            std::fs::File::open(path).map_err(|e| Error::model(format!("cannot open {}: {e}", path.display())))?;
         // SAFETY: the map is read-only; a file changed underneath us by another process
         // would only give wrong weights, and every read is bounds-checked.
         let map = unsafe { memmap2::Mmap::map(&file) }
             .map_err(|e| Error::model(format!("cannot map {}: {e}", path.display())))?;
-        Self::from_blob(Blob::Mapped(map))
-            .map_err(|e| Error::model(format!("{}: {e}", path.display())))
+        Self::from_blob(Blob::Mapped(map)).map_err(|e| Error::model(format!("{}: {e}", path.display())))
     }
 
     /// The parsed header.
@@ -810,18 +710,11 @@ impl GgufSource {
                 ggml::ggml_type_name(info.ggml_type)
             ))
         })?;
-        let bytes = self.blob.get(info.range.clone()).ok_or_else(|| {
-            Error::model(format!(
-                "tensor {name}: byte range {:?} outside the file",
-                info.range
-            ))
-        })?;
-        Ok(Some(HostTensor {
-            name: name.to_string(),
-            shape: info.shape.clone(),
-            format,
-            bytes: Cow::Borrowed(bytes),
-        }))
+        let bytes = self
+            .blob
+            .get(info.range.clone())
+            .ok_or_else(|| Error::model(format!("tensor {name}: byte range {:?} outside the file", info.range)))?;
+        Ok(Some(HostTensor { name: name.to_string(), shape: info.shape.clone(), format, bytes: Cow::Borrowed(bytes) }))
     }
 
     /// Check that every weight the forward pass reads exists with the expected shape and
@@ -829,14 +722,12 @@ impl GgufSource {
     pub fn validate(&self) -> Result<()> {
         for (w, shape) in self.config.expected_weights() {
             let name = w.gguf_name();
-            let info = self.parsed.tensor_info(&name).ok_or_else(|| {
-                Error::model(format!("missing tensor {name} (expected shape {shape:?})"))
-            })?;
+            let info = self
+                .parsed
+                .tensor_info(&name)
+                .ok_or_else(|| Error::model(format!("missing tensor {name} (expected shape {shape:?})")))?;
             if info.shape != shape {
-                return Err(Error::model(format!(
-                    "tensor {name} has shape {:?}, expected {shape:?}",
-                    info.shape
-                )));
+                return Err(Error::model(format!("tensor {name} has shape {:?}, expected {shape:?}", info.shape)));
             }
             if info.format.is_none() {
                 return Err(Error::model(format!(
@@ -861,9 +752,7 @@ impl ModelSource for GgufSource {
     fn tensor(&self, name: WeightName) -> Result<Option<HostTensor<'_>>> {
         match name {
             WeightName::Output if self.config.tied_embeddings => Ok(None),
-            WeightName::AttnQBias(_) | WeightName::AttnKBias(_) | WeightName::AttnVBias(_)
-                if !self.config.qkv_bias =>
-            {
+            WeightName::AttnQBias(_) | WeightName::AttnKBias(_) | WeightName::AttnVBias(_) if !self.config.qkv_bias => {
                 Ok(None)
             }
             _ => self.tensor_by_name(&name.gguf_name()),

@@ -30,39 +30,24 @@ impl Default for GgufWriter {
 
 /// An array of strings.
 pub fn string_array<S: Into<String>>(items: impl IntoIterator<Item = S>) -> GgufValue {
-    GgufValue::Array(
-        GgufType::String,
-        items
-            .into_iter()
-            .map(|s| GgufValue::String(s.into()))
-            .collect(),
-    )
+    GgufValue::Array(GgufType::String, items.into_iter().map(|s| GgufValue::String(s.into())).collect())
 }
 
 /// An array of f32.
 pub fn f32_array(items: impl IntoIterator<Item = f32>) -> GgufValue {
-    GgufValue::Array(
-        GgufType::F32,
-        items.into_iter().map(GgufValue::F32).collect(),
-    )
+    GgufValue::Array(GgufType::F32, items.into_iter().map(GgufValue::F32).collect())
 }
 
 /// An array of i32.
 pub fn i32_array(items: impl IntoIterator<Item = i32>) -> GgufValue {
-    GgufValue::Array(
-        GgufType::I32,
-        items.into_iter().map(GgufValue::I32).collect(),
-    )
+    GgufValue::Array(GgufType::I32, items.into_iter().map(GgufValue::I32).collect())
 }
 
 fn check_value(key: &str, v: &GgufValue) -> Result<()> {
     if let GgufValue::Array(t, items) = v {
         for item in items {
             if item.ty() != *t {
-                return Err(Error::model(format!(
-                    "GGUF writer: array {key} declared {t:?} holds a {:?}",
-                    item.ty()
-                )));
+                return Err(Error::model(format!("GGUF writer: array {key} declared {t:?} holds a {:?}", item.ty())));
             }
             check_value(key, item)?;
         }
@@ -109,19 +94,13 @@ fn pad_to(out: &mut Vec<u8>, alignment: usize) {
 impl GgufWriter {
     /// An empty file with the default alignment (32).
     pub fn new() -> Self {
-        GgufWriter {
-            alignment: DEFAULT_ALIGNMENT,
-            metadata: Vec::new(),
-            tensors: Vec::new(),
-        }
+        GgufWriter { alignment: DEFAULT_ALIGNMENT, metadata: Vec::new(), tensors: Vec::new() }
     }
 
     /// Use another alignment (a power of two); writes `general.alignment`.
     pub fn set_alignment(&mut self, alignment: usize) -> Result<&mut Self> {
         if !alignment.is_power_of_two() {
-            return Err(Error::model(format!(
-                "GGUF writer: alignment {alignment} is not a power of two"
-            )));
+            return Err(Error::model(format!("GGUF writer: alignment {alignment} is not a power of two")));
         }
         self.alignment = alignment;
         self.set("general.alignment", GgufValue::U32(alignment as u32))
@@ -138,18 +117,9 @@ impl GgufWriter {
     }
 
     /// Add a tensor already encoded in `format`. `shape` is in PyTorch order.
-    pub fn add_tensor(
-        &mut self,
-        name: &str,
-        shape: &[usize],
-        format: HostFormat,
-        bytes: Vec<u8>,
-    ) -> Result<&mut Self> {
+    pub fn add_tensor(&mut self, name: &str, shape: &[usize], format: HostFormat, bytes: Vec<u8>) -> Result<&mut Self> {
         if shape.is_empty() || shape.len() > 4 {
-            return Err(Error::model(format!(
-                "GGUF writer: tensor {name} has {} dimensions (1 to 4)",
-                shape.len()
-            )));
+            return Err(Error::model(format!("GGUF writer: tensor {name} has {} dimensions (1 to 4)", shape.len())));
         }
         let numel = shape
             .iter()
@@ -169,9 +139,7 @@ impl GgufWriter {
             )));
         }
         if self.tensors.iter().any(|t| t.name == name) {
-            return Err(Error::model(format!(
-                "GGUF writer: tensor {name} added twice"
-            )));
+            return Err(Error::model(format!("GGUF writer: tensor {name} added twice")));
         }
         self.tensors.push(PendingTensor {
             name: name.to_string(),
@@ -184,15 +152,9 @@ impl GgufWriter {
 
     /// Add f32 data encoded in `format` (see `ggml::quantize` for the formats it can
     /// encode). data: `shape` elements, row-major.
-    pub fn add_f32(
-        &mut self,
-        name: &str,
-        shape: &[usize],
-        format: HostFormat,
-        data: &[f32],
-    ) -> Result<&mut Self> {
-        let bytes = ggml::quantize(format, data)
-            .map_err(|e| Error::model(format!("GGUF writer: tensor {name}: {e}")))?;
+    pub fn add_f32(&mut self, name: &str, shape: &[usize], format: HostFormat, data: &[f32]) -> Result<&mut Self> {
+        let bytes =
+            ggml::quantize(format, data).map_err(|e| Error::model(format!("GGUF writer: tensor {name}: {e}")))?;
         self.add_tensor(name, shape, format, bytes)
     }
 
@@ -330,10 +292,7 @@ impl TinySpec {
         if self.n_layers == 0 || self.d_ff == 0 || self.context == 0 {
             return bad("n_layers, d_ff and context must be positive");
         }
-        if self.n_heads == 0
-            || self.n_kv_heads == 0
-            || !self.n_heads.is_multiple_of(self.n_kv_heads)
-        {
+        if self.n_heads == 0 || self.n_kv_heads == 0 || !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return bad("n_heads must be a positive multiple of n_kv_heads");
         }
         if !self.d_model.is_multiple_of(2 * self.n_heads) || self.d_model == 0 {
@@ -411,10 +370,7 @@ pub fn try_tiny_llama_gguf(cfg: &TinySpec, seed: u64, format: HostFormat) -> Res
         .set("llama.attention.head_count_kv", u32v(cfg.n_kv_heads))?
         .set("llama.rope.dimension_count", u32v(head_dim))?
         .set("llama.rope.freq_base", GgufValue::F32(10000.0))?
-        .set(
-            "llama.attention.layer_norm_rms_epsilon",
-            GgufValue::F32(1e-5),
-        )?
+        .set("llama.attention.layer_norm_rms_epsilon", GgufValue::F32(1e-5))?
         .set("llama.vocab_size", u32v(cfg.vocab))?;
 
     let (tokens, types, merges) = tiny_tokenizer(cfg.vocab);
@@ -428,24 +384,14 @@ pub fn try_tiny_llama_gguf(cfg: &TinySpec, seed: u64, format: HostFormat) -> Res
         .set("tokenizer.ggml.unknown_token_id", GgufValue::U32(0))?
         .set("tokenizer.ggml.padding_token_id", GgufValue::U32(2))?
         .set("tokenizer.ggml.add_bos_token", GgufValue::Bool(false))?
-        .set(
-            "tokenizer.chat_template",
-            GgufValue::String(CHATML_TEMPLATE.into()),
-        )?;
+        .set("tokenizer.chat_template", GgufValue::String(CHATML_TEMPLATE.into()))?;
 
     let mut rng = SplitMix64(seed);
-    let (d, q, kv, ff) = (
-        cfg.d_model,
-        cfg.n_heads * head_dim,
-        cfg.n_kv_heads * head_dim,
-        cfg.d_ff,
-    );
+    let (d, q, kv, ff) = (cfg.d_model, cfg.n_heads * head_dim, cfg.n_kv_heads * head_dim, cfg.d_ff);
     let mut matrix = |w: &mut GgufWriter, name: &str, rows: usize, cols: usize| -> Result<()> {
         let sigma = (1.0 / (cols as f32).sqrt()).clamp(0.02, 0.1);
         let data: Vec<f32> = (0..rows * cols).map(|_| rng.normal() * sigma).collect();
-        let fmt = if cols.is_multiple_of(ggml::block_elems(format))
-            && ggml::quantize(format, &[0.0; 256]).is_ok()
-        {
+        let fmt = if cols.is_multiple_of(ggml::block_elems(format)) && ggml::quantize(format, &[0.0; 256]).is_ok() {
             format
         } else {
             HostFormat::F32
@@ -455,9 +401,7 @@ pub fn try_tiny_llama_gguf(cfg: &TinySpec, seed: u64, format: HostFormat) -> Res
     };
     let mut norm_rng = SplitMix64(seed ^ 0x6e6f_726d);
     let mut norm = |w: &mut GgufWriter, name: &str| -> Result<()> {
-        let data: Vec<f32> = (0..d)
-            .map(|_| 1.0 + 0.2 * (norm_rng.uniform() - 0.5))
-            .collect();
+        let data: Vec<f32> = (0..d).map(|_| 1.0 + 0.2 * (norm_rng.uniform() - 0.5)).collect();
         w.add_f32(name, &[d], HostFormat::F32, &data)?;
         Ok(())
     };
@@ -489,10 +433,7 @@ mod tests {
     #[test]
     fn metadata_round_trip_all_types() {
         let mut w = GgufWriter::new();
-        let nested = GgufValue::Array(
-            GgufType::Array,
-            vec![i32_array([1, -2]), i32_array([]), i32_array([3])],
-        );
+        let nested = GgufValue::Array(GgufType::Array, vec![i32_array([1, -2]), i32_array([]), i32_array([3])]);
         let values = vec![
             ("a.u8", GgufValue::U8(7)),
             ("a.i8", GgufValue::I8(-7)),
@@ -513,8 +454,7 @@ mod tests {
         for (k, v) in &values {
             w.set(k, v.clone()).unwrap();
         }
-        w.add_f32("t", &[2, 32], HostFormat::Q8_0, &[0.5; 64])
-            .unwrap();
+        w.add_f32("t", &[2, 32], HostFormat::Q8_0, &[0.5; 64]).unwrap();
         let bytes = w.to_bytes();
         let f = GgufFile::parse(&bytes).unwrap();
         assert_eq!(f.version, 3);
@@ -534,22 +474,15 @@ mod tests {
         let mut w = GgufWriter::new();
         let bad = GgufValue::Array(GgufType::U8, vec![GgufValue::U8(1), GgufValue::I8(1)]);
         assert!(w.set("k", bad).is_err());
-        assert!(
-            w.add_f32("t", &[3, 31], HostFormat::Q4_0, &[0.0; 93])
-                .is_err()
-        );
-        assert!(
-            w.add_tensor("t", &[4], HostFormat::F32, vec![0; 15])
-                .is_err()
-        );
+        assert!(w.add_f32("t", &[3, 31], HostFormat::Q4_0, &[0.0; 93]).is_err());
+        assert!(w.add_tensor("t", &[4], HostFormat::F32, vec![0; 15]).is_err());
     }
 
     #[test]
     fn custom_alignment() {
         let mut w = GgufWriter::new();
         w.set_alignment(64).unwrap();
-        w.add_f32("a", &[3], HostFormat::F32, &[1.0, 2.0, 3.0])
-            .unwrap();
+        w.add_f32("a", &[3], HostFormat::F32, &[1.0, 2.0, 3.0]).unwrap();
         w.add_f32("b", &[2], HostFormat::F16, &[4.0, 5.0]).unwrap();
         let bytes = w.to_bytes();
         let f = GgufFile::parse(&bytes).unwrap();
@@ -563,24 +496,13 @@ mod tests {
     #[test]
     fn tiny_model_loads_and_is_deterministic() {
         let spec = TinySpec::default();
-        for format in [
-            HostFormat::F32,
-            HostFormat::F16,
-            HostFormat::Q8_0,
-            HostFormat::Q4_1,
-        ] {
+        for format in [HostFormat::F32, HostFormat::F16, HostFormat::Q8_0, HostFormat::Q4_1] {
             let bytes = tiny_llama_gguf(&spec, 7, format);
             assert_eq!(bytes, tiny_llama_gguf(&spec, 7, format));
             let src = GgufSource::from_bytes(bytes).unwrap();
             let c = src.config();
-            assert_eq!(
-                (c.n_layers, c.d_model, c.n_heads, c.n_kv_heads),
-                (2, 64, 4, 2)
-            );
-            assert_eq!(
-                (c.head_dim, c.d_ff, c.vocab_size, c.context_length),
-                (16, 128, 320, 256)
-            );
+            assert_eq!((c.n_layers, c.d_model, c.n_heads, c.n_kv_heads), (2, 64, 4, 2));
+            assert_eq!((c.head_dim, c.d_ff, c.vocab_size, c.context_length), (16, 128, 320, 256));
             assert_eq!(c.rope_layout, RopeLayout::Adjacent);
             assert!(c.tied_embeddings && !c.qkv_bias);
             assert!(src.tensor(WeightName::Output).unwrap().is_none());
@@ -599,39 +521,21 @@ mod tests {
             assert_eq!(tok.tokens[0], "<|endoftext|>");
             assert_eq!(tok.tokens[3 + 32], "Ġ");
             assert_eq!(tok.merges.as_ref().map(Vec::len), Some(24));
-            assert_eq!(
-                (tok.bos_id, tok.eos_id, tok.add_bos),
-                (Some(1), Some(2), Some(false))
-            );
+            assert_eq!((tok.bos_id, tok.eos_id, tok.add_bos), (Some(1), Some(2), Some(false)));
             assert!(tok.chat_template.is_some());
         }
-        let untied = TinySpec {
-            tied: false,
-            ..TinySpec::default()
-        };
+        let untied = TinySpec { tied: false, ..TinySpec::default() };
         let src = GgufSource::from_bytes(tiny_llama_gguf(&untied, 1, HostFormat::Q4_0)).unwrap();
         assert!(!src.config().tied_embeddings);
-        assert_eq!(
-            src.tensor(WeightName::Output).unwrap().unwrap().shape,
-            vec![320, 64]
-        );
-        assert_ne!(
-            tiny_llama_gguf(&untied, 1, HostFormat::F32),
-            tiny_llama_gguf(&untied, 2, HostFormat::F32)
-        );
+        assert_eq!(src.tensor(WeightName::Output).unwrap().unwrap().shape, vec![320, 64]);
+        assert_ne!(tiny_llama_gguf(&untied, 1, HostFormat::F32), tiny_llama_gguf(&untied, 2, HostFormat::F32));
     }
 
     #[test]
     fn bad_specs_are_errors() {
-        let s = TinySpec {
-            vocab: 10,
-            ..TinySpec::default()
-        };
+        let s = TinySpec { vocab: 10, ..TinySpec::default() };
         assert!(try_tiny_llama_gguf(&s, 0, HostFormat::F32).is_err());
-        let s = TinySpec {
-            n_kv_heads: 3,
-            ..TinySpec::default()
-        };
+        let s = TinySpec { n_kv_heads: 3, ..TinySpec::default() };
         assert!(try_tiny_llama_gguf(&s, 0, HostFormat::F32).is_err());
     }
 

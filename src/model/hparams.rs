@@ -84,10 +84,7 @@ impl ModelConfig {
     pub fn expected_weights(&self) -> Vec<(crate::model::WeightName, Vec<usize>)> {
         use crate::model::WeightName as W;
         let (d, q, kv, ff) = (self.d_model, self.q_dim(), self.kv_dim(), self.d_ff);
-        let mut out = vec![
-            (W::TokenEmbd, vec![self.vocab_size, d]),
-            (W::OutputNorm, vec![d]),
-        ];
+        let mut out = vec![(W::TokenEmbd, vec![self.vocab_size, d]), (W::OutputNorm, vec![d])];
         if !self.tied_embeddings {
             out.push((W::Output, vec![self.vocab_size, d]));
         }
@@ -104,11 +101,7 @@ impl ModelConfig {
                 (W::FfnDown(l), vec![d, ff]),
             ]);
             if self.qkv_bias {
-                out.extend([
-                    (W::AttnQBias(l), vec![q]),
-                    (W::AttnKBias(l), vec![kv]),
-                    (W::AttnVBias(l), vec![kv]),
-                ]);
+                out.extend([(W::AttnQBias(l), vec![q]), (W::AttnKBias(l), vec![kv]), (W::AttnVBias(l), vec![kv])]);
             }
         }
         out
@@ -154,23 +147,15 @@ impl ModelConfig {
             }
         }
         if !(self.rms_eps.is_finite() && self.rms_eps > 0.0) {
-            return fail(format!(
-                "model config: rms_eps {} is not positive",
-                self.rms_eps
-            ));
+            return fail(format!("model config: rms_eps {} is not positive", self.rms_eps));
         }
         if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
-            return fail(format!(
-                "model config: rope_theta {} is not positive",
-                self.rope_theta
-            ));
+            return fail(format!("model config: rope_theta {} is not positive", self.rope_theta));
         }
         if let RopeScaling::Linear { factor } = self.rope_scaling
             && !(factor.is_finite() && factor > 0.0)
         {
-            return fail(format!(
-                "model config: rope scaling factor {factor} is not positive"
-            ));
+            return fail(format!("model config: rope scaling factor {factor} is not positive"));
         }
         Ok(())
     }

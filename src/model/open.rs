@@ -8,8 +8,7 @@ use crate::model::safetensors::HfSource;
 /// Open a GGUF file (memory-mapped) or a Hugging Face model folder.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn open_path(path: &std::path::Path) -> Result<Box<dyn ModelSource>> {
-    let meta = std::fs::metadata(path)
-        .map_err(|e| Error::model(format!("cannot open {}: {e}", path.display())))?;
+    let meta = std::fs::metadata(path).map_err(|e| Error::model(format!("cannot open {}: {e}", path.display())))?;
     if meta.is_dir() {
         return Ok(Box::new(HfSource::open_dir(path)?));
     }
@@ -41,10 +40,7 @@ pub fn open_path(path: &std::path::Path) -> Result<Box<dyn ModelSource>> {
 /// In the browser there are no paths: use [`open_bytes`] or [`HfSource::from_files`].
 #[cfg(target_arch = "wasm32")]
 pub fn open_path(path: &std::path::Path) -> Result<Box<dyn ModelSource>> {
-    Err(Error::model(format!(
-        "cannot open {}: no file system in the browser (load the bytes instead)",
-        path.display()
-    )))
+    Err(Error::model(format!("cannot open {}: no file system in the browser (load the bytes instead)", path.display())))
 }
 
 /// Open a model from bytes in memory: a GGUF file. (A Hugging Face folder in memory is

@@ -13,10 +13,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::model::{
-    Arch, Blob, HostFormat, HostTensor, ModelConfig, ModelSource, RopeLayout, RopeScaling,
-    WeightName,
-};
+use crate::model::{Arch, Blob, HostFormat, HostTensor, ModelConfig, ModelSource, RopeLayout, RopeScaling, WeightName};
 use crate::tokenizer::{HfTokenizerConfig, Tokenizer};
 
 /// Largest safetensors header we read (the format's own limit is 100 MB).
@@ -74,20 +71,17 @@ pub fn parse_safetensors(bytes: &[u8], file: &str) -> Result<Vec<SafeTensorInfo>
     let data_start = 8 + n as usize;
     let header = bytes.get(8..data_start).unwrap_or_default();
     let data_len = bytes.len() - data_start;
-    let map: BTreeMap<String, Value> = serde_json::from_slice(header)
-        .map_err(|e| bad(format!("header is not a JSON object: {e}")))?;
+    let map: BTreeMap<String, Value> =
+        serde_json::from_slice(header).map_err(|e| bad(format!("header is not a JSON object: {e}")))?;
     let mut out = Vec::with_capacity(map.len());
     for (name, v) in map {
         if name == "__metadata__" {
             continue;
         }
-        let raw: RawTensor =
-            serde_json::from_value(v).map_err(|e| bad(format!("tensor {name}: {e}")))?;
-        let (size, format) = dtype_size(&raw.dtype)
-            .ok_or_else(|| bad(format!("tensor {name}: unknown dtype {}", raw.dtype)))?;
-        let numel = raw.shape.iter().try_fold(1usize, |a, &d| {
-            usize::try_from(d).ok().and_then(|d| a.checked_mul(d))
-        });
+        let raw: RawTensor = serde_json::from_value(v).map_err(|e| bad(format!("tensor {name}: {e}")))?;
+        let (size, format) =
+            dtype_size(&raw.dtype).ok_or_else(|| bad(format!("tensor {name}: unknown dtype {}", raw.dtype)))?;
+        let numel = raw.shape.iter().try_fold(1usize, |a, &d| usize::try_from(d).ok().and_then(|d| a.checked_mul(d)));
         let nbytes = numel
             .and_then(|n| n.checked_mul(size))
             .ok_or_else(|| bad(format!("tensor {name}: shape {:?} is too large", raw.shape)))?;
@@ -154,15 +148,8 @@ struct RawHfConfig {
 
 fn ids(v: &Option<Value>) -> Vec<u32> {
     match v {
-        Some(Value::Number(n)) => n
-            .as_u64()
-            .and_then(|x| u32::try_from(x).ok())
-            .into_iter()
-            .collect(),
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(|x| x.as_u64().and_then(|x| u32::try_from(x).ok()))
-            .collect(),
+        Some(Value::Number(n)) => n.as_u64().and_then(|x| u32::try_from(x).ok()).into_iter().collect(),
+        Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_u64().and_then(|x| u32::try_from(x).ok())).collect(),
         _ => Vec::new(),
     }
 }
@@ -190,29 +177,23 @@ fn config_from_raw(raw: &RawHfConfig, has_lm_head: bool) -> Result<ModelConfig> 
     if let Some(act) = &raw.hidden_act
         && act != "silu"
     {
-        return Err(Error::model(format!(
-            "config.json hidden_act '{act}' is not supported (silu)"
-        )));
+        return Err(Error::model(format!("config.json hidden_act '{act}' is not supported (silu)")));
     }
-    let req = |v: Option<usize>, key: &str| {
-        v.ok_or_else(|| Error::model(format!("config.json is missing {key}")))
-    };
+    let req = |v: Option<usize>, key: &str| v.ok_or_else(|| Error::model(format!("config.json is missing {key}")));
     let d_model = req(raw.hidden_size, "hidden_size")?;
     let n_heads = req(raw.num_attention_heads, "num_attention_heads")?;
     let rope_scaling = match &raw.rope_scaling {
         None | Some(Value::Null) => RopeScaling::None,
         Some(v) => {
-            let kind = v
-                .get("rope_type")
-                .or_else(|| v.get("type"))
-                .and_then(Value::as_str)
-                .unwrap_or("");
+            let kind = v.get("rope_type").or_else(|| v.get("type")).and_then(Value::as_str).unwrap_or("");
             match kind {
                 "default" => RopeScaling::None,
                 "linear" => RopeScaling::Linear {
-                    factor: v.get("factor").and_then(Value::as_f64).ok_or_else(|| {
-                        Error::model("config.json rope_scaling 'linear' has no numeric factor")
-                    })? as f32,
+                    factor: v
+                        .get("factor")
+                        .and_then(Value::as_f64)
+                        .ok_or_else(|| Error::model("config.json rope_scaling 'linear' has no numeric factor"))?
+                        as f32,
                 },
                 other => {
                     return Err(Error::model(format!(
@@ -224,17 +205,12 @@ fn config_from_raw(raw: &RawHfConfig, has_lm_head: bool) -> Result<ModelConfig> 
     };
     let cfg = ModelConfig {
         arch,
-        name: raw
-            .name_or_path
-            .clone()
-            .unwrap_or_else(|| arch_name.clone()),
+        name: raw.name_or_path.clone().unwrap_or_else(|| arch_name.clone()),
         n_layers: req(raw.num_hidden_layers, "num_hidden_layers")?,
         d_model,
         n_heads,
         n_kv_heads: raw.num_key_value_heads.unwrap_or(n_heads),
-        head_dim: raw
-            .head_dim
-            .unwrap_or_else(|| d_model.checked_div(n_heads).unwrap_or(0)),
+        head_dim: raw.head_dim.unwrap_or_else(|| d_model.checked_div(n_heads).unwrap_or(0)),
         d_ff: req(raw.intermediate_size, "intermediate_size")?,
         vocab_size: req(raw.vocab_size, "vocab_size")?,
         context_length: req(raw.max_position_embeddings, "max_position_embeddings")?,
@@ -317,12 +293,11 @@ impl HfSource {
     /// Build from a loader of files by name (`config.json`, shards, ...); the loader
     /// returns `Ok(None)` for a missing file.
     fn build(load: &mut dyn FnMut(&str) -> Result<Option<Blob>>) -> Result<Self> {
-        let need = |b: Option<Blob>, n: &str| {
-            b.ok_or_else(|| Error::model(format!("Hugging Face model: {n} is missing")))
-        };
+        let need =
+            |b: Option<Blob>, n: &str| b.ok_or_else(|| Error::model(format!("Hugging Face model: {n} is missing")));
         let config_bytes = need(load("config.json")?, "config.json")?;
-        let raw: RawHfConfig = serde_json::from_slice(&config_bytes)
-            .map_err(|e| Error::model(format!("config.json: {e}")))?;
+        let raw: RawHfConfig =
+            serde_json::from_slice(&config_bytes).map_err(|e| Error::model(format!("config.json: {e}")))?;
         let tokenizer_json = need(load("tokenizer.json")?, "tokenizer.json")?.to_vec();
         let tok_cfg_bytes = load("tokenizer_config.json")?;
         let tokenizer_config = tokenizer_config(tok_cfg_bytes.as_deref(), &raw)?;
@@ -334,14 +309,8 @@ impl HfSource {
                 let map = v
                     .get("weight_map")
                     .and_then(Value::as_object)
-                    .ok_or_else(|| {
-                        Error::model("model.safetensors.index.json has no weight_map object")
-                    })?;
-                let mut files: Vec<String> = map
-                    .values()
-                    .filter_map(Value::as_str)
-                    .map(str::to_string)
-                    .collect();
+                    .ok_or_else(|| Error::model("model.safetensors.index.json has no weight_map object"))?;
+                let mut files: Vec<String> = map.values().filter_map(Value::as_str).map(str::to_string).collect();
                 files.sort();
                 files.dedup();
                 files
@@ -355,10 +324,7 @@ impl HfSource {
             let blob = need(load(file)?, file)?;
             for info in parse_safetensors(&blob, file)? {
                 if tensors.contains_key(&info.name) {
-                    return Err(Error::model(format!(
-                        "tensor {} appears in more than one shard",
-                        info.name
-                    )));
+                    return Err(Error::model(format!("tensor {} appears in more than one shard", info.name)));
                 }
                 tensors.insert(info.name.clone(), Entry { blob: i, info });
             }
@@ -366,13 +332,7 @@ impl HfSource {
         }
         let has_lm_head = tensors.contains_key(&WeightName::Output.hf_name());
         let config = config_from_raw(&raw, has_lm_head)?;
-        let src = HfSource {
-            blobs,
-            tensors,
-            config,
-            tokenizer_json,
-            tokenizer_config,
-        };
+        let src = HfSource { blobs, tensors, config, tokenizer_json, tokenizer_config };
         src.validate()?;
         Ok(src)
     }
@@ -385,8 +345,7 @@ impl HfSource {
             if !path.is_file() {
                 return Ok(None);
             }
-            let err =
-                |e: std::io::Error| Error::model(format!("cannot read {}: {e}", path.display()));
+            let err = |e: std::io::Error| Error::model(format!("cannot read {}: {e}", path.display()));
             if name.ends_with(".safetensors") {
                 let file = std::fs::File::open(&path).map_err(err)?;
                 // SAFETY: read-only map; every access is bounds-checked against its length.
@@ -433,12 +392,10 @@ impl HfSource {
         let Some(e) = self.tensors.get(name) else {
             return Ok(None);
         };
-        let format = e.info.format.ok_or_else(|| {
-            Error::model(format!(
-                "tensor {name} has dtype {}, not F32/F16/BF16",
-                e.info.dtype
-            ))
-        })?;
+        let format = e
+            .info
+            .format
+            .ok_or_else(|| Error::model(format!("tensor {name} has dtype {}, not F32/F16/BF16", e.info.dtype)))?;
         let bytes = self
             .blobs
             .get(e.blob)
@@ -457,20 +414,14 @@ impl HfSource {
     pub fn validate(&self) -> Result<()> {
         for (w, shape) in self.config.expected_weights() {
             let name = w.hf_name();
-            let info = self.tensor_info(&name).ok_or_else(|| {
-                Error::model(format!("missing tensor {name} (expected shape {shape:?})"))
-            })?;
+            let info = self
+                .tensor_info(&name)
+                .ok_or_else(|| Error::model(format!("missing tensor {name} (expected shape {shape:?})")))?;
             if info.shape != shape {
-                return Err(Error::model(format!(
-                    "tensor {name} has shape {:?}, expected {shape:?}",
-                    info.shape
-                )));
+                return Err(Error::model(format!("tensor {name} has shape {:?}, expected {shape:?}", info.shape)));
             }
             if info.format.is_none() {
-                return Err(Error::model(format!(
-                    "tensor {name} has dtype {}, not F32/F16/BF16",
-                    info.dtype
-                )));
+                return Err(Error::model(format!("tensor {name} has dtype {}, not F32/F16/BF16", info.dtype)));
             }
         }
         Ok(())
@@ -483,20 +434,13 @@ impl ModelSource for HfSource {
     }
 
     fn tokenizer(&self) -> Result<Tokenizer> {
-        // TODO(tokenizer helper): replace the error with
-        // `Tokenizer::from_hf_json(&self.tokenizer_json, &self.tokenizer_config)` once
-        // that constructor exists in src/tokenizer.rs.
-        Err(Error::model(
-            "Hugging Face tokenizer.json loading is not wired yet (Tokenizer::from_hf_json)",
-        ))
+        Tokenizer::from_hf_json(&self.tokenizer_json, &self.tokenizer_config)
     }
 
     fn tensor(&self, name: WeightName) -> Result<Option<HostTensor<'_>>> {
         match name {
             WeightName::Output if self.config.tied_embeddings => Ok(None),
-            WeightName::AttnQBias(_) | WeightName::AttnKBias(_) | WeightName::AttnVBias(_)
-                if !self.config.qkv_bias =>
-            {
+            WeightName::AttnQBias(_) | WeightName::AttnKBias(_) | WeightName::AttnVBias(_) if !self.config.qkv_bias => {
                 Ok(None)
             }
             _ => self.tensor_by_name(&name.hf_name()),
@@ -512,14 +456,11 @@ pub fn safetensors_header(tensors: &[(String, &str, Vec<usize>, usize)]) -> Resu
     let mut offset = 0usize;
     for (name, dtype, shape, len) in tensors {
         let end = offset + len;
-        map.insert(
-            name.clone(),
-            serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, end]}),
-        );
+        map.insert(name.clone(), serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, end]}));
         offset = end;
     }
-    let mut json = serde_json::to_vec(&Value::Object(map))
-        .map_err(|e| Error::internal(format!("safetensors header: {e}")))?;
+    let mut json =
+        serde_json::to_vec(&Value::Object(map)).map_err(|e| Error::internal(format!("safetensors header: {e}")))?;
     while !json.len().is_multiple_of(8) {
         json.push(b' ');
     }

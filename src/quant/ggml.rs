@@ -35,9 +35,7 @@ pub fn block_elems(format: HostFormat) -> usize {
     match format {
         HostFormat::F32 | HostFormat::F16 | HostFormat::BF16 => 1,
         HostFormat::Q8_0 | HostFormat::Q4_0 | HostFormat::Q4_1 => 32,
-        HostFormat::Q2K | HostFormat::Q3K | HostFormat::Q4K | HostFormat::Q5K | HostFormat::Q6K => {
-            256
-        }
+        HostFormat::Q2K | HostFormat::Q3K | HostFormat::Q4K | HostFormat::Q5K | HostFormat::Q6K => 256,
     }
 }
 
@@ -159,15 +157,9 @@ pub fn dequantize_into(format: HostFormat, bytes: &[u8], out: &mut [f32]) -> Res
     let be = block_elems(format);
     let blocks = bytes.chunks_exact(bb).zip(out.chunks_exact_mut(be));
     match format {
-        HostFormat::F32 => {
-            blocks.for_each(|(b, y)| y[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        }
-        HostFormat::F16 => {
-            blocks.for_each(|(b, y)| y[0] = f16::from_le_bytes([b[0], b[1]]).to_f32())
-        }
-        HostFormat::BF16 => {
-            blocks.for_each(|(b, y)| y[0] = bf16::from_le_bytes([b[0], b[1]]).to_f32())
-        }
+        HostFormat::F32 => blocks.for_each(|(b, y)| y[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        HostFormat::F16 => blocks.for_each(|(b, y)| y[0] = f16::from_le_bytes([b[0], b[1]]).to_f32()),
+        HostFormat::BF16 => blocks.for_each(|(b, y)| y[0] = bf16::from_le_bytes([b[0], b[1]]).to_f32()),
         HostFormat::Q8_0 => blocks.for_each(|(b, y)| deq_q8_0(b, y)),
         HostFormat::Q4_0 => blocks.for_each(|(b, y)| deq_q4_0(b, y)),
         HostFormat::Q4_1 => blocks.for_each(|(b, y)| deq_q4_1(b, y)),
@@ -287,10 +279,7 @@ fn k4_scale_min(j: usize, s: &[u8]) -> (u8, u8) {
     if j < 4 {
         (s[j] & 63, s[j + 4] & 63)
     } else {
-        (
-            (s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4),
-            (s[j + 4] >> 4) | ((s[j] >> 6) << 4),
-        )
+        ((s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4), (s[j + 4] >> 4) | ((s[j] >> 6) << 4))
     }
 }
 
@@ -364,10 +353,7 @@ fn check_blocks(what: &str, x: &[f32], block: usize) -> Result<()> {
     if x.len().is_multiple_of(block) {
         Ok(())
     } else {
-        Err(Error::model(format!(
-            "{what}: {} elements is not a whole number of {block}-element blocks",
-            x.len()
-        )))
+        Err(Error::model(format!("{what}: {} elements is not a whole number of {block}-element blocks", x.len())))
     }
 }
 
@@ -381,10 +367,7 @@ pub fn quantize_q8_0(x: &[f32]) -> Result<Vec<u8>> {
         let d = amax / 127.0;
         let id = if d > 0.0 { 1.0 / d } else { 0.0 };
         out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
-        out.extend(
-            blk.iter()
-                .map(|v| (v * id).round().clamp(-127.0, 127.0) as i8 as u8),
-        );
+        out.extend(blk.iter().map(|v| (v * id).round().clamp(-127.0, 127.0) as i8 as u8));
     }
     Ok(out)
 }
@@ -396,9 +379,7 @@ pub fn quantize_q4_0(x: &[f32]) -> Result<Vec<u8>> {
     check_blocks("quantize_q4_0", x, 32)?;
     let mut out = Vec::with_capacity(x.len() / 32 * 18);
     for blk in x.chunks_exact(32) {
-        let max = blk
-            .iter()
-            .fold(0f32, |a, &v| if v.abs() > a.abs() { v } else { a });
+        let max = blk.iter().fold(0f32, |a, &v| if v.abs() > a.abs() { v } else { a });
         let d = max / -8.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         let q = |v: f32| ((v * id).round() + 8.0).clamp(0.0, 15.0) as u8;
@@ -432,14 +413,8 @@ pub fn quantize_q4_1(x: &[f32]) -> Result<Vec<u8>> {
 pub fn quantize(format: HostFormat, x: &[f32]) -> Result<Vec<u8>> {
     match format {
         HostFormat::F32 => Ok(x.iter().flat_map(|v| v.to_le_bytes()).collect()),
-        HostFormat::F16 => Ok(x
-            .iter()
-            .flat_map(|v| f16::from_f32(*v).to_le_bytes())
-            .collect()),
-        HostFormat::BF16 => Ok(x
-            .iter()
-            .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
-            .collect()),
+        HostFormat::F16 => Ok(x.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()).collect()),
+        HostFormat::BF16 => Ok(x.iter().flat_map(|v| bf16::from_f32(*v).to_le_bytes()).collect()),
         HostFormat::Q8_0 => quantize_q8_0(x),
         HostFormat::Q4_0 => quantize_q4_0(x),
         HostFormat::Q4_1 => quantize_q4_1(x),
@@ -454,9 +429,7 @@ mod tests {
     use super::*;
 
     fn ramp(n: usize) -> Vec<f32> {
-        (0..n)
-            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0)
-            .collect()
+        (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0).collect()
     }
 
     fn max_err(a: &[f32], b: &[f32]) -> f32 {
@@ -481,11 +454,7 @@ mod tests {
     #[test]
     fn float_formats_round_trip() {
         let x = ramp(64);
-        for (f, tol) in [
-            (HostFormat::F32, 0.0),
-            (HostFormat::F16, 1e-3),
-            (HostFormat::BF16, 1e-2),
-        ] {
+        for (f, tol) in [(HostFormat::F32, 0.0), (HostFormat::F16, 1e-3), (HostFormat::BF16, 1e-2)] {
             let b = quantize(f, &x).unwrap();
             let y = dequantize(f, &b, x.len()).unwrap();
             assert!(max_err(&x, &y) <= tol, "{f:?}");
@@ -533,11 +502,7 @@ mod tests {
         assert_eq!((y[0], y[16], y[1]), (-0.25, 2.75, -1.0));
         let x = ramp(64);
         let y = dequantize(HostFormat::Q4_1, &quantize_q4_1(&x).unwrap(), 64).unwrap();
-        assert!(
-            max_err(&x, &y) < 2.5 / 15.0 * 0.51 + 2e-3,
-            "{}",
-            max_err(&x, &y)
-        );
+        assert!(max_err(&x, &y) < 2.5 / 15.0 * 0.51 + 2e-3, "{}", max_err(&x, &y));
         // A constant block dequantises exactly.
         let c = vec![0.75f32; 32];
         let y = dequantize(HostFormat::Q4_1, &quantize_q4_1(&c).unwrap(), 32).unwrap();
@@ -595,10 +560,7 @@ mod tests {
         assert_eq!(y[0], 2.0 * 5.0 - 1.5);
         assert_eq!(y[32], 4.0 * 7.0);
         // scale 4 (j >= 4): low bits from s[8] & 0xf, high from s[0] >> 6
-        assert_eq!(
-            k4_scale_min(4, &[0xc0, 0, 0, 0, 0, 0, 0, 0, 0x21, 0, 0, 0]),
-            (49, 2)
-        );
+        assert_eq!(k4_scale_min(4, &[0xc0, 0, 0, 0, 0, 0, 0, 0, 0x21, 0, 0, 0]), (49, 2));
 
         let mut b5 = vec![0u8; 176];
         b5[0..4].copy_from_slice(&b[0..4]);

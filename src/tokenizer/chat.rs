@@ -28,9 +28,8 @@ pub(super) fn render(
     env.add_function("raise_exception", raise_exception);
     env.add_function("strftime_now", strftime_now);
     env.set_unknown_method_callback(py_method);
-    let tmpl = env
-        .template_from_str(template)
-        .map_err(|e| Error::model(format!("chat template does not parse: {e}")))?;
+    let tmpl =
+        env.template_from_str(template).map_err(|e| Error::model(format!("chat template does not parse: {e}")))?;
     tmpl.render(context! {
         messages => messages,
         add_generation_prompt => add_generation_prompt,
@@ -38,8 +37,7 @@ pub(super) fn render(
         eos_token => eos_token,
     })
     .map_err(|e| {
-        let raised = e.kind() == ErrorKind::InvalidOperation
-            && e.detail().is_some_and(|d| d.starts_with(RAISED));
+        let raised = e.kind() == ErrorKind::InvalidOperation && e.detail().is_some_and(|d| d.starts_with(RAISED));
         match e.detail() {
             Some(d) if raised => Error::invalid(format!("chat template: {}", &d[RAISED.len()..])),
             _ => Error::model(format!("chat template failed: {e}")),
@@ -48,18 +46,12 @@ pub(super) fn render(
 }
 
 fn raise_exception(msg: String) -> std::result::Result<Value, minijinja::Error> {
-    Err(minijinja::Error::new(
-        ErrorKind::InvalidOperation,
-        format!("{RAISED}{msg}"),
-    ))
+    Err(minijinja::Error::new(ErrorKind::InvalidOperation, format!("{RAISED}{msg}")))
 }
 
 /// `strftime_now(fmt)`: the current UTC time; supports %Y %y %m %d %e %b %B %a %A %H %M %S %j %%.
 fn strftime_now(fmt: String) -> String {
-    let secs = web_time::SystemTime::now()
-        .duration_since(web_time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let secs = web_time::SystemTime::now().duration_since(web_time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     format_time(&fmt, secs)
 }
 
@@ -77,15 +69,7 @@ const MONTHS: [&str; 12] = [
     "November",
     "December",
 ];
-const DAYS: [&str; 7] = [
-    "Thursday",
-    "Friday",
-    "Saturday",
-    "Sunday",
-    "Monday",
-    "Tuesday",
-    "Wednesday",
-];
+const DAYS: [&str; 7] = ["Thursday", "Friday", "Saturday", "Sunday", "Monday", "Tuesday", "Wednesday"];
 
 /// Format seconds since 1970 (UTC) with a subset of strftime.
 fn format_time(fmt: &str, secs: u64) -> String {
@@ -160,12 +144,7 @@ fn py_method(
     args: &[Value],
 ) -> std::result::Result<Value, minijinja::Error> {
     let arg = |i: usize| args.get(i).and_then(Value::as_str);
-    let bad_args = || {
-        minijinja::Error::new(
-            ErrorKind::InvalidOperation,
-            format!("bad arguments to .{method}()"),
-        )
-    };
+    let bad_args = || minijinja::Error::new(ErrorKind::InvalidOperation, format!("bad arguments to .{method}()"));
     if let Some(s) = value.as_str() {
         let strip_set = |c: char, set: Option<&str>| match set {
             Some(set) => set.contains(c),
@@ -182,10 +161,7 @@ fn py_method(
             "capitalize" => {
                 let mut cs = s.chars();
                 Value::from(match cs.next() {
-                    Some(f) => f
-                        .to_uppercase()
-                        .chain(cs.flat_map(char::to_lowercase))
-                        .collect(),
+                    Some(f) => f.to_uppercase().chain(cs.flat_map(char::to_lowercase)).collect(),
                     None => String::new(),
                 })
             }
@@ -199,9 +175,7 @@ fn py_method(
             "split" => {
                 let max = args.get(1).and_then(Value::as_i64).filter(|n| *n >= 0);
                 let parts: Vec<String> = match (arg(0), max) {
-                    (Some(sep), Some(n)) => {
-                        s.splitn(n as usize + 1, sep).map(String::from).collect()
-                    }
+                    (Some(sep), Some(n)) => s.splitn(n as usize + 1, sep).map(String::from).collect(),
                     (Some(sep), None) => s.split(sep).map(String::from).collect(),
                     (None, _) => s.split_whitespace().map(String::from).collect(),
                 };
@@ -211,11 +185,7 @@ fn py_method(
                 Some(byte) => s[..byte].chars().count() as i64,
                 None => -1,
             }),
-            "count" => Value::from(
-                arg(0)
-                    .filter(|p| !p.is_empty())
-                    .map_or(0, |p| s.matches(p).count()),
-            ),
+            "count" => Value::from(arg(0).filter(|p| !p.is_empty()).map_or(0, |p| s.matches(p).count())),
             "isdigit" => Value::from(!s.is_empty() && s.chars().all(|c| c.is_ascii_digit())),
             "isspace" => Value::from(!s.is_empty() && s.chars().all(char::is_whitespace)),
             "join" => {
@@ -235,18 +205,12 @@ fn py_method(
                     .collect::<std::result::Result<Vec<_>, _>>()?,
             ),
             "keys" => Value::from(keys),
-            "values" => Value::from(
-                keys.iter()
-                    .map(|k| value.get_item(k))
-                    .collect::<std::result::Result<Vec<_>, _>>()?,
-            ),
+            "values" => {
+                Value::from(keys.iter().map(|k| value.get_item(k)).collect::<std::result::Result<Vec<_>, _>>()?)
+            }
             "get" => {
                 let v = value.get_item(args.first().ok_or_else(bad_args)?)?;
-                if v.is_undefined() {
-                    args.get(1).cloned().unwrap_or(Value::from(()))
-                } else {
-                    v
-                }
+                if v.is_undefined() { args.get(1).cloned().unwrap_or(Value::from(())) } else { v }
             }
             _ => return Err(minijinja::Error::from(ErrorKind::UnknownMethod)),
         });
@@ -263,10 +227,7 @@ mod tests {
         // 2024-07-23 14:05:09 UTC, a Tuesday, day 205 of a leap year.
         let t = 1_721_743_509;
         assert_eq!(format_time("%d %b %Y", t), "23 Jul 2024");
-        assert_eq!(
-            format_time("%A %B %e, %y %H:%M:%S %j %%", t),
-            "Tuesday July 23, 24 14:05:09 205 %"
-        );
+        assert_eq!(format_time("%A %B %e, %y %H:%M:%S %j %%", t), "Tuesday July 23, 24 14:05:09 205 %");
         assert_eq!(format_time("%Y-%m-%d", 0), "1970-01-01");
     }
 

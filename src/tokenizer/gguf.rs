@@ -38,46 +38,30 @@ fn tk_err(what: &str) -> impl FnOnce(tokenizers::Error) -> Error + '_ {
 pub(super) fn build(data: &GgufTokenizerData) -> Result<Tokenizer> {
     let n = data.tokens.len();
     if n == 0 {
-        return Err(Error::model(
-            "tokenizer: empty vocabulary (tokenizer.ggml.tokens)",
-        ));
+        return Err(Error::model("tokenizer: empty vocabulary (tokenizer.ggml.tokens)"));
     }
     if u32::try_from(n).is_err() {
-        return Err(Error::model(format!(
-            "tokenizer: vocabulary of {n} tokens is too large"
-        )));
+        return Err(Error::model(format!("tokenizer: vocabulary of {n} tokens is too large")));
     }
     if let Some(s) = &data.scores
         && s.len() != n
     {
-        return Err(Error::model(format!(
-            "tokenizer: {} scores for {n} tokens",
-            s.len()
-        )));
+        return Err(Error::model(format!("tokenizer: {} scores for {n} tokens", s.len())));
     }
     let types: Vec<i32> = match &data.token_types {
         Some(t) if t.len() != n => {
-            return Err(Error::model(format!(
-                "tokenizer: {} token types for {n} tokens",
-                t.len()
-            )));
+            return Err(Error::model(format!("tokenizer: {} token types for {n} tokens", t.len())));
         }
         Some(t) => t.clone(),
         None => vec![TYPE_NORMAL; n],
     };
-    for (what, id) in [
-        ("bos", data.bos_id),
-        ("eos", data.eos_id),
-        ("unk", data.unk_id),
-        ("eot", data.eot_id),
-        ("eom", data.eom_id),
-    ] {
+    for (what, id) in
+        [("bos", data.bos_id), ("eos", data.eos_id), ("unk", data.unk_id), ("eot", data.eot_id), ("eom", data.eom_id)]
+    {
         if let Some(id) = id
             && id as usize >= n
         {
-            return Err(Error::model(format!(
-                "tokenizer: {what} id {id} is outside the vocabulary of {n}"
-            )));
+            return Err(Error::model(format!("tokenizer: {what} id {id} is outside the vocabulary of {n}")));
         }
     }
 
@@ -91,13 +75,7 @@ pub(super) fn build(data: &GgufTokenizerData) -> Result<Tokenizer> {
         "gpt2" => (byte_level(data, vocab)?, DecodeKind::ByteLevel, false),
         "llama" => {
             let prefix = data.add_space_prefix.unwrap_or(true);
-            (
-                sentencepiece(data, &types, vocab, prefix)?,
-                DecodeKind::SentencePiece {
-                    strip_prefix: prefix,
-                },
-                true,
-            )
+            (sentencepiece(data, &types, vocab, prefix)?, DecodeKind::SentencePiece { strip_prefix: prefix }, true)
         }
         other => {
             return Err(Error::model(format!(
@@ -121,11 +99,7 @@ pub(super) fn build(data: &GgufTokenizerData) -> Result<Tokenizer> {
     let add_bos = data.add_bos.unwrap_or(default_add_bos) && data.bos_id.is_some();
     let add_eos = data.add_eos.unwrap_or(false) && data.eos_id.is_some();
     if add_bos || add_eos {
-        let name = |id: Option<u32>| {
-            id.and_then(|id| data.tokens.get(id as usize))
-                .cloned()
-                .unwrap_or_default()
-        };
+        let name = |id: Option<u32>| id.and_then(|id| data.tokens.get(id as usize)).cloned().unwrap_or_default();
         let (bos, eos) = (name(data.bos_id), name(data.eos_id));
         let mut pieces: Vec<String> = Vec::new();
         let mut specials: Vec<(String, u32)> = Vec::new();
@@ -144,28 +118,14 @@ pub(super) fn build(data: &GgufTokenizerData) -> Result<Tokenizer> {
         inner.with_post_processor(Some(post));
     }
 
-    let eos = [data.eos_id, data.eot_id, data.eom_id]
-        .into_iter()
-        .flatten();
-    Tokenizer::assemble(
-        inner,
-        kind,
-        data.bos_id,
-        eos,
-        add_bos,
-        data.chat_template.clone(),
-    )
+    let eos = [data.eos_id, data.eot_id, data.eom_id].into_iter().flatten();
+    Tokenizer::assemble(inner, kind, data.bos_id, eos, add_bos, data.chat_template.clone())
 }
 
 /// `bos $A eos` as a post-processor (single sequences; pairs repeat it).
-pub(super) fn template_processor(
-    pieces: &[String],
-    specials: Vec<(String, u32)>,
-) -> Result<TemplateProcessing> {
+pub(super) fn template_processor(pieces: &[String], specials: Vec<(String, u32)>) -> Result<TemplateProcessing> {
     if pieces.iter().any(|p| p.split_whitespace().count() != 1) {
-        return Err(Error::model(format!(
-            "tokenizer: special token names {pieces:?} cannot go into a template"
-        )));
+        return Err(Error::model(format!("tokenizer: special token names {pieces:?} cannot go into a template")));
     }
     let single = pieces.join(" ");
     let pair = format!("{single} {}", single.replace("$A", "$B"));
@@ -180,17 +140,13 @@ pub(super) fn template_processor(
 
 /// Byte-level BPE: merges from `tokenizer.ggml.merges`, pre-tokenizer by `pre`.
 fn byte_level(data: &GgufTokenizerData, vocab: Vocab) -> Result<tokenizers::Tokenizer> {
-    let merge_lines = data
-        .merges
-        .as_ref()
-        .ok_or_else(|| Error::model("tokenizer: byte-level BPE without tokenizer.ggml.merges"))?;
+    let merge_lines =
+        data.merges.as_ref().ok_or_else(|| Error::model("tokenizer: byte-level BPE without tokenizer.ggml.merges"))?;
     let mut merges = Vec::with_capacity(merge_lines.len());
     for (i, line) in merge_lines.iter().enumerate() {
-        let (a, b) = line.split_once(' ').ok_or_else(|| {
-            Error::model(format!(
-                "tokenizer: merge {i} {line:?} is not \"left right\""
-            ))
-        })?;
+        let (a, b) = line
+            .split_once(' ')
+            .ok_or_else(|| Error::model(format!("tokenizer: merge {i} {line:?} is not \"left right\"")))?;
         for part in [a, b] {
             if !vocab.contains_key(part) {
                 return Err(Error::model(format!(
@@ -207,10 +163,7 @@ fn byte_level(data: &GgufTokenizerData, vocab: Vocab) -> Result<tokenizers::Toke
         merges.push((a.to_owned(), b.to_owned()));
     }
     let pre = data.pre.as_deref().unwrap_or("default");
-    let llama3 = matches!(
-        pre,
-        "llama3" | "llama-v3" | "llama-bpe" | "dbrx" | "smaug-bpe" | "falcon3"
-    );
+    let llama3 = matches!(pre, "llama3" | "llama-v3" | "llama-bpe" | "dbrx" | "smaug-bpe" | "falcon3");
     let model = BPE::builder()
         .vocab_and_merges(vocab, merges)
         .ignore_merges(llama3)
@@ -218,29 +171,19 @@ fn byte_level(data: &GgufTokenizerData, vocab: Vocab) -> Result<tokenizers::Toke
         .map_err(tk_err("byte-level BPE"))?;
 
     let split = |re: &str| -> Result<PreTokenizerWrapper> {
-        Ok(Split::new(
-            SplitPattern::Regex(re.into()),
-            SplitDelimiterBehavior::Isolated,
-            false,
-        )
-        .map_err(tk_err("pre-tokenizer regex"))?
-        .into())
+        Ok(Split::new(SplitPattern::Regex(re.into()), SplitDelimiterBehavior::Isolated, false)
+            .map_err(tk_err("pre-tokenizer regex"))?
+            .into())
     };
     let bytes_only: PreTokenizerWrapper = ByteLevel::new(false, true, false).into();
     // `ByteLevel(use_regex = true)` applies GPT-2's split, the default for unknown names.
     let pre_tok: PreTokenizerWrapper = match pre {
         // StarCoder family (SmolLM, SmolLM2): each digit alone, then GPT-2's split.
         "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva" => {
-            PreSequence::new(vec![
-                Digits::new(true).into(),
-                ByteLevel::new(false, true, true).into(),
-            ])
-            .into()
+            PreSequence::new(vec![Digits::new(true).into(), ByteLevel::new(false, true, true).into()]).into()
         }
         _ if llama3 => PreSequence::new(vec![split(LLAMA3_REGEX)?, bytes_only]).into(),
-        "qwen2" | "deepseek-r1-qwen" => {
-            PreSequence::new(vec![split(QWEN2_REGEX)?, bytes_only]).into()
-        }
+        "qwen2" | "deepseek-r1-qwen" => PreSequence::new(vec![split(QWEN2_REGEX)?, bytes_only]).into(),
         "gpt2" | "default" | "gpt-2" => ByteLevel::new(false, true, true).into(),
         other => {
             log::warn!("tokenizer: unknown pre-tokenizer {other:?}, using GPT-2's split");
@@ -250,9 +193,7 @@ fn byte_level(data: &GgufTokenizerData, vocab: Vocab) -> Result<tokenizers::Toke
 
     let mut tok = tokenizers::Tokenizer::new(model);
     tok.with_pre_tokenizer(Some(pre_tok));
-    tok.with_decoder(Some(DecoderWrapper::from(
-        tokenizers::decoders::byte_level::ByteLevel::default(),
-    )));
+    tok.with_decoder(Some(DecoderWrapper::from(tokenizers::decoders::byte_level::ByteLevel::default())));
     Ok(tok)
 }
 
@@ -265,12 +206,7 @@ fn sentencepiece(
     add_space_prefix: bool,
 ) -> Result<tokenizers::Tokenizer> {
     let tokens = &data.tokens;
-    let score = |id: usize| -> f32 {
-        data.scores
-            .as_ref()
-            .and_then(|s| s.get(id).copied())
-            .unwrap_or(-(id as f32))
-    };
+    let score = |id: usize| -> f32 { data.scores.as_ref().and_then(|s| s.get(id).copied()).unwrap_or(-(id as f32)) };
     let normal = |id: u32| types.get(id as usize).copied() == Some(TYPE_NORMAL);
     // (merged id, left id, right id) for every split of every normal piece into two.
     let mut pairs: Vec<(u32, u32, u32)> = Vec::new();
@@ -289,27 +225,16 @@ fn sentencepiece(
         }
     }
     pairs.sort_by(|a, b| {
-        score(b.0 as usize)
-            .total_cmp(&score(a.0 as usize))
-            .then(a.0.cmp(&b.0))
-            .then(a.1.cmp(&b.1))
-            .then(a.2.cmp(&b.2))
+        score(b.0 as usize).total_cmp(&score(a.0 as usize)).then(a.0.cmp(&b.0)).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2))
     });
-    let merges: Vec<(String, String)> = pairs
-        .iter()
-        .map(|&(_, l, r)| (tokens[l as usize].clone(), tokens[r as usize].clone()))
-        .collect();
+    let merges: Vec<(String, String)> =
+        pairs.iter().map(|&(_, l, r)| (tokens[l as usize].clone(), tokens[r as usize].clone())).collect();
 
     let has_bytes = (0..=255u8).all(|b| vocab.contains_key(&format!("<0x{b:02X}>")));
     if !has_bytes && types.contains(&TYPE_BYTE) {
-        log::warn!(
-            "tokenizer: SentencePiece vocabulary has only some <0xNN> pieces; no byte fallback"
-        );
+        log::warn!("tokenizer: SentencePiece vocabulary has only some <0xNN> pieces; no byte fallback");
     }
-    let mut builder = BPE::builder()
-        .vocab_and_merges(vocab, merges)
-        .byte_fallback(has_bytes)
-        .fuse_unk(true);
+    let mut builder = BPE::builder().vocab_and_merges(vocab, merges).byte_fallback(has_bytes).fuse_unk(true);
     if let Some(unk) = data.unk_id.and_then(|id| tokens.get(id as usize)) {
         builder = builder.unk_token(unk.clone());
     }
@@ -324,9 +249,7 @@ fn sentencepiece(
     };
     tok.with_normalizer(Some(norm));
     let mut decoders: Vec<DecoderWrapper> = vec![
-        tokenizers::decoders::DecoderWrapper::Replace(
-            Replace::new("\u{2581}", " ").map_err(tk_err("decoder"))?,
-        ),
+        tokenizers::decoders::DecoderWrapper::Replace(Replace::new("\u{2581}", " ").map_err(tk_err("decoder"))?),
         ByteFallback::new().into(),
         Fuse::new().into(),
     ];
@@ -343,11 +266,7 @@ mod tests {
 
     #[test]
     fn unknown_model_is_rejected() {
-        let data = GgufTokenizerData {
-            model: "bert".into(),
-            tokens: vec!["a".into()],
-            ..Default::default()
-        };
+        let data = GgufTokenizerData { model: "bert".into(), tokens: vec!["a".into()], ..Default::default() };
         let err = build(&data).unwrap_err();
         assert_eq!(err.code(), "model_loading_error");
         assert!(err.to_string().contains("bert"), "{err}");
@@ -356,10 +275,7 @@ mod tests {
     #[test]
     fn score_order_decides_merge_priority() {
         // "ab" outranks "bc": "abc" must become ["ab", "c"], not ["a", "bc"].
-        let tokens: Vec<String> = ["<unk>", "a", "b", "c", "ab", "bc"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let tokens: Vec<String> = ["<unk>", "a", "b", "c", "ab", "bc"].iter().map(|s| s.to_string()).collect();
         let data = GgufTokenizerData {
             model: "llama".into(),
             tokens,

@@ -10,14 +10,12 @@ use crate::error::{Error, Result};
 
 /// Build a [`Tokenizer`] from `tokenizer.json` bytes.
 pub(super) fn build(json: &[u8], cfg: &HfTokenizerConfig) -> Result<Tokenizer> {
-    let mut inner = tokenizers::Tokenizer::from_bytes(json)
-        .map_err(|e| Error::model(format!("tokenizer.json: {e}")))?;
+    let mut inner =
+        tokenizers::Tokenizer::from_bytes(json).map_err(|e| Error::model(format!("tokenizer.json: {e}")))?;
     let kind = decode_kind(&inner);
     let id_of = |inner: &tokenizers::Tokenizer, what: &str, name: &str| {
         inner.token_to_id(name).ok_or_else(|| {
-            Error::model(format!(
-                "tokenizer_config.json: {what} {name:?} is not in tokenizer.json's vocabulary"
-            ))
+            Error::model(format!("tokenizer_config.json: {what} {name:?} is not in tokenizer.json's vocabulary"))
         })
     };
     let bos = match &cfg.bos_token {
@@ -60,9 +58,7 @@ pub(super) fn build(json: &[u8], cfg: &HfTokenizerConfig) -> Result<Tokenizer> {
 /// Whether encoding puts `bos` in front.
 fn adds_bos(inner: &tokenizers::Tokenizer, bos: Option<u32>) -> Result<bool> {
     let Some(bos) = bos else { return Ok(false) };
-    let enc = inner
-        .encode_fast("", true)
-        .map_err(|e| Error::model(format!("tokenizer.json: cannot encode: {e}")))?;
+    let enc = inner.encode_fast("", true).map_err(|e| Error::model(format!("tokenizer.json: cannot encode: {e}")))?;
     Ok(enc.get_ids().first() == Some(&bos))
 }
 
@@ -78,12 +74,7 @@ fn decode_kind(inner: &tokenizers::Tokenizer) -> DecodeKind {
         Some(list) => list.iter().collect(),
         None => vec![&v],
     };
-    let ty = |p: &Value| {
-        p.get("type")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned()
-    };
+    let ty = |p: &Value| p.get("type").and_then(Value::as_str).unwrap_or("").to_owned();
     if parts.iter().any(|p| ty(p) == "ByteLevel") {
         return DecodeKind::ByteLevel;
     }

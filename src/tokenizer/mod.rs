@@ -63,10 +63,7 @@ pub struct ChatMessage {
 impl ChatMessage {
     /// A message with this role and content.
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Self {
-            role: role.into(),
-            content: content.into(),
-        }
+        Self { role: role.into(), content: content.into() }
     }
 }
 
@@ -144,9 +141,7 @@ impl Tokenizer {
     /// A `tokenizer.json` that [`Tokenizer::from_hf_json`] (with [`Tokenizer::hf_config`])
     /// and Hugging Face `tokenizers` read back to the same tokenizer.
     pub fn to_hf_json(&self) -> Result<String> {
-        self.inner
-            .to_string(true)
-            .map_err(|e| Error::internal(format!("tokenizer: cannot serialise: {e}")))
+        self.inner.to_string(true).map_err(|e| Error::internal(format!("tokenizer: cannot serialise: {e}")))
     }
 
     /// The `tokenizer_config.json` fields that go with [`Tokenizer::to_hf_json`].
@@ -229,11 +224,7 @@ impl Tokenizer {
 
     /// Render messages with the model's chat template (ChatML if it has none), with
     /// `bos_token`, `eos_token`, `add_generation_prompt` and `raise_exception` available.
-    pub fn apply_chat_template(
-        &self,
-        messages: &[ChatMessage],
-        add_generation_prompt: bool,
-    ) -> Result<String> {
+    pub fn apply_chat_template(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
         let template = self.chat_template.as_deref().unwrap_or(chat::CHATML);
         let token_text = |id: Option<u32>| {
             id.and_then(|id| self.pieces.get(id as usize))
@@ -266,10 +257,7 @@ impl Tokenizer {
 
     fn piece(&self, id: u32) -> Result<&Piece> {
         self.pieces.get(id as usize).ok_or_else(|| {
-            Error::invalid(format!(
-                "tokenizer: id {id} is outside the vocabulary of {}",
-                self.pieces.len()
-            ))
+            Error::invalid(format!("tokenizer: id {id} is outside the vocabulary of {}", self.pieces.len()))
         })
     }
 
@@ -288,9 +276,7 @@ impl Tokenizer {
             if (id as usize) < n {
                 Ok(id)
             } else {
-                Err(Error::model(format!(
-                    "tokenizer: {what} id {id} is outside the vocabulary of {n}"
-                )))
+                Err(Error::model(format!("tokenizer: {what} id {id} is outside the vocabulary of {n}")))
             }
         };
         let bos = bos.map(|id| check("bos", id)).transpose()?;
@@ -335,10 +321,7 @@ fn build_pieces(inner: &tokenizers::Tokenizer, kind: DecodeKind) -> Result<Vec<P
     let mut missing = 0usize;
     for id in 0..n as u32 {
         if let Some(tok) = added.get(&id) {
-            pieces.push(Piece {
-                bytes: tok.content.as_bytes().into(),
-                special: tok.special,
-            });
+            pieces.push(Piece { bytes: tok.content.as_bytes().into(), special: tok.special });
             continue;
         }
         let Some(text) = inner.id_to_token(id) else {
@@ -349,15 +332,9 @@ fn build_pieces(inner: &tokenizers::Tokenizer, kind: DecodeKind) -> Result<Vec<P
         let bytes: Vec<u8> = match kind {
             DecodeKind::ByteLevel => byte_level_bytes(&text, &byte_of),
             DecodeKind::SentencePiece { .. } => spm_bytes(&text),
-            DecodeKind::Other => inner
-                .decode(&[id], false)
-                .map(String::into_bytes)
-                .unwrap_or_default(),
+            DecodeKind::Other => inner.decode(&[id], false).map(String::into_bytes).unwrap_or_default(),
         };
-        pieces.push(Piece {
-            bytes: bytes.into(),
-            special: false,
-        });
+        pieces.push(Piece { bytes: bytes.into(), special: false });
     }
     if missing > 0 {
         log::warn!("tokenizer: {missing} ids have no token (duplicate strings in the vocabulary?)");

@@ -28,11 +28,7 @@ impl Default for StreamDecoder {
 impl StreamDecoder {
     /// A decoder with nothing emitted yet, skipping special tokens.
     pub fn new() -> Self {
-        Self {
-            pending: Vec::new(),
-            text: String::new(),
-            keep_special: false,
-        }
+        Self { pending: Vec::new(), text: String::new(), keep_special: false }
     }
 
     /// Emit special tokens' text (e.g. `<|im_end|>`) instead of skipping them.
