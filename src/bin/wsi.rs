@@ -76,6 +76,9 @@ enum Command {
         /// A second configuration (JSON) measured in the same process; prints the ratio.
         #[arg(long)]
         compare: Option<String>,
+        /// Also time each kernel family of a decode step (CPU-timed, dispatches run alone).
+        #[arg(long)]
+        profile: bool,
         #[arg(long)]
         json: bool,
     },
@@ -217,9 +220,15 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Bench { prompt_tokens, gen_tokens, compare, json: as_json } => {
+        Command::Bench { prompt_tokens, gen_tokens, compare, profile, json: as_json } => {
             let mut engine = open_engine(&cli.model, &cfg)?;
             let base = pollster::block_on(wsi::engine::bench(&mut engine, *prompt_tokens, *gen_tokens))?;
+            let prof = if *profile { Some(wsi::engine::profile(&engine, 10)?) } else { None };
+            if let (Some(p), false) = (&prof, *as_json) {
+                for (fam, n, ms) in p {
+                    println!("profile {fam:14} x{n:<4} {ms:9.3} ms/token");
+                }
+            }
             let other = match compare {
                 None => None,
                 Some(c) => {
@@ -239,7 +248,7 @@ fn run(cli: Cli) -> Result<()> {
                 })
             });
             if *as_json {
-                println!("{}", json!({ "base": base, "compare": other, "ratio": ratio }));
+                println!("{}", json!({ "base": base, "compare": other, "ratio": ratio, "profile": prof }));
             } else {
                 for (name, r) in std::iter::once(("base", &base)).chain(other.as_ref().map(|o| ("compare", o))) {
                     println!(

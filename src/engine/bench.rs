@@ -26,6 +26,24 @@ pub struct BenchReport {
     pub load_ms: f64,
 }
 
+/// Per kernel family: (calls per decode token, total ms per token), slowest first.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn profile(engine: &Engine, reps: u32) -> Result<Vec<(String, usize, f64)>> {
+    let rows = engine.model.profile_decode(&engine.gpu, reps)?;
+    let mut agg: Vec<(String, usize, f64)> = Vec::new();
+    for (fam, ms) in rows {
+        match agg.iter_mut().find(|a| a.0 == fam) {
+            Some(a) => {
+                a.1 += 1;
+                a.2 += ms;
+            }
+            None => agg.push((fam.to_string(), 1, ms)),
+        }
+    }
+    agg.sort_by(|a, b| b.2.total_cmp(&a.2));
+    Ok(agg)
+}
+
 /// Deterministic prompt ids spread over the vocabulary (special ids avoided).
 fn synthetic_prompt(n: usize, vocab: usize) -> Vec<u32> {
     let mut s = 0x2545_f491_4f6c_dd1d_u64;

@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use web_time::Instant;
 
+#[cfg(not(target_arch = "wasm32"))]
+pub use bench::profile;
 pub use bench::{BenchReport, bench};
 pub use options::weight_format;
 pub use stats::{FinishReason, GenerationStats};

@@ -41,6 +41,8 @@ struct Dispatch {
     pipeline: wgpu::ComputePipeline,
     bind: wgpu::BindGroup,
     grid: Grid,
+    /// Kernel family, for profiles.
+    family: &'static str,
 }
 
 impl Dispatch {
@@ -244,7 +246,7 @@ impl LlamaGpu {
             let pipeline = b.pipeline(Kernel::Embed { format: fmt })?;
             let params = gpu.uniform_init("embed params", bytemuck::bytes_of(&embed_bytes));
             let bind = b.bind(&pipeline, &[(0, &params), (1, &embd.buf), (3, &tokens), (4, &x), (7, &state)]);
-            Ok(Dispatch { pipeline, bind, grid: Grid::PerToken((d as u32 / 4).div_ceil(64)) })
+            Ok(Dispatch { pipeline, bind, grid: Grid::PerToken((d as u32 / 4).div_ceil(64)), family: "embed" })
         };
         let rope_groups = u32_of((nh + nkv) * hd / 2 + kvdim / 2, "rope items")?.div_ceil(64);
 
@@ -271,13 +273,13 @@ impl LlamaGpu {
                     &pipeline,
                     &[(0, &rp), (1, &qkv_buf), (2, &q_buf), (3, &k_cache), (4, &v_cache), (5, &rope), (7, &state)],
                 );
-                list.push(Dispatch { pipeline, bind, grid: Grid::PerToken(rope_groups) });
+                list.push(Dispatch { pipeline, bind, grid: Grid::PerToken(rope_groups), family: "rope_kv" });
                 let pipeline = b.pipeline(Kernel::Attention)?;
                 let bind = b.bind(
                     &pipeline,
                     &[(0, &rp), (1, &q_buf), (2, &k_cache), (3, &v_cache), (4, &attn), (5, &scores), (7, &state)],
                 );
-                list.push(Dispatch { pipeline, bind, grid: Grid::PerToken(u32_of(nh, "heads")?) });
+                list.push(Dispatch { pipeline, bind, grid: Grid::PerToken(u32_of(nh, "heads")?), family: "attention" });
                 let acc = MatMode { accumulate: true, ..Default::default() };
                 list.push(b.matrix(tiled, &layer.o, acc, &attn, &x, None, None, false)?);
                 let norm = MatMode { fuse_norm: true, ..Default::default() };
@@ -307,7 +309,7 @@ impl LlamaGpu {
         let sample_params = gpu.uniform_init("sample params", bytemuck::bytes_of(&sp));
         let pipeline = b.pipeline(Kernel::Sample)?;
         let bind = b.bind(&pipeline, &[(0, &sample_params), (1, &logits), (2, &tokens), (3, &state)]);
-        let sample = Dispatch { pipeline, bind, grid: Grid::Fixed([1, 1, 1]) };
+        let sample = Dispatch { pipeline, bind, grid: Grid::Fixed([1, 1, 1]), family: "sample" };
 
         let mut keep =
             vec![x, qkv_buf, q_buf, attn, gate_up, scores, k_cache, v_cache, rope, dummy, out_norm, embd.buf];
@@ -341,6 +343,29 @@ impl LlamaGpu {
     /// Dispatches in one decode step (sampler included).
     pub fn dispatches_per_decode_step(&self) -> usize {
         self.decode.len() + 1
+    }
+
+    /// Time each decode dispatch alone: `reps` copies in one submission, waited for on the
+    /// CPU (native only). Returns (family, ms per dispatch) in decode order.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn profile_decode(&self, gpu: &Gpu, reps: u32) -> Result<Vec<(&'static str, f64)>> {
+        let mut out = Vec::new();
+        for d in self.decode.iter().chain(std::iter::once(&self.sample)) {
+            let mut enc = gpu.device.create_command_encoder(&Default::default());
+            {
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                for _ in 0..reps {
+                    run(&mut pass, std::slice::from_ref(d), 1);
+                }
+            }
+            let t0 = web_time::Instant::now();
+            let idx = gpu.queue.submit([enc.finish()]);
+            gpu.device
+                .poll(wgpu::PollType::Wait { submission_index: Some(idx), timeout: None })
+                .map_err(|e| Error::Gpu(format!("poll: {e}")))?;
+            out.push((d.family, t0.elapsed().as_secs_f64() * 1e3 / f64::from(reps)));
+        }
+        Ok(out)
     }
 
     /// Set the step state (pos, n_tokens) before a submission.
@@ -459,6 +484,13 @@ impl Builder<'_> {
         } else {
             Grid::PerToken(m.rows.div_ceil(self.rows))
         };
-        Ok(Dispatch { pipeline, bind, grid })
+        let family = match (tiled, mode.fuse_norm, mode.swiglu_in, last_row) {
+            (_, true, _, true) => "lm_head",
+            (true, _, _, _) => "matmul",
+            (false, true, _, _) => "matvec_norm",
+            (false, _, true, _) => "matvec_swiglu",
+            _ => "matvec",
+        };
+        Ok(Dispatch { pipeline, bind, grid, family })
     }
 }
