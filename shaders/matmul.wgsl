@@ -19,6 +19,9 @@ override FUSE_NORM: bool = false;
 override SWIGLU_IN: bool = false;
 override ACCUMULATE: bool = false;
 override HAS_BIAS: bool = false;
+// false: no workgroup memory and no barriers in the K loop, every thread reads its 4 x 4
+// operands straight from storage (CPU rasterisers, where barriers cost more than loads).
+override TILED: bool = true;
 
 const TM: u32 = 32u;
 const TN: u32 = 32u;
@@ -73,7 +76,36 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let ty = tid / 8u;
     var acc: array<f32, 16>;
     let k4n = p.k / 4u;
-    for (var k0 = 0u; k0 < p.k; k0 += BK) {
+    if (!TILED) {
+        var xinv: array<f32, 4>;
+        for (var i = 0u; i < 4u; i++) {
+            xinv[i] = 1.0;
+            if (FUSE_NORM) {
+                xinv[i] = invs[ty * 4u + i];
+            }
+        }
+        for (var k4 = 0u; k4 < k4n; k4++) {
+            let kb = k4 * 4u;
+            var wv: array<vec4<f32>, 4>;
+            for (var j = 0u; j < 4u; j++) {
+                let row = min(n0 + tx * 4u + j, p.n - 1u);
+                wv[j] = load_w4(row, k4, k4n);
+            }
+            var nv = vec4<f32>(1.0);
+            if (FUSE_NORM) {
+                nv = vec4<f32>(aux[kb], aux[kb + 1u], aux[kb + 2u], aux[kb + 3u]);
+            }
+            for (var i = 0u; i < 4u; i++) {
+                let t = min(t0 + ty * 4u + i, n_tok - 1u);
+                let base = t * p.x_stride;
+                let xv = vec4<f32>(xin(base, kb), xin(base, kb + 1u), xin(base, kb + 2u), xin(base, kb + 3u)) * nv * xinv[i];
+                for (var j = 0u; j < 4u; j++) {
+                    acc[i * 4u + j] += dot(xv, wv[j]);
+                }
+            }
+        }
+    }
+    for (var k0 = 0u; TILED && k0 < p.k; k0 += BK) {
         for (var i = 0u; i < 8u; i++) {
             let idx = tid + i * 64u;
             let r = idx / BK;

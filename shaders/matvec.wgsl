@@ -16,8 +16,9 @@ struct MatParams {
     _pad1: u32,
 }
 
-override WG: u32 = 64;          // power of two
-override ROWS: u32 = 4;         // <= 8, ROWS * WG <= 1024
+override WG: u32 = 64;          // threads per workgroup, power of two
+override TPR: u32 = 64;         // threads sharing one group of rows, power of two <= WG
+override ROWS: u32 = 4;         // rows per thread group, <= 8
 override FUSE_NORM: bool = false;
 override SWIGLU_IN: bool = false;
 override ACCUMULATE: bool = false;
@@ -41,38 +42,58 @@ fn xin(base: u32, k: u32) -> f32 {
     return x[base + k];
 }
 
+// A workgroup owns (WG / TPR) * ROWS rows. TPR = WG suits GPUs (coalesced loads, one
+// reduction); TPR = 1 suits CPU rasterisers (lavapipe, SwiftShader), where a workgroup is a
+// SIMD loop and every barrier is costly: then no barrier runs at all.
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let tid = lid.x;
+    let group = tid / TPR;
+    let lane = tid % TPR;
     var t = wid.y;
     if (p.last_row != 0u) {
         t = max(state[1], 1u) - 1u;
     }
-    let row0 = wid.x * ROWS;
+    let row0 = (wid.x * (WG / TPR) + group) * ROWS;
     let xbase = t * p.x_stride;
 
     var inv = 1.0;
     if (FUSE_NORM) {
         var ss = 0.0;
-        for (var k = tid; k < p.k; k += WG) {
-            let v = x[xbase + k];
-            ss += v * v;
-        }
-        red[tid] = ss;
-        workgroupBarrier();
-        for (var s = WG / 2u; s > 0u; s >>= 1u) {
-            if (tid < s) {
-                red[tid] += red[tid + s];
+        if (TPR == 1u) {
+            // One barrier: strided partial sums, then every thread adds all of them.
+            for (var k = tid; k < p.k; k += WG) {
+                let v = x[xbase + k];
+                ss += v * v;
             }
+            red[tid] = ss;
+            workgroupBarrier();
+            var total = 0.0;
+            for (var i = 0u; i < WG; i++) {
+                total += red[i];
+            }
+            inv = inverseSqrt(total / f32(p.k) + p.eps);
+        } else {
+            for (var k = tid; k < p.k; k += WG) {
+                let v = x[xbase + k];
+                ss += v * v;
+            }
+            red[tid] = ss;
+            workgroupBarrier();
+            for (var s = WG / 2u; s > 0u; s >>= 1u) {
+                if (tid < s) {
+                    red[tid] += red[tid + s];
+                }
+                workgroupBarrier();
+            }
+            inv = inverseSqrt(red[0] / f32(p.k) + p.eps);
             workgroupBarrier();
         }
-        inv = inverseSqrt(red[0] / f32(p.k) + p.eps);
-        workgroupBarrier();
     }
 
     let k4n = p.k / 4u;
     var acc: array<f32, 8>;
-    for (var k4 = tid; k4 < k4n; k4 += WG) {
+    for (var k4 = lane; k4 < k4n; k4 += TPR) {
         let kb = k4 * 4u;
         var xv = vec4<f32>(xin(xbase, kb), xin(xbase, kb + 1u), xin(xbase, kb + 2u), xin(xbase, kb + 3u));
         if (FUSE_NORM) {
@@ -85,30 +106,37 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             }
         }
     }
-    for (var r = 0u; r < ROWS; r++) {
-        red[r * WG + tid] = acc[r];
-    }
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (tid < s) {
-            for (var r = 0u; r < ROWS; r++) {
-                red[r * WG + tid] += red[r * WG + tid + s];
-            }
+    if (TPR > 1u) {
+        for (var r = 0u; r < ROWS; r++) {
+            red[r * WG + tid] = acc[r];
         }
         workgroupBarrier();
-    }
-    if (tid < ROWS) {
-        let row = row0 + tid;
-        if (row < p.n) {
-            var v = red[tid * WG];
-            if (HAS_BIAS) {
-                v += bias[row];
+        for (var s = TPR / 2u; s > 0u; s >>= 1u) {
+            if (lane < s) {
+                for (var r = 0u; r < ROWS; r++) {
+                    red[r * WG + tid] += red[r * WG + tid + s];
+                }
             }
-            let yi = wid.y * p.y_stride + row;
-            if (ACCUMULATE) {
-                y[yi] += v;
-            } else {
-                y[yi] = v;
+            workgroupBarrier();
+        }
+        for (var r = 0u; r < ROWS; r++) {
+            acc[r] = red[r * WG + tid];
+        }
+    }
+    if (lane == 0u) {
+        for (var r = 0u; r < ROWS; r++) {
+            let row = row0 + r;
+            if (row < p.n) {
+                var v = acc[r];
+                if (HAS_BIAS) {
+                    v += bias[row];
+                }
+                let yi = wid.y * p.y_stride + row;
+                if (ACCUMULATE) {
+                    y[yi] += v;
+                } else {
+                    y[yi] = v;
+                }
             }
         }
     }

@@ -75,6 +75,25 @@ fn mat_ref(
 }
 
 fn check_matrix_kernel(tiled: bool, format: WeightFormat, mode: MatMode, n: usize, k: usize, t: usize) {
+    for (tpr, rows) in [(64u32, 4u32), (1, 2), (8, 3)] {
+        if tiled && tpr == 8 {
+            continue;
+        }
+        check_matrix_variant(tiled, format, mode, n, k, t, tpr, rows);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_matrix_variant(
+    tiled: bool,
+    format: WeightFormat,
+    mode: MatMode,
+    n: usize,
+    k: usize,
+    t: usize,
+    tpr: u32,
+    rows: u32,
+) {
     let gpu = gpu();
     let w = rand_vec(n * k, 1, 0.5);
     let xs = if mode.swiglu_in { 2 * k } else { k };
@@ -99,13 +118,13 @@ fn check_matrix_kernel(tiled: bool, format: WeightFormat, mode: MatMode, n: usiz
     let bb = gpu.storage_init("bias", bytemuck::cast_slice(&bias));
     let state = gpu.storage_init("state", bytemuck::cast_slice(&[0u32, t as u32, 0, 0]));
     let (kernel, grid) = if tiled {
-        (Kernel::Matmul { format, mode }, [n.div_ceil(32) as u32, t.div_ceil(32) as u32, 1])
+        (Kernel::Matmul { format, mode, tiled: tpr > 1 }, [n.div_ceil(32) as u32, t.div_ceil(32) as u32, 1])
     } else {
-        (Kernel::Matvec { format, mode }, [n.div_ceil(4) as u32, t as u32, 1])
+        (Kernel::Matvec { format, mode }, [n.div_ceil((64 / tpr * rows) as usize) as u32, t as u32, 1])
     };
     run(
         &gpu,
-        KernelKey { kernel, wg: 64, rows: 4 },
+        KernelKey { kernel, wg: 64, rows, tpr },
         &[(0, &ub), (1, &m.buf), (3, &xb), (4, &yb), (5, &nb), (6, &bb), (7, &state)],
         grid,
     );
@@ -113,7 +132,7 @@ fn check_matrix_kernel(tiled: bool, format: WeightFormat, mode: MatMode, n: usiz
     let wr = if format == WeightFormat::F16 { f16_round(&w) } else { w };
     let want = mat_ref(&wr, &x, &y0, n, k, t, mode, &norm, &bias);
     let err = max_rel_err(&got[..want.len()], &want, 1.0);
-    assert!(err < 1e-4, "{kernel:?} n={n} k={k} t={t}: max rel err {err}");
+    assert!(err < 1e-4, "{kernel:?} tpr={tpr} rows={rows} n={n} k={k} t={t}: max rel err {err}");
 }
 
 fn modes() -> Vec<MatMode> {
@@ -161,7 +180,7 @@ fn embed_gathers_rows_of_the_ids_on_the_gpu() {
     let state = gpu.storage_init("state", bytemuck::cast_slice(&[2u32, ids.len() as u32, 0, 0]));
     run(
         &gpu,
-        KernelKey { kernel: Kernel::Embed { format: WeightFormat::F32 }, wg: 64, rows: 1 },
+        KernelKey { kernel: Kernel::Embed { format: WeightFormat::F32 }, wg: 64, rows: 1, tpr: 1 },
         &[(0, &ub), (1, &m.buf), (3, &tb), (4, &out), (7, &state)],
         [1, ids.len() as u32, 1],
     );
@@ -211,7 +230,7 @@ fn rope_kv_rotates_and_appends_for_both_layouts() {
         let items = ((nh + nkv) * hd / 2 + nkv * hd / 2) as u32;
         run(
             &gpu,
-            KernelKey { kernel: Kernel::RopeKv { adjacent: layout == RopeLayout::Adjacent }, wg: 64, rows: 1 },
+            KernelKey { kernel: Kernel::RopeKv { adjacent: layout == RopeLayout::Adjacent }, wg: 64, rows: 1, tpr: 1 },
             &[(0, &ub), (1, &qb), (2, &qo), (3, &kc), (4, &vc), (5, &rb), (7, &state)],
             [items.div_ceil(64), t as u32, 1],
         );
@@ -262,7 +281,7 @@ fn attention_matches_cpu_reference_with_gqa_and_causal_mask() {
     let state = gpu.storage_init("state", bytemuck::cast_slice(&[pos0 as u32, t as u32, 0, 0]));
     run(
         &gpu,
-        KernelKey { kernel: Kernel::Attention, wg: 64, rows: 1 },
+        KernelKey { kernel: Kernel::Attention, wg: 64, rows: 1, tpr: 1 },
         &[(0, &ub), (1, &qb), (2, &kb), (3, &vb), (4, &out), (5, &scores), (7, &state)],
         [nh as u32, t as u32, 1],
     );
@@ -305,7 +324,7 @@ fn gpu_sample(logits: &[f32], history: &[u32], s: &SampleSettings) -> (u32, Vec<
     let state = gpu.storage_init("state", bytemuck::cast_slice(&[history.len() as u32 - 1, 1, 0, 0]));
     run(
         &gpu,
-        KernelKey { kernel: Kernel::Sample, wg: 256, rows: 1 },
+        KernelKey { kernel: Kernel::Sample, wg: 256, rows: 1, tpr: 1 },
         &[(0, &ub), (1, &lb), (2, &tb), (3, &state)],
         [1, 1, 1],
     );

@@ -55,7 +55,7 @@ impl EngineOptions {
         // KV cache (f32 K and V per layer) sized to the budget, the model and a ceiling.
         let per_token = (model.n_layers * model.n_kv_heads * model.head_dim * 4 * 2).max(1);
         let budget_tokens = (u64::from(profile.kv_cache_mb(cfg)) * 1_048_576 / per_token as u64) as usize;
-        let context = model.context_length.min(budget_tokens).min(MAX_DEFAULT_CONTEXT).max(16);
+        let context = model.context_length.min(budget_tokens).clamp(16, MAX_DEFAULT_CONTEXT);
         // Latency: smaller prefill chunks and submissions; throughput: larger.
         let chunk = if cfg.optimize_for_latency { 64 } else { 256 };
         let (steps, in_flight) = if cfg.optimize_compute_transfer && profile.compute_transfer_overlap {
@@ -69,7 +69,14 @@ impl EngineOptions {
             (1, 1)
         };
         Ok(EngineOptions {
-            load: LoadOptions { format, context, chunk, workgroup: profile.workgroup_size[0] },
+            load: LoadOptions {
+                format,
+                context,
+                chunk,
+                workgroup: profile.workgroup_size[0],
+                threads_per_row: if caps.is_cpu { 1 } else { profile.workgroup_size[0] },
+                rows: if caps.is_cpu { 2 } else { 4 },
+            },
             steps_per_submit: steps,
             in_flight,
             profile: Some(profile),

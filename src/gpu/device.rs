@@ -17,6 +17,9 @@ pub struct GpuCaps {
     pub max_buffer_size: u64,
     pub max_workgroup_storage: u32,
     pub max_invocations: u32,
+    /// A CPU implementation (lavapipe, SwiftShader): workgroups run as SIMD loops, so
+    /// kernels avoid barriers there.
+    pub is_cpu: bool,
 }
 
 /// A device + queue and what they can do.
@@ -79,10 +82,11 @@ impl Gpu {
             shader_f16: wanted.contains(wgpu::Features::SHADER_F16),
             subgroups: wanted.contains(wgpu::Features::SUBGROUP),
             timestamps: wanted.contains(wgpu::Features::TIMESTAMP_QUERY),
-            max_storage_binding: u64::from(limits.max_storage_buffer_binding_size),
+            max_storage_binding: limits.max_storage_buffer_binding_size,
             max_buffer_size: limits.max_buffer_size,
             max_workgroup_storage: limits.max_compute_workgroup_storage_size,
             max_invocations: limits.max_compute_invocations_per_workgroup,
+            is_cpu: info.device_type == wgpu::DeviceType::Cpu || is_cpu_name(&info.name),
         };
         let errors = Arc::new(Mutex::new(Vec::new()));
         let sink = errors.clone();
@@ -144,6 +148,12 @@ impl Gpu {
             mapped_at_creation: false,
         })
     }
+}
+
+/// Names of the software adapters we know.
+pub fn is_cpu_name(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    ["llvmpipe", "lavapipe", "swiftshader", "warp", "software"].iter().any(|k| n.contains(k))
 }
 
 fn env_flag(name: &str) -> bool {

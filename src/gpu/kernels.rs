@@ -59,8 +59,9 @@ pub struct MatMode {
 pub enum Kernel {
     /// Decode matrix-vector product.
     Matvec { format: WeightFormat, mode: MatMode },
-    /// Prefill tiled matrix-matrix product.
-    Matmul { format: WeightFormat, mode: MatMode },
+    /// Prefill matrix-matrix product; `tiled` stages operands in workgroup memory (GPUs),
+    /// otherwise reads them directly (CPU rasterisers).
+    Matmul { format: WeightFormat, mode: MatMode, tiled: bool },
     /// Embedding gather from token ids on the GPU.
     Embed { format: WeightFormat },
     /// RoPE + KV append.
@@ -77,11 +78,19 @@ pub struct KernelKey {
     pub kernel: Kernel,
     /// Threads per workgroup (x), for kernels that take it as an override.
     pub wg: u32,
-    /// Output rows per workgroup (matvec).
+    /// Rows per thread group (matvec).
     pub rows: u32,
+    /// Threads sharing a group of rows (matvec): the workgroup size on GPUs, 1 on CPU
+    /// rasterisers.
+    pub tpr: u32,
 }
 
 impl KernelKey {
+    /// Output rows one matvec workgroup produces.
+    pub fn rows_per_workgroup(&self) -> u32 {
+        self.wg / self.tpr.clamp(1, self.wg) * self.rows
+    }
+
     fn source(&self) -> String {
         let (prelude, body) = match self.kernel {
             Kernel::Matvec { format, .. } => (format.prelude(), include_str!("../../shaders/matvec.wgsl")),
@@ -99,13 +108,15 @@ impl KernelKey {
         match self.kernel {
             Kernel::Matvec { mode, .. } => vec![
                 ("WG", f64::from(self.wg)),
+                ("TPR", f64::from(self.tpr.clamp(1, self.wg))),
                 ("ROWS", f64::from(self.rows)),
                 ("FUSE_NORM", b(mode.fuse_norm)),
                 ("SWIGLU_IN", b(mode.swiglu_in)),
                 ("ACCUMULATE", b(mode.accumulate)),
                 ("HAS_BIAS", b(mode.bias)),
             ],
-            Kernel::Matmul { mode, .. } => vec![
+            Kernel::Matmul { mode, tiled, .. } => vec![
+                ("TILED", b(tiled)),
                 ("FUSE_NORM", b(mode.fuse_norm)),
                 ("SWIGLU_IN", b(mode.swiglu_in)),
                 ("ACCUMULATE", b(mode.accumulate)),
@@ -165,13 +176,17 @@ impl Kernels {
         let mut out = Vec::new();
         for format in [WeightFormat::F32, WeightFormat::F16] {
             let mode = MatMode::default();
-            for k in [Kernel::Matvec { format, mode }, Kernel::Matmul { format, mode }, Kernel::Embed { format }] {
-                let key = KernelKey { kernel: k, wg: 64, rows: 4 };
+            for k in [
+                Kernel::Matvec { format, mode },
+                Kernel::Matmul { format, mode, tiled: true },
+                Kernel::Embed { format },
+            ] {
+                let key = KernelKey { kernel: k, wg: 64, rows: 4, tpr: 64 };
                 out.push((format!("{k:?}"), key.source()));
             }
         }
         for k in [Kernel::RopeKv { adjacent: true }, Kernel::Attention, Kernel::Sample] {
-            let key = KernelKey { kernel: k, wg: 64, rows: 1 };
+            let key = KernelKey { kernel: k, wg: 64, rows: 1, tpr: 64 };
             out.push((format!("{k:?}"), key.source()));
         }
         out

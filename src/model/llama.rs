@@ -18,11 +18,15 @@ pub struct LoadOptions {
     pub chunk: usize,
     /// Threads per workgroup for the matvec and attention kernels.
     pub workgroup: u32,
+    /// Threads per matvec row group (1 on CPU rasterisers, `workgroup` on GPUs).
+    pub threads_per_row: u32,
+    /// Rows per matvec thread group.
+    pub rows: u32,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { format: WeightFormat::F32, context: 2048, chunk: 64, workgroup: 64 }
+        LoadOptions { format: WeightFormat::F32, context: 2048, chunk: 64, workgroup: 64, threads_per_row: 64, rows: 4 }
     }
 }
 
@@ -226,8 +230,9 @@ impl LlamaGpu {
                 .sum();
 
         let wg = options.workgroup.next_power_of_two().clamp(32, 256);
-        let rows = 4u32;
-        let b = Builder { gpu, kernels, wg, rows, state: &state, dummy: &dummy, eps: cfg.rms_eps };
+        let rows = options.rows.clamp(1, 8);
+        let tpr = options.threads_per_row.clamp(1, wg).next_power_of_two();
+        let b = Builder { gpu, kernels, wg, rows, tpr, state: &state, dummy: &dummy, eps: cfg.rms_eps };
 
         let layer_off = |l: usize| -> Result<u32> { u32_of(l * kv_layer as usize, "kv offset") };
         let head_params = |l: usize| -> Result<HeadParams> {
@@ -415,6 +420,7 @@ struct Builder<'a> {
     kernels: &'a Kernels,
     wg: u32,
     rows: u32,
+    tpr: u32,
     state: &'a wgpu::Buffer,
     dummy: &'a wgpu::Buffer,
     eps: f32,
@@ -422,7 +428,11 @@ struct Builder<'a> {
 
 impl Builder<'_> {
     fn pipeline(&self, kernel: Kernel) -> Result<wgpu::ComputePipeline> {
-        self.kernels.get(&self.gpu.device, KernelKey { kernel, wg: self.wg, rows: self.rows })
+        self.kernels.get(&self.gpu.device, self.key(kernel))
+    }
+
+    fn key(&self, kernel: Kernel) -> KernelKey {
+        KernelKey { kernel, wg: self.wg, rows: self.rows, tpr: self.tpr }
     }
 
     fn bind(&self, pipeline: &wgpu::ComputePipeline, entries: &[(u32, &wgpu::Buffer)]) -> wgpu::BindGroup {
@@ -462,8 +472,11 @@ impl Builder<'_> {
             _pad: [0; 2],
         };
         let ub = self.gpu.uniform_init("mat params", bytemuck::bytes_of(&params));
-        let kernel =
-            if tiled { Kernel::Matmul { format: m.format, mode } } else { Kernel::Matvec { format: m.format, mode } };
+        let kernel = if tiled {
+            Kernel::Matmul { format: m.format, mode, tiled: self.tpr > 1 }
+        } else {
+            Kernel::Matvec { format: m.format, mode }
+        };
         let pipeline = self.pipeline(kernel)?;
         let bind = self.bind(
             &pipeline,
@@ -477,12 +490,13 @@ impl Builder<'_> {
                 (7, self.state),
             ],
         );
+        let per_wg = self.key(kernel).rows_per_workgroup();
         let grid = if tiled {
             Grid::PerTile(m.rows.div_ceil(32))
         } else if last_row {
-            Grid::Fixed([m.rows.div_ceil(self.rows), 1, 1])
+            Grid::Fixed([m.rows.div_ceil(per_wg), 1, 1])
         } else {
-            Grid::PerToken(m.rows.div_ceil(self.rows))
+            Grid::PerToken(m.rows.div_ceil(per_wg))
         };
         let family = match (tiled, mode.fuse_norm, mode.swiglu_in, last_row) {
             (_, true, _, true) => "lm_head",

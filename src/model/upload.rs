@@ -36,11 +36,11 @@ pub fn required_f32(src: &dyn ModelSource, name: WeightName, shape: &[usize]) ->
 
 /// Upload row-concatenated matrices `parts` (each `[rows_i, cols]` f32) as one matrix.
 pub fn upload_matrix(gpu: &Gpu, label: &str, parts: &[&[f32]], cols: usize, format: WeightFormat) -> Result<GpuMatrix> {
-    if cols % 4 != 0 {
+    if !cols.is_multiple_of(4) {
         return Err(Error::model(format!("{label}: width {cols} is not a multiple of 4")));
     }
     let total: usize = parts.iter().map(|p| p.len()).sum();
-    if total % cols != 0 {
+    if !total.is_multiple_of(cols) {
         return Err(Error::internal(format!("{label}: {total} values do not fill rows of {cols}")));
     }
     let rows = total / cols;
