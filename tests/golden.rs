@@ -1,5 +1,6 @@
 //! The real SmolLM2-135M model against golden values from the independent numpy
 //! reference (scripts/reference/golden.py -> tests/fixtures/golden_smollm2.json).
+#![cfg(not(target_arch = "wasm32"))]
 
 mod common;
 

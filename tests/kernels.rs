@@ -1,5 +1,6 @@
 //! Every kernel against a CPU reference, on shapes that are not multiples of the
 //! workgroup or tile sizes.
+#![cfg(not(target_arch = "wasm32"))]
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! Tokenizer behaviour on small hand-made vocabularies of both GGUF kinds.
+#![cfg(not(target_arch = "wasm32"))]
 
 use wsi::tokenizer::{ChatMessage, GgufTokenizerData, HfTokenizerConfig, StreamDecoder, Tokenizer};
 
