@@ -4,7 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::model::HostFormat;
-use crate::model::gguf::{DEFAULT_ALIGNMENT, GGUF_MAGIC, GgufType, GgufValue};
+use crate::model::gguf::{DEFAULT_ALIGNMENT, GGUF_MAGIC, GgufFile, GgufType, GgufValue};
 use crate::quant::ggml;
 
 struct PendingTensor {
@@ -114,6 +114,46 @@ impl GgufWriter {
             metadata: Vec::new(),
             tensors: Vec::new(),
         }
+    }
+
+    /// A writer holding everything of a parsed file (to edit and write it again).
+    /// `bytes` is the file `file` was parsed from.
+    pub fn from_parsed(file: &GgufFile, bytes: &[u8]) -> Result<Self> {
+        let mut w = GgufWriter {
+            alignment: file.alignment,
+            metadata: file.metadata.clone(),
+            tensors: Vec::with_capacity(file.tensors.len()),
+        };
+        for t in &file.tensors {
+            let format = t.format.ok_or_else(|| {
+                Error::model(format!(
+                    "GGUF writer: tensor {} has GGML type {}, which this crate does not read",
+                    t.name,
+                    ggml::ggml_type_name(t.ggml_type)
+                ))
+            })?;
+            let data = bytes.get(t.range.clone()).ok_or_else(|| {
+                Error::model(format!(
+                    "GGUF writer: tensor {} lies outside the bytes",
+                    t.name
+                ))
+            })?;
+            w.add_tensor(&t.name, &t.shape, format, data.to_vec())?;
+        }
+        Ok(w)
+    }
+
+    /// Remove a metadata key; returns its value.
+    pub fn remove(&mut self, key: &str) -> Option<GgufValue> {
+        let i = self.metadata.iter().position(|(k, _)| k == key)?;
+        Some(self.metadata.remove(i).1)
+    }
+
+    /// Remove a tensor; returns whether it was there.
+    pub fn remove_tensor(&mut self, name: &str) -> bool {
+        let before = self.tensors.len();
+        self.tensors.retain(|t| t.name != name);
+        self.tensors.len() != before
     }
 
     /// Use another alignment (a power of two); writes `general.alignment`.
