@@ -410,7 +410,7 @@ fn hf_folder_in_memory_loads_and_rejects_lies() {
 
     // Sharded: split the tensors over two files listed by an index.
     let full = parse_safetensors(&files[3].1, "model.safetensors").unwrap();
-    let mut shards = vec![Vec::new(), Vec::new()];
+    let mut shards = [Vec::new(), Vec::new()];
     let mut weight_map = serde_json::Map::new();
     for (i, t) in full.iter().enumerate() {
         let file = format!("model-0000{}-of-00002.safetensors", i % 2 + 1);
