@@ -611,4 +611,72 @@ fn real_smollm2_q4_1() {
         assert!(rms > 1e-3 && rms < 10.0, "{w:?} rms {rms}");
     }
     assert!(formats.contains(&HostFormat::Q4_1) && formats.contains(&HostFormat::F32));
+    assert_eq!(c.context_length, 8192);
+    assert_eq!(c.rms_eps, 1e-5);
+    assert_eq!(tok.bos_id, Some(1));
+    assert_eq!(tok.pre.as_deref(), Some("smollm"));
+
+    // Golden checksums from gguf-py 0.19 (`gguf.quants.dequantize`): sum, sum of
+    // x[i] * (i % 1000 + 1), first values.
+    let golden: [(WeightName, HostFormat, f64, f64, [f32; 3]); 5] = [
+        (
+            WeightName::TokenEmbd,
+            HostFormat::Q8_0,
+            -15353.04449415207,
+            -7633473.04289484,
+            [
+                -0.10654449462890625,
+                0.032978057861328125,
+                0.048198699951171875,
+            ],
+        ),
+        (
+            WeightName::AttnQ(0),
+            HostFormat::Q4_1,
+            59.22322082519531,
+            9388.28125,
+            [-0.0963134765625, 0.1573486328125, -0.0963134765625],
+        ),
+        (
+            WeightName::FfnDown(29),
+            HostFormat::Q4_1,
+            49.83570861816406,
+            -724.3623352050781,
+            [-0.2733154296875, 0.186279296875, 0.186279296875],
+        ),
+        (
+            WeightName::AttnK(3),
+            HostFormat::Q4_1,
+            -52.82200622558594,
+            -39734.251693725586,
+            [0.1629638671875, 0.06451416015625, 0.015289306640625],
+        ),
+        (
+            WeightName::OutputNorm,
+            HostFormat::F32,
+            1038.33203125,
+            299776.453125,
+            [1.7578125, 1.8203125, 1.78125],
+        ),
+    ];
+    for (w, format, sum, wsum, first) in golden {
+        let t = src.tensor(w).unwrap().unwrap();
+        assert_eq!(t.format, format, "{w:?}");
+        let x = t.to_f32().unwrap();
+        let s: f64 = x.iter().map(|&v| f64::from(v)).sum();
+        let ws: f64 = x
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| f64::from(v) * (i % 1000 + 1) as f64)
+            .sum();
+        assert!(
+            (s - sum).abs() <= 1e-6 * sum.abs().max(1.0) * 100.0,
+            "{w:?} sum {s} vs {sum}"
+        );
+        assert!(
+            (ws - wsum).abs() <= 1e-4 * wsum.abs().max(1.0),
+            "{w:?} {ws} vs {wsum}"
+        );
+        assert_eq!(x[..3], first, "{w:?}");
+    }
 }

@@ -624,6 +624,109 @@ mod tests {
         assert_eq!(y[1], 0.5 * 3.0 * -32.0);
     }
 
+    /// Golden values from gguf-py 0.19 (`gguf.quants.dequantize`) for two blocks of bytes
+    /// `(i * 73 + 11) % 256` whose f16 scales are set to `value * (block + 1)`.
+    #[test]
+    fn all_formats_match_gguf_py() {
+        type Case = (HostFormat, &'static [(usize, f32)], f64, f64, [f32; 4]);
+        let cases: [Case; 8] = [
+            (
+                HostFormat::Q2K,
+                &[(80, 0.5), (82, 0.25)],
+                2870.5,
+                816217.0,
+                [16.5, 0.0, 5.5, 11.0],
+            ),
+            (
+                HostFormat::Q3K,
+                &[(108, 0.125)],
+                -39.125,
+                -6821.125,
+                [10.125, -13.5, 3.375, -6.75],
+            ),
+            (
+                HostFormat::Q4K,
+                &[(0, 0.0625), (2, 0.03125)],
+                8358.5,
+                2406458.5,
+                [31.71875, 11.15625, 37.59375, 17.03125],
+            ),
+            (
+                HostFormat::Q5K,
+                &[(0, 0.0625), (2, 0.03125)],
+                23054.5,
+                7056660.5,
+                [78.71875, 11.15625, 84.59375, 17.03125],
+            ),
+            (
+                HostFormat::Q6K,
+                &[(208, 0.01)],
+                -347.8742980957031,
+                -153432.56973266602,
+                [-14.313057, 14.84317, 1.5903397, -3.1806793],
+            ),
+            (
+                HostFormat::Q8_0,
+                &[(0, 0.02)],
+                8.641845703125,
+                248.693115234375,
+                [
+                    -1.9804229736328125,
+                    -0.520111083984375,
+                    0.9402008056640625,
+                    2.4005126953125,
+                ],
+            ),
+            (
+                HostFormat::Q4_0,
+                &[(0, 0.1)],
+                -7.2982177734375,
+                -347.115234375,
+                [0.4998779296875, -0.199951171875, 0.6998291015625, 0.0],
+            ),
+            (
+                HostFormat::Q4_1,
+                &[(0, 0.1), (2, -0.3)],
+                40.0784912109375,
+                1500.0902099609375,
+                [
+                    1.1995849609375,
+                    0.499755859375,
+                    -0.2000732421875,
+                    0.69970703125,
+                ],
+            ),
+        ];
+        for (f, halves, sum, wsum, first) in cases {
+            let bs = block_bytes(f);
+            let mut b: Vec<u8> = (0..2 * bs).map(|i| ((i * 73 + 11) % 256) as u8).collect();
+            for k in 0..2 {
+                for &(off, v) in halves {
+                    let h = f16::from_f32(v * (k + 1) as f32).to_le_bytes();
+                    b[k * bs + off..k * bs + off + 2].copy_from_slice(&h);
+                }
+            }
+            let y = dequantize(f, &b, 2 * block_elems(f)).unwrap();
+            let s: f64 = y.iter().map(|&v| f64::from(v)).sum();
+            let ws: f64 = y
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| f64::from(v) * (i + 1) as f64)
+                .sum();
+            assert!(
+                (s - sum).abs() <= 1e-4 * sum.abs().max(1.0),
+                "{f:?} sum {s} vs {sum}"
+            );
+            assert!(
+                (ws - wsum).abs() <= 1e-4 * wsum.abs().max(1.0),
+                "{f:?} wsum {ws} vs {wsum}"
+            );
+            for (a, e) in y.iter().zip(first) {
+                assert!((a - e).abs() <= 1e-5 * e.abs().max(1.0), "{f:?} {a} vs {e}");
+            }
+        }
+    }
+
     #[test]
     fn wrong_lengths_are_errors() {
         assert!(dequantize(HostFormat::Q8_0, &[0u8; 33], 32).is_err());
