@@ -562,6 +562,7 @@ fn real_model_path() -> Option<PathBuf> {
 }
 
 #[test]
+#[allow(clippy::excessive_precision)] // golden values printed by gguf-py
 fn real_smollm2_q4_1() {
     let Some(path) = real_model_path() else {
         eprintln!("SmolLM2-135M-Instruct.Q4_1.gguf not found (set WSI_MODEL): skipped");

@@ -627,6 +627,7 @@ mod tests {
     /// Golden values from gguf-py 0.19 (`gguf.quants.dequantize`) for two blocks of bytes
     /// `(i * 73 + 11) % 256` whose f16 scales are set to `value * (block + 1)`.
     #[test]
+    #[allow(clippy::excessive_precision)] // golden values printed by gguf-py
     fn all_formats_match_gguf_py() {
         type Case = (HostFormat, &'static [(usize, f32)], f64, f64, [f32; 4]);
         let cases: [Case; 8] = [
