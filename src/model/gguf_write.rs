@@ -3,8 +3,8 @@
 //! byte-level BPE tokenizer, for tests and `wsi synth`.
 
 use crate::error::{Error, Result};
-use crate::model::HostFormat;
 use crate::model::gguf::{DEFAULT_ALIGNMENT, GGUF_MAGIC, GgufFile, GgufType, GgufValue};
+use crate::model::{Arch, HostFormat};
 use crate::quant::ggml;
 
 struct PendingTensor {
@@ -437,25 +437,36 @@ pub fn tiny_llama_gguf(cfg: &TinySpec, seed: u64, format: HostFormat) -> Vec<u8>
 
 /// [`tiny_llama_gguf`] returning an error for an invalid spec.
 pub fn try_tiny_llama_gguf(cfg: &TinySpec, seed: u64, format: HostFormat) -> Result<Vec<u8>> {
+    tiny_gguf(cfg, Arch::Llama, seed, format)
+}
+
+/// A tiny random model of any supported architecture: `Arch::Llama` as
+/// [`tiny_llama_gguf`] (GGUF arch "llama", Q/K rows taken as adjacent-pair RoPE order);
+/// `Arch::Qwen2` (arch "qwen2": half-split RoPE, Q/K/V biases ~N(0, 0.02) in F32,
+/// rope base 1e6, rms eps 1e-6); `Arch::Mistral` (arch "mistral", otherwise as llama).
+pub fn tiny_gguf(cfg: &TinySpec, arch: Arch, seed: u64, format: HostFormat) -> Result<Vec<u8>> {
     let head_dim = cfg.head_dim()?;
+    let (a, rope_base, eps) = match arch {
+        Arch::Llama => ("llama", 10000.0, 1e-5),
+        Arch::Mistral => ("mistral", 10000.0, 1e-5),
+        Arch::Qwen2 => ("qwen2", 1_000_000.0, 1e-6),
+    };
     let mut w = GgufWriter::new();
     let u32v = |v: usize| GgufValue::U32(v as u32);
-    w.set("general.architecture", GgufValue::String("llama".into()))?
-        .set("general.name", GgufValue::String("tiny-llama".into()))?
+    let k = |s: &str| format!("{a}.{s}");
+    w.set("general.architecture", GgufValue::String(a.into()))?
+        .set("general.name", GgufValue::String(format!("tiny-{a}")))?
         .set("general.alignment", u32v(DEFAULT_ALIGNMENT))?
-        .set("llama.block_count", u32v(cfg.n_layers))?
-        .set("llama.context_length", u32v(cfg.context))?
-        .set("llama.embedding_length", u32v(cfg.d_model))?
-        .set("llama.feed_forward_length", u32v(cfg.d_ff))?
-        .set("llama.attention.head_count", u32v(cfg.n_heads))?
-        .set("llama.attention.head_count_kv", u32v(cfg.n_kv_heads))?
-        .set("llama.rope.dimension_count", u32v(head_dim))?
-        .set("llama.rope.freq_base", GgufValue::F32(10000.0))?
-        .set(
-            "llama.attention.layer_norm_rms_epsilon",
-            GgufValue::F32(1e-5),
-        )?
-        .set("llama.vocab_size", u32v(cfg.vocab))?;
+        .set(&k("block_count"), u32v(cfg.n_layers))?
+        .set(&k("context_length"), u32v(cfg.context))?
+        .set(&k("embedding_length"), u32v(cfg.d_model))?
+        .set(&k("feed_forward_length"), u32v(cfg.d_ff))?
+        .set(&k("attention.head_count"), u32v(cfg.n_heads))?
+        .set(&k("attention.head_count_kv"), u32v(cfg.n_kv_heads))?
+        .set(&k("rope.dimension_count"), u32v(head_dim))?
+        .set(&k("rope.freq_base"), GgufValue::F32(rope_base))?
+        .set(&k("attention.layer_norm_rms_epsilon"), GgufValue::F32(eps))?
+        .set(&k("vocab_size"), u32v(cfg.vocab))?;
 
     let (tokens, types, merges) = tiny_tokenizer(cfg.vocab);
     w.set("tokenizer.ggml.model", GgufValue::String("gpt2".into()))?
@@ -501,6 +512,7 @@ pub fn try_tiny_llama_gguf(cfg: &TinySpec, seed: u64, format: HostFormat) -> Res
         w.add_f32(name, &[d], HostFormat::F32, &data)?;
         Ok(())
     };
+    let mut bias_rng = SplitMix64(seed ^ 0x6269_6173);
     matrix(&mut w, "token_embd.weight", cfg.vocab, d)?;
     norm(&mut w, "output_norm.weight")?;
     if !cfg.tied {
@@ -511,6 +523,17 @@ pub fn try_tiny_llama_gguf(cfg: &TinySpec, seed: u64, format: HostFormat) -> Res
         matrix(&mut w, &format!("blk.{l}.attn_q.weight"), q, d)?;
         matrix(&mut w, &format!("blk.{l}.attn_k.weight"), kv, d)?;
         matrix(&mut w, &format!("blk.{l}.attn_v.weight"), kv, d)?;
+        if arch == Arch::Qwen2 {
+            for (name, n) in [("attn_q", q), ("attn_k", kv), ("attn_v", kv)] {
+                let data: Vec<f32> = (0..n).map(|_| 0.02 * bias_rng.normal()).collect();
+                w.add_f32(
+                    &format!("blk.{l}.{name}.bias"),
+                    &[n],
+                    HostFormat::F32,
+                    &data,
+                )?;
+            }
+        }
         matrix(&mut w, &format!("blk.{l}.attn_output.weight"), d, q)?;
         norm(&mut w, &format!("blk.{l}.ffn_norm.weight"))?;
         matrix(&mut w, &format!("blk.{l}.ffn_gate.weight"), ff, d)?;
@@ -658,6 +681,31 @@ mod tests {
         assert_ne!(
             tiny_llama_gguf(&untied, 1, HostFormat::F32),
             tiny_llama_gguf(&untied, 2, HostFormat::F32)
+        );
+    }
+
+    #[test]
+    fn tiny_qwen2_has_biases_and_half_split_rope() {
+        let spec = TinySpec::default();
+        let bytes = tiny_gguf(&spec, Arch::Qwen2, 3, HostFormat::Q8_0).unwrap();
+        let src = GgufSource::from_bytes(bytes).unwrap();
+        let c = src.config();
+        assert_eq!(
+            (c.arch, c.rope_layout),
+            (Arch::Qwen2, RopeLayout::HalfSplit)
+        );
+        assert!(c.qkv_bias);
+        assert_eq!((c.rope_theta, c.rms_eps), (1e6, 1e-6));
+        let b = src.tensor(WeightName::AttnKBias(1)).unwrap().unwrap();
+        assert_eq!((b.shape.as_slice(), b.format), (&[32][..], HostFormat::F32));
+        // The llama weights do not depend on the biases being drawn.
+        let llama = GgufSource::from_bytes(tiny_llama_gguf(&spec, 3, HostFormat::Q8_0)).unwrap();
+        let q = |s: &GgufSource| s.tensor(WeightName::AttnQ(1)).unwrap().unwrap().to_f32();
+        assert_eq!(q(&src).unwrap(), q(&llama).unwrap());
+        let m = tiny_gguf(&spec, Arch::Mistral, 3, HostFormat::F32).unwrap();
+        assert_eq!(
+            GgufSource::from_bytes(m).unwrap().config().arch,
+            Arch::Mistral
         );
     }
 
