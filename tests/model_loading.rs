@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use wsi::Error;
 use wsi::model::gguf::{GgufFile, GgufSource, GgufValue};
-use wsi::model::gguf_write::{GgufWriter, TinySpec, tiny_llama_gguf};
+use wsi::model::gguf_write::{GgufWriter, SplitMix64, TinySpec, tiny_llama_gguf};
 use wsi::model::safetensors::{HfSource, parse_safetensors, safetensors_header};
 use wsi::model::{HostFormat, ModelSource, RopeLayout, RopeScaling, WeightName};
 
@@ -679,5 +679,67 @@ fn real_smollm2_q4_1() {
             "{w:?} {ws} vs {wsum}"
         );
         assert_eq!(x[..3], first, "{w:?}");
+    }
+}
+
+/// Everything a loaded source offers, exercised (must not panic on any input).
+fn exercise(src: &dyn ModelSource) {
+    for (w, _) in src.config().expected_weights() {
+        if let Ok(Some(t)) = src.tensor(w) {
+            let _ = t.to_f32();
+        }
+    }
+}
+
+#[test]
+fn random_corruption_never_panics() {
+    let bytes = tiny(HostFormat::Q4_1);
+    let data_offset = GgufFile::parse(&bytes).unwrap().data_offset;
+    let mut rng = SplitMix64(42);
+    let mut loaded = 0;
+    let iters = std::env::var("WSI_FUZZ_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1500);
+    for i in 0..iters {
+        let mut b = bytes.clone();
+        for _ in 0..1 + rng.next_u64() % 4 {
+            // Mostly the header, sometimes anywhere.
+            let span = if i % 4 == 0 { b.len() } else { data_offset };
+            let at = (rng.next_u64() % span as u64) as usize;
+            b[at] = match rng.next_u64() % 4 {
+                0 => 0xff,
+                1 => 0,
+                2 => b[at] ^ (1 << (rng.next_u64() % 8)),
+                _ => rng.next_u64() as u8,
+            };
+        }
+        match GgufSource::from_bytes(b) {
+            Ok(src) => {
+                loaded += 1;
+                exercise(&src);
+                let _ = src.tokenizer_data();
+            }
+            Err(e) => assert_eq!(e.code(), "model_loading_error"),
+        }
+    }
+    assert!(
+        loaded > 0,
+        "some corruptions (inside strings, weights) should still load"
+    );
+
+    let files = hf_files("fuzz");
+    let st = files[3].1.clone();
+    let header_len = u64::from_le_bytes(st[..8].try_into().unwrap()) as usize + 8;
+    for _ in 0..300 {
+        let mut b = st.clone();
+        let at = (rng.next_u64() % header_len as u64) as usize;
+        b[at] = rng.next_u64() as u8;
+        let mut f = files.clone();
+        replace(&mut f, "model.safetensors", b);
+        match HfSource::from_files(f) {
+            Ok(src) => exercise(&src),
+            Err(e) => assert_eq!(e.code(), "model_loading_error"),
+        }
     }
 }

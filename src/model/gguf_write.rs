@@ -376,6 +376,20 @@ impl TinySpec {
         {
             return bad("n_heads must be a positive multiple of n_kv_heads");
         }
+        let cap = 1 << 16;
+        if [
+            self.n_layers,
+            self.d_model,
+            self.n_heads,
+            self.d_ff,
+            self.context,
+        ]
+        .iter()
+        .any(|&v| v > cap)
+            || self.vocab > 1 << 20
+        {
+            return bad("dimensions above 65536 (vocab above 2^20) are not tiny");
+        }
         if !self.d_model.is_multiple_of(2 * self.n_heads) || self.d_model == 0 {
             return bad("d_model must be a positive multiple of 2 * n_heads");
         }
