@@ -129,6 +129,9 @@ fn gguf_versions() {
         gguf_err(b, &["unsupported GGUF version", &v.to_string()]);
     }
     let mut b = tiny(HostFormat::F32);
+    b[4..8].copy_from_slice(&3u32.to_be_bytes());
+    gguf_err(b, &["big-endian"]);
+    let mut b = tiny(HostFormat::F32);
     b[4..8].copy_from_slice(&2u32.to_le_bytes());
     assert_eq!(GgufSource::from_bytes(b).unwrap().parsed().version, 2);
 }
@@ -506,6 +509,13 @@ fn hf_folder_in_memory_loads_and_rejects_lies() {
         replace(&mut f, "config.json", c.to_string().into_bytes());
         hf_err(f, &[needle]);
     }
+    let mut f = files.clone();
+    f.push((
+        "generation_config.json".into(),
+        br#"{"eos_token_id": [2, 0], "bos_token_id": 1}"#.to_vec(),
+    ));
+    let s = HfSource::from_files(f).unwrap();
+    assert_eq!(s.tokenizer_config().eos_token_ids, vec![2, 0]);
     let mut c = cfg.clone();
     c["rope_scaling"] = serde_json::json!({"type": "linear", "factor": 2.0});
     let mut f = files.clone();

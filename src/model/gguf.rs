@@ -305,8 +305,13 @@ impl GgufFile {
         }
         let version = r.u32("version")?;
         if !(2..=3).contains(&version) {
+            let hint = if (2..=3).contains(&version.swap_bytes()) {
+                "; this looks like a big-endian file, which is not supported"
+            } else {
+                ""
+            };
             return Err(Error::model(format!(
-                "unsupported GGUF version {version} (supported: 2, 3)"
+                "unsupported GGUF version {version} (supported: 2, 3){hint}"
             )));
         }
         // Smallest tensor info: name length 8 + n_dims 4 + one dim 8 + type 4 + offset 8.
