@@ -1,4 +1,4 @@
-//! GGUF (v2 and v3) reader over `&[u8]`, and [`GgufSource`], a [`ModelSource`] over a
+//! GGUF (v2 and v3) reader over `&[u8]`, and [`GgufSource`], a [`ModelSource`](crate::model::ModelSource) over a
 //! GGUF file whose tensors are borrowed from the file bytes without copying.
 //!
 //! Nothing in the header is trusted: every count and length is checked against the bytes

@@ -372,7 +372,7 @@ fn check_blocks(what: &str, x: &[f32], block: usize) -> Result<()> {
 }
 
 /// Round-to-nearest Q8_0: per block `d = max|x| / 127`, `q = round(x / d)`.
-/// x: [n] f32 (n a multiple of 32) -> n / 32 * 34 bytes.
+/// x: `[n]` f32 (n a multiple of 32) -> `n / 32 * 34` bytes.
 pub fn quantize_q8_0(x: &[f32]) -> Result<Vec<u8>> {
     check_blocks("quantize_q8_0", x, 32)?;
     let mut out = Vec::with_capacity(x.len() / 32 * 34);
@@ -391,7 +391,7 @@ pub fn quantize_q8_0(x: &[f32]) -> Result<Vec<u8>> {
 
 /// Round-to-nearest Q4_0: the element of largest magnitude maps to -8,
 /// `d = max / -8`, `q = clamp(round(x / d) + 8, 0, 15)`.
-/// x: [n] f32 (n a multiple of 32) -> n / 32 * 18 bytes.
+/// x: `[n]` f32 (n a multiple of 32) -> `n / 32 * 18` bytes.
 pub fn quantize_q4_0(x: &[f32]) -> Result<Vec<u8>> {
     check_blocks("quantize_q4_0", x, 32)?;
     let mut out = Vec::with_capacity(x.len() / 32 * 18);
@@ -409,7 +409,7 @@ pub fn quantize_q4_0(x: &[f32]) -> Result<Vec<u8>> {
 }
 
 /// Round-to-nearest Q4_1: `m = min`, `d = (max - min) / 15`, `q = round((x - m) / d)`.
-/// x: [n] f32 (n a multiple of 32) -> n / 32 * 20 bytes.
+/// x: `[n]` f32 (n a multiple of 32) -> `n / 32 * 20` bytes.
 pub fn quantize_q4_1(x: &[f32]) -> Result<Vec<u8>> {
     check_blocks("quantize_q4_1", x, 32)?;
     let mut out = Vec::with_capacity(x.len() / 32 * 20);
@@ -428,7 +428,7 @@ pub fn quantize_q4_1(x: &[f32]) -> Result<Vec<u8>> {
 
 /// Encode f32 values in `format`: every format; the K-quants with simple
 /// round-to-nearest sub-block scales (valid blocks, not llama.cpp's optimised search).
-/// x: [n] f32 -> bytes of `tensor_bytes(format, n)`.
+/// x: `[n]` f32 -> `tensor_bytes(format, n)` bytes.
 pub fn quantize(format: HostFormat, x: &[f32]) -> Result<Vec<u8>> {
     match format {
         HostFormat::F32 => Ok(x.iter().flat_map(|v| v.to_le_bytes()).collect()),
