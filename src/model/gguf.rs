@@ -1,5 +1,6 @@
-//! GGUF (v2 and v3) reader over `&[u8]`, and [`GgufSource`], a [`ModelSource`](crate::model::ModelSource) over a
-//! GGUF file whose tensors are borrowed from the file bytes without copying.
+//! GGUF (v2 and v3) reader over `&[u8]`, and [`GgufSource`], a
+//! [`ModelSource`](crate::model::ModelSource) over a GGUF file whose tensors are borrowed
+//! from the file bytes without copying.
 //!
 //! Nothing in the header is trusted: every count and length is checked against the bytes
 //! that remain before anything is allocated, every tensor's byte range is checked against
