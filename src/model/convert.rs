@@ -184,9 +184,9 @@ pub fn convert_to_hf(
 mod tests {
     use super::*;
     use crate::model::gguf::GgufSource;
-    use crate::model::gguf_write::{TinySpec, tiny_llama_gguf};
+    use crate::model::gguf_write::{TinySpec, tiny_gguf};
     use crate::model::safetensors::HfSource;
-    use crate::model::{HostFormat, ModelSource, RopeLayout, WeightName};
+    use crate::model::{Arch, HostFormat, ModelSource, RopeLayout, WeightName};
 
     #[test]
     fn permutation_matches_llama_cpp_and_inverts() {
@@ -204,12 +204,18 @@ mod tests {
 
     #[test]
     fn gguf_to_hf_round_trip() {
-        for (format, tied) in [(HostFormat::Q4_1, false), (HostFormat::F16, true)] {
+        let cases = [
+            (Arch::Llama, HostFormat::Q4_1, false),
+            (Arch::Llama, HostFormat::F16, true),
+            (Arch::Qwen2, HostFormat::Q8_0, true),
+        ];
+        for (arch, format, tied) in cases {
             let spec = TinySpec { tied, ..TinySpec::default() };
-            let gguf = GgufSource::from_bytes(tiny_llama_gguf(&spec, 11, format)).unwrap();
+            let gguf = GgufSource::from_bytes(tiny_gguf(&spec, arch, 11, format).unwrap()).unwrap();
             let tok = hf_tokenizer_config_from_gguf(&gguf.tokenizer_data().unwrap());
             assert_eq!(tok.eos_token.as_deref(), Some("<|im_end|>"));
-            let dir = std::env::temp_dir().join(format!("wsi-convert-{}-{format:?}-{tied}", std::process::id()));
+            let dir =
+                std::env::temp_dir().join(format!("wsi-convert-{}-{arch:?}-{format:?}-{tied}", std::process::id()));
             convert_to_hf(&gguf, "{\"model\": {}}", &tok, &dir).unwrap();
             let hf = HfSource::open_dir(&dir).unwrap();
             let expected = ModelConfig { rope_layout: RopeLayout::HalfSplit, ..gguf.config().clone() };
@@ -225,6 +231,7 @@ mod tests {
                 assert_eq!(b.format, HostFormat::F32);
                 let mut b = b.to_f32().unwrap();
                 let heads = match w {
+                    _ if arch == Arch::Qwen2 => None,
                     WeightName::AttnQ(_) => Some(c.n_heads),
                     WeightName::AttnK(_) => Some(c.n_kv_heads),
                     _ => None,

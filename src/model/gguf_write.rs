@@ -3,8 +3,8 @@
 //! byte-level BPE tokenizer, for tests and `wsi synth`.
 
 use crate::error::{Error, Result};
-use crate::model::HostFormat;
-use crate::model::gguf::{DEFAULT_ALIGNMENT, GGUF_MAGIC, GgufType, GgufValue};
+use crate::model::gguf::{DEFAULT_ALIGNMENT, GGUF_MAGIC, GgufFile, GgufType, GgufValue};
+use crate::model::{Arch, HostFormat};
 use crate::quant::ggml;
 
 struct PendingTensor {
@@ -95,6 +95,43 @@ impl GgufWriter {
     /// An empty file with the default alignment (32).
     pub fn new() -> Self {
         GgufWriter { alignment: DEFAULT_ALIGNMENT, metadata: Vec::new(), tensors: Vec::new() }
+    }
+
+    /// A writer holding everything of a parsed file (to edit and write it again).
+    /// `bytes` is the file `file` was parsed from.
+    pub fn from_parsed(file: &GgufFile, bytes: &[u8]) -> Result<Self> {
+        let mut w = GgufWriter {
+            alignment: file.alignment,
+            metadata: file.metadata.clone(),
+            tensors: Vec::with_capacity(file.tensors.len()),
+        };
+        for t in &file.tensors {
+            let format = t.format.ok_or_else(|| {
+                Error::model(format!(
+                    "GGUF writer: tensor {} has GGML type {}, which this crate does not read",
+                    t.name,
+                    ggml::ggml_type_name(t.ggml_type)
+                ))
+            })?;
+            let data = bytes
+                .get(t.range.clone())
+                .ok_or_else(|| Error::model(format!("GGUF writer: tensor {} lies outside the bytes", t.name)))?;
+            w.add_tensor(&t.name, &t.shape, format, data.to_vec())?;
+        }
+        Ok(w)
+    }
+
+    /// Remove a metadata key; returns its value.
+    pub fn remove(&mut self, key: &str) -> Option<GgufValue> {
+        let i = self.metadata.iter().position(|(k, _)| k == key)?;
+        Some(self.metadata.remove(i).1)
+    }
+
+    /// Remove a tensor; returns whether it was there.
+    pub fn remove_tensor(&mut self, name: &str) -> bool {
+        let before = self.tensors.len();
+        self.tensors.retain(|t| t.name != name);
+        self.tensors.len() != before
     }
 
     /// Use another alignment (a power of two); writes `general.alignment`.
@@ -295,6 +332,12 @@ impl TinySpec {
         if self.n_heads == 0 || self.n_kv_heads == 0 || !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return bad("n_heads must be a positive multiple of n_kv_heads");
         }
+        let cap = 1 << 16;
+        if [self.n_layers, self.d_model, self.n_heads, self.d_ff, self.context].iter().any(|&v| v > cap)
+            || self.vocab > 1 << 20
+        {
+            return bad("dimensions above 65536 (vocab above 2^20) are not tiny");
+        }
         if !self.d_model.is_multiple_of(2 * self.n_heads) || self.d_model == 0 {
             return bad("d_model must be a positive multiple of 2 * n_heads");
         }
@@ -356,22 +399,36 @@ pub fn tiny_llama_gguf(cfg: &TinySpec, seed: u64, format: HostFormat) -> Vec<u8>
 
 /// [`tiny_llama_gguf`] returning an error for an invalid spec.
 pub fn try_tiny_llama_gguf(cfg: &TinySpec, seed: u64, format: HostFormat) -> Result<Vec<u8>> {
+    tiny_gguf(cfg, Arch::Llama, seed, format)
+}
+
+/// A tiny random model of any supported architecture: `Arch::Llama` as
+/// [`tiny_llama_gguf`] (GGUF arch "llama", Q/K rows taken as adjacent-pair RoPE order);
+/// `Arch::Qwen2` (arch "qwen2": half-split RoPE, Q/K/V biases ~N(0, 0.02) in F32,
+/// rope base 1e6, rms eps 1e-6); `Arch::Mistral` (arch "mistral", otherwise as llama).
+pub fn tiny_gguf(cfg: &TinySpec, arch: Arch, seed: u64, format: HostFormat) -> Result<Vec<u8>> {
     let head_dim = cfg.head_dim()?;
+    let (a, rope_base, eps) = match arch {
+        Arch::Llama => ("llama", 10000.0, 1e-5),
+        Arch::Mistral => ("mistral", 10000.0, 1e-5),
+        Arch::Qwen2 => ("qwen2", 1_000_000.0, 1e-6),
+    };
     let mut w = GgufWriter::new();
     let u32v = |v: usize| GgufValue::U32(v as u32);
-    w.set("general.architecture", GgufValue::String("llama".into()))?
-        .set("general.name", GgufValue::String("tiny-llama".into()))?
+    let k = |s: &str| format!("{a}.{s}");
+    w.set("general.architecture", GgufValue::String(a.into()))?
+        .set("general.name", GgufValue::String(format!("tiny-{a}")))?
         .set("general.alignment", u32v(DEFAULT_ALIGNMENT))?
-        .set("llama.block_count", u32v(cfg.n_layers))?
-        .set("llama.context_length", u32v(cfg.context))?
-        .set("llama.embedding_length", u32v(cfg.d_model))?
-        .set("llama.feed_forward_length", u32v(cfg.d_ff))?
-        .set("llama.attention.head_count", u32v(cfg.n_heads))?
-        .set("llama.attention.head_count_kv", u32v(cfg.n_kv_heads))?
-        .set("llama.rope.dimension_count", u32v(head_dim))?
-        .set("llama.rope.freq_base", GgufValue::F32(10000.0))?
-        .set("llama.attention.layer_norm_rms_epsilon", GgufValue::F32(1e-5))?
-        .set("llama.vocab_size", u32v(cfg.vocab))?;
+        .set(&k("block_count"), u32v(cfg.n_layers))?
+        .set(&k("context_length"), u32v(cfg.context))?
+        .set(&k("embedding_length"), u32v(cfg.d_model))?
+        .set(&k("feed_forward_length"), u32v(cfg.d_ff))?
+        .set(&k("attention.head_count"), u32v(cfg.n_heads))?
+        .set(&k("attention.head_count_kv"), u32v(cfg.n_kv_heads))?
+        .set(&k("rope.dimension_count"), u32v(head_dim))?
+        .set(&k("rope.freq_base"), GgufValue::F32(rope_base))?
+        .set(&k("attention.layer_norm_rms_epsilon"), GgufValue::F32(eps))?
+        .set(&k("vocab_size"), u32v(cfg.vocab))?;
 
     let (tokens, types, merges) = tiny_tokenizer(cfg.vocab);
     w.set("tokenizer.ggml.model", GgufValue::String("gpt2".into()))?
@@ -405,6 +462,7 @@ pub fn try_tiny_llama_gguf(cfg: &TinySpec, seed: u64, format: HostFormat) -> Res
         w.add_f32(name, &[d], HostFormat::F32, &data)?;
         Ok(())
     };
+    let mut bias_rng = SplitMix64(seed ^ 0x6269_6173);
     matrix(&mut w, "token_embd.weight", cfg.vocab, d)?;
     norm(&mut w, "output_norm.weight")?;
     if !cfg.tied {
@@ -415,6 +473,12 @@ pub fn try_tiny_llama_gguf(cfg: &TinySpec, seed: u64, format: HostFormat) -> Res
         matrix(&mut w, &format!("blk.{l}.attn_q.weight"), q, d)?;
         matrix(&mut w, &format!("blk.{l}.attn_k.weight"), kv, d)?;
         matrix(&mut w, &format!("blk.{l}.attn_v.weight"), kv, d)?;
+        if arch == Arch::Qwen2 {
+            for (name, n) in [("attn_q", q), ("attn_k", kv), ("attn_v", kv)] {
+                let data: Vec<f32> = (0..n).map(|_| 0.02 * bias_rng.normal()).collect();
+                w.add_f32(&format!("blk.{l}.{name}.bias"), &[n], HostFormat::F32, &data)?;
+            }
+        }
         matrix(&mut w, &format!("blk.{l}.attn_output.weight"), d, q)?;
         norm(&mut w, &format!("blk.{l}.ffn_norm.weight"))?;
         matrix(&mut w, &format!("blk.{l}.ffn_gate.weight"), ff, d)?;
@@ -425,126 +489,4 @@ pub fn try_tiny_llama_gguf(cfg: &TinySpec, seed: u64, format: HostFormat) -> Res
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::gguf::{GgufFile, GgufSource};
-    use crate::model::{ModelSource, RopeLayout, WeightName};
-
-    #[test]
-    fn metadata_round_trip_all_types() {
-        let mut w = GgufWriter::new();
-        let nested = GgufValue::Array(GgufType::Array, vec![i32_array([1, -2]), i32_array([]), i32_array([3])]);
-        let values = vec![
-            ("a.u8", GgufValue::U8(7)),
-            ("a.i8", GgufValue::I8(-7)),
-            ("a.u16", GgufValue::U16(65535)),
-            ("a.i16", GgufValue::I16(-300)),
-            ("a.u32", GgufValue::U32(1 << 31)),
-            ("a.i32", GgufValue::I32(-5)),
-            ("a.f32", GgufValue::F32(0.25)),
-            ("a.bool", GgufValue::Bool(true)),
-            ("a.str", GgufValue::String("héllo".into())),
-            ("a.u64", GgufValue::U64(u64::MAX)),
-            ("a.i64", GgufValue::I64(i64::MIN)),
-            ("a.f64", GgufValue::F64(-1.5)),
-            ("a.strs", string_array(["x", "", "yz"])),
-            ("a.nested", nested),
-            ("a.empty", f32_array([])),
-        ];
-        for (k, v) in &values {
-            w.set(k, v.clone()).unwrap();
-        }
-        w.add_f32("t", &[2, 32], HostFormat::Q8_0, &[0.5; 64]).unwrap();
-        let bytes = w.to_bytes();
-        let f = GgufFile::parse(&bytes).unwrap();
-        assert_eq!(f.version, 3);
-        for (k, v) in &values {
-            assert_eq!(f.get(k), Some(v), "{k}");
-        }
-        let t = f.tensor_info("t").unwrap();
-        assert_eq!(t.shape, vec![2, 32]);
-        assert_eq!(t.ne, vec![32, 2]);
-        assert_eq!(t.range.start % 32, 0);
-        assert_eq!(t.range.len(), 68);
-        assert_eq!(f.data_offset % 32, 0);
-    }
-
-    #[test]
-    fn mixed_array_is_rejected() {
-        let mut w = GgufWriter::new();
-        let bad = GgufValue::Array(GgufType::U8, vec![GgufValue::U8(1), GgufValue::I8(1)]);
-        assert!(w.set("k", bad).is_err());
-        assert!(w.add_f32("t", &[3, 31], HostFormat::Q4_0, &[0.0; 93]).is_err());
-        assert!(w.add_tensor("t", &[4], HostFormat::F32, vec![0; 15]).is_err());
-    }
-
-    #[test]
-    fn custom_alignment() {
-        let mut w = GgufWriter::new();
-        w.set_alignment(64).unwrap();
-        w.add_f32("a", &[3], HostFormat::F32, &[1.0, 2.0, 3.0]).unwrap();
-        w.add_f32("b", &[2], HostFormat::F16, &[4.0, 5.0]).unwrap();
-        let bytes = w.to_bytes();
-        let f = GgufFile::parse(&bytes).unwrap();
-        assert_eq!(f.alignment, 64);
-        let b = f.tensor_info("b").unwrap();
-        assert_eq!(b.offset, 64);
-        let y = ggml::dequantize(HostFormat::F16, &bytes[b.range.clone()], 2).unwrap();
-        assert_eq!(y, vec![4.0, 5.0]);
-    }
-
-    #[test]
-    fn tiny_model_loads_and_is_deterministic() {
-        let spec = TinySpec::default();
-        for format in [HostFormat::F32, HostFormat::F16, HostFormat::Q8_0, HostFormat::Q4_1] {
-            let bytes = tiny_llama_gguf(&spec, 7, format);
-            assert_eq!(bytes, tiny_llama_gguf(&spec, 7, format));
-            let src = GgufSource::from_bytes(bytes).unwrap();
-            let c = src.config();
-            assert_eq!((c.n_layers, c.d_model, c.n_heads, c.n_kv_heads), (2, 64, 4, 2));
-            assert_eq!((c.head_dim, c.d_ff, c.vocab_size, c.context_length), (16, 128, 320, 256));
-            assert_eq!(c.rope_layout, RopeLayout::Adjacent);
-            assert!(c.tied_embeddings && !c.qkv_bias);
-            assert!(src.tensor(WeightName::Output).unwrap().is_none());
-            let q = src.tensor(WeightName::AttnQ(1)).unwrap().unwrap();
-            assert_eq!(q.shape, vec![64, 64]);
-            assert_eq!(q.format, format);
-            assert!(matches!(q.bytes, std::borrow::Cow::Borrowed(_)));
-            let v = q.to_f32().unwrap();
-            let sd = (v.iter().map(|x| x * x).sum::<f32>() / v.len() as f32).sqrt();
-            assert!((0.08..0.17).contains(&sd), "{sd}");
-            let n = src.tensor(WeightName::FfnNorm(0)).unwrap().unwrap();
-            assert_eq!(n.format, HostFormat::F32);
-            assert!(n.to_f32().unwrap().iter().all(|x| (0.89..1.11).contains(x)));
-            let tok = src.tokenizer_data().unwrap();
-            assert_eq!(tok.tokens.len(), 320);
-            assert_eq!(tok.tokens[0], "<|endoftext|>");
-            assert_eq!(tok.tokens[3 + 32], "Ġ");
-            assert_eq!(tok.merges.as_ref().map(Vec::len), Some(24));
-            assert_eq!((tok.bos_id, tok.eos_id, tok.add_bos), (Some(1), Some(2), Some(false)));
-            assert!(tok.chat_template.is_some());
-        }
-        let untied = TinySpec { tied: false, ..TinySpec::default() };
-        let src = GgufSource::from_bytes(tiny_llama_gguf(&untied, 1, HostFormat::Q4_0)).unwrap();
-        assert!(!src.config().tied_embeddings);
-        assert_eq!(src.tensor(WeightName::Output).unwrap().unwrap().shape, vec![320, 64]);
-        assert_ne!(tiny_llama_gguf(&untied, 1, HostFormat::F32), tiny_llama_gguf(&untied, 2, HostFormat::F32));
-    }
-
-    #[test]
-    fn bad_specs_are_errors() {
-        let s = TinySpec { vocab: 10, ..TinySpec::default() };
-        assert!(try_tiny_llama_gguf(&s, 0, HostFormat::F32).is_err());
-        let s = TinySpec { n_kv_heads: 3, ..TinySpec::default() };
-        assert!(try_tiny_llama_gguf(&s, 0, HostFormat::F32).is_err());
-    }
-
-    #[test]
-    fn byte_map_is_a_bijection() {
-        let chars: std::collections::HashSet<char> = (0..=255u8).map(gpt2_byte_char).collect();
-        assert_eq!(chars.len(), 256);
-        assert_eq!(gpt2_byte_char(b' '), 'Ġ');
-        assert_eq!(gpt2_byte_char(b'\n'), 'Ċ');
-        assert_eq!(gpt2_byte_char(b'a'), 'a');
-    }
-}
+mod tests;

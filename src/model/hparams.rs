@@ -146,6 +146,17 @@ impl ModelConfig {
                 return fail(format!("model config: {what} = {v} is implausibly large"));
             }
         }
+        let products = [
+            ("n_heads * head_dim * d_model", self.n_heads, self.head_dim, self.d_model),
+            ("n_kv_heads * head_dim * d_model", self.n_kv_heads, self.head_dim, self.d_model),
+            ("vocab_size * d_model", self.vocab_size, self.d_model, 1),
+            ("d_ff * d_model", self.d_ff, self.d_model, 1),
+        ];
+        for (what, a, b, c) in products {
+            if a.checked_mul(b).and_then(|ab| ab.checked_mul(c)).is_none() {
+                return fail(format!("model config: {what} overflows"));
+            }
+        }
         if !(self.rms_eps.is_finite() && self.rms_eps > 0.0) {
             return fail(format!("model config: rms_eps {} is not positive", self.rms_eps));
         }

@@ -3,6 +3,7 @@
 use crate::error::{Error, Result};
 use crate::model::ModelSource;
 use crate::model::gguf::{GGUF_MAGIC, GgufSource};
+#[cfg(not(target_arch = "wasm32"))]
 use crate::model::safetensors::HfSource;
 
 /// Open a GGUF file (memory-mapped) or a Hugging Face model folder.
@@ -37,14 +38,15 @@ pub fn open_path(path: &std::path::Path) -> Result<Box<dyn ModelSource>> {
     )))
 }
 
-/// In the browser there are no paths: use [`open_bytes`] or [`HfSource::from_files`].
+/// In the browser there are no paths: use [`open_bytes`] or
+/// [`HfSource::from_files`](crate::model::safetensors::HfSource::from_files).
 #[cfg(target_arch = "wasm32")]
 pub fn open_path(path: &std::path::Path) -> Result<Box<dyn ModelSource>> {
     Err(Error::model(format!("cannot open {}: no file system in the browser (load the bytes instead)", path.display())))
 }
 
 /// Open a model from bytes in memory: a GGUF file. (A Hugging Face folder in memory is
-/// [`HfSource::from_files`].)
+/// [`HfSource::from_files`](crate::model::safetensors::HfSource::from_files).)
 pub fn open_bytes(bytes: Vec<u8>) -> Result<Box<dyn ModelSource>> {
     if bytes.get(..4) == Some(&GGUF_MAGIC[..]) {
         return Ok(Box::new(GgufSource::from_bytes(bytes)?));

@@ -300,7 +300,20 @@ impl HfSource {
             serde_json::from_slice(&config_bytes).map_err(|e| Error::model(format!("config.json: {e}")))?;
         let tokenizer_json = need(load("tokenizer.json")?, "tokenizer.json")?.to_vec();
         let tok_cfg_bytes = load("tokenizer_config.json")?;
-        let tokenizer_config = tokenizer_config(tok_cfg_bytes.as_deref(), &raw)?;
+        let mut tokenizer_config = tokenizer_config(tok_cfg_bytes.as_deref(), &raw)?;
+        if let Some(gen_cfg) = load("generation_config.json")? {
+            // Its eos ids (often a list, e.g. both <|im_end|> and <|endoftext|>) join ours.
+            let v: Value =
+                serde_json::from_slice(&gen_cfg).map_err(|e| Error::model(format!("generation_config.json: {e}")))?;
+            for id in ids(&v.get("eos_token_id").cloned()) {
+                if !tokenizer_config.eos_token_ids.contains(&id) {
+                    tokenizer_config.eos_token_ids.push(id);
+                }
+            }
+            if tokenizer_config.bos_token_id.is_none() {
+                tokenizer_config.bos_token_id = ids(&v.get("bos_token_id").cloned()).first().copied();
+            }
+        }
 
         let shards: Vec<String> = match load("model.safetensors.index.json")? {
             Some(index) => {

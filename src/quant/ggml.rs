@@ -358,7 +358,7 @@ fn check_blocks(what: &str, x: &[f32], block: usize) -> Result<()> {
 }
 
 /// Round-to-nearest Q8_0: per block `d = max|x| / 127`, `q = round(x / d)`.
-/// x: [n] f32 (n a multiple of 32) -> n / 32 * 34 bytes.
+/// x: `[n]` f32 (n a multiple of 32) -> `n / 32 * 34` bytes.
 pub fn quantize_q8_0(x: &[f32]) -> Result<Vec<u8>> {
     check_blocks("quantize_q8_0", x, 32)?;
     let mut out = Vec::with_capacity(x.len() / 32 * 34);
@@ -374,7 +374,7 @@ pub fn quantize_q8_0(x: &[f32]) -> Result<Vec<u8>> {
 
 /// Round-to-nearest Q4_0: the element of largest magnitude maps to -8,
 /// `d = max / -8`, `q = clamp(round(x / d) + 8, 0, 15)`.
-/// x: [n] f32 (n a multiple of 32) -> n / 32 * 18 bytes.
+/// x: `[n]` f32 (n a multiple of 32) -> `n / 32 * 18` bytes.
 pub fn quantize_q4_0(x: &[f32]) -> Result<Vec<u8>> {
     check_blocks("quantize_q4_0", x, 32)?;
     let mut out = Vec::with_capacity(x.len() / 32 * 18);
@@ -390,7 +390,7 @@ pub fn quantize_q4_0(x: &[f32]) -> Result<Vec<u8>> {
 }
 
 /// Round-to-nearest Q4_1: `m = min`, `d = (max - min) / 15`, `q = round((x - m) / d)`.
-/// x: [n] f32 (n a multiple of 32) -> n / 32 * 20 bytes.
+/// x: `[n]` f32 (n a multiple of 32) -> `n / 32 * 20` bytes.
 pub fn quantize_q4_1(x: &[f32]) -> Result<Vec<u8>> {
     check_blocks("quantize_q4_1", x, 32)?;
     let mut out = Vec::with_capacity(x.len() / 32 * 20);
@@ -407,9 +407,9 @@ pub fn quantize_q4_1(x: &[f32]) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Encode f32 values in `format`. Supports the float formats, `Q8_0`, `Q4_0` and `Q4_1`;
-/// the K-quants are read-only for now.
-/// x: [n] f32 -> bytes of `tensor_bytes(format, n)`.
+/// Encode f32 values in `format`: every format; the K-quants with simple
+/// round-to-nearest sub-block scales (valid blocks, not llama.cpp's optimised search).
+/// x: `[n]` f32 -> `tensor_bytes(format, n)` bytes.
 pub fn quantize(format: HostFormat, x: &[f32]) -> Result<Vec<u8>> {
     match format {
         HostFormat::F32 => Ok(x.iter().flat_map(|v| v.to_le_bytes()).collect()),
@@ -418,179 +418,26 @@ pub fn quantize(format: HostFormat, x: &[f32]) -> Result<Vec<u8>> {
         HostFormat::Q8_0 => quantize_q8_0(x),
         HostFormat::Q4_0 => quantize_q4_0(x),
         HostFormat::Q4_1 => quantize_q4_1(x),
-        other => Err(Error::model(format!(
-            "quantising to {other:?} is not implemented (only F32, F16, BF16, Q8_0, Q4_0, Q4_1)"
-        ))),
+        HostFormat::Q2K => k_blocks(format, x, kquant::q2_k_block),
+        HostFormat::Q3K => k_blocks(format, x, kquant::q3_k_block),
+        HostFormat::Q4K => k_blocks(format, x, |x, o| kquant::q45_k_block(x, o, 4)),
+        HostFormat::Q5K => k_blocks(format, x, |x, o| kquant::q45_k_block(x, o, 5)),
+        HostFormat::Q6K => k_blocks(format, x, kquant::q6_k_block),
     }
 }
 
+/// Encode whole 256-element super-blocks with `block` (which gets exactly one block of
+/// input and of output, zeroed).
+fn k_blocks(format: HostFormat, x: &[f32], block: impl Fn(&[f32], &mut [u8])) -> Result<Vec<u8>> {
+    check_blocks(&format!("quantize {format:?}"), x, 256)?;
+    let bb = block_bytes(format);
+    let mut out = vec![0u8; x.len() / 256 * bb];
+    for (xb, ob) in x.chunks_exact(256).zip(out.chunks_exact_mut(bb)) {
+        block(xb, ob);
+    }
+    Ok(out)
+}
+
+mod kquant;
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ramp(n: usize) -> Vec<f32> {
-        (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0).collect()
-    }
-
-    fn max_err(a: &[f32], b: &[f32]) -> f32 {
-        a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()))
-    }
-
-    #[test]
-    fn type_ids_and_geometry() {
-        assert_eq!(format_from_ggml_type(8), Some(HostFormat::Q8_0));
-        assert_eq!(format_from_ggml_type(30), Some(HostFormat::BF16));
-        assert_eq!(format_from_ggml_type(6), None);
-        assert!(ggml_type_name(6).starts_with("Q5_0"));
-        for f in ALL_FORMATS {
-            assert_eq!(format_from_ggml_type(ggml_type_id(f)), Some(f));
-        }
-        assert_eq!(tensor_bytes(HostFormat::Q4_1, 64).ok(), Some(40));
-        assert_eq!(tensor_bytes(HostFormat::Q6K, 512).ok(), Some(420));
-        assert!(tensor_bytes(HostFormat::Q4_0, 33).is_err());
-        assert!(tensor_bytes(HostFormat::F32, usize::MAX / 2).is_err());
-    }
-
-    #[test]
-    fn float_formats_round_trip() {
-        let x = ramp(64);
-        for (f, tol) in [(HostFormat::F32, 0.0), (HostFormat::F16, 1e-3), (HostFormat::BF16, 1e-2)] {
-            let b = quantize(f, &x).unwrap();
-            let y = dequantize(f, &b, x.len()).unwrap();
-            assert!(max_err(&x, &y) <= tol, "{f:?}");
-        }
-    }
-
-    #[test]
-    fn q8_0_round_trip_and_known_values() {
-        let x = ramp(128);
-        let b = quantize_q8_0(&x).unwrap();
-        assert_eq!(b.len(), 4 * 34);
-        let y = dequantize(HostFormat::Q8_0, &b, 128).unwrap();
-        assert!(max_err(&x, &y) < 1.25 / 127.0 * 0.51 + 1e-3);
-        // d = 0.5, q = [1, -2, 0, ...] -> [0.5, -1.0, 0, ...]
-        let mut blk = vec![0u8; 34];
-        blk[..2].copy_from_slice(&f16::from_f32(0.5).to_le_bytes());
-        blk[2] = 1;
-        blk[3] = (-2i8) as u8;
-        let y = dequantize(HostFormat::Q8_0, &blk, 32).unwrap();
-        assert_eq!(&y[..3], &[0.5, -1.0, 0.0]);
-    }
-
-    #[test]
-    fn q4_0_nibble_order() {
-        // d = 2, byte 0 = 0x9_1: element 0 is (1 - 8) * 2, element 16 is (9 - 8) * 2.
-        let mut blk = vec![0x88u8; 18];
-        blk[..2].copy_from_slice(&f16::from_f32(2.0).to_le_bytes());
-        blk[2] = 0x91;
-        let y = dequantize(HostFormat::Q4_0, &blk, 32).unwrap();
-        assert_eq!(y[0], -14.0);
-        assert_eq!(y[16], 2.0);
-        assert_eq!(y[1], 0.0);
-        let x = ramp(96);
-        let y = dequantize(HostFormat::Q4_0, &quantize_q4_0(&x).unwrap(), 96).unwrap();
-        assert!(max_err(&x, &y) < 1.25 / 8.0 + 1e-3, "{}", max_err(&x, &y));
-    }
-
-    #[test]
-    fn q4_1_round_trip_and_known_values() {
-        let mut blk = vec![0u8; 20];
-        blk[..2].copy_from_slice(&f16::from_f32(0.25).to_le_bytes());
-        blk[2..4].copy_from_slice(&f16::from_f32(-1.0).to_le_bytes());
-        blk[4] = 0xf3;
-        let y = dequantize(HostFormat::Q4_1, &blk, 32).unwrap();
-        assert_eq!((y[0], y[16], y[1]), (-0.25, 2.75, -1.0));
-        let x = ramp(64);
-        let y = dequantize(HostFormat::Q4_1, &quantize_q4_1(&x).unwrap(), 64).unwrap();
-        assert!(max_err(&x, &y) < 2.5 / 15.0 * 0.51 + 2e-3, "{}", max_err(&x, &y));
-        // A constant block dequantises exactly.
-        let c = vec![0.75f32; 32];
-        let y = dequantize(HostFormat::Q4_1, &quantize_q4_1(&c).unwrap(), 32).unwrap();
-        assert!(y.iter().all(|v| *v == 0.75));
-    }
-
-    #[test]
-    fn q2_k_known_values() {
-        let mut b = vec![0u8; 84];
-        // sub-block 0: scale 3, min 1; sub-block 1: scale 2, min 0
-        b[0] = 0x13;
-        b[1] = 0x02;
-        b[16] = 0b11_10_01_10; // element 0: q = 2 (shift 0); element 32: q = 1 (shift 2)
-        b[32] = 0b01; // element 16 (second half of first 32 qs bytes): q = 1
-        b[80..82].copy_from_slice(&f16::from_f32(0.5).to_le_bytes());
-        b[82..84].copy_from_slice(&f16::from_f32(0.25).to_le_bytes());
-        let y = dequantize(HostFormat::Q2K, &b, 256).unwrap();
-        assert_eq!(y[0], 0.5 * 3.0 * 2.0 - 0.25);
-        assert_eq!(y[1], -0.25);
-        assert_eq!(y[16], 0.5 * 2.0 * 1.0);
-        // element 32 uses scales[2] = 0 -> 0
-        assert_eq!(y[32], 0.0);
-    }
-
-    #[test]
-    fn q3_k_known_values() {
-        let mut b = vec![0u8; 110];
-        // all hmask bits set -> no -4 offset; scale 0 = 33 (low 1, high 2) -> 1
-        b[96] = 0x01;
-        b[104] = 0b10; // high bits of scale 0 (i = 0 -> shift 0)
-        b[32] = 0b11; // element 0: low = 3
-        b[0..32].fill(0xff);
-        b[108..110].copy_from_slice(&f16::from_f32(2.0).to_le_bytes());
-        let y = dequantize(HostFormat::Q3K, &b, 256).unwrap();
-        assert_eq!(y[0], 2.0 * 1.0 * 3.0);
-        assert_eq!(y[1], 0.0);
-        // clear the hmask bit of element 1 -> (0 - 4) * scale
-        b[1] = 0xfe;
-        let y = dequantize(HostFormat::Q3K, &b, 256).unwrap();
-        assert_eq!(y[1], 2.0 * 1.0 * -4.0);
-        // other sub-blocks have scale 0 - 32 = -32 with q = 0 -> 0
-        assert_eq!(y[200], 0.0);
-    }
-
-    #[test]
-    fn q4_k_and_q5_k_known_values() {
-        let mut b = vec![0u8; 144];
-        b[0..2].copy_from_slice(&f16::from_f32(1.0).to_le_bytes());
-        b[2..4].copy_from_slice(&f16::from_f32(0.5).to_le_bytes());
-        b[4] = 2; // scale 0
-        b[8] = 3; // min 0
-        b[5] = 4; // scale 1
-        b[16] = 0x75; // element 0: q 5, element 32: q 7
-        let y = dequantize(HostFormat::Q4K, &b, 256).unwrap();
-        assert_eq!(y[0], 2.0 * 5.0 - 1.5);
-        assert_eq!(y[32], 4.0 * 7.0);
-        // scale 4 (j >= 4): low bits from s[8] & 0xf, high from s[0] >> 6
-        assert_eq!(k4_scale_min(4, &[0xc0, 0, 0, 0, 0, 0, 0, 0, 0x21, 0, 0, 0]), (49, 2));
-
-        let mut b5 = vec![0u8; 176];
-        b5[0..4].copy_from_slice(&b[0..4]);
-        b5[4..16].copy_from_slice(&b[4..16]);
-        b5[16] = 0b01; // qh bit for element 0 -> +16
-        b5[48] = 0x75;
-        let y = dequantize(HostFormat::Q5K, &b5, 256).unwrap();
-        assert_eq!(y[0], 2.0 * 21.0 - 1.5);
-        assert_eq!(y[32], 4.0 * 7.0);
-    }
-
-    #[test]
-    fn q6_k_known_values() {
-        let mut b = vec![0u8; 210];
-        b[208..210].copy_from_slice(&f16::from_f32(0.5).to_le_bytes());
-        b[192] = 3; // scale for elements 0..16
-        b[194] = (-1i8) as u8; // scale for elements 32..48
-        b[0] = 0x0f; // element 0 low 4 bits = 15; element 64 low = 0
-        b[128] = 0b10_00_01_10; // element 0 high = 2, element 32 high = 1, element 96 high = 2
-        let y = dequantize(HostFormat::Q6K, &b, 256).unwrap();
-        assert_eq!(y[0], 0.5 * 3.0 * ((15 | (2 << 4)) - 32) as f32);
-        assert_eq!(y[32], -0.5 * ((1 << 4) - 32) as f32);
-        assert_eq!(y[1], 0.5 * 3.0 * -32.0);
-    }
-
-    #[test]
-    fn wrong_lengths_are_errors() {
-        assert!(dequantize(HostFormat::Q8_0, &[0u8; 33], 32).is_err());
-        assert!(dequantize(HostFormat::Q4_0, &[0u8; 18], 31).is_err());
-        assert!(quantize_q4_1(&[0.0; 31]).is_err());
-        assert!(quantize(HostFormat::Q5K, &[0.0; 256]).is_err());
-    }
-}
+mod tests;
