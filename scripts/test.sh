@@ -119,5 +119,8 @@ if wants wasm; then phase wasm cargo build --lib --target wasm32-unknown-unknown
 if wants browser; then
     # Chromium: WebGPU on SwiftShader; Firefox: WebGPU on lavapipe (flags and prefs in webdriver.json).
     # --nocapture shows what the tests log (adapter features and limits) for passing tests too.
+    # wasm-bindgen-test-runner gives each test binary's whole suite 20 s per browser by default;
+    # model tests on software GPUs need far longer.
+    export WASM_BINDGEN_TEST_TIMEOUT="${WASM_BINDGEN_TEST_TIMEOUT:-900}"
     phase browser wasm-pack test --headless --chrome --firefox -- -- --nocapture
 fi
