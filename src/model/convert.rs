@@ -203,6 +203,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(not(target_arch = "wasm32"))]
     fn gguf_to_hf_round_trip() {
         let cases = [
             (Arch::Llama, HostFormat::Q4_1, false),
