@@ -180,7 +180,7 @@ pub fn convert_to_hf(
     Ok(())
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
     use super::*;
     use crate::model::gguf::GgufSource;
@@ -203,7 +203,6 @@ mod tests {
     }
 
     #[test]
-    #[cfg(not(target_arch = "wasm32"))]
     fn gguf_to_hf_round_trip() {
         let cases = [
             (Arch::Llama, HostFormat::Q4_1, false),
