@@ -145,3 +145,35 @@ fn generation_stops_at_max_tokens_and_when_the_callback_says_so() {
         .expect("generate");
     assert_eq!(&again.ids[..], &g.ids[..]);
 }
+
+#[test]
+fn same_seed_gives_the_same_sampled_text() {
+    let bytes = tiny_gguf(&spec(true), Arch::Llama, 8, HostFormat::F32).expect("tiny model");
+    let src = GgufSource::from_bytes(bytes).expect("parse");
+    let mut e = engine(&src, WeightFormat::F32, 64, 16);
+    let run = |e: &mut Engine, seed: u64| {
+        let sample = wsi::sampling::SampleSettings {
+            temperature: 1.2,
+            top_p: 0.95,
+            top_k: 50,
+            repetition_penalty: 1.1,
+            seed,
+            ..Default::default()
+        };
+        let params = GenerateParams { sample, max_tokens: 24, ignore_eos: true, ..Default::default() };
+        pollster::block_on(e.generate(&[10, 20, 30], &params, &mut |_| true)).expect("generate").ids
+    };
+    let a = run(&mut e, 42);
+    let b = run(&mut e, 42);
+    let c = run(&mut e, 43);
+    assert_eq!(a, b, "same seed, same ids");
+    assert_ne!(a, c, "another seed samples other ids");
+    let greedy = pollster::block_on(e.generate(
+        &[10, 20, 30],
+        &GenerateParams { max_tokens: 24, ignore_eos: true, ..Default::default() },
+        &mut |_| true,
+    ))
+    .expect("generate")
+    .ids;
+    assert_ne!(a, greedy, "temperature 1.2 does not reduce to greedy");
+}

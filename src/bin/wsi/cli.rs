@@ -82,6 +82,28 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write a random-weight GGUF of a named shape (for benchmarks without downloads).
+    Synth {
+        /// smollm2-135m, tinyllama-1.1b, llama2-7b, or custom (then give the dimensions).
+        #[arg(long)]
+        shape: String,
+        /// File format of the matrices: f32, f16, q8_0, q4_0, q4_1.
+        #[arg(long = "format", default_value = "q4_1")]
+        format: String,
+        #[arg(long)]
+        layers: Option<usize>,
+        #[arg(long)]
+        d_model: Option<usize>,
+        #[arg(long)]
+        heads: Option<usize>,
+        #[arg(long)]
+        kv_heads: Option<usize>,
+        #[arg(long)]
+        d_ff: Option<usize>,
+        #[arg(long)]
+        vocab: Option<usize>,
+        out: PathBuf,
+    },
     /// Write a Hugging Face folder (f32 safetensors, config.json, tokenizer.json).
     Convert {
         /// Output format (only `safetensors`).
@@ -132,7 +154,76 @@ fn open_engine(model: &Path, cfg: &StreamingConfig) -> Result<Engine> {
 
 fn run(cli: Cli) -> Result<()> {
     let cfg = load_config(&cli)?;
+    if !matches!(cli.command, Command::Synth { .. }) && !cli.model.exists() {
+        return Err(Error::model(format!(
+            "model {} not found (bash scripts/fetch-model.sh downloads SmolLM2)",
+            cli.model.display()
+        )));
+    }
     match &cli.command {
+        Command::Synth { shape, format, layers, d_model, heads, kv_heads, d_ff, vocab, out } => {
+            use wsi::model::gguf_write::{TinySpec, tiny_gguf};
+            use wsi::model::{Arch, HostFormat};
+            let base = match shape.as_str() {
+                "smollm2-135m" => TinySpec {
+                    n_layers: 30,
+                    d_model: 576,
+                    n_heads: 9,
+                    n_kv_heads: 3,
+                    d_ff: 1536,
+                    vocab: 49152,
+                    context: 8192,
+                    tied: true,
+                },
+                "tinyllama-1.1b" => TinySpec {
+                    n_layers: 22,
+                    d_model: 2048,
+                    n_heads: 32,
+                    n_kv_heads: 4,
+                    d_ff: 5632,
+                    vocab: 32000,
+                    context: 2048,
+                    tied: false,
+                },
+                "llama2-7b" => TinySpec {
+                    n_layers: 32,
+                    d_model: 4096,
+                    n_heads: 32,
+                    n_kv_heads: 32,
+                    d_ff: 11008,
+                    vocab: 32000,
+                    context: 4096,
+                    tied: false,
+                },
+                "custom" => TinySpec::default(),
+                other => {
+                    return Err(Error::invalid(format!(
+                        "unknown shape {other}: expected smollm2-135m, tinyllama-1.1b, llama2-7b or custom"
+                    )));
+                }
+            };
+            let spec = TinySpec {
+                n_layers: layers.unwrap_or(base.n_layers),
+                d_model: d_model.unwrap_or(base.d_model),
+                n_heads: heads.unwrap_or(base.n_heads),
+                n_kv_heads: kv_heads.unwrap_or(base.n_kv_heads),
+                d_ff: d_ff.unwrap_or(base.d_ff),
+                vocab: vocab.unwrap_or(base.vocab),
+                ..base
+            };
+            let fmt = match format.as_str() {
+                "f32" => HostFormat::F32,
+                "f16" => HostFormat::F16,
+                "q8_0" => HostFormat::Q8_0,
+                "q4_0" => HostFormat::Q4_0,
+                "q4_1" => HostFormat::Q4_1,
+                other => return Err(Error::invalid(format!("--format {other}: expected f32, f16, q8_0, q4_0, q4_1"))),
+            };
+            let bytes = tiny_gguf(&spec, Arch::Llama, 1, fmt)?;
+            std::fs::write(out, &bytes).map_err(|e| Error::invalid(format!("cannot write {}: {e}", out.display())))?;
+            eprintln!("wrote {} ({} MB, {spec:?})", out.display(), bytes.len() / 1_048_576);
+            Ok(())
+        }
         Command::Convert { to, out_dir } => {
             if to != "safetensors" {
                 return Err(Error::invalid(format!("--to {to}: only safetensors is supported")));

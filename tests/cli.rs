@@ -1,0 +1,104 @@
+//! The `wsi` binary: bad input gives a one-line reason and a non-zero exit (no panic
+//! backtrace); the commands work on a tiny model.
+#![cfg(not(target_arch = "wasm32"))]
+
+use std::process::Command;
+
+fn wsi(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_wsi")).args(args).output().expect("run wsi");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn assert_one_line_error(args: &[&str], code: &str) {
+    let (rc, _, err) = wsi(args);
+    assert_ne!(rc, 0, "{args:?} must fail");
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("wsi:")).collect();
+    assert_eq!(lines.len(), 1, "{args:?}: {err}");
+    assert!(lines[0].contains(code), "{args:?}: {err}");
+    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+}
+
+#[test]
+fn bad_input_is_one_line_and_a_non_zero_exit() {
+    assert_one_line_error(&["--model", "/nonexistent.gguf", "logits", "--prompt", "x"], "model_loading_error");
+    let dir = std::env::temp_dir().join(format!("wsi-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let junk = dir.join("junk.gguf");
+    std::fs::write(&junk, b"GGUF\x03\x00\x00\x00garbage").expect("write");
+    let junk = junk.to_str().expect("path");
+    assert_one_line_error(&["--model", junk, "logits", "--prompt", "x"], "model_loading_error");
+    assert_one_line_error(
+        &["--model", junk, "--config", "{\"quantisation\": 1}", "logits", "--prompt", "x"],
+        "invalid_request",
+    );
+    assert_one_line_error(&["--model", junk, "--quantization", "int5", "logits", "--prompt", "x"], "invalid_request");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn synth_then_generate_logits_and_bench_on_a_tiny_model() {
+    let dir = std::env::temp_dir().join(format!("wsi-cli-ok-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let model = dir.join("tiny.gguf");
+    let m = model.to_str().expect("path");
+    let (rc, _, err) = wsi(&[
+        "synth",
+        "--shape",
+        "custom",
+        "--layers",
+        "2",
+        "--d-model",
+        "64",
+        "--heads",
+        "4",
+        "--kv-heads",
+        "2",
+        "--d-ff",
+        "96",
+        "--vocab",
+        "300",
+        "--format",
+        "q8_0",
+        m,
+    ]);
+    assert_eq!(rc, 0, "{err}");
+    let (rc, out, err) = wsi(&[
+        "--model",
+        m,
+        "--quantization",
+        "fp32",
+        "generate",
+        "--prompt",
+        "the",
+        "--max-tokens",
+        "5",
+        "--temperature",
+        "0",
+        "--json",
+    ]);
+    assert_eq!(rc, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON object");
+    for key in ["text", "prompt_token_ids", "token_ids", "finish_reason", "stats"] {
+        assert!(v.get(key).is_some(), "missing {key} in {out}");
+    }
+    assert!(v["stats"]["tokens_per_second"].is_number());
+    let (rc, out, err) = wsi(&["--model", m, "logits", "--prompt", "the", "--json"]);
+    assert_eq!(rc, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
+    assert_eq!(v["top"].as_array().map(|a| a.len()), Some(10));
+    let (rc, out, err) = wsi(&["--model", m, "bench", "--prompt-tokens", "8", "--gen-tokens", "8", "--json"]);
+    assert_eq!(rc, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
+    assert!(v["base"]["decode_tokens_per_second"].as_f64().unwrap_or(0.0) > 0.0);
+    let text = dir.join("t.txt");
+    std::fs::write(&text, "the cat sat on the mat and the dog sat on the log").expect("write");
+    let (rc, out, err) = wsi(&["--model", m, "perplexity", "--file", text.to_str().expect("path"), "--json"]);
+    assert_eq!(rc, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
+    assert!(v["perplexity"].as_f64().unwrap_or(0.0) > 1.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
