@@ -21,13 +21,15 @@ override WG: u32 = 64;  // power of two
 
 @group(0) @binding(0) var<uniform> p: AttnParams;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
-@group(0) @binding(2) var<storage, read> k_cache: array<f32>;
-@group(0) @binding(3) var<storage, read> v_cache: array<f32>;
+@group(0) @binding(2) var<storage, read> k_cache: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> v_cache: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 @group(0) @binding(5) var<storage, read_write> scores: array<f32>;
 @group(0) @binding(7) var<storage, read> state: array<u32>;
 
 var<workgroup> red: array<f32, 256>;
+var<workgroup> q_sh: array<vec4<f32>, 64>;     // this head's query, hd <= 256
+var<workgroup> parts: array<vec4<f32>, 256>;   // partial sums of the V phase
 
 fn reduce_max(tid: u32, v: f32) -> f32 {
     red[tid] = v;
@@ -57,6 +59,8 @@ fn reduce_sum(tid: u32, v: f32) -> f32 {
     return r;
 }
 
+// Threads split the keys for the scores; for the weighted sum of V each thread owns 4
+// dimensions of one of WG / (hd / 4) key subsets, and the subsets are added at the end.
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let tid = lid.x;
@@ -66,20 +70,26 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let pos = state[0] + t;
     let n_keys = min(pos + 1u, p.ctx);
     let kvh = h / (p.n_heads / p.n_kv);
-    let kv_row = p.n_kv * p.hd;
+    let hd4 = p.hd / 4u;
+    let kv_row4 = p.n_kv * hd4;
+    let base4 = p.layer_off / 4u + kvh * hd4;
     let qb = t * p.n_heads * p.hd + h * p.hd;
     let sb = (t * p.n_heads + h) * p.ctx;
     let is_live = t < n_tok;
 
+    for (var d = tid; d < hd4; d += WG) {
+        let o = qb + d * 4u;
+        q_sh[d] = vec4<f32>(q[o], q[o + 1u], q[o + 2u], q[o + 3u]);
+    }
+    workgroupBarrier();
+
     var m = -3.0e38;
     if (is_live) {
         for (var j = tid; j < n_keys; j += WG) {
-            let kb = p.layer_off + j * kv_row + kvh * p.hd;
+            let kb = base4 + j * kv_row4;
             var s = 0.0;
-            for (var d = 0u; d < p.hd; d += 4u) {
-                let qv = vec4<f32>(q[qb + d], q[qb + d + 1u], q[qb + d + 2u], q[qb + d + 3u]);
-                let kv = vec4<f32>(k_cache[kb + d], k_cache[kb + d + 1u], k_cache[kb + d + 2u], k_cache[kb + d + 3u]);
-                s += dot(qv, kv);
+            for (var d = 0u; d < hd4; d++) {
+                s += dot(q_sh[d], k_cache[kb + d]);
             }
             s *= p.scale;
             scores[sb + j] = s;
@@ -98,15 +108,29 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let total = reduce_sum(tid, l);
     storageBarrier();
     workgroupBarrier();
-    if (!is_live) {
-        return;
-    }
-    let inv = 1.0 / total;
-    for (var d = tid; d < p.hd; d += WG) {
-        var acc = 0.0;
-        for (var j = 0u; j < n_keys; j++) {
-            acc += scores[sb + j] * v_cache[p.layer_off + j * kv_row + kvh * p.hd + d];
+
+    let n_parts = max(WG / hd4, 1u);
+    let d4 = tid % hd4;
+    let part = tid / hd4;
+    var acc = vec4<f32>(0.0);
+    if (is_live && part < n_parts) {
+        for (var j = part; j < n_keys; j += n_parts) {
+            acc += scores[sb + j] * v_cache[base4 + j * kv_row4 + d4];
         }
-        out[qb + d] = acc * inv;
+    }
+    parts[tid] = acc;
+    workgroupBarrier();
+    if (is_live && part == 0u) {
+        // hd4 > WG would leave dimensions without a thread: the host keeps hd <= 4 * WG.
+        var sum = vec4<f32>(0.0);
+        for (var i = 0u; i < n_parts; i++) {
+            sum += parts[i * hd4 + d4];
+        }
+        let o = qb + d4 * 4u;
+        let inv = 1.0 / total;
+        out[o] = sum.x * inv;
+        out[o + 1u] = sum.y * inv;
+        out[o + 2u] = sum.z * inv;
+        out[o + 3u] = sum.w * inv;
     }
 }

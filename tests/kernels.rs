@@ -257,8 +257,14 @@ fn rope_kv_rotates_and_appends_for_both_layouts() {
 
 #[test]
 fn attention_matches_cpu_reference_with_gqa_and_causal_mask() {
+    for (wg, hd) in [(64u32, 16usize), (128, 64), (32, 128)] {
+        check_attention(wg, hd);
+    }
+}
+
+fn check_attention(wg: u32, hd: usize) {
     let gpu = gpu();
-    let (nh, nkv, hd, ctx, t, pos0) = (6usize, 2usize, 16usize, 300usize, 5usize, 190usize);
+    let (nh, nkv, ctx, t, pos0) = (6usize, 2usize, 300usize, 5usize, 190usize);
     let kv_row = nkv * hd;
     let q = rand_vec(t * nh * hd, 21, 1.0);
     let k = rand_vec(ctx * kv_row, 22, 1.0);
@@ -282,7 +288,7 @@ fn attention_matches_cpu_reference_with_gqa_and_causal_mask() {
     let state = gpu.storage_init("state", bytemuck::cast_slice(&[pos0 as u32, t as u32, 0, 0]));
     run(
         &gpu,
-        KernelKey { kernel: Kernel::Attention, wg: 64, rows: 1, tpr: 1 },
+        KernelKey { kernel: Kernel::Attention, wg, rows: 1, tpr: 1 },
         &[(0, &ub), (1, &qb), (2, &kb), (3, &vb), (4, &out), (5, &scores), (7, &state)],
         [nh as u32, t as u32, 1],
     );
@@ -309,7 +315,7 @@ fn attention_matches_cpu_reference_with_gqa_and_causal_mask() {
         }
     }
     let err = max_rel_err(&got, &want, 0.1);
-    assert!(err < 1e-4, "attention max rel err {err}");
+    assert!(err < 1e-4, "attention wg={wg} hd={hd}: max rel err {err}");
 }
 
 fn gpu_sample(logits: &[f32], history: &[u32], s: &SampleSettings) -> (u32, Vec<u32>) {

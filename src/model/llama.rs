@@ -280,7 +280,10 @@ impl LlamaGpu {
                     &[(0, &rp), (1, &qkv_buf), (2, &q_buf), (3, &k_cache), (4, &v_cache), (5, &rope), (7, &state)],
                 );
                 list.push(Dispatch { pipeline, bind, grid: Grid::PerToken(rope_groups), family: "rope_kv" });
-                let pipeline = b.pipeline(Kernel::Attention)?;
+                // Every 4 dimensions of a head need a thread in the V phase.
+                let attn_wg = wg.max(u32_of(hd / 4, "head dim")?.next_power_of_two()).min(256);
+                let pipeline =
+                    kernels.get(&gpu.device, KernelKey { kernel: Kernel::Attention, wg: attn_wg, rows: 1, tpr: 1 })?;
                 let bind = b.bind(
                     &pipeline,
                     &[(0, &rp), (1, &q_buf), (2, &k_cache), (3, &v_cache), (4, &attn), (5, &scores), (7, &state)],
