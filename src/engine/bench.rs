@@ -26,10 +26,11 @@ pub struct BenchReport {
     pub load_ms: f64,
 }
 
-/// Per kernel family: (calls per decode token, total ms per token), slowest first.
+/// Per kernel family: (calls, total ms) for one decode step (`prefill_tokens == 0`) or one
+/// prefill chunk, slowest first.
 #[cfg(not(target_arch = "wasm32"))]
-pub fn profile(engine: &Engine, reps: u32) -> Result<Vec<(String, usize, f64)>> {
-    let rows = engine.model.profile_decode(&engine.gpu, reps)?;
+pub fn profile(engine: &Engine, reps: u32, prefill_tokens: u32) -> Result<Vec<(String, usize, f64)>> {
+    let rows = engine.model.profile(&engine.gpu, reps, prefill_tokens)?;
     let mut agg: Vec<(String, usize, f64)> = Vec::new();
     for (fam, ms) in rows {
         match agg.iter_mut().find(|a| a.0 == fam) {

@@ -354,17 +354,24 @@ impl LlamaGpu {
         self.decode.len() + 1
     }
 
-    /// Time each decode dispatch alone: `reps` copies in one submission, waited for on the
-    /// CPU (native only). Returns (family, ms per dispatch) in decode order.
+    /// Time each dispatch of a decode step (`prefill_tokens == 0`) or of a prefill chunk
+    /// alone: `reps` copies in one submission, waited for on the CPU (native only).
+    /// Returns (family, ms per dispatch) in order.
     #[cfg(not(target_arch = "wasm32"))]
-    pub fn profile_decode(&self, gpu: &Gpu, reps: u32) -> Result<Vec<(&'static str, f64)>> {
+    pub fn profile(&self, gpu: &Gpu, reps: u32, prefill_tokens: u32) -> Result<Vec<(&'static str, f64)>> {
+        let (list, tokens) = if prefill_tokens == 0 {
+            (&self.decode, 1)
+        } else {
+            self.write_state(gpu, 0, prefill_tokens.min(self.options.chunk as u32));
+            (&self.prefill, prefill_tokens.min(self.options.chunk as u32))
+        };
         let mut out = Vec::new();
-        for d in self.decode.iter().chain(std::iter::once(&self.sample)) {
+        for d in list.iter().chain(std::iter::once(&self.sample)) {
             let mut enc = gpu.device.create_command_encoder(&Default::default());
             {
                 let mut pass = enc.begin_compute_pass(&Default::default());
                 for _ in 0..reps {
-                    run(&mut pass, std::slice::from_ref(d), 1);
+                    run(&mut pass, std::slice::from_ref(d), tokens);
                 }
             }
             let t0 = web_time::Instant::now();

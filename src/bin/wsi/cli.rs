@@ -314,10 +314,26 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench { prompt_tokens, gen_tokens, compare, profile, json: as_json } => {
             let mut engine = open_engine(&cli.model, &cfg)?;
             let base = pollster::block_on(wsi::engine::bench(&mut engine, *prompt_tokens, *gen_tokens))?;
-            let prof = if *profile { Some(wsi::engine::profile(&engine, 10)?) } else { None };
+            let prof = if *profile {
+                let chunk = engine.model.options.chunk as u32;
+                Some(json!({
+                    "decode": wsi::engine::profile(&engine, 10, 0)?,
+                    "prefill_chunk": wsi::engine::profile(&engine, 3, chunk)?,
+                    "chunk": chunk,
+                }))
+            } else {
+                None
+            };
             if let (Some(p), false) = (&prof, *as_json) {
-                for (fam, n, ms) in p {
-                    println!("profile {fam:14} x{n:<4} {ms:9.3} ms/token");
+                for (what, unit) in [("decode", "ms/token"), ("prefill_chunk", "ms/chunk")] {
+                    for row in p[what].as_array().into_iter().flatten() {
+                        println!(
+                            "{what:13} {:14} x{:<4} {:9.3} {unit}",
+                            row[0].as_str().unwrap_or(""),
+                            row[1],
+                            row[2].as_f64().unwrap_or(0.0)
+                        );
+                    }
                 }
             }
             let other = match compare {
