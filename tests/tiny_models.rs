@@ -177,3 +177,20 @@ fn same_seed_gives_the_same_sampled_text() {
     .ids;
     assert_ne!(a, greedy, "temperature 1.2 does not reduce to greedy");
 }
+
+#[test]
+fn generation_timeout_ends_with_finish_reason_timeout() {
+    let bytes = tiny_gguf(&spec(true), Arch::Llama, 6, HostFormat::F32).expect("tiny model");
+    let src = GgufSource::from_bytes(bytes).expect("parse");
+    let mut e = engine(&src, WeightFormat::F32, 64, 16);
+    // 0 ms: the deadline has passed when the first batch of ids arrives; that batch is kept.
+    let params =
+        GenerateParams { max_tokens: 40, ignore_eos: true, generation_timeout_ms: Some(0), ..Default::default() };
+    let g = pollster::block_on(e.generate(&[5, 6, 7], &params, &mut |_| true)).expect("generate");
+    assert_eq!(g.finish_reason.as_str(), "timeout");
+    assert!(g.ids.len() < 40, "stopped early: {} ids", g.ids.len());
+    let params =
+        GenerateParams { max_tokens: 6, ignore_eos: true, token_timeout_ms: Some(60_000), ..Default::default() };
+    let g = pollster::block_on(e.generate(&[5, 6, 7], &params, &mut |_| true)).expect("generate");
+    assert_eq!(g.finish_reason.as_str(), "length");
+}

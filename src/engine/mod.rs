@@ -62,11 +62,22 @@ pub struct GenerateParams {
     pub stop: Vec<String>,
     /// Keep going past end-of-sequence ids (benchmarks).
     pub ignore_eos: bool,
+    /// End with `FinishReason::Timeout` when a token takes longer than this (ms).
+    pub token_timeout_ms: Option<u64>,
+    /// End with `FinishReason::Timeout` when the whole generation takes longer (ms).
+    pub generation_timeout_ms: Option<u64>,
 }
 
 impl Default for GenerateParams {
     fn default() -> Self {
-        GenerateParams { sample: SampleSettings::greedy(), max_tokens: 128, stop: Vec::new(), ignore_eos: false }
+        GenerateParams {
+            sample: SampleSettings::greedy(),
+            max_tokens: 128,
+            stop: Vec::new(),
+            ignore_eos: false,
+            token_timeout_ms: None,
+            generation_timeout_ms: None,
+        }
     }
 }
 
@@ -298,6 +309,7 @@ impl Engine {
         let steps = self.options.steps_per_submit as usize;
         let depth = self.options.in_flight as usize;
         let mut t_first: Option<Instant> = None;
+        let mut t_last_batch = t_start;
 
         loop {
             while finish.is_none() && queue.len() < depth && submitted < budget {
@@ -333,6 +345,13 @@ impl Engine {
             if finish.is_some() {
                 continue; // steps that ran past a stop are discarded
             }
+            // Deadlines: the ids of a batch arrive together, so a token's time is its share
+            // of the wait for the batch. The batch is still delivered.
+            let t_batch = Instant::now();
+            let per_token_ms = (t_batch - t_last_batch).as_secs_f64() * 1e3 / job.count as f64;
+            let timed_out = params.token_timeout_ms.is_some_and(|ms| per_token_ms > ms as f64)
+                || params.generation_timeout_ms.is_some_and(|ms| (t_batch - t_start).as_secs_f64() * 1e3 > ms as f64);
+            t_last_batch = t_batch;
             for chunk in bytes.chunks_exact(4) {
                 let id = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
                 if !params.ignore_eos && self.tokenizer.eos_ids().contains(&id) {
@@ -357,6 +376,9 @@ impl Engine {
                     finish = Some(FinishReason::Length);
                     break;
                 }
+            }
+            if timed_out && finish.is_none() {
+                finish = Some(FinishReason::Timeout);
             }
         }
         let finish = finish.unwrap_or(FinishReason::Length);

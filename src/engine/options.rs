@@ -105,11 +105,22 @@ impl GenerateParams {
             max_tokens: p.max_tokens,
             stop: p.stop.clone(),
             ignore_eos: false,
+            token_timeout_ms: None,
+            generation_timeout_ms: None,
         }
     }
 }
 
 impl Engine {
+    /// Per-call parameters from resolved sampling settings plus this engine's deadlines.
+    pub fn params_for(&self, p: &SamplingParams) -> GenerateParams {
+        GenerateParams {
+            token_timeout_ms: self.options.config.token_timeout_ms,
+            generation_timeout_ms: self.options.config.generation_timeout_ms,
+            ..GenerateParams::from_sampling(p)
+        }
+    }
+
     /// The stats object of DESIGN.md §4 for a generation (every figure measured).
     pub fn stats_json(&self, s: &GenerationStats) -> Value {
         let (w, kv, act) = self.memory_bytes();

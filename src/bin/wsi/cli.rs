@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, Subcommand};
 use serde_json::json;
 use wsi::config::{GenerateOptions, StreamingConfig};
-use wsi::engine::{Engine, EngineOptions, GenerateParams};
+use wsi::engine::{Engine, EngineOptions};
 use wsi::error::{Error, Result};
 use wsi::gpu::Gpu;
 use wsi::tokenizer::ChatMessage;
@@ -252,7 +252,7 @@ fn run(cli: Cli) -> Result<()> {
                 seed: *seed,
                 ..Default::default()
             };
-            let params = GenerateParams::from_sampling(&opts.resolve(&cfg, 128, clock_seed()));
+            let params = engine.params_for(&opts.resolve(&cfg, 128, clock_seed()));
             let mut out = std::io::stdout();
             let streaming = !*as_json;
             let g = pollster::block_on(engine.generate(&ids, &params, &mut |ev| {
