@@ -511,6 +511,8 @@ impl Builder<'_> {
         };
         let family = match (tiled, mode.fuse_norm, mode.swiglu_in, last_row) {
             (_, true, _, true) => "lm_head",
+            (true, true, _, _) => "matmul_norm",
+            (true, _, true, _) => "matmul_swiglu",
             (true, _, _, _) => "matmul",
             (false, true, _, _) => "matvec_norm",
             (false, _, true, _) => "matvec_swiglu",
