@@ -18,7 +18,7 @@ struct MatParams {
 
 override WG: u32 = 64;          // threads per workgroup, power of two
 override TPR: u32 = 64;         // threads sharing one group of rows, power of two <= WG
-override ROWS: u32 = 4;         // rows per thread group, <= 8
+override ROWS: u32 = 4;         // rows per thread group, 1..=4
 override FUSE_NORM: bool = false;
 override SWIGLU_IN: bool = false;
 override ACCUMULATE: bool = false;
@@ -31,7 +31,9 @@ override HAS_BIAS: bool = false;
 @group(0) @binding(6) var<storage, read> bias: array<f32>;
 @group(0) @binding(7) var<storage, read> state: array<u32>;
 
-var<workgroup> red: array<f32, 1024>;
+var<workgroup> red: array<f32, 256>;
+var<workgroup> parts: array<vec4<f32>, 256>;
+var<private> out_row: u32;
 
 fn xin(base: u32, k: u32) -> f32 {
     if (SWIGLU_IN) {
@@ -55,6 +57,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         t = max(state[1], 1u) - 1u;
     }
     let row0 = (wid.x * (WG / TPR) + group) * ROWS;
+    out_row = wid.y;
     let xbase = t * p.x_stride;
 
     var inv = 1.0;
@@ -91,53 +94,70 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         }
     }
 
+    // Accumulate up to 4 rows in the components of one vec4 (no run-time-indexed arrays,
+    // which some drivers keep in slow local memory). Rows past the end read the last row
+    // and are not stored.
     let k4n = p.k / 4u;
-    var acc: array<f32, 8>;
+    let last = p.n - 1u;
+    let r0 = min(row0, last);
+    let r1 = min(row0 + 1u, last);
+    let r2 = min(row0 + 2u, last);
+    let r3 = min(row0 + 3u, last);
+    var acc = vec4<f32>(0.0);
     for (var k4 = lane; k4 < k4n; k4 += TPR) {
         let kb = k4 * 4u;
         var xv = vec4<f32>(xin(xbase, kb), xin(xbase, kb + 1u), xin(xbase, kb + 2u), xin(xbase, kb + 3u));
         if (FUSE_NORM) {
             xv = xv * inv * vec4<f32>(aux[kb], aux[kb + 1u], aux[kb + 2u], aux[kb + 3u]);
         }
-        for (var r = 0u; r < ROWS; r++) {
-            let row = row0 + r;
-            if (row < p.n) {
-                acc[r] += dot(load_w4(row, k4, k4n), xv);
-            }
+        acc.x += dot(load_w4(r0, k4, k4n), xv);
+        if (ROWS > 1u) {
+            acc.y += dot(load_w4(r1, k4, k4n), xv);
+        }
+        if (ROWS > 2u) {
+            acc.z += dot(load_w4(r2, k4, k4n), xv);
+        }
+        if (ROWS > 3u) {
+            acc.w += dot(load_w4(r3, k4, k4n), xv);
         }
     }
     if (TPR > 1u) {
-        for (var r = 0u; r < ROWS; r++) {
-            red[r * WG + tid] = acc[r];
-        }
+        parts[tid] = acc;
         workgroupBarrier();
         for (var s = TPR / 2u; s > 0u; s >>= 1u) {
             if (lane < s) {
-                for (var r = 0u; r < ROWS; r++) {
-                    red[r * WG + tid] += red[r * WG + tid + s];
-                }
+                parts[tid] += parts[tid + s];
             }
             workgroupBarrier();
         }
-        for (var r = 0u; r < ROWS; r++) {
-            acc[r] = red[r * WG + tid];
-        }
+        acc = parts[tid];
     }
     if (lane == 0u) {
-        for (var r = 0u; r < ROWS; r++) {
-            let row = row0 + r;
-            if (row < p.n) {
-                var v = acc[r];
-                if (HAS_BIAS) {
-                    v += bias[row];
-                }
-                let yi = wid.y * p.y_stride + row;
-                if (ACCUMULATE) {
-                    y[yi] += v;
-                } else {
-                    y[yi] = v;
-                }
-            }
+        store(row0, acc.x);
+        if (ROWS > 1u) {
+            store(row0 + 1u, acc.y);
         }
+        if (ROWS > 2u) {
+            store(row0 + 2u, acc.z);
+        }
+        if (ROWS > 3u) {
+            store(row0 + 3u, acc.w);
+        }
+    }
+}
+
+fn store(row: u32, v: f32) {
+    if (row >= p.n) {
+        return;
+    }
+    var o = v;
+    if (HAS_BIAS) {
+        o += bias[row];
+    }
+    let yi = out_row * p.y_stride + row;
+    if (ACCUMULATE) {
+        y[yi] += o;
+    } else {
+        y[yi] = o;
     }
 }

@@ -231,7 +231,7 @@ impl LlamaGpu {
                 .sum();
 
         let wg = options.workgroup.next_power_of_two().clamp(32, 256);
-        let rows = options.rows.clamp(1, 8);
+        let rows = options.rows.clamp(1, 4);
         let tpr = options.threads_per_row.clamp(1, wg).next_power_of_two();
         let b = Builder { gpu, kernels, wg, rows, tpr, state: &state, dummy: &dummy, eps: cfg.rms_eps };
 
