@@ -28,6 +28,19 @@ impl GpuCaps {
     }
 }
 
+/// A numeric debugging switch from the environment (native only), e.g. WSI_THREADS_PER_ROW.
+fn env_u32(name: &str) -> Option<u32> {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        std::env::var(name).ok().and_then(|v| v.parse().ok())
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        let _ = name;
+        None
+    }
+}
+
 /// GPU weight format for a configured precision.
 pub fn weight_format(q: Quantization) -> Result<WeightFormat> {
     match q {
@@ -74,8 +87,9 @@ impl EngineOptions {
                 context,
                 chunk,
                 workgroup: profile.workgroup_size[0],
-                threads_per_row: if caps.is_cpu { 1 } else { profile.workgroup_size[0] },
-                rows: if caps.is_cpu { 2 } else { 4 },
+                threads_per_row: env_u32("WSI_THREADS_PER_ROW")
+                    .unwrap_or(if caps.is_cpu { 1 } else { profile.workgroup_size[0] }),
+                rows: env_u32("WSI_ROWS").unwrap_or(if caps.is_cpu { 2 } else { 4 }),
             },
             steps_per_submit: steps,
             in_flight,
