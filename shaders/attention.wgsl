@@ -4,7 +4,9 @@
 //   caches:  [layers, ctx, n_kv * hd] (this layer at p.layer_off)
 //   scores:  [T, n_heads, ctx] scratch
 // Scores go through a scratch buffer so that any context length fits (workgroup memory
-// would cap it).
+// would cap it). With SPLIT > 1 (decode on GPUs) the keys are split over SPLIT workgroups
+// per head (grid z) that write unnormalised partials (max, sum, acc[hd]); the `combine`
+// entry point merges them, so that long contexts use more than n_heads workgroups.
 
 struct AttnParams {
     n_heads: u32,
@@ -17,7 +19,8 @@ struct AttnParams {
     _pad1: u32,
 }
 
-override WG: u32 = 64;  // power of two
+override WG: u32 = 64;     // power of two
+override SPLIT: u32 = 1;   // workgroups per (head, token) over the keys
 
 @group(0) @binding(0) var<uniform> p: AttnParams;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
@@ -25,6 +28,7 @@ override WG: u32 = 64;  // power of two
 @group(0) @binding(3) var<storage, read> v_cache: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 @group(0) @binding(5) var<storage, read_write> scores: array<f32>;
+@group(0) @binding(6) var<storage, read_write> partial: array<f32>;  // [T, n_heads, SPLIT, hd + 2]
 @group(0) @binding(7) var<storage, read> state: array<u32>;
 
 var<workgroup> red: array<f32, 256>;
@@ -69,6 +73,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let n_tok = state[1];
     let pos = state[0] + t;
     let n_keys = min(pos + 1u, p.ctx);
+    let per_split = (n_keys + SPLIT - 1u) / SPLIT;
+    let j0 = min(wid.z * per_split, n_keys);
+    let j1 = min(j0 + per_split, n_keys);
     let kvh = h / (p.n_heads / p.n_kv);
     let hd4 = p.hd / 4u;
     let kv_row4 = p.n_kv * hd4;
@@ -85,7 +92,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 
     var m = -3.0e38;
     if (is_live) {
-        for (var j = tid; j < n_keys; j += WG) {
+        for (var j = j0 + tid; j < j1; j += WG) {
             let kb = base4 + j * kv_row4;
             var s = 0.0;
             for (var d = 0u; d < hd4; d++) {
@@ -99,7 +106,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let mx = reduce_max(tid, m);
     var l = 0.0;
     if (is_live) {
-        for (var j = tid; j < n_keys; j += WG) {
+        for (var j = j0 + tid; j < j1; j += WG) {
             let e = exp(scores[sb + j] - mx);
             scores[sb + j] = e;
             l += e;
@@ -114,7 +121,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let part = tid / hd4;
     var acc = vec4<f32>(0.0);
     if (is_live && part < n_parts) {
-        for (var j = part; j < n_keys; j += n_parts) {
+        for (var j = j0 + part; j < j1; j += n_parts) {
             acc += scores[sb + j] * v_cache[base4 + j * kv_row4 + d4];
         }
     }
@@ -126,11 +133,56 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         for (var i = 0u; i < n_parts; i++) {
             sum += parts[i * hd4 + d4];
         }
-        let o = qb + d4 * 4u;
-        let inv = 1.0 / total;
-        out[o] = sum.x * inv;
-        out[o + 1u] = sum.y * inv;
-        out[o + 2u] = sum.z * inv;
-        out[o + 3u] = sum.w * inv;
+        if (SPLIT > 1u) {
+            let pb = ((t * p.n_heads + h) * SPLIT + wid.z) * (p.hd + 2u);
+            if (d4 == 0u) {
+                partial[pb] = mx;
+                partial[pb + 1u] = total;
+            }
+            let o = pb + 2u + d4 * 4u;
+            partial[o] = sum.x;
+            partial[o + 1u] = sum.y;
+            partial[o + 2u] = sum.z;
+            partial[o + 3u] = sum.w;
+        } else {
+            let o = qb + d4 * 4u;
+            let inv = 1.0 / total;
+            out[o] = sum.x * inv;
+            out[o + 1u] = sum.y * inv;
+            out[o + 2u] = sum.z * inv;
+            out[o + 3u] = sum.w * inv;
+        }
+    }
+}
+
+// Merge the SPLIT partials of one (head, token): one workgroup, a thread per dimension.
+@compute @workgroup_size(WG)
+fn combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let h = wid.x;
+    let t = wid.y;
+    if (t >= state[1]) {
+        return;
+    }
+    let stride = p.hd + 2u;
+    let base = (t * p.n_heads + h) * SPLIT * stride;
+    var mx = -3.0e38;
+    for (var z = 0u; z < SPLIT; z++) {
+        if (partial[base + z * stride + 1u] > 0.0) {
+            mx = max(mx, partial[base + z * stride]);
+        }
+    }
+    for (var d = lid.x; d < p.hd; d += WG) {
+        var l = 0.0;
+        var acc = 0.0;
+        for (var z = 0u; z < SPLIT; z++) {
+            let pz = base + z * stride;
+            let lz = partial[pz + 1u];
+            if (lz > 0.0) {
+                let w = exp(partial[pz] - mx);
+                l += lz * w;
+                acc += partial[pz + 2u + d] * w;
+            }
+        }
+        out[t * p.n_heads * p.hd + h * p.hd + d] = acc / l;
     }
 }

@@ -257,12 +257,12 @@ fn rope_kv_rotates_and_appends_for_both_layouts() {
 
 #[test]
 fn attention_matches_cpu_reference_with_gqa_and_causal_mask() {
-    for (wg, hd) in [(64u32, 16usize), (128, 64), (32, 128)] {
-        check_attention(wg, hd);
+    for (wg, hd, split) in [(64u32, 16usize, 1u32), (128, 64, 1), (32, 128, 1), (64, 64, 7), (128, 64, 16)] {
+        check_attention(wg, hd, split);
     }
 }
 
-fn check_attention(wg: u32, hd: usize) {
+fn check_attention(wg: u32, hd: usize, split: u32) {
     let gpu = gpu();
     let (nh, nkv, ctx, t, pos0) = (6usize, 2usize, 300usize, 5usize, 190usize);
     let kv_row = nkv * hd;
@@ -286,12 +286,21 @@ fn check_attention(wg: u32, hd: usize) {
     let out = gpu.storage("out", (t * nh * hd * 4) as u64);
     let scores = gpu.storage("scores", (t * nh * ctx * 4) as u64);
     let state = gpu.storage_init("state", bytemuck::cast_slice(&[pos0 as u32, t as u32, 0, 0]));
+    let partial = gpu.storage("partial", (t * nh * split as usize * (hd + 2) * 4) as u64);
     run(
         &gpu,
-        KernelKey { kernel: Kernel::Attention, wg, rows: 1, tpr: 1 },
-        &[(0, &ub), (1, &qb), (2, &kb), (3, &vb), (4, &out), (5, &scores), (7, &state)],
-        [nh as u32, t as u32, 1],
+        KernelKey { kernel: Kernel::Attention { split }, wg, rows: 1, tpr: 1 },
+        &[(0, &ub), (1, &qb), (2, &kb), (3, &vb), (4, &out), (5, &scores), (6, &partial), (7, &state)],
+        [nh as u32, t as u32, split],
     );
+    if split > 1 {
+        run(
+            &gpu,
+            KernelKey { kernel: Kernel::AttentionCombine { split }, wg, rows: 1, tpr: 1 },
+            &[(0, &ub), (4, &out), (6, &partial), (7, &state)],
+            [nh as u32, t as u32, 1],
+        );
+    }
     let got = read_f32(&gpu, &out);
     let mut want = vec![0.0f32; t * nh * hd];
     for ti in 0..t {
@@ -315,7 +324,7 @@ fn check_attention(wg: u32, hd: usize) {
         }
     }
     let err = max_rel_err(&got, &want, 0.1);
-    assert!(err < 1e-4, "attention wg={wg} hd={hd}: max rel err {err}");
+    assert!(err < 1e-4, "attention wg={wg} hd={hd} split={split}: max rel err {err}");
 }
 
 fn gpu_sample(logits: &[f32], history: &[u32], s: &SampleSettings) -> (u32, Vec<u32>) {

@@ -16,7 +16,15 @@ use wsi::model::reference::forward_all;
 use wsi::model::{Arch, HostFormat, ModelSource};
 
 fn engine(src: &dyn ModelSource, format: WeightFormat, tpr: u32, chunk: usize) -> Engine {
-    let load = LoadOptions { format, context: 64, chunk, workgroup: 64, threads_per_row: tpr, rows: 2 };
+    let load = LoadOptions {
+        format,
+        context: 64,
+        chunk,
+        workgroup: 64,
+        threads_per_row: tpr,
+        rows: 2,
+        attention_split: if tpr == 1 { 1 } else { 5 },
+    };
     let options = EngineOptions { load, steps_per_submit: 3, in_flight: 2, ..Default::default() };
     Engine::load(gpu(), src, options).expect("engine loads")
 }

@@ -87,9 +87,14 @@ impl EngineOptions {
                 context,
                 chunk,
                 workgroup: profile.workgroup_size[0],
-                threads_per_row: env_u32("WSI_THREADS_PER_ROW")
-                    .unwrap_or(if caps.is_cpu { 1 } else { profile.workgroup_size[0] }),
+                threads_per_row: env_u32("WSI_THREADS_PER_ROW").unwrap_or(if caps.is_cpu {
+                    1
+                } else {
+                    profile.workgroup_size[0]
+                }),
                 rows: env_u32("WSI_ROWS").unwrap_or(if caps.is_cpu { 2 } else { 4 }),
+                // Dispatches cost ~0.25 ms on CPU rasterisers: one attention dispatch there.
+                attention_split: env_u32("WSI_ATTENTION_SPLIT").unwrap_or(if caps.is_cpu { 1 } else { 16 }),
             },
             steps_per_submit: steps,
             in_flight,

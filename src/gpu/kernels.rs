@@ -66,8 +66,11 @@ pub enum Kernel {
     Embed { format: WeightFormat },
     /// RoPE + KV append.
     RopeKv { adjacent: bool },
-    /// Causal GQA attention.
-    Attention,
+    /// Causal GQA attention; with `split > 1` each (head, token) spreads its keys over
+    /// `split` workgroups that write partials for [`Kernel::AttentionCombine`].
+    Attention { split: u32 },
+    /// Merge of the attention partials.
+    AttentionCombine { split: u32 },
     /// Sampling + step advance.
     Sample,
 }
@@ -97,7 +100,9 @@ impl KernelKey {
             Kernel::Matmul { format, .. } => (format.prelude(), include_str!("../../shaders/matmul.wgsl")),
             Kernel::Embed { format } => (format.prelude(), include_str!("../../shaders/embed.wgsl")),
             Kernel::RopeKv { .. } => ("", include_str!("../../shaders/rope_kv.wgsl")),
-            Kernel::Attention => ("", include_str!("../../shaders/attention.wgsl")),
+            Kernel::Attention { .. } | Kernel::AttentionCombine { .. } => {
+                ("", include_str!("../../shaders/attention.wgsl"))
+            }
             Kernel::Sample => ("", include_str!("../../shaders/sample.wgsl")),
         };
         format!("{prelude}\n{body}")
@@ -123,7 +128,9 @@ impl KernelKey {
                 ("HAS_BIAS", b(mode.bias)),
             ],
             Kernel::RopeKv { adjacent } => vec![("ADJACENT", b(adjacent))],
-            Kernel::Attention => vec![("WG", f64::from(self.wg))],
+            Kernel::Attention { split } | Kernel::AttentionCombine { split } => {
+                vec![("WG", f64::from(self.wg)), ("SPLIT", f64::from(split.max(1)))]
+            }
             Kernel::Embed { .. } | Kernel::Sample => vec![],
         }
     }
@@ -153,7 +160,7 @@ impl Kernels {
             label: Some(&label),
             layout: None,
             module: &module,
-            entry_point: Some("main"),
+            entry_point: Some(if matches!(key.kernel, Kernel::AttentionCombine { .. }) { "combine" } else { "main" }),
             compilation_options: wgpu::PipelineCompilationOptions {
                 constants: &constants,
                 zero_initialize_workgroup_memory: true,
@@ -185,7 +192,7 @@ impl Kernels {
                 out.push((format!("{k:?}"), key.source()));
             }
         }
-        for k in [Kernel::RopeKv { adjacent: true }, Kernel::Attention, Kernel::Sample] {
+        for k in [Kernel::RopeKv { adjacent: true }, Kernel::Attention { split: 1 }, Kernel::Sample] {
             let key = KernelKey { kernel: k, wg: 64, rows: 1, tpr: 64 };
             out.push((format!("{k:?}"), key.source()));
         }

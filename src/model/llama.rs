@@ -22,11 +22,22 @@ pub struct LoadOptions {
     pub threads_per_row: u32,
     /// Rows per matvec thread group.
     pub rows: u32,
+    /// Workgroups per head over the keys in decode attention (1 = one workgroup per head,
+    /// best where dispatches are costly; GPUs want more).
+    pub attention_split: u32,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { format: WeightFormat::F32, context: 2048, chunk: 64, workgroup: 64, threads_per_row: 64, rows: 4 }
+        LoadOptions {
+            format: WeightFormat::F32,
+            context: 2048,
+            chunk: 64,
+            workgroup: 64,
+            threads_per_row: 64,
+            rows: 4,
+            attention_split: 1,
+        }
     }
 }
 
@@ -223,9 +234,11 @@ impl LlamaGpu {
         let state = gpu.storage("state", 16); // (pos, n_tokens)
         let rope = gpu.storage_init("rope", bytemuck::cast_slice(&rope_table(&cfg, ctx))); // [ctx, hd/2] (cos, sin)
         let dummy = gpu.storage("dummy", 16);
+        let split = options.attention_split.clamp(1, 64);
+        let partial = gpu.storage("attn partial", nh as u64 * u64::from(split) * (hd as u64 + 2) * f); // [1, n_heads, split, hd + 2]
         let kv_bytes = k_cache.size() + v_cache.size();
         let activation_bytes =
-            [&x, &qkv_buf, &q_buf, &attn, &gate_up, &logits, &scores, &tokens, &state, &rope, &dummy]
+            [&x, &qkv_buf, &q_buf, &attn, &gate_up, &logits, &scores, &tokens, &state, &rope, &dummy, &partial]
                 .iter()
                 .map(|b| b.size())
                 .sum();
@@ -282,13 +295,28 @@ impl LlamaGpu {
                 list.push(Dispatch { pipeline, bind, grid: Grid::PerToken(rope_groups), family: "rope_kv" });
                 // Every 4 dimensions of a head need a thread in the V phase.
                 let attn_wg = wg.max(u32_of(hd / 4, "head dim")?.next_power_of_two()).min(256);
-                let pipeline =
-                    kernels.get(&gpu.device, KernelKey { kernel: Kernel::Attention, wg: attn_wg, rows: 1, tpr: 1 })?;
-                let bind = b.bind(
-                    &pipeline,
-                    &[(0, &rp), (1, &q_buf), (2, &k_cache), (3, &v_cache), (4, &attn), (5, &scores), (7, &state)],
-                );
-                list.push(Dispatch { pipeline, bind, grid: Grid::PerToken(u32_of(nh, "heads")?), family: "attention" });
+                let heads = u32_of(nh, "heads")?;
+                let list_split = if tiled { 1 } else { split };
+                let key = |kernel| KernelKey { kernel, wg: attn_wg, rows: 1, tpr: 1 };
+                let pipeline = kernels.get(&gpu.device, key(Kernel::Attention { split: list_split }))?;
+                let entries = [
+                    (0, &rp),
+                    (1, &q_buf),
+                    (2, &k_cache),
+                    (3, &v_cache),
+                    (4, &attn),
+                    (5, &scores),
+                    (6, &partial),
+                    (7, &state),
+                ];
+                let bind = b.bind(&pipeline, &entries);
+                let grid = if list_split > 1 { Grid::Fixed([heads, 1, list_split]) } else { Grid::PerToken(heads) };
+                list.push(Dispatch { pipeline, bind, grid, family: "attention" });
+                if list_split > 1 {
+                    let pipeline = kernels.get(&gpu.device, key(Kernel::AttentionCombine { split: list_split }))?;
+                    let bind = b.bind(&pipeline, &[(0, &rp), (4, &attn), (6, &partial), (7, &state)]);
+                    list.push(Dispatch { pipeline, bind, grid: Grid::Fixed([heads, 1, 1]), family: "attention" });
+                }
                 let acc = MatMode { accumulate: true, ..Default::default() };
                 list.push(b.matrix(tiled, &layer.o, acc, &attn, &x, None, None, false)?);
                 let norm = MatMode { fuse_norm: true, ..Default::default() };
