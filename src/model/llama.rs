@@ -233,12 +233,12 @@ impl LlamaGpu {
         let tokens = gpu.storage("tokens", (ctx as u64 + 1) * 4); // [ctx + 1] u32
         let state = gpu.storage("state", 16); // (pos, n_tokens)
         let rope = gpu.storage_init("rope", bytemuck::cast_slice(&rope_table(&cfg, ctx))); // [ctx, hd/2] (cos, sin)
-        let dummy = gpu.storage("dummy", 16);
+        let filler = gpu.storage("unused binding", 16); // bound where a kernel variant ignores a binding
         let split = options.attention_split.clamp(1, 64);
         let partial = gpu.storage("attn partial", nh as u64 * u64::from(split) * (hd as u64 + 2) * f); // [1, n_heads, split, hd + 2]
         let kv_bytes = k_cache.size() + v_cache.size();
         let activation_bytes =
-            [&x, &qkv_buf, &q_buf, &attn, &gate_up, &logits, &scores, &tokens, &state, &rope, &dummy, &partial]
+            [&x, &qkv_buf, &q_buf, &attn, &gate_up, &logits, &scores, &tokens, &state, &rope, &filler, &partial]
                 .iter()
                 .map(|b| b.size())
                 .sum();
@@ -246,7 +246,7 @@ impl LlamaGpu {
         let wg = options.workgroup.next_power_of_two().clamp(32, 256);
         let rows = options.rows.clamp(1, 4);
         let tpr = options.threads_per_row.clamp(1, wg).next_power_of_two();
-        let b = Builder { gpu, kernels, wg, rows, tpr, state: &state, dummy: &dummy, eps: cfg.rms_eps };
+        let b = Builder { gpu, kernels, wg, rows, tpr, state: &state, filler: &filler, eps: cfg.rms_eps };
 
         let layer_off = |l: usize| -> Result<u32> { u32_of(l * kv_layer as usize, "kv offset") };
         let head_params = |l: usize| -> Result<HeadParams> {
@@ -349,7 +349,7 @@ impl LlamaGpu {
         let sample = Dispatch { pipeline, bind, grid: Grid::Fixed([1, 1, 1]), family: "sample" };
 
         let mut keep =
-            vec![x, qkv_buf, q_buf, attn, gate_up, scores, k_cache, v_cache, rope, dummy, out_norm, embd.buf];
+            vec![x, qkv_buf, q_buf, attn, gate_up, scores, k_cache, v_cache, rope, filler, partial, out_norm, embd.buf];
         if let Some(h) = lm_head {
             keep.push(h.buf);
         }
@@ -461,7 +461,7 @@ struct Builder<'a> {
     rows: u32,
     tpr: u32,
     state: &'a wgpu::Buffer,
-    dummy: &'a wgpu::Buffer,
+    filler: &'a wgpu::Buffer,
     eps: f32,
 }
 
@@ -524,8 +524,8 @@ impl Builder<'_> {
                 (1, &m.buf),
                 (3, x),
                 (4, y),
-                (5, norm.unwrap_or(self.dummy)),
-                (6, bias.unwrap_or(self.dummy)),
+                (5, norm.unwrap_or(self.filler)),
+                (6, bias.unwrap_or(self.filler)),
                 (7, self.state),
             ],
         );
