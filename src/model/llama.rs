@@ -5,7 +5,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::params::{EmbedParams, HeadParams, MatParams, SampleParams};
 use crate::gpu::{Gpu, Kernel, KernelKey, Kernels, MatMode, WeightFormat};
-use crate::model::upload::{GpuMatrix, required, required_f32, upload_tensors, upload_vec};
+use crate::model::upload::{GpuMatrix, embedding_format, required, required_f32, upload_tensors, upload_vec};
 use crate::model::{ModelConfig, ModelSource, RopeLayout, RopeScaling, WeightName};
 
 /// Load-time options of the GPU model.
@@ -147,13 +147,14 @@ impl LlamaGpu {
         let mut weight_bytes = 0u64;
 
         let embd_t = required(src, WeightName::TokenEmbd, &[vocab, d])?;
-        let embd = upload_tensors(gpu, "token_embd", &[&embd_t], d, fmt)?;
+        let embd = upload_tensors(gpu, "token_embd", &[&embd_t], d, embedding_format(fmt))?;
         drop(embd_t);
         weight_bytes += embd.bytes();
         let lm_head = if cfg.tied_embeddings {
             None
         } else {
-            let m = upload_tensors(gpu, "output", &[&required(src, WeightName::Output, &[vocab, d])?], d, fmt)?;
+            let output = required(src, WeightName::Output, &[vocab, d])?;
+            let m = upload_tensors(gpu, "output", &[&output], d, embedding_format(fmt))?;
             weight_bytes += m.bytes();
             Some(m)
         };

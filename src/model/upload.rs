@@ -42,6 +42,13 @@ pub fn matrix_format(format: WeightFormat, cols: usize) -> WeightFormat {
     if format.has_scales() && !cols.is_multiple_of(gpu_formats::GROUP) { WeightFormat::F16 } else { format }
 }
 
+/// The format of the token embedding and lm_head when `format` is asked for: int8 or
+/// better. They are the most sensitive matrices (llama.cpp's Q4 files keep them at Q8_0
+/// too), and a Q8_0 table then passes through unchanged.
+pub fn embedding_format(format: WeightFormat) -> WeightFormat {
+    if format == WeightFormat::Int4 { WeightFormat::Int8 } else { format }
+}
+
 /// Fetch a required tensor, checking its shape.
 pub fn required<'a>(src: &'a dyn ModelSource, name: WeightName, shape: &[usize]) -> Result<HostTensor<'a>> {
     let t = src.tensor(name)?.ok_or_else(|| Error::model(format!("missing tensor {}", name.gguf_name())))?;
