@@ -176,3 +176,40 @@ fn other_sources_are_quantised_round_to_nearest_and_mixed_parts_work() {
         assert!(err <= step * 0.5 + 1e-3, "{format:?}: max error {err} for a step of {step}");
     }
 }
+
+#[test]
+fn the_quantization_option_selects_the_format_and_stats_report_its_memory() {
+    use wsi::config::StreamingConfig;
+    use wsi::engine::{Engine, EngineOptions, GenerationStats};
+    use wsi::model::gguf::GgufSource;
+    use wsi::model::gguf_write::{TinySpec, tiny_gguf};
+    use wsi::model::{Arch, ModelSource};
+
+    let spec = TinySpec {
+        n_layers: 2,
+        d_model: 96,
+        n_heads: 6,
+        n_kv_heads: 2,
+        d_ff: 160,
+        vocab: 300,
+        context: 64,
+        tied: true,
+    };
+    let src = GgufSource::from_bytes(tiny_gguf(&spec, Arch::Llama, 2, HostFormat::Q4_1).expect("tiny")).expect("parse");
+    let gpu = gpu();
+    let mut memory = Vec::new();
+    for q in ["fp32", "fp16", "int8", "int4"] {
+        let cfg = StreamingConfig::from_json_str(&format!(r#"{{"quantization": "{q}"}}"#)).expect("config");
+        let options = EngineOptions::from_config(&cfg, &gpu.caps, src.config()).expect("options");
+        let engine = Engine::load(gpu.clone(), &src, options).expect("load");
+        let stats = engine.stats_json(&GenerationStats::default());
+        assert_eq!(stats["quantization"], q);
+        let mb = stats["model_memory_mb"].as_f64().expect("model_memory_mb");
+        assert_eq!(mb, engine.model.weight_bytes as f64 / 1_048_576.0);
+        memory.push(mb);
+    }
+    assert!(memory.windows(2).all(|w| w[1] < w[0]), "model_memory_mb falls with precision: {memory:?}");
+    let cfg = StreamingConfig::from_json_str(r#"{"quantization": "int3"}"#).expect("config");
+    let err = EngineOptions::from_config(&cfg, &gpu.caps, src.config()).expect_err("int3 is not built yet");
+    assert!(err.to_string().contains("int3"), "{err}");
+}
