@@ -10,6 +10,7 @@ use wsi::gpu::{Gpu, Kernel, KernelKey, Kernels, MatMode, WeightFormat};
 use wsi::model::reference::rope_head;
 use wsi::model::upload::upload_matrix;
 use wsi::model::{RopeLayout, RopeScaling};
+use wsi::quant::gpu_formats::quantize_dequantize;
 use wsi::sampling::{SampleSettings, sample_reference};
 
 fn run(gpu: &Gpu, key: KernelKey, bindings: &[(u32, &wgpu::Buffer)], grid: [u32; 3]) {
@@ -30,10 +31,6 @@ fn run(gpu: &Gpu, key: KernelKey, bindings: &[(u32, &wgpu::Buffer)], grid: [u32;
         pass.dispatch_workgroups(grid[0], grid[1], grid[2]);
     }
     gpu.queue.submit([enc.finish()]);
-}
-
-fn f16_round(v: &[f32]) -> Vec<f32> {
-    v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect()
 }
 
 /// CPU reference of matvec/matmul: y[t, n] (+)= in(t) . W[n] (+ bias).
@@ -118,19 +115,18 @@ fn check_matrix_variant(
     let nb = gpu.storage_init("norm", bytemuck::cast_slice(&norm));
     let bb = gpu.storage_init("bias", bytemuck::cast_slice(&bias));
     let state = gpu.storage_init("state", bytemuck::cast_slice(&[0u32, t as u32, 0, 0]));
+    let format = m.format;
     let (kernel, grid) = if tiled {
         (Kernel::Matmul { format, mode, tiled: tpr > 1 }, [n.div_ceil(32) as u32, t.div_ceil(32) as u32, 1])
     } else {
         (Kernel::Matvec { format, mode }, [n.div_ceil((64 / tpr * rows) as usize) as u32, t as u32, 1])
     };
-    run(
-        &gpu,
-        KernelKey { kernel, wg: 64, rows, tpr },
-        &[(0, &ub), (1, &m.buf), (3, &xb), (4, &yb), (5, &nb), (6, &bb), (7, &state)],
-        grid,
-    );
+    let mut bindings = vec![(0, &ub), (3, &xb), (4, &yb), (5, &nb), (6, &bb), (7, &state)];
+    bindings.extend(m.bindings());
+    run(&gpu, KernelKey { kernel, wg: 64, rows, tpr }, &bindings, grid);
     let got = read_f32(&gpu, &yb);
-    let wr = if format == WeightFormat::F16 { f16_round(&w) } else { w };
+    // The weights as stored on the GPU (rounded to f16, or quantised and dequantised).
+    let wr = quantize_dequantize(format, &w).expect("reference weights");
     let want = mat_ref(&wr, &x, &y0, n, k, t, mode, &norm, &bias);
     let err = max_rel_err(&got[..want.len()], &want, 1.0);
     assert!(err < 1e-4, "{kernel:?} tpr={tpr} rows={rows} n={n} k={k} t={t}: max rel err {err}");
@@ -164,6 +160,33 @@ fn matmul_matches_cpu_reference_on_ragged_tiles() {
         }
     }
     check_matrix_kernel(true, WeightFormat::F32, MatMode::default(), 33, 20, 1);
+}
+
+#[test]
+fn integer_formats_match_cpu_reference_in_matvec_and_matmul() {
+    // Odd N, K a multiple of the 32-weight group; every mode and tpr variant.
+    for format in [WeightFormat::Int8, WeightFormat::Int4] {
+        for mode in modes() {
+            check_matrix_kernel(false, format, mode, 37, 96, 1);
+            check_matrix_kernel(false, format, mode, 131, 320, 2);
+            check_matrix_kernel(true, format, mode, 70, 96, 45);
+        }
+        check_matrix_kernel(true, format, MatMode::default(), 33, 32, 1);
+    }
+}
+
+#[test]
+fn integer_formats_fall_back_to_fp16_for_widths_not_a_multiple_of_32() {
+    let gpu = gpu();
+    for format in [WeightFormat::Int8, WeightFormat::Int4] {
+        let m = upload_matrix(&gpu, "w", &[&rand_vec(37 * 52, 1, 0.5)], 52, format).expect("upload");
+        assert_eq!((m.format, m.bytes(), m.scales.is_none()), (WeightFormat::F16, 37 * 52 * 2, true));
+        check_matrix_kernel(false, format, MatMode { fuse_norm: true, ..Default::default() }, 37, 52, 1);
+        check_matrix_kernel(true, format, MatMode::default(), 37, 52, 3);
+        let m = upload_matrix(&gpu, "w", &[&rand_vec(37 * 64, 1, 0.5)], 64, format).expect("upload");
+        let want = if format == WeightFormat::Int8 { 37 * 64 + 37 * 2 * 2 } else { 37 * 32 + 37 * 2 * 4 };
+        assert_eq!((m.format, m.bytes()), (format, want), "bytes include the scale buffer");
+    }
 }
 
 #[test]

@@ -94,6 +94,36 @@ fn fp16_weights_stay_close_to_fp32() {
 }
 
 #[test]
+fn int8_and_int4_from_matching_blocks_match_the_cpu_reference_on_the_file_weights() {
+    // d_ff 160: every matrix is whole 32-groups, so every block passes through unchanged and
+    // the CPU reference on the file's dequantised weights is the exact target.
+    let ids: Vec<u32> = (0..29).map(|i| (i * 17 + 2) % 290).collect();
+    let exact = TinySpec { d_ff: 160, ..spec(false) };
+    for (format, file, tied) in [
+        (WeightFormat::Int8, HostFormat::Q8_0, false),
+        (WeightFormat::Int4, HostFormat::Q4_1, true),
+        (WeightFormat::Int4, HostFormat::Q4_0, false),
+    ] {
+        let src = GgufSource::from_bytes(
+            tiny_gguf(&TinySpec { tied, ..exact.clone() }, Arch::Llama, 13, file).expect("tiny"),
+        )
+        .expect("parse");
+        for tpr in [64, 1] {
+            let mut e = engine(&src, format, tpr, 16);
+            check_against_reference(&src, &mut e, &ids, 1e-3);
+        }
+        let (q, h) =
+            (engine(&src, format, 64, 16).memory_bytes().0, engine(&src, WeightFormat::F16, 64, 16).memory_bytes().0);
+        assert!(q < h, "{format:?} weights take {q} bytes, fp16 {h}");
+    }
+    // d_ff 136: ffn_down (136 wide) falls back to fp16, the rest stays int8.
+    let src = GgufSource::from_bytes(tiny_gguf(&spec(true), Arch::Llama, 14, HostFormat::Q8_0).expect("tiny"))
+        .expect("parse");
+    let mut e = engine(&src, WeightFormat::Int8, 64, 16);
+    check_against_reference(&src, &mut e, &ids, 2e-2);
+}
+
+#[test]
 fn converted_hugging_face_folder_gives_the_same_logits() {
     let bytes = tiny_gguf(&spec(false), Arch::Llama, 21, HostFormat::Q8_0).expect("tiny model");
     let src = GgufSource::from_bytes(bytes).expect("parse");

@@ -46,8 +46,10 @@ pub fn weight_format(q: Quantization) -> Result<WeightFormat> {
     match q {
         Quantization::Fp32 => Ok(WeightFormat::F32),
         Quantization::Fp16 => Ok(WeightFormat::F16),
+        Quantization::Int8 => Ok(WeightFormat::Int8),
+        Quantization::Int4 => Ok(WeightFormat::Int4),
         other => Err(Error::invalid(format!(
-            "quantization \"{}\" is not available in this build yet: use fp32 or fp16",
+            "quantization \"{}\" is not available in this build yet: use fp32, fp16, int8 or int4",
             other.as_str()
         ))),
     }

@@ -14,22 +14,40 @@ pub enum WeightFormat {
     F32,
     /// f16 packed two per u32, unpacked in the shader (no shader-f16 needed).
     F16,
+    /// Signed bytes, 4 per u32, one f16 scale per 32 weights in a second buffer
+    /// (Q8_0-compatible; `quant::gpu_formats`).
+    Int8,
+    /// Nibbles, 8 per u32, f16 scale + minimum per 32 weights in a second buffer
+    /// (Q4_0/Q4_1-compatible; `quant::gpu_formats`).
+    Int4,
 }
 
 impl WeightFormat {
+    /// Every format.
+    pub const ALL: [WeightFormat; 4] = [WeightFormat::F32, WeightFormat::F16, WeightFormat::Int8, WeightFormat::Int4];
+
     fn prelude(self) -> &'static str {
         match self {
             WeightFormat::F32 => include_str!("../../shaders/weights/f32.wgsl"),
             WeightFormat::F16 => include_str!("../../shaders/weights/f16.wgsl"),
+            WeightFormat::Int8 => include_str!("../../shaders/weights/int8.wgsl"),
+            WeightFormat::Int4 => include_str!("../../shaders/weights/int4.wgsl"),
         }
     }
 
-    /// Bytes per weight.
+    /// Bytes per weight, scales included.
     pub fn bytes_per_weight(self) -> f64 {
         match self {
             WeightFormat::F32 => 4.0,
             WeightFormat::F16 => 2.0,
+            WeightFormat::Int8 => 34.0 / 32.0,
+            WeightFormat::Int4 => 20.0 / 32.0,
         }
+    }
+
+    /// Whether the format has a second (scale) buffer at binding 2.
+    pub fn has_scales(self) -> bool {
+        matches!(self, WeightFormat::Int8 | WeightFormat::Int4)
     }
 
     /// Name used in stats.
@@ -37,6 +55,8 @@ impl WeightFormat {
         match self {
             WeightFormat::F32 => "fp32",
             WeightFormat::F16 => "fp16",
+            WeightFormat::Int8 => "int8",
+            WeightFormat::Int4 => "int4",
         }
     }
 }
@@ -181,7 +201,7 @@ impl Kernels {
     /// Every WGSL source with every specialisation the engine can ask for, for validation.
     pub fn all_sources_for_validation() -> Vec<(String, String)> {
         let mut out = Vec::new();
-        for format in [WeightFormat::F32, WeightFormat::F16] {
+        for format in WeightFormat::ALL {
             let mode = MatMode::default();
             for k in [
                 Kernel::Matvec { format, mode },

@@ -5,7 +5,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::params::{EmbedParams, HeadParams, MatParams, SampleParams};
 use crate::gpu::{Gpu, Kernel, KernelKey, Kernels, MatMode, WeightFormat};
-use crate::model::upload::{GpuMatrix, required, required_f32, upload_matrix, upload_vec};
+use crate::model::upload::{GpuMatrix, embedding_format, required, required_f32, upload_tensors, upload_vec};
 use crate::model::{ModelConfig, ModelSource, RopeLayout, RopeScaling, WeightName};
 
 /// Load-time options of the GPU model.
@@ -158,13 +158,14 @@ impl LlamaGpu {
         let mut weight_bytes = 0u64;
 
         let embd_t = required(src, WeightName::TokenEmbd, &[vocab, d])?;
-        let embd = upload_matrix(gpu, "token_embd", &[&embd_t.to_f32()?], d, fmt)?;
+        let embd = upload_tensors(gpu, "token_embd", &[&embd_t], d, embedding_format(fmt))?;
         drop(embd_t);
         weight_bytes += embd.bytes();
         let lm_head = if cfg.tied_embeddings {
             None
         } else {
-            let m = upload_matrix(gpu, "output", &[&required_f32(src, WeightName::Output, &[vocab, d])?], d, fmt)?;
+            let output = required(src, WeightName::Output, &[vocab, d])?;
+            let m = upload_tensors(gpu, "output", &[&output], d, embedding_format(fmt))?;
             weight_bytes += m.bytes();
             Some(m)
         };
@@ -174,10 +175,10 @@ impl LlamaGpu {
         let mut layers = Vec::with_capacity(cfg.n_layers);
         for l in 0..cfg.n_layers {
             progress(l, cfg.n_layers);
-            let q = required_f32(src, WeightName::AttnQ(l), &[qdim, d])?;
-            let k = required_f32(src, WeightName::AttnK(l), &[kvdim, d])?;
-            let v = required_f32(src, WeightName::AttnV(l), &[kvdim, d])?;
-            let qkv = upload_matrix(gpu, &format!("blk.{l}.qkv"), &[&q, &k, &v], d, fmt)?;
+            let q = required(src, WeightName::AttnQ(l), &[qdim, d])?;
+            let k = required(src, WeightName::AttnK(l), &[kvdim, d])?;
+            let v = required(src, WeightName::AttnV(l), &[kvdim, d])?;
+            let qkv = upload_tensors(gpu, &format!("blk.{l}.qkv"), &[&q, &k, &v], d, fmt)?;
             let qkv_bias = if cfg.qkv_bias {
                 let qb = required_f32(src, WeightName::AttnQBias(l), &[qdim])?;
                 let kb = required_f32(src, WeightName::AttnKBias(l), &[kvdim])?;
@@ -187,20 +188,20 @@ impl LlamaGpu {
             } else {
                 None
             };
-            let o = upload_matrix(
+            let o = upload_tensors(
                 gpu,
                 &format!("blk.{l}.attn_output"),
-                &[&required_f32(src, WeightName::AttnOutput(l), &[d, qdim])?],
+                &[&required(src, WeightName::AttnOutput(l), &[d, qdim])?],
                 qdim,
                 fmt,
             )?;
-            let g = required_f32(src, WeightName::FfnGate(l), &[dff, d])?;
-            let u = required_f32(src, WeightName::FfnUp(l), &[dff, d])?;
-            let gate_up = upload_matrix(gpu, &format!("blk.{l}.gate_up"), &[&g, &u], d, fmt)?;
-            let down = upload_matrix(
+            let g = required(src, WeightName::FfnGate(l), &[dff, d])?;
+            let u = required(src, WeightName::FfnUp(l), &[dff, d])?;
+            let gate_up = upload_tensors(gpu, &format!("blk.{l}.gate_up"), &[&g, &u], d, fmt)?;
+            let down = upload_tensors(
                 gpu,
                 &format!("blk.{l}.ffn_down"),
-                &[&required_f32(src, WeightName::FfnDown(l), &[d, dff])?],
+                &[&required(src, WeightName::FfnDown(l), &[d, dff])?],
                 dff,
                 fmt,
             )?;
@@ -262,9 +263,11 @@ impl LlamaGpu {
         };
         let embed_bytes = EmbedParams { d: u32_of(d, "d_model")?, vocab: u32_of(vocab, "vocab")?, _pad: [0; 2] };
         let embed = |b: &Builder| -> Result<Dispatch> {
-            let pipeline = b.pipeline(Kernel::Embed { format: fmt })?;
+            let pipeline = b.pipeline(Kernel::Embed { format: embd.format })?;
             let params = gpu.uniform_init("embed params", bytemuck::bytes_of(&embed_bytes));
-            let bind = b.bind(&pipeline, &[(0, &params), (1, &embd.buf), (3, &tokens), (4, &x), (7, &state)]);
+            let mut entries = vec![(0, &params), (3, &tokens), (4, &x), (7, &state)];
+            entries.extend(embd.bindings());
+            let bind = b.bind(&pipeline, &entries);
             Ok(Dispatch { pipeline, bind, grid: Grid::PerToken((d as u32 / 4).div_ceil(64)), family: "embed" })
         };
         let rope_groups = u32_of((nh + nkv) * hd / 2 + kvdim / 2, "rope items")?.div_ceil(64);
@@ -517,18 +520,16 @@ impl Builder<'_> {
             Kernel::Matvec { format: m.format, mode }
         };
         let pipeline = self.pipeline(kernel)?;
-        let bind = self.bind(
-            &pipeline,
-            &[
-                (0, &ub),
-                (1, &m.buf),
-                (3, x),
-                (4, y),
-                (5, norm.unwrap_or(self.filler)),
-                (6, bias.unwrap_or(self.filler)),
-                (7, self.state),
-            ],
-        );
+        let mut entries = vec![
+            (0, &ub),
+            (3, x),
+            (4, y),
+            (5, norm.unwrap_or(self.filler)),
+            (6, bias.unwrap_or(self.filler)),
+            (7, self.state),
+        ];
+        entries.extend(m.bindings());
+        let bind = self.bind(&pipeline, &entries);
         let per_wg = self.key(kernel).rows_per_workgroup();
         let grid = if tiled {
             Grid::PerTile(m.rows.div_ceil(32))

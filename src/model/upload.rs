@@ -1,23 +1,52 @@
 //! Weight upload: host tensors (any file format) -> GPU matrices in the requested format.
 //! Fused matrices (QKV, gate|up) are concatenated by rows here, once, at load.
 
+use std::borrow::Cow;
+
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, WeightFormat};
 use crate::model::{HostTensor, ModelSource, WeightName};
+use crate::quant::gpu_formats;
 
 /// A weight matrix on the GPU: `[rows, cols]`, row-major, in `format`.
 pub struct GpuMatrix {
     pub buf: wgpu::Buffer,
+    /// Per-group scales (binding 2) of the integer formats.
+    pub scales: Option<wgpu::Buffer>,
     pub rows: u32,
     pub cols: u32,
     pub format: WeightFormat,
 }
 
 impl GpuMatrix {
-    /// Bytes allocated on the GPU.
+    /// Bytes allocated on the GPU (scales included).
     pub fn bytes(&self) -> u64 {
-        self.buf.size()
+        self.buf.size() + self.scales.as_ref().map_or(0, |b| b.size())
     }
+
+    /// The buffers a matrix kernel binds: `(1, weights)` and, for the integer formats,
+    /// `(2, scales)`.
+    pub fn bindings(&self) -> Vec<(u32, &wgpu::Buffer)> {
+        let mut v = vec![(1, &self.buf)];
+        if let Some(s) = &self.scales {
+            v.push((2, s));
+        }
+        v
+    }
+}
+
+/// The format a matrix of width `cols` is stored in when `format` is asked for: the
+/// integer formats quantise groups of 32 along a row, so other widths fall back to fp16
+/// (which shows in the measured model memory).
+pub fn matrix_format(format: WeightFormat, cols: usize) -> WeightFormat {
+    if format.has_scales() && !cols.is_multiple_of(gpu_formats::GROUP) { WeightFormat::F16 } else { format }
+}
+
+/// The format of the token embedding and lm_head when `format` is asked for: int8 or
+/// better. They are the most sensitive matrices (llama.cpp's Q4 files keep them at Q8_0
+/// too), and a Q8_0 table then passes through unchanged.
+pub fn embedding_format(format: WeightFormat) -> WeightFormat {
+    if format == WeightFormat::Int4 { WeightFormat::Int8 } else { format }
 }
 
 /// Fetch a required tensor, checking its shape.
@@ -34,44 +63,113 @@ pub fn required_f32(src: &dyn ModelSource, name: WeightName, shape: &[usize]) ->
     required(src, name, shape)?.to_f32()
 }
 
+/// One row block of a matrix being uploaded.
+enum Part<'a> {
+    F32(&'a [f32]),
+    Host(&'a HostTensor<'a>),
+}
+
+impl Part<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Part::F32(v) => v.len(),
+            Part::Host(t) => t.numel(),
+        }
+    }
+
+    fn to_f32(&self) -> Result<Cow<'_, [f32]>> {
+        match self {
+            Part::F32(v) => Ok(Cow::Borrowed(v)),
+            Part::Host(t) => Ok(Cow::Owned(t.to_f32()?)),
+        }
+    }
+}
+
 /// Upload row-concatenated matrices `parts` (each `[rows_i, cols]` f32) as one matrix.
+/// The integer formats are quantised round-to-nearest on the CPU.
 pub fn upload_matrix(gpu: &Gpu, label: &str, parts: &[&[f32]], cols: usize, format: WeightFormat) -> Result<GpuMatrix> {
+    let parts: Vec<Part> = parts.iter().map(|p| Part::F32(p)).collect();
+    upload_parts(gpu, label, &parts, cols, format)
+}
+
+/// Upload row-concatenated tensors `parts` (each `[rows_i, cols]`, any file format) as
+/// one matrix. A part whose blocks already hold the requested integer format (Q8_0 for
+/// int8, Q4_0/Q4_1 for int4) is repacked bit-exactly; others are dequantised and, for
+/// the integer formats, re-quantised round-to-nearest on the CPU.
+pub fn upload_tensors(
+    gpu: &Gpu,
+    label: &str,
+    parts: &[&HostTensor],
+    cols: usize,
+    format: WeightFormat,
+) -> Result<GpuMatrix> {
+    for t in parts {
+        if t.rows_cols().1 != cols {
+            return Err(Error::model(format!("{label}: tensor {} {:?} is not {cols} wide", t.name, t.shape)));
+        }
+    }
+    let parts: Vec<Part> = parts.iter().map(|t| Part::Host(t)).collect();
+    upload_parts(gpu, label, &parts, cols, format)
+}
+
+fn upload_parts(gpu: &Gpu, label: &str, parts: &[Part], cols: usize, format: WeightFormat) -> Result<GpuMatrix> {
     if !cols.is_multiple_of(4) {
         return Err(Error::model(format!("{label}: width {cols} is not a multiple of 4")));
     }
+    let format = matrix_format(format, cols);
     let total: usize = parts.iter().map(|p| p.len()).sum();
     if !total.is_multiple_of(cols) {
         return Err(Error::internal(format!("{label}: {total} values do not fill rows of {cols}")));
     }
     let rows = total / cols;
-    if u64::try_from(total).unwrap_or(u64::MAX) as f64 * format.bytes_per_weight() > gpu.caps.max_storage_binding as f64
-    {
+    let main_bytes = match format {
+        WeightFormat::F32 => total as f64 * 4.0,
+        WeightFormat::F16 => total as f64 * 2.0,
+        WeightFormat::Int8 => total as f64,
+        WeightFormat::Int4 => total as f64 / 2.0,
+    };
+    if main_bytes > gpu.caps.max_storage_binding as f64 {
         return Err(Error::model(format!(
             "{label}: {rows}x{cols} exceeds the adapter's storage binding limit of {} bytes",
             gpu.caps.max_storage_binding
         )));
     }
-    let bytes: Vec<u8> = match format {
+    let (bytes, scales): (Vec<u8>, Option<Vec<u32>>) = match format {
         WeightFormat::F32 => {
             let mut v = Vec::with_capacity(total * 4);
             for p in parts {
-                v.extend_from_slice(bytemuck::cast_slice(p));
+                v.extend_from_slice(bytemuck::cast_slice(&p.to_f32()?));
             }
-            v
+            (v, None)
         }
         WeightFormat::F16 => {
             let mut v = Vec::with_capacity(total * 2);
             for p in parts {
-                for x in p.iter() {
+                for x in p.to_f32()?.iter() {
                     v.extend_from_slice(&half::f16::from_f32(*x).to_bits().to_le_bytes());
                 }
             }
-            v
+            (v, None)
+        }
+        WeightFormat::Int8 | WeightFormat::Int4 => {
+            let mut packer = gpu_formats::Packer::new(format, total)?;
+            for p in parts {
+                match p {
+                    Part::Host(t) if gpu_formats::passthrough(format, t.format) => {
+                        packer.push_blocks(t.format, &t.bytes)?
+                    }
+                    _ => packer.push_f32(&p.to_f32()?)?,
+                }
+            }
+            let packed = packer.finish();
+            (bytemuck::cast_slice(&packed.words).to_vec(), Some(packed.scales))
         }
     };
     let buf = gpu.storage_init(label, &bytes);
+    let scales = scales.map(|s| gpu.storage_init(&format!("{label}.scales"), bytemuck::cast_slice(&s)));
     Ok(GpuMatrix {
         buf,
+        scales,
         rows: u32::try_from(rows).map_err(|_| Error::model("too many rows"))?,
         cols: u32::try_from(cols).map_err(|_| Error::model("too many columns"))?,
         format,

@@ -1,0 +1,215 @@
+//! The integer GPU weight formats: GGUF blocks that already hold them (Q8_0 -> int8,
+//! Q4_0 / Q4_1 -> int4) dequantise on the GPU to exactly the values of the CPU reference
+//! `quant::ggml::dequantize`, through every kernel that reads weights; other sources are
+//! quantised round-to-nearest as `quant::gpu_formats` describes.
+#![cfg(not(target_arch = "wasm32"))]
+
+mod common;
+
+use std::borrow::Cow;
+
+use common::{gpu, rand_vec, read_f32};
+use wsi::gpu::params::{EmbedParams, MatParams};
+use wsi::gpu::{Gpu, Kernel, KernelKey, Kernels, MatMode, WeightFormat};
+use wsi::model::HostFormat;
+use wsi::model::HostTensor;
+use wsi::model::upload::{GpuMatrix, upload_tensors};
+use wsi::quant::ggml;
+use wsi::quant::gpu_formats::quantize_dequantize;
+
+fn run(gpu: &Gpu, key: KernelKey, bindings: &[(u32, &wgpu::Buffer)], grid: [u32; 3]) {
+    let kernels = Kernels::default();
+    let pipeline = kernels.get(&gpu.device, key).expect("pipeline");
+    let layout = pipeline.get_bind_group_layout(0);
+    let entries: Vec<_> = bindings
+        .iter()
+        .map(|(b, buf)| wgpu::BindGroupEntry { binding: *b, resource: buf.as_entire_binding() })
+        .collect();
+    let bind =
+        gpu.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &layout, entries: &entries });
+    let mut enc = gpu.device.create_command_encoder(&Default::default());
+    {
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bind, &[]);
+        pass.dispatch_workgroups(grid[0], grid[1], grid[2]);
+    }
+    gpu.queue.submit([enc.finish()]);
+}
+
+fn tensor(name: &str, rows: usize, cols: usize, format: HostFormat, seed: u64) -> HostTensor<'static> {
+    let x = rand_vec(rows * cols, seed, 0.7);
+    HostTensor {
+        name: name.into(),
+        shape: vec![rows, cols],
+        format,
+        bytes: Cow::Owned(ggml::quantize(format, &x).expect("quantize")),
+    }
+}
+
+/// The whole matrix as the GPU dequantises it, `[rows, cols]`, read through a matrix
+/// kernel with the identity as input (token t = e_t gives column t exactly: every other
+/// product is a zero).
+fn columns_through_kernel(gpu: &Gpu, m: &GpuMatrix, kernel: Kernel, tpr: u32) -> Vec<f32> {
+    let (n, k) = (m.rows as usize, m.cols as usize);
+    let mut eye = vec![0f32; k * k];
+    for i in 0..k {
+        eye[i * k + i] = 1.0;
+    }
+    let params = MatParams {
+        n: n as u32,
+        k: k as u32,
+        x_stride: k as u32,
+        y_stride: n as u32,
+        eps: 0.0,
+        last_row: 0,
+        _pad: [0; 2],
+    };
+    let ub = gpu.uniform_init("p", bytemuck::bytes_of(&params));
+    let xb = gpu.storage_init("x", bytemuck::cast_slice(&eye));
+    let yb = gpu.storage("y", (k * n * 4) as u64);
+    let dummy = gpu.storage("dummy", 16);
+    let state = gpu.storage_init("state", bytemuck::cast_slice(&[0u32, k as u32, 0, 0]));
+    let key = KernelKey { kernel, wg: 64, rows: 2, tpr };
+    let grid = match kernel {
+        Kernel::Matmul { .. } => [n.div_ceil(32) as u32, k.div_ceil(32) as u32, 1],
+        _ => [(n as u32).div_ceil(key.rows_per_workgroup()), k as u32, 1],
+    };
+    let mut bindings = vec![(0, &ub), (3, &xb), (4, &yb), (5, &dummy), (6, &dummy), (7, &state)];
+    bindings.extend(m.bindings());
+    run(gpu, key, &bindings, grid);
+    let yt = read_f32(gpu, &yb); // [k, n]
+    let mut w = vec![0f32; n * k];
+    for t in 0..k {
+        for r in 0..n {
+            w[r * k + t] = yt[t * n + r];
+        }
+    }
+    w
+}
+
+/// Every row through the embedding gather.
+fn rows_through_embed(gpu: &Gpu, m: &GpuMatrix) -> Vec<f32> {
+    let (n, d) = (m.rows as usize, m.cols as usize);
+    let ub = gpu.uniform_init("p", bytemuck::bytes_of(&EmbedParams { d: d as u32, vocab: n as u32, _pad: [0; 2] }));
+    let ids: Vec<u32> = (0..n as u32).collect();
+    let tb = gpu.storage_init("tokens", bytemuck::cast_slice(&ids));
+    let out = gpu.storage("out", (n * d * 4) as u64);
+    let state = gpu.storage_init("state", bytemuck::cast_slice(&[0u32, n as u32, 0, 0]));
+    let mut bindings = vec![(0, &ub), (3, &tb), (4, &out), (7, &state)];
+    bindings.extend(m.bindings());
+    run(
+        gpu,
+        KernelKey { kernel: Kernel::Embed { format: m.format }, wg: 64, rows: 1, tpr: 1 },
+        &bindings,
+        [(d as u32 / 4).div_ceil(64), n as u32, 1],
+    );
+    read_f32(gpu, &out)
+}
+
+fn assert_same_values(got: &[f32], want: &[f32], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}");
+    for (i, (a, b)) in got.iter().zip(want).enumerate() {
+        assert!(a == b, "{what}: weight {i}: GPU {a} ({:#x}) vs file {b} ({:#x})", a.to_bits(), b.to_bits());
+    }
+}
+
+fn check_passthrough(format: WeightFormat, host: HostFormat) {
+    let gpu = gpu();
+    // Two row blocks (as QKV and gate|up are uploaded), odd row counts.
+    let (r1, r2, k) = (37, 22, 96);
+    let a = tensor("a", r1, k, host, 1);
+    let b = tensor("b", r2, k, host, 2);
+    let m = upload_tensors(&gpu, "w", &[&a, &b], k, format).expect("upload");
+    assert_eq!(m.format, format);
+    let mut want = ggml::dequantize(host, &a.bytes, r1 * k).expect("dequantize");
+    want.extend(ggml::dequantize(host, &b.bytes, r2 * k).expect("dequantize"));
+    // GPU memory: the file's blocks, plus an f16 minimum per group for Q4_0 and at most
+    // one u32 of scale padding.
+    let file = ggml::tensor_bytes(host, (r1 + r2) * k).expect("size");
+    let extra = if host == HostFormat::Q4_0 { (r1 + r2) * k / 32 * 2 } else { 0 };
+    assert!((file + extra..=file + extra + 2).contains(&(m.bytes() as usize)), "{} bytes", m.bytes());
+    assert_same_values(&rows_through_embed(&gpu, &m), &want, &format!("{host:?} embed"));
+    for tpr in [64, 1, 8] {
+        let got = columns_through_kernel(&gpu, &m, Kernel::Matvec { format, mode: MatMode::default() }, tpr);
+        assert_same_values(&got, &want, &format!("{host:?} matvec tpr={tpr}"));
+    }
+    for tiled in [true, false] {
+        let got = columns_through_kernel(&gpu, &m, Kernel::Matmul { format, mode: MatMode::default(), tiled }, 64);
+        assert_same_values(&got, &want, &format!("{host:?} matmul tiled={tiled}"));
+    }
+}
+
+#[test]
+fn q8_0_blocks_pass_through_to_int8_bit_exactly() {
+    check_passthrough(WeightFormat::Int8, HostFormat::Q8_0);
+}
+
+#[test]
+fn q4_0_blocks_pass_through_to_int4_bit_exactly() {
+    check_passthrough(WeightFormat::Int4, HostFormat::Q4_0);
+}
+
+#[test]
+fn q4_1_blocks_pass_through_to_int4_bit_exactly() {
+    check_passthrough(WeightFormat::Int4, HostFormat::Q4_1);
+}
+
+#[test]
+fn other_sources_are_quantised_round_to_nearest_and_mixed_parts_work() {
+    let gpu = gpu();
+    let k = 64;
+    for format in [WeightFormat::Int8, WeightFormat::Int4] {
+        // An f32 part, an f16 part and (for int4) a passthrough Q4_0 part in one matrix.
+        let f = tensor("f32", 9, k, HostFormat::F32, 3);
+        let h = tensor("f16", 5, k, HostFormat::F16, 4);
+        let q = tensor("q", 7, k, if format == WeightFormat::Int4 { HostFormat::Q4_0 } else { HostFormat::Q8_0 }, 5);
+        let m = upload_tensors(&gpu, "w", &[&f, &h, &q], k, format).expect("upload");
+        let mut want = quantize_dequantize(format, &f.to_f32().expect("f32")).expect("rtn");
+        want.extend(quantize_dequantize(format, &h.to_f32().expect("f16")).expect("rtn"));
+        want.extend(q.to_f32().expect("blocks"));
+        assert_same_values(&rows_through_embed(&gpu, &m), &want, &format!("{format:?} mixed parts"));
+        // Round-to-nearest error bound against the source values.
+        let src = f.to_f32().expect("f32");
+        let step = if format == WeightFormat::Int8 { 0.7 / 127.0 } else { 1.4 / 15.0 };
+        let err = src.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(err <= step * 0.5 + 1e-3, "{format:?}: max error {err} for a step of {step}");
+    }
+}
+
+#[test]
+fn the_quantization_option_selects_the_format_and_stats_report_its_memory() {
+    use wsi::config::StreamingConfig;
+    use wsi::engine::{Engine, EngineOptions, GenerationStats};
+    use wsi::model::gguf::GgufSource;
+    use wsi::model::gguf_write::{TinySpec, tiny_gguf};
+    use wsi::model::{Arch, ModelSource};
+
+    let spec = TinySpec {
+        n_layers: 2,
+        d_model: 96,
+        n_heads: 6,
+        n_kv_heads: 2,
+        d_ff: 160,
+        vocab: 300,
+        context: 64,
+        tied: true,
+    };
+    let src = GgufSource::from_bytes(tiny_gguf(&spec, Arch::Llama, 2, HostFormat::Q4_1).expect("tiny")).expect("parse");
+    let gpu = gpu();
+    let mut memory = Vec::new();
+    for q in ["fp32", "fp16", "int8", "int4"] {
+        let cfg = StreamingConfig::from_json_str(&format!(r#"{{"quantization": "{q}"}}"#)).expect("config");
+        let options = EngineOptions::from_config(&cfg, &gpu.caps, src.config()).expect("options");
+        let engine = Engine::load(gpu.clone(), &src, options).expect("load");
+        let stats = engine.stats_json(&GenerationStats::default());
+        assert_eq!(stats["quantization"], q);
+        let mb = stats["model_memory_mb"].as_f64().expect("model_memory_mb");
+        assert_eq!(mb, engine.model.weight_bytes as f64 / 1_048_576.0);
+        memory.push(mb);
+    }
+    assert!(memory.windows(2).all(|w| w[1] < w[0]), "model_memory_mb falls with precision: {memory:?}");
+    let cfg = StreamingConfig::from_json_str(r#"{"quantization": "int3"}"#).expect("config");
+    let err = EngineOptions::from_config(&cfg, &gpu.caps, src.config()).expect_err("int3 is not built yet");
+    assert!(err.to_string().contains("int3"), "{err}");
+}
