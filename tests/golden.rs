@@ -133,3 +133,28 @@ fn fp16_weights_keep_the_greedy_continuation() {
         return;
     };
 }
+
+#[test]
+fn safetensors_copy_gives_the_same_logits_as_the_gguf() {
+    let fx = fixture();
+    let Some(path) = require_smollm2() else { return };
+    let src = wsi::model::open_path(&path).expect("open");
+    let tok = src.tokenizer().expect("tokenizer");
+    let dir = std::env::temp_dir().join(format!("wsi-smollm2-hf-{}", std::process::id()));
+    wsi::model::convert::convert_to_hf(src.as_ref(), &tok.to_hf_json().expect("json"), &tok.hf_config(), &dir)
+        .expect("convert");
+    let hf = wsi::model::open_path(&dir).expect("open HF copy");
+    let p = &fx["prompts"][1];
+    let prompt = p["prompt"].as_str().expect("prompt");
+    let hf_ids = hf.tokenizer().expect("hf tokenizer").encode(prompt).expect("encode");
+    assert_eq!(hf_ids, ids(&p["prompt_token_ids"]));
+    let options = EngineOptions { load: LoadOptions { context: 64, ..Default::default() }, ..Default::default() };
+    let mut e = Engine::load(gpu(), hf.as_ref(), options).expect("load HF copy");
+    let hf_logits = pollster::block_on(e.next_logits(&hf_ids)).expect("logits");
+    drop(e);
+    let gguf_logits = with_engine(WeightFormat::F32, |e| pollster::block_on(e.next_logits(&hf_ids)).expect("logits"))
+        .expect("engine");
+    let err = common::max_rel_err(&hf_logits, &gguf_logits, 1.0);
+    assert!(err < 1e-4, "safetensors vs GGUF logits: max rel err {err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -50,12 +50,7 @@ async fn device(adapter: &wgpu::Adapter) -> (wgpu::Device, wgpu::Queue) {
         .expect("request_device failed")
 }
 
-fn storage_with(
-    device: &wgpu::Device,
-    queue: &wgpu::Queue,
-    label: &str,
-    data: &[f32],
-) -> wgpu::Buffer {
+fn storage_with(device: &wgpu::Device, queue: &wgpu::Queue, label: &str, data: &[f32]) -> wgpu::Buffer {
     let buffer = device.create_buffer(&wgpu::BufferDescriptor {
         label: Some(label),
         size: std::mem::size_of_val(data) as u64,
@@ -72,9 +67,7 @@ async fn read_back(buffer: &wgpu::Buffer) -> Vec<f32> {
     buffer.map_async(wgpu::MapMode::Read, .., move |result| {
         let _ = tx.send(result);
     });
-    rx.await
-        .expect("map_async callback dropped")
-        .expect("map_async failed");
+    rx.await.expect("map_async callback dropped").expect("map_async failed");
     let values = {
         let view = buffer.get_mapped_range(..).expect("get_mapped_range");
         bytemuck::cast_slice::<u8, f32>(&view).to_vec()
@@ -125,23 +118,13 @@ async fn compute_shader_adds_two_arrays() {
         label: Some("add"),
         layout: &pipeline.get_bind_group_layout(0),
         entries: &[
-            wgpu::BindGroupEntry {
-                binding: 0,
-                resource: a_buf.as_entire_binding(),
-            },
-            wgpu::BindGroupEntry {
-                binding: 1,
-                resource: b_buf.as_entire_binding(),
-            },
-            wgpu::BindGroupEntry {
-                binding: 2,
-                resource: out_buf.as_entire_binding(),
-            },
+            wgpu::BindGroupEntry { binding: 0, resource: a_buf.as_entire_binding() },
+            wgpu::BindGroupEntry { binding: 1, resource: b_buf.as_entire_binding() },
+            wgpu::BindGroupEntry { binding: 2, resource: out_buf.as_entire_binding() },
         ],
     });
 
-    let mut encoder =
-        device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("add") });
+    let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("add") });
     {
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
         pass.set_pipeline(&pipeline);
@@ -157,10 +140,7 @@ async fn compute_shader_adds_two_arrays() {
         let want = a[i] + b[i];
         assert_eq!(*value, want, "out[{i}] = {value}, expected {want}");
     }
-    console_log!(
-        "compute_shader_adds_two_arrays: {N} sums correct on {:?}",
-        adapter.get_info().name
-    );
+    console_log!("compute_shader_adds_two_arrays: {N} sums correct on {:?}", adapter.get_info().name);
 }
 
 /// What the browser itself reports, read straight from `navigator.gpu` (wgpu's WebGPU backend
@@ -172,30 +152,15 @@ async fn browser_adapter_report() -> String {
     let get = |target: &JsValue, key: &str| Reflect::get(target, &JsValue::from_str(key));
     let navigator = get(&js_sys::global(), "navigator").expect("navigator");
     let gpu = get(&navigator, "gpu").expect("navigator.gpu");
-    assert!(
-        !gpu.is_undefined(),
-        "navigator.gpu is undefined: WebGPU is off"
-    );
-    let request: js_sys::Function = get(&gpu, "requestAdapter")
-        .expect("requestAdapter")
-        .dyn_into()
-        .expect("requestAdapter is a function");
-    let promise: js_sys::Promise = request
-        .call0(&gpu)
-        .expect("requestAdapter()")
-        .dyn_into()
-        .expect("requestAdapter() returns a promise");
-    let adapter = wasm_bindgen_futures::JsFuture::from(promise)
-        .await
-        .expect("requestAdapter() rejected");
-    assert!(
-        !adapter.is_null(),
-        "navigator.gpu.requestAdapter() gave null"
-    );
-    let mut features: Vec<String> = js_sys::Array::from(&get(&adapter, "features").unwrap())
-        .iter()
-        .filter_map(|v| v.as_string())
-        .collect();
+    assert!(!gpu.is_undefined(), "navigator.gpu is undefined: WebGPU is off");
+    let request: js_sys::Function =
+        get(&gpu, "requestAdapter").expect("requestAdapter").dyn_into().expect("requestAdapter is a function");
+    let promise: js_sys::Promise =
+        request.call0(&gpu).expect("requestAdapter()").dyn_into().expect("requestAdapter() returns a promise");
+    let adapter = wasm_bindgen_futures::JsFuture::from(promise).await.expect("requestAdapter() rejected");
+    assert!(!adapter.is_null(), "navigator.gpu.requestAdapter() gave null");
+    let mut features: Vec<String> =
+        js_sys::Array::from(&get(&adapter, "features").unwrap()).iter().filter_map(|v| v.as_string()).collect();
     features.sort();
     let info = get(&adapter, "info").unwrap_or(JsValue::UNDEFINED);
     let field = |key: &str| {
@@ -231,9 +196,7 @@ async fn reports_adapter_features_and_limits() {
     let info = adapter.get_info();
     let features = adapter.features();
     let limits = adapter.limits();
-    let user_agent = web_sys::window()
-        .and_then(|w| w.navigator().user_agent().ok())
-        .unwrap_or_default();
+    let user_agent = web_sys::window().and_then(|w| w.navigator().user_agent().ok()).unwrap_or_default();
 
     console_log!("user agent: {user_agent}");
     console_log!(

@@ -180,7 +180,7 @@ pub fn convert_to_hf(
     Ok(())
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
     use super::*;
     use crate::model::gguf::GgufSource;

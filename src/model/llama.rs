@@ -46,6 +46,7 @@ struct Dispatch {
     bind: wgpu::BindGroup,
     grid: Grid,
     /// Kernel family, for profiles.
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     family: &'static str,
 }
 

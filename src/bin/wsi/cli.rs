@@ -1,4 +1,4 @@
-//! wsi: the native command-line tool (generate, logits, perplexity, bench, convert, synth).
+//! The native CLI behind `wsi`.
 //! Bad input ends with a one-line reason on stderr and a non-zero exit, never a panic.
 
 use std::io::Write;
@@ -91,7 +91,7 @@ enum Command {
     },
 }
 
-fn main() {
+pub fn main() {
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
         eprintln!("wsi: {} ({})", e, e.code());
