@@ -101,6 +101,7 @@ impl Inner {
         let src = source.as_ref().ok_or_else(|| Error::invalid("no model yet: call load() first"))?;
         drop(self.engine.borrow_mut().take());
         *self.idle_stats.borrow_mut() = None;
+        *self.last_stats.borrow_mut() = None;
         let options =
             EngineOptions::from_config_for(&self.config.borrow(), &gpu.caps, src.config(), Some(&self.user_agent))?;
         let engine = Engine::load_with_progress(gpu, src.as_ref(), options, &mut |done, total| {
@@ -144,7 +145,8 @@ impl Inner {
         let progress = Progress { callback: on_progress.as_ref() };
         if self.gpu.borrow().is_none() {
             require_webgpu()?;
-            let gpu = Gpu::new().await?;
+            let mut gpu = Gpu::new().await?;
+            super::adapter::refine_caps(&mut gpu).await;
             *self.gpu.borrow_mut() = Some(gpu);
         }
         let (bytes, origin) = fetch_model(&self.model_path, &progress).await?;
