@@ -211,7 +211,7 @@ impl WebGPUStreamingInference {
     #[wasm_bindgen(constructor)]
     pub fn new(
         #[wasm_bindgen(js_name = modelPath)] model_path: String,
-        #[wasm_bindgen(unchecked_param_type = "StreamingConfig")] config: JsValue,
+        #[wasm_bindgen(unchecked_optional_param_type = "StreamingConfig")] config: JsValue,
     ) -> std::result::Result<WebGPUStreamingInference, JsValue> {
         install_panic_hook();
         let parsed = stats::from_js(&config, "config").and_then(StreamingConfig::from_json_value);
@@ -243,7 +243,7 @@ impl WebGPUStreamingInference {
     #[wasm_bindgen(unchecked_return_type = "Promise<LoadInfo>")]
     pub fn load(
         &self,
-        #[wasm_bindgen(js_name = onProgress, unchecked_param_type = "(progress: LoadProgress) => void")]
+        #[wasm_bindgen(js_name = onProgress, unchecked_optional_param_type = "(progress: LoadProgress) => void")]
         on_progress: Option<Function>,
     ) -> Promise {
         let inner = self.inner.clone();

@@ -159,10 +159,13 @@ impl WebGPUStreamingInference {
     #[wasm_bindgen(unchecked_return_type = "Promise<string>")]
     pub fn generate(
         &self,
-        prompt: JsValue,
-        #[wasm_bindgen(js_name = maxTokensOrOptions, unchecked_param_type = "number | GenerateOptions | TokenCallback")]
+        #[wasm_bindgen(unchecked_param_type = "string")] prompt: JsValue,
+        #[wasm_bindgen(
+            js_name = maxTokensOrOptions,
+            unchecked_optional_param_type = "number | GenerateOptions | TokenCallback"
+        )]
         options: JsValue,
-        #[wasm_bindgen(unchecked_param_type = "TokenCallback")] callback: JsValue,
+        #[wasm_bindgen(unchecked_optional_param_type = "TokenCallback")] callback: JsValue,
     ) -> Promise {
         let inner = self.inner.clone();
         future_to_promise(async move {
@@ -180,8 +183,8 @@ impl WebGPUStreamingInference {
     #[wasm_bindgen(js_name = generateAsync, unchecked_return_type = "AsyncIterableIterator<string>")]
     pub fn generate_async(
         &self,
-        prompt: JsValue,
-        #[wasm_bindgen(js_name = maxTokensOrOptions, unchecked_param_type = "number | GenerateOptions")]
+        #[wasm_bindgen(unchecked_param_type = "string")] prompt: JsValue,
+        #[wasm_bindgen(js_name = maxTokensOrOptions, unchecked_optional_param_type = "number | GenerateOptions")]
         options: JsValue,
     ) -> std::result::Result<JsValue, JsValue> {
         let inner = self.inner.clone();
