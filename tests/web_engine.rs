@@ -83,7 +83,11 @@ async fn llm() -> Rc<WebGPUStreamingInference> {
     let r = reports.clone();
     let on_progress = func1(move |p| {
         let phase = get(&p, "phase").as_string().unwrap_or_default();
-        r.borrow_mut().push((phase, get(&p, "loaded").as_f64().unwrap_or(-1.0), get(&p, "total").as_f64().unwrap_or(-1.0)));
+        r.borrow_mut().push((
+            phase,
+            get(&p, "loaded").as_f64().unwrap_or(-1.0),
+            get(&p, "total").as_f64().unwrap_or(-1.0),
+        ));
         JsValue::UNDEFINED
     });
     let info = await_promise(l.load(Some(on_progress)))
@@ -259,9 +263,8 @@ async fn on_error_gets_coded_info_and_a_throwing_handler_is_harmless() {
         JsValue::UNDEFINED
     });
     l.set_on_error(handler.into()).unwrap();
-    let err = await_promise(l.generate("x".into(), js(json!({"temperature": -1})), JsValue::UNDEFINED))
-        .await
-        .unwrap_err();
+    let err =
+        await_promise(l.generate("x".into(), js(json!({"temperature": -1})), JsValue::UNDEFINED)).await.unwrap_err();
     assert_eq!(code(&err), "invalid_request");
     assert!(message(&err).contains("temperature"), "{}", message(&err));
     assert_eq!(seen.borrow().len(), 1);
@@ -286,8 +289,9 @@ async fn on_timeout_fires_and_the_generation_ends() {
     // A second instance: a 1 ms deadline and the default fp16 weights, loaded after the
     // shared one, so its file comes from the Cache API.
     llm().await;
-    let timed = WebGPUStreamingInference::new(MODEL_URL.into(), js(json!({"generationTimeoutMs": 1, "temperature": 0})))
-        .expect("constructor");
+    let timed =
+        WebGPUStreamingInference::new(MODEL_URL.into(), js(json!({"generationTimeoutMs": 1, "temperature": 0})))
+            .expect("constructor");
     let seen = Rc::new(RefCell::new(None));
     let s = seen.clone();
     timed
@@ -399,13 +403,37 @@ async fn optimize_for_browser_rebuilds_with_the_profile() {
 fn user_agent_profiles_follow_real_user_agents() {
     let caps = AdapterCaps::default();
     let cases = [
-        ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36", BrowserName::Chrome, [128, 2, 1]),
-        ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36 Edg/131.0.2903.86", BrowserName::Edge, [128, 2, 1]),
+        (
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
+            BrowserName::Chrome,
+            [128, 2, 1],
+        ),
+        (
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36 Edg/131.0.2903.86",
+            BrowserName::Edge,
+            [128, 2, 1],
+        ),
         ("Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0", BrowserName::Firefox, [256, 1, 1]),
-        ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.2 Safari/605.1.15", BrowserName::Safari, [64, 1, 1]),
-        ("Mozilla/5.0 (iPhone; CPU iPhone OS 18_2 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.2 Mobile/15E148 Safari/604.1", BrowserName::Safari, [64, 1, 1]),
-        ("Mozilla/5.0 (iPhone; CPU iPhone OS 18_2 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) CriOS/131.0.6778.73 Mobile/15E148 Safari/604.1", BrowserName::Safari, [64, 1, 1]),
-        ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/156.0.0.0 Safari/537.36", BrowserName::Chrome, [128, 2, 1]),
+        (
+            "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.2 Safari/605.1.15",
+            BrowserName::Safari,
+            [64, 1, 1],
+        ),
+        (
+            "Mozilla/5.0 (iPhone; CPU iPhone OS 18_2 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.2 Mobile/15E148 Safari/604.1",
+            BrowserName::Safari,
+            [64, 1, 1],
+        ),
+        (
+            "Mozilla/5.0 (iPhone; CPU iPhone OS 18_2 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) CriOS/131.0.6778.73 Mobile/15E148 Safari/604.1",
+            BrowserName::Safari,
+            [64, 1, 1],
+        ),
+        (
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/156.0.0.0 Safari/537.36",
+            BrowserName::Chrome,
+            [128, 2, 1],
+        ),
         ("curl/8.5.0", BrowserName::Other, [128, 1, 1]),
     ];
     for (ua, browser, wg) in cases {

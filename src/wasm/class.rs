@@ -41,9 +41,9 @@ impl State {
         match self {
             State::Idle => None,
             State::Loading => Some(Error::Busy("the model is loading; wait for load() to finish".into())),
-            State::Generating => Some(Error::Busy(
-                "a generation is running on this instance; wait for it or call stop() first".into(),
-            )),
+            State::Generating => {
+                Some(Error::Busy("a generation is running on this instance; wait for it or call stop() first".into()))
+            }
         }
     }
 }

@@ -135,11 +135,7 @@ async fn download(url: &str, progress: &Progress<'_>) -> Result<Vec<u8>> {
         .dyn_into()
         .map_err(|_| Error::model(format!("fetch {url}: no Response")))?;
     if !response.ok() {
-        return Err(Error::model(format!(
-            "fetch {url}: HTTP {} {}",
-            response.status(),
-            response.status_text()
-        )));
+        return Err(Error::model(format!("fetch {url}: HTTP {} {}", response.status(), response.status_text())));
     }
     let headers = response.headers();
     let header = |k: &str| headers.get(k).ok().flatten();
@@ -164,9 +160,9 @@ async fn read_body(response: &Response, total: f64, progress: &Progress<'_>, ori
     }
     progress.report("download", 0.0, total, Some(origin));
     loop {
-        let step = JsFuture::from(reader.read()).await.map_err(|e| {
-            Error::model(format!("download interrupted after {} bytes: {}", bytes.len(), describe(&e)))
-        })?;
+        let step = JsFuture::from(reader.read())
+            .await
+            .map_err(|e| Error::model(format!("download interrupted after {} bytes: {}", bytes.len(), describe(&e))))?;
         let done = Reflect::get(&step, &JsValue::from_str("done")).map(|v| v.is_truthy()).unwrap_or(true);
         if done {
             break;
@@ -181,11 +177,7 @@ async fn read_body(response: &Response, total: f64, progress: &Progress<'_>, ori
         progress.report("download", bytes.len() as f64, total, Some(origin));
     }
     if total > 0.0 && bytes.len() as f64 != total {
-        return Err(Error::model(format!(
-            "incomplete download: got {} of {} bytes",
-            bytes.len(),
-            total as u64
-        )));
+        return Err(Error::model(format!("incomplete download: got {} of {} bytes", bytes.len(), total as u64)));
     }
     if bytes.is_empty() {
         return Err(Error::model("the model file is empty"));

@@ -29,8 +29,11 @@ type Sink = Box<dyn FnMut(&str, Option<u32>) -> std::result::Result<bool, JsValu
 /// The second and third arguments of `generate`: `(maxTokens | options, callback)`, or
 /// `(callback)` alone.
 fn split_args(options: JsValue, callback: JsValue) -> Result<(GenerateOptions, Option<Function>)> {
-    let (options, callback) =
-        if options.is_function() && callback.is_undefined() { (JsValue::UNDEFINED, options) } else { (options, callback) };
+    let (options, callback) = if options.is_function() && callback.is_undefined() {
+        (JsValue::UNDEFINED, options)
+    } else {
+        (options, callback)
+    };
     let callback = if callback.is_undefined() || callback.is_null() {
         None
     } else {
@@ -279,4 +282,3 @@ fn iterator(queue: Rc<RefCell<Queue>>, inner: Rc<Inner>) -> JsValue {
     let _ = js_sys::Reflect::set(&it, &js_sys::Symbol::async_iterator(), &self_fn.into_js_value());
     it.into()
 }
-
