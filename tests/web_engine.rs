@@ -10,7 +10,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use js_sys::{Function, Promise, Reflect};
+use js_sys::{Function, Object, Promise, Reflect};
 use serde::Serialize;
 use serde_json::{Value, json};
 use wasm_bindgen::JsCast;
@@ -285,35 +285,88 @@ async fn on_error_gets_coded_info_and_a_throwing_handler_is_harmless() {
 }
 
 #[wasm_bindgen_test]
-async fn on_timeout_fires_and_the_generation_ends() {
-    // A second instance: a 1 ms deadline and the default fp16 weights, loaded after the
-    // shared one, so its file comes from the Cache API.
+async fn memory_pressure_and_timeout_events_fire() {
+    // A second instance, loaded after the shared one (so its file comes from the Cache
+    // API), with the default fp16 weights, a 64 MiB memory limit (the weights alone are
+    // larger), a KV cache of 1 MiB (22 tokens) and a 1 ms generation deadline.
     llm().await;
-    let timed =
-        WebGPUStreamingInference::new(MODEL_URL.into(), js(json!({"generationTimeoutMs": 1, "temperature": 0})))
-            .expect("constructor");
-    let seen = Rc::new(RefCell::new(None));
-    let s = seen.clone();
-    timed
-        .set_on_timeout(
-            func1(move |info| {
-                *s.borrow_mut() = Some(serde_wasm_bindgen::from_value::<Value>(info).unwrap());
-                JsValue::UNDEFINED
-            })
-            .into(),
-        )
-        .unwrap();
-    let info = await_promise(timed.load(None)).await.expect("load from cache");
+    let cfg = json!({"generationTimeoutMs": 1, "memoryLimitMb": 64, "maxKvCacheMb": 1, "temperature": 0});
+    let l = WebGPUStreamingInference::new(MODEL_URL.into(), js(cfg)).expect("constructor");
+    let pressure = Rc::new(RefCell::new(Vec::<Value>::new()));
+    let timeouts = Rc::new(RefCell::new(Vec::<Value>::new()));
+    let (p, t) = (pressure.clone(), timeouts.clone());
+    let record = |sink: Rc<RefCell<Vec<Value>>>| {
+        func1(move |info| {
+            sink.borrow_mut().push(serde_wasm_bindgen::from_value::<Value>(info).unwrap());
+            JsValue::UNDEFINED
+        })
+    };
+    l.set_on_memory_pressure(record(p).into()).unwrap();
+    l.set_on_timeout(record(t).into()).unwrap();
+    let info = await_promise(l.load(None)).await.expect("load from cache");
     assert_eq!(get(&info, "source").as_string().as_deref(), Some("cache"), "second load reads the Cache API");
-    await_promise(timed.generate("Once upon a time".into(), js(json!(32)), JsValue::UNDEFINED)).await.unwrap();
-    let info = seen.borrow().clone().expect("onTimeout called");
-    assert_eq!(info["limit_ms"], json!(1));
-    assert!(info["elapsed_ms"].as_f64().unwrap() > 1.0);
-    assert!(info["message"].as_str().unwrap().contains("generation_timeout_ms"));
-    let s = stats(&timed);
+    {
+        let p = pressure.borrow();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0]["level"], json!("critical"));
+        assert_eq!(p[0]["limit_mb"], json!(64.0));
+        assert!(p[0]["current_mb"].as_f64().unwrap() > 64.0);
+    }
+    await_promise(l.generate("Once upon a time".into(), js(json!(32)), JsValue::UNDEFINED)).await.unwrap();
+    {
+        let p = pressure.borrow();
+        assert_eq!(p.len(), 2, "KV budget warning: {p:?}");
+        assert_eq!(p[1]["level"], json!("warning"));
+        assert!(p[1]["action"].as_str().unwrap().contains("capped"), "{}", p[1]);
+    }
+    let t = timeouts.borrow();
+    assert_eq!(t.len(), 1);
+    assert_eq!(t[0]["limit_ms"], json!(1));
+    assert!(t[0]["elapsed_ms"].as_f64().unwrap() > 1.0);
+    assert!(t[0]["message"].as_str().unwrap().contains("generation_timeout_ms"));
+    let s = stats(&l);
     assert_eq!(s["finish_reason"], json!("timeout"));
     assert!(s["tokens_generated"].as_u64().unwrap() < 32);
     assert_eq!(s["quantization"], json!("fp16"));
+}
+
+#[wasm_bindgen_test]
+async fn generate_async_iterates_the_pieces() {
+    let fx = fixture();
+    let p = &fx["prompts"][0];
+    let l = llm().await;
+    let it = l.generate_async(p["prompt"].as_str().unwrap().into(), js(json!(6))).unwrap();
+    let next: Function = get(&it, "next").dyn_into().unwrap();
+    let symbol = Reflect::get(&it, &js_sys::Symbol::async_iterator()).unwrap();
+    assert!(symbol.is_function(), "async iterable");
+    let mut text = String::new();
+    loop {
+        let step = await_promise(next.call0(&it).unwrap().dyn_into().unwrap()).await.unwrap();
+        if get(&step, "done").is_truthy() {
+            break;
+        }
+        text.push_str(&get(&step, "value").as_string().unwrap());
+    }
+    assert!(p["greedy_text"].as_str().unwrap().starts_with(&text) && text.len() > 5, "{text:?}");
+    assert_eq!(stats(&l)["tokens_generated"], json!(6));
+}
+
+#[wasm_bindgen_test]
+async fn without_webgpu_load_fails_with_a_code() {
+    // Hide navigator.gpu behind an own property for the duration of the test.
+    let navigator = get(&js_sys::global(), "navigator");
+    let desc = Object::new();
+    Reflect::set(&desc, &"value".into(), &JsValue::UNDEFINED).unwrap();
+    Reflect::set(&desc, &"configurable".into(), &JsValue::TRUE).unwrap();
+    let nav_obj: Object = navigator.clone().unchecked_into();
+    Object::define_property(&nav_obj, &"gpu".into(), &desc);
+    let l = WebGPUStreamingInference::new(MODEL_URL.into(), JsValue::UNDEFINED).unwrap();
+    let err = await_promise(l.load(None)).await.unwrap_err();
+    Reflect::delete_property(&nav_obj, &"gpu".into()).unwrap();
+    assert_eq!(code(&err), "webgpu_unavailable");
+    assert_eq!(get(&err, "recoverable"), JsValue::FALSE);
+    assert!(message(&err).contains("navigator.gpu"), "{}", message(&err));
+    assert!(!get(&get(&js_sys::global(), "navigator"), "gpu").is_undefined(), "navigator.gpu restored");
 }
 
 #[wasm_bindgen_test]
