@@ -17,11 +17,12 @@ for arg in "$@"; do
         *) OUT="$arg" ;;
     esac
 done
+case "$OUT" in /*) ;; *) OUT="$ROOT/$OUT" ;; esac
 OPT=(--no-opt)
 if [[ "${WSI_WASM_OPT:-0}" == 1 ]]; then OPT=(); fi
 # The CLI feature (clap, indicatif) is native only; the library needs no default features.
-wasm-pack build --target web "$PROFILE" "${OPT[@]}" --out-dir "$ROOT/$OUT" --out-name wsi -- --no-default-features
-python3 - "$ROOT/pkg.json" "$ROOT/$OUT/package.json" <<'PY'
+wasm-pack build --target web "$PROFILE" "${OPT[@]}" --out-dir "$OUT" --out-name wsi -- --no-default-features
+python3 - "$ROOT/pkg.json" "$OUT/package.json" <<'PY'
 import json, sys
 meta_path, pkg_path = sys.argv[1], sys.argv[2]
 meta = json.load(open(meta_path))

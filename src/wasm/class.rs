@@ -7,7 +7,8 @@
 //! is ever held across an `await`; a second request meanwhile gets a `busy` error.
 
 use std::cell::{Cell, RefCell};
-use std::rc::Rc;
+use std::collections::HashMap;
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -72,6 +73,36 @@ pub(crate) struct Inner {
     pub live: RefCell<Option<Live>>,
     pub last_stats: RefCell<Option<Value>>,
     pub handlers: RefCell<Handlers>,
+    /// Key of this instance in [`INSTANCES`] (for the device-lost callback).
+    pub id: u64,
+    /// Set when the GPU device was lost; the engine built on it is dropped.
+    pub lost: Cell<bool>,
+}
+
+thread_local! {
+    /// Live instances, so that wgpu's `Send` device-lost callback (which runs on this,
+    /// the only, thread) can find the instance by id.
+    static INSTANCES: RefCell<HashMap<u64, Weak<Inner>>> = RefCell::new(HashMap::new());
+    static NEXT_ID: Cell<u64> = const { Cell::new(1) };
+}
+
+/// Reports a real device loss (not an intentional `destroy()`) through `onError` and
+/// drops what was built on the device; the next `load()` creates a new one.
+fn watch_device(gpu: &Gpu, id: u64) {
+    gpu.device.set_device_lost_callback(move |reason, message| {
+        if reason == wgpu::DeviceLostReason::Destroyed {
+            return;
+        }
+        let inner = INSTANCES.with(|m| m.borrow().get(&id).and_then(Weak::upgrade));
+        if let Some(inner) = inner {
+            inner.lost.set(true);
+            *inner.gpu.borrow_mut() = None;
+            drop(inner.engine.borrow_mut().take());
+            *inner.idle_stats.borrow_mut() = None;
+            let e = Error::Gpu(format!("the GPU device was lost ({message}); call load() to start again"));
+            call_handler(inner.handlers.borrow().on_error.as_ref(), "onError", &error_info(&e));
+        }
+    });
 }
 
 impl Inner {
@@ -147,6 +178,8 @@ impl Inner {
             require_webgpu()?;
             let mut gpu = Gpu::new().await?;
             super::adapter::refine_caps(&mut gpu).await;
+            watch_device(&gpu, self.id);
+            self.lost.set(false);
             *self.gpu.borrow_mut() = Some(gpu);
         }
         let (bytes, origin) = fetch_model(&self.model_path, &progress).await?;
@@ -219,22 +252,33 @@ impl WebGPUStreamingInference {
         if model_path.trim().is_empty() {
             return Err(to_js_error(&Error::invalid("modelPath is empty: give the URL of a GGUF file")));
         }
-        Ok(WebGPUStreamingInference {
-            inner: Rc::new(Inner {
-                model_path,
-                user_agent: user_agent(),
-                config: RefCell::new(config),
-                state: Cell::new(State::Idle),
-                gpu: RefCell::new(None),
-                source: RefCell::new(None),
-                engine: RefCell::new(None),
-                cancel: RefCell::new(None),
-                idle_stats: RefCell::new(None),
-                live: RefCell::new(None),
-                last_stats: RefCell::new(None),
-                handlers: RefCell::new(Handlers::default()),
-            }),
-        })
+        let id = NEXT_ID.with(|n| {
+            let id = n.get();
+            n.set(id + 1);
+            id
+        });
+        let inner = Rc::new(Inner {
+            model_path,
+            user_agent: user_agent(),
+            config: RefCell::new(config),
+            state: Cell::new(State::Idle),
+            gpu: RefCell::new(None),
+            source: RefCell::new(None),
+            engine: RefCell::new(None),
+            cancel: RefCell::new(None),
+            idle_stats: RefCell::new(None),
+            live: RefCell::new(None),
+            last_stats: RefCell::new(None),
+            handlers: RefCell::new(Handlers::default()),
+            id,
+            lost: Cell::new(false),
+        });
+        INSTANCES.with(|m| {
+            let mut m = m.borrow_mut();
+            m.retain(|_, w| w.strong_count() > 0);
+            m.insert(id, Rc::downgrade(&inner));
+        });
+        Ok(WebGPUStreamingInference { inner })
     }
 
     /// Downloads (or reads from the Cache API) and uploads the model. `onProgress` gets

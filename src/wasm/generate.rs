@@ -64,6 +64,9 @@ impl Inner {
         if let Some(e) = self.state.get().busy_error() {
             return Err(e);
         }
+        if self.lost.get() {
+            return Err(Error::Gpu("the GPU device was lost: call load() to start again".into()));
+        }
         if self.engine.borrow().is_none() {
             return Err(Error::invalid("the model is not loaded: call load() first"));
         }
@@ -131,7 +134,9 @@ impl Inner {
             *self.last_stats.borrow_mut() = Some(stats);
             generation.text
         });
-        *self.engine.borrow_mut() = Some(engine);
+        if !self.lost.get() {
+            *self.engine.borrow_mut() = Some(engine); // else dropped with its lost device
+        }
         self.state.set(State::Idle);
         if let Some(info) = timed_out {
             self.emit(|h| h.on_timeout.clone(), "onTimeout", &info.to_value());

@@ -21,6 +21,6 @@ trap 'kill "$SERVER" 2>/dev/null || true' EXIT
 for _ in $(seq 50); do curl -sf "http://127.0.0.1:$PORT/" >/dev/null && break; sleep 0.1; done
 cd tests/e2e
 if [[ ! -d node_modules/playwright-core ]]; then
-    PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm install --no-audit --no-fund --loglevel=error
+    PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error
 fi
 DEMO_URL="http://127.0.0.1:$PORT/" node demo.test.mjs
