@@ -5,6 +5,7 @@ Serves DIR on 127.0.0.1:PORT with CORS headers (the wasm-bindgen test page lives
 another port and fetches the model cross-origin), `application/wasm` for .wasm and
 `text/javascript` for .js/.mjs (browsers refuse ES modules and streaming wasm
 compilation under other MIME types), and no caching of the page's own files.
+/__partial/NAME serves a cut-off copy of NAME (for the download-failure test).
 
 Usage: python3 scripts/serve.py [--port 8089] [--dir models] [--quiet]
        Prints "serving DIR at http://127.0.0.1:PORT/" once listening.
@@ -35,6 +36,26 @@ class Handler(http.server.SimpleHTTPRequestHandler):
         self.send_header("Access-Control-Expose-Headers", "Content-Length, Content-Type")
         self.send_header("Cache-Control", "no-cache")
         super().end_headers()
+
+    def do_GET(self):
+        # /__partial/NAME: announces NAME's full length, sends 1 MiB and drops the
+        # connection (the browser tests check that a cut download is an error).
+        if self.path.startswith("/__partial/"):
+            path = self.translate_path("/" + self.path[len("/__partial/"):])
+            if not os.path.isfile(path):
+                self.send_error(404)
+                return
+            size = os.path.getsize(path)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(size))
+            self.end_headers()
+            with open(path, "rb") as f:
+                self.wfile.write(f.read(min(size // 2, 1 << 20)))
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        super().do_GET()
 
     def do_OPTIONS(self):
         self.send_response(204)

@@ -431,6 +431,22 @@ async fn generate_before_load_and_bad_urls_fail_with_codes() {
 }
 
 #[wasm_bindgen_test]
+async fn a_cut_download_is_an_error_and_is_not_cached() {
+    // scripts/serve.py sends 1 MiB of the file under /__partial/ and drops the connection.
+    let name = MODEL_URL.rsplit('/').next().unwrap();
+    let base = &MODEL_URL[..MODEL_URL.len() - name.len()];
+    let url = format!("{base}__partial/{name}");
+    let l = WebGPUStreamingInference::new(url.clone(), JsValue::UNDEFINED).unwrap();
+    let err = await_promise(l.load(None)).await.unwrap_err();
+    assert_eq!(code(&err), "model_loading_error", "{}", message(&err));
+    console_log!("cut download: {}", message(&err));
+    assert!(!l.is_loaded());
+    let cache = wsi::wasm::fetch::open_cache().await.expect("Cache API");
+    let hit = JsFuture::from(cache.match_with_str(&wsi::wasm::fetch::absolute_url(&url))).await.unwrap();
+    assert!(hit.is_undefined(), "nothing cached for a cut download");
+}
+
+#[wasm_bindgen_test]
 async fn cache_api_serves_the_second_fetch() {
     let progress = Progress { callback: None };
     let (a, _) = fetch_model(MODEL_URL, &progress).await.expect("fetch");
