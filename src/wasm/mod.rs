@@ -1,1 +1,19 @@
-//! The browser binding.
+//! The browser binding (wasm-bindgen): the `WebGPUStreamingInference` class.
+//!
+//! - `class.rs`: construction, `load`, profile switches, stats, handler properties
+//! - `generate.rs`: `generate` / `generateAsync`, deadlines, live stats
+//! - `fetch.rs`: model download with progress and the Cache API
+//! - `error.rs`: coded JS errors, safe calls of page handlers
+//! - `adapter.rs`: adapter name and software detection from `navigator.gpu`
+//! - `stats.rs`: stats and event payloads as JS objects
+//! - `types.rs`: TypeScript declarations of configs, options, stats and events
+
+mod adapter;
+mod class;
+pub mod error;
+pub mod fetch;
+mod generate;
+pub mod stats;
+mod types;
+
+pub use class::WebGPUStreamingInference;

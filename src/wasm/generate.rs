@@ -1,0 +1,289 @@
+//! `generate` and `generateAsync`: prompt (or chat messages) -> ids -> the engine's
+//! streaming loop, with the page's callback called per token, live stats, deadlines
+//! (`onTimeout`) and the KV budget warning (`onMemoryPressure`).
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+
+use js_sys::{Function, Object, Promise};
+use serde_json::Value;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::future_to_promise;
+use web_time::Instant;
+
+use super::class::{Inner, State, WebGPUStreamingInference};
+use super::error::{describe, set};
+use super::stats::{self, Deadlines, Live};
+use crate::config::GenerateOptions;
+use crate::engine::GenerateParams;
+use crate::error::{Error, Result};
+use crate::tokenizer::ChatMessage;
+
+/// Token budget when neither the call nor the config gives one.
+pub const DEFAULT_MAX_TOKENS: usize = 256;
+
+/// Receives each piece: `(piece, tokenId)`; returning `false` stops the generation.
+type Sink = Box<dyn FnMut(&str, Option<u32>) -> std::result::Result<bool, JsValue>>;
+
+/// The second and third arguments of `generate`: `(maxTokens | options, callback)`, or
+/// `(callback)` alone.
+fn split_args(options: JsValue, callback: JsValue) -> Result<(GenerateOptions, Option<Function>)> {
+    let (options, callback) = if options.is_function() && callback.is_undefined() {
+        (JsValue::UNDEFINED, options)
+    } else {
+        (options, callback)
+    };
+    let callback = if callback.is_undefined() || callback.is_null() {
+        None
+    } else {
+        Some(callback.dyn_into::<Function>().map_err(|_| Error::invalid("callback must be a function"))?)
+    };
+    let opts = GenerateOptions::from_json_value(stats::from_js(&options, "options")?)?;
+    Ok((opts, callback))
+}
+
+/// The prompt text the model sees: plain, or through the chat template.
+fn prompt_text(inner: &Inner, prompt: &str, opts: &GenerateOptions) -> Result<String> {
+    if !opts.uses_chat_template() {
+        return Ok(prompt.to_string());
+    }
+    let mut messages: Vec<ChatMessage> = opts.messages.iter().map(|m| ChatMessage::new(&m.role, &m.content)).collect();
+    if !prompt.is_empty() {
+        messages.push(ChatMessage::new("user", prompt));
+    }
+    let engine = inner.engine.borrow();
+    let engine = engine.as_ref().ok_or_else(|| Error::internal("engine missing"))?;
+    engine.tokenizer.apply_chat_template(&messages, true)
+}
+
+impl Inner {
+    /// One generation, start to end. The engine is taken out of its cell while it runs.
+    async fn run(self: &Rc<Self>, prompt: JsValue, opts: GenerateOptions, mut sink: Sink) -> Result<String> {
+        let prompt = prompt.as_string().ok_or_else(|| Error::invalid("prompt must be a string"))?;
+        if let Some(e) = self.state.get().busy_error() {
+            return Err(e);
+        }
+        if self.lost.get() {
+            return Err(Error::Gpu("the GPU device was lost: call load() to start again".into()));
+        }
+        if self.engine.borrow().is_none() {
+            return Err(Error::invalid("the model is not loaded: call load() first"));
+        }
+        let text = prompt_text(self, &prompt, &opts)?;
+        let cfg = self.config.borrow().clone();
+        let seed = (js_sys::Math::random() * 2f64.powi(53)) as u64;
+        let params = GenerateParams::from_sampling(&opts.resolve(&cfg, DEFAULT_MAX_TOKENS, seed));
+        let Some(mut engine) = self.engine.borrow_mut().take() else {
+            return Err(Error::internal("engine missing"));
+        };
+        let ids = match engine.tokenizer.encode(&text) {
+            Ok(ids) => ids,
+            Err(e) => {
+                *self.engine.borrow_mut() = Some(engine);
+                return Err(e);
+            }
+        };
+        let context = engine.model.options.context;
+        if ids.len() < context && ids.len() + params.max_tokens > context {
+            let kv_mb = self.idle_stats.borrow().as_ref().and_then(|s| s["kv_cache_mb"].as_f64()).unwrap_or(0.0);
+            let payload = stats::memory_pressure(
+                "warning",
+                format!(
+                    "{} prompt tokens + max_tokens {} exceed the KV cache of {context} tokens",
+                    ids.len(),
+                    params.max_tokens
+                ),
+                kv_mb,
+                kv_mb,
+                &format!("generation capped at {} tokens", context - ids.len()),
+            );
+            self.emit(|h| h.on_memory_pressure.clone(), "onMemoryPressure", &payload);
+        }
+        self.state.set(State::Generating);
+        *self.live.borrow_mut() = Some(Live::new(ids.len()));
+        let deadlines = Deadlines { token_ms: cfg.token_timeout_ms, generation_ms: cfg.generation_timeout_ms };
+        let mut timed_out = None;
+        let mut thrown: Option<JsValue> = None;
+        let mut prev = Instant::now();
+        let result = engine
+            .generate(&ids, &params, &mut |ev| {
+                let id = (ev.id != u32::MAX).then_some(ev.id);
+                if let (Some(_), Some(live)) = (id, self.live.borrow_mut().as_mut()) {
+                    live.token();
+                    if timed_out.is_none() {
+                        timed_out = deadlines.check(live, prev);
+                    }
+                }
+                prev = Instant::now();
+                match sink(ev.text, id) {
+                    Ok(go_on) => go_on && timed_out.is_none(),
+                    Err(e) => {
+                        thrown = Some(e);
+                        false
+                    }
+                }
+            })
+            .await;
+        *self.live.borrow_mut() = None;
+        let outcome = result.map(|generation| {
+            let mut stats = engine.stats_json(&generation.stats);
+            if timed_out.is_some() {
+                stats["finish_reason"] = Value::from("timeout");
+            }
+            *self.last_stats.borrow_mut() = Some(stats);
+            generation.text
+        });
+        if !self.lost.get() {
+            *self.engine.borrow_mut() = Some(engine); // else dropped with its lost device
+        }
+        self.state.set(State::Idle);
+        if let Some(info) = timed_out {
+            self.emit(|h| h.on_timeout.clone(), "onTimeout", &info.to_value());
+        }
+        if let Some(e) = thrown {
+            return Err(Error::invalid(format!("the token callback threw: {}", describe(&e))));
+        }
+        outcome
+    }
+}
+
+/// A JS callback as a [`Sink`]: called with `(piece, tokenId)`; a strict `false` return
+/// stops the generation; an exception stops it and rejects the promise.
+fn callback_sink(callback: Option<Function>) -> Sink {
+    Box::new(move |piece, id| {
+        let Some(f) = &callback else { return Ok(true) };
+        let id = id.map_or(JsValue::UNDEFINED, JsValue::from);
+        let ret = f.call2(&JsValue::NULL, &JsValue::from_str(piece), &id)?;
+        Ok(ret != JsValue::FALSE)
+    })
+}
+
+#[wasm_bindgen]
+impl WebGPUStreamingInference {
+    /// Generates from `prompt`; `callback(piece, tokenId)` gets each piece as it is
+    /// produced (a final call without id flushes held-back text). The second argument is
+    /// a token budget or an options object. Resolves to the whole text.
+    #[wasm_bindgen(unchecked_return_type = "Promise<string>")]
+    pub fn generate(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "string")] prompt: JsValue,
+        #[wasm_bindgen(
+            js_name = maxTokensOrOptions,
+            unchecked_optional_param_type = "number | GenerateOptions | TokenCallback"
+        )]
+        options: JsValue,
+        #[wasm_bindgen(unchecked_optional_param_type = "TokenCallback")] callback: JsValue,
+    ) -> Promise {
+        let inner = self.inner.clone();
+        future_to_promise(async move {
+            let result = match split_args(options, callback) {
+                Ok((opts, cb)) => inner.run(prompt, opts, callback_sink(cb)).await,
+                Err(e) => Err(e),
+            };
+            result.map(|t| JsValue::from_str(&t)).map_err(|e| inner.fail(&e))
+        })
+    }
+
+    /// Like `generate`, but returns an async iterator of the pieces:
+    /// `for await (const piece of llm.generateAsync(prompt, options)) …`. Breaking out
+    /// of the loop stops the generation.
+    #[wasm_bindgen(js_name = generateAsync, unchecked_return_type = "AsyncIterableIterator<string>")]
+    pub fn generate_async(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "string")] prompt: JsValue,
+        #[wasm_bindgen(js_name = maxTokensOrOptions, unchecked_optional_param_type = "number | GenerateOptions")]
+        options: JsValue,
+    ) -> std::result::Result<JsValue, JsValue> {
+        let inner = self.inner.clone();
+        let (opts, _) = split_args(options, JsValue::UNDEFINED).map_err(|e| inner.fail(&e))?;
+        let queue = Rc::new(RefCell::new(Queue::default()));
+        let q = queue.clone();
+        let sink: Sink = Box::new(move |piece, _| {
+            if !piece.is_empty() {
+                q.borrow_mut().push(Ok(Some(piece.to_string())));
+            }
+            Ok(true)
+        });
+        let q = queue.clone();
+        wasm_bindgen_futures::spawn_local(async move {
+            let end = match inner.run(prompt, opts, sink).await {
+                Ok(_) => Ok(None),
+                Err(e) => Err(inner.fail(&e)),
+            };
+            q.borrow_mut().push(end);
+        });
+        Ok(iterator(queue, self.inner.clone()))
+    }
+}
+
+/// Pieces produced but not yet taken by `next()`, and a `next()` waiting for one.
+#[derive(Default)]
+struct Queue {
+    /// `Ok(Some(piece))`, then one `Ok(None)` (done) or `Err(error)`.
+    items: VecDeque<std::result::Result<Option<String>, JsValue>>,
+    waiting: Option<(Function, Function)>,
+    finished: bool,
+}
+
+impl Queue {
+    fn push(&mut self, item: std::result::Result<Option<String>, JsValue>) {
+        match self.waiting.take() {
+            Some((resolve, reject)) => {
+                self.finished = !matches!(item, Ok(Some(_)));
+                settle(item, &resolve, &reject);
+            }
+            None => self.items.push_back(item),
+        }
+    }
+}
+
+fn step(value: &JsValue, done: bool) -> JsValue {
+    let o = Object::new();
+    set(&o, "value", value);
+    set(&o, "done", &JsValue::from_bool(done));
+    o.into()
+}
+
+fn settle(item: std::result::Result<Option<String>, JsValue>, resolve: &Function, reject: &Function) {
+    let _ = match item {
+        Ok(Some(piece)) => resolve.call1(&JsValue::NULL, &step(&JsValue::from_str(&piece), false)),
+        Ok(None) => resolve.call1(&JsValue::NULL, &step(&JsValue::UNDEFINED, true)),
+        Err(e) => reject.call1(&JsValue::NULL, &e),
+    };
+}
+
+/// `{next, return, [Symbol.asyncIterator]}` over the queue.
+fn iterator(queue: Rc<RefCell<Queue>>, inner: Rc<Inner>) -> JsValue {
+    let it = Object::new();
+    let q = queue.clone();
+    let next = Closure::<dyn FnMut() -> Promise>::new(move || {
+        let q = q.clone();
+        Promise::new(&mut |resolve, reject| {
+            let mut queue = q.borrow_mut();
+            if queue.finished {
+                let _ = resolve.call1(&JsValue::NULL, &step(&JsValue::UNDEFINED, true));
+            } else if let Some(item) = queue.items.pop_front() {
+                queue.finished = !matches!(item, Ok(Some(_)));
+                settle(item, &resolve, &reject);
+            } else {
+                queue.waiting = Some((resolve, reject));
+            }
+        })
+    });
+    let ret = Closure::<dyn FnMut() -> Promise>::new(move || {
+        queue.borrow_mut().finished = true;
+        if inner.state.get() == State::Generating
+            && let Some(flag) = inner.cancel.borrow().as_ref()
+        {
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        Promise::resolve(&step(&JsValue::UNDEFINED, true))
+    });
+    set(&it, "next", &next.into_js_value());
+    set(&it, "return", &ret.into_js_value());
+    let this = it.clone();
+    let self_fn = Closure::<dyn FnMut() -> JsValue>::new(move || this.clone().into());
+    let _ = js_sys::Reflect::set(&it, &js_sys::Symbol::async_iterator(), &self_fn.into_js_value());
+    it.into()
+}
