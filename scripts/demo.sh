@@ -20,7 +20,11 @@ while (($#)); do
     esac
     shift
 done
-if ((BUILD)); then bash scripts/build-pkg.sh www/pkg "${BUILD_ARGS[@]}"; fi
+if ((BUILD)); then
+    # Installs what the build needs (wasm target, wasm-pack, wasm-bindgen-cli; skipped when present).
+    bash scripts/setup.sh
+    bash scripts/build-pkg.sh www/pkg "${BUILD_ARGS[@]}"
+fi
 [[ -f www/pkg/wsi.js ]] || { echo "demo.sh: www/pkg is missing; run without --no-build" >&2; exit 1; }
 bash scripts/fetch-model.sh
 mkdir -p www/models

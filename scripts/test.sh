@@ -6,8 +6,10 @@
 #     native   cargo test, on Mesa's lavapipe Vulkan driver
 #     lint     cargo clippy --all-targets -D warnings (native and wasm32), cargo fmt --check
 #     wasm     cargo build --lib --target wasm32-unknown-unknown
-#     browser  wasm-pack test --headless --chrome --firefox (WebGPU flags: webdriver.json)
-# Options pick phases instead (any combination): --setup --model --native --lint --wasm --browser
+#     browser  wasm-pack test --headless --chrome --firefox (WebGPU flags: webdriver.json),
+#              with the model served over HTTP by scripts/serve.py on 127.0.0.1:8089
+#     e2e      tests/e2e/run.sh: the demo page driven by Playwright in headless Chromium
+# Options pick phases instead (any combination): --setup --model --native --lint --wasm --browser --e2e
 #   --no-setup   run the chosen phases (default: all) without the setup phase
 # Ends with each phase's duration and the summed counts of the cargo/wasm-bindgen test runners.
 set -euo pipefail
@@ -17,13 +19,13 @@ cd "$ROOT"
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
-ALL_PHASES=(setup model native lint wasm browser)
+ALL_PHASES=(setup model native lint wasm browser e2e)
 PHASES=()
 NO_SETUP=0
 usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
 for arg in "$@"; do
     case "$arg" in
-        --setup | --model | --native | --lint | --wasm | --browser) PHASES+=("${arg#--}") ;;
+        --setup | --model | --native | --lint | --wasm | --browser | --e2e) PHASES+=("${arg#--}") ;;
         --no-setup) NO_SETUP=1 ;;
         -h | --help) usage; exit 0 ;;
         *) echo "test.sh: unknown option $arg" >&2; usage >&2; exit 2 ;;
@@ -52,8 +54,10 @@ counts() {
         END { printf "%d %d %d\n", p, f, s }'
 }
 
+MODEL_SERVER=""
 finish() {
     local rc=$?
+    if [[ -n $MODEL_SERVER ]]; then kill "$MODEL_SERVER" 2>/dev/null || true; fi
     echo
     echo "==> durations"
     local t
@@ -122,5 +126,16 @@ if wants browser; then
     # wasm-bindgen-test-runner gives each test binary's whole suite 20 s per browser by default;
     # model tests on software GPUs need far longer.
     export WASM_BINDGEN_TEST_TIMEOUT="${WASM_BINDGEN_TEST_TIMEOUT:-900}"
+    # The browser tests load the real model over HTTP (WSI_TEST_MODEL_URL, default below).
+    [[ -f models/SmolLM2-135M-Instruct.Q4_1.gguf ]] || bash scripts/fetch-model.sh
+    python3 scripts/serve.py --port 8089 --dir models --quiet &
+    MODEL_SERVER=$!
+    for _ in $(seq 100); do
+        curl -sf -r 0-0 -o /dev/null http://127.0.0.1:8089/SmolLM2-135M-Instruct.Q4_1.gguf && break
+        sleep 0.1
+    done
     phase browser wasm-pack test --headless --chrome --firefox -- -- --nocapture
+    kill "$MODEL_SERVER" 2>/dev/null || true
+    MODEL_SERVER=""
 fi
+if wants e2e; then phase e2e bash tests/e2e/run.sh; fi
