@@ -13,7 +13,7 @@ use wsi::gpu::params::{EmbedParams, MatParams};
 use wsi::gpu::{Gpu, Kernel, KernelKey, Kernels, MatMode, WeightFormat};
 use wsi::model::HostFormat;
 use wsi::model::HostTensor;
-use wsi::model::upload::{GpuMatrix, upload_tensors};
+use wsi::model::upload::{GpuMatrix, embedding_format, upload_tensors};
 use wsi::quant::ggml;
 use wsi::quant::gpu_formats::quantize_dequantize;
 
@@ -212,4 +212,19 @@ fn the_quantization_option_selects_the_format_and_stats_report_its_memory() {
     let cfg = StreamingConfig::from_json_str(r#"{"quantization": "int3"}"#).expect("config");
     let err = EngineOptions::from_config(&cfg, &gpu.caps, src.config()).expect_err("int3 is not built yet");
     assert!(err.to_string().contains("int3"), "{err}");
+}
+
+#[test]
+fn embeddings_stay_at_int8_or_better_unless_the_file_holds_4_bit_blocks() {
+    use WeightFormat::{F16, Int4, Int8};
+    for (asked, file, want) in [
+        (Int4, HostFormat::Q8_0, Int8),
+        (Int4, HostFormat::F32, Int8),
+        (Int4, HostFormat::Q4_1, Int4),
+        (Int4, HostFormat::Q4_0, Int4),
+        (Int8, HostFormat::Q4_1, Int8),
+        (F16, HostFormat::Q8_0, F16),
+    ] {
+        assert_eq!(embedding_format(asked, file), want, "{asked:?} from {file:?}");
+    }
 }
