@@ -13,7 +13,7 @@ use wsi::gpu::params::{EmbedParams, MatParams};
 use wsi::gpu::{Gpu, Kernel, KernelKey, Kernels, MatMode, WeightFormat};
 use wsi::model::HostFormat;
 use wsi::model::HostTensor;
-use wsi::model::upload::{GpuMatrix, upload_tensors};
+use wsi::model::upload::{GpuMatrix, embedding_format, upload_tensors};
 use wsi::quant::ggml;
 use wsi::quant::gpu_formats::quantize_dequantize;
 
@@ -212,4 +212,54 @@ fn the_quantization_option_selects_the_format_and_stats_report_its_memory() {
     let cfg = StreamingConfig::from_json_str(r#"{"quantization": "int3"}"#).expect("config");
     let err = EngineOptions::from_config(&cfg, &gpu.caps, src.config()).expect_err("int3 is not built yet");
     assert!(err.to_string().contains("int3"), "{err}");
+}
+
+#[test]
+fn embeddings_stay_at_int8_or_better_unless_the_file_holds_4_bit_blocks() {
+    use WeightFormat::{F16, Int4, Int8};
+    for (asked, file, want) in [
+        (Int4, HostFormat::Q8_0, Int8),
+        (Int4, HostFormat::F32, Int8),
+        (Int4, HostFormat::Q4_1, Int4),
+        (Int4, HostFormat::Q4_0, Int4),
+        (Int8, HostFormat::Q4_1, Int8),
+        (F16, HostFormat::Q8_0, F16),
+    ] {
+        assert_eq!(embedding_format(asked, file), want, "{asked:?} from {file:?}");
+    }
+}
+
+/// The real SmolLM2 file (Q4_1 matrices, Q8_0 embedding): int4 repacks every matrix and
+/// keeps the embedding at int8, i.e. the file's exact weights, so its greedy continuations
+/// equal the f32 reference's; int8 (Q4_1 re-quantised round-to-nearest) keeps the chat case.
+#[test]
+fn smollm2_int4_and_int8_keep_the_reference_greedy_continuations() {
+    use serde_json::Value;
+    use wsi::engine::{Engine, EngineOptions, GenerateParams};
+    use wsi::model::llama::LoadOptions;
+
+    let Some(path) = common::require_smollm2() else { return };
+    let fx: Value = serde_json::from_str(include_str!("fixtures/golden_smollm2.json")).expect("fixture");
+    let ids = |v: &Value| -> Vec<u32> {
+        v.as_array().expect("array").iter().map(|x| x.as_u64().expect("id") as u32).collect()
+    };
+    let src = wsi::model::open_path(&path).expect("open model");
+    for format in [WeightFormat::Int4, WeightFormat::Int8] {
+        let options =
+            EngineOptions { load: LoadOptions { format, context: 256, ..Default::default() }, ..Default::default() };
+        let mut e = Engine::load(gpu(), src.as_ref(), options).expect("load");
+        let mut cases: Vec<(Vec<u32>, Vec<u32>, Option<u64>)> = Vec::new();
+        let chat = &fx["chat"];
+        cases.push((ids(&chat["token_ids"]), ids(&chat["greedy_ids"]), chat["eos_index"].as_u64()));
+        if format == WeightFormat::Int4 {
+            let p = &fx["prompts"][0];
+            cases.push((ids(&p["prompt_token_ids"]), ids(&p["greedy_ids"]), p["eos_index"].as_u64()));
+        }
+        for (prompt, want, eos) in cases {
+            let params = GenerateParams { max_tokens: want.len(), ..Default::default() };
+            let g = pollster::block_on(e.generate(&prompt, &params, &mut |_| true)).expect("generate");
+            let n = eos.map_or(want.len(), |i| i as usize);
+            assert_eq!(&g.ids[..], &want[..n], "{format:?}");
+        }
+    }
 }

@@ -158,14 +158,14 @@ impl LlamaGpu {
         let mut weight_bytes = 0u64;
 
         let embd_t = required(src, WeightName::TokenEmbd, &[vocab, d])?;
-        let embd = upload_tensors(gpu, "token_embd", &[&embd_t], d, embedding_format(fmt))?;
+        let embd = upload_tensors(gpu, "token_embd", &[&embd_t], d, embedding_format(fmt, embd_t.format))?;
         drop(embd_t);
         weight_bytes += embd.bytes();
         let lm_head = if cfg.tied_embeddings {
             None
         } else {
             let output = required(src, WeightName::Output, &[vocab, d])?;
-            let m = upload_tensors(gpu, "output", &[&output], d, embedding_format(fmt))?;
+            let m = upload_tensors(gpu, "output", &[&output], d, embedding_format(fmt, output.format))?;
             weight_bytes += m.bytes();
             Some(m)
         };

@@ -5,7 +5,7 @@ use std::borrow::Cow;
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, WeightFormat};
-use crate::model::{HostTensor, ModelSource, WeightName};
+use crate::model::{HostFormat, HostTensor, ModelSource, WeightName};
 use crate::quant::gpu_formats;
 
 /// A weight matrix on the GPU: `[rows, cols]`, row-major, in `format`.
@@ -42,11 +42,12 @@ pub fn matrix_format(format: WeightFormat, cols: usize) -> WeightFormat {
     if format.has_scales() && !cols.is_multiple_of(gpu_formats::GROUP) { WeightFormat::F16 } else { format }
 }
 
-/// The format of the token embedding and lm_head when `format` is asked for: int8 or
-/// better. They are the most sensitive matrices (llama.cpp's Q4 files keep them at Q8_0
-/// too), and a Q8_0 table then passes through unchanged.
-pub fn embedding_format(format: WeightFormat) -> WeightFormat {
-    if format == WeightFormat::Int4 { WeightFormat::Int8 } else { format }
+/// The format of the token embedding and lm_head when `format` is asked for and the file
+/// holds them in `host`: int8 or better (they are the most sensitive matrices; llama.cpp's
+/// Q4 files keep them at Q8_0 too), except that 4-bit blocks in the file pass through
+/// as int4 rather than being re-quantised.
+pub fn embedding_format(format: WeightFormat, host: HostFormat) -> WeightFormat {
+    if format == WeightFormat::Int4 && !gpu_formats::passthrough(format, host) { WeightFormat::Int8 } else { format }
 }
 
 /// Fetch a required tensor, checking its shape.
