@@ -138,15 +138,19 @@ fn load_config(cli: &Cli) -> Result<StreamingConfig> {
 }
 
 fn open_engine(model: &Path, cfg: &StreamingConfig) -> Result<Engine> {
-    let bar = indicatif::ProgressBar::new_spinner();
-    bar.set_message(format!("loading {}", model.display()));
-    bar.enable_steady_tick(std::time::Duration::from_millis(120));
     let src = wsi::model::open_path(model)?;
     let gpu = pollster::block_on(Gpu::new())?;
     let options = EngineOptions::from_config(cfg, &gpu.caps, src.config())?;
-    let bar2 = bar.clone();
+    // A bar over the layers uploaded (the file itself is memory-mapped, not read up front).
+    let bar = indicatif::ProgressBar::new(src.config().n_layers as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} layers {elapsed}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(format!("loading {}", model.display()));
     let engine = Engine::load_with_progress(gpu, src.as_ref(), options, &mut |done, total| {
-        bar2.set_message(format!("uploading weights {done}/{total}"));
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
     });
     bar.finish_and_clear();
     engine
