@@ -5,8 +5,8 @@
 struct EmbedParams {
     d: u32,      // embedding width (multiple of 4)
     vocab: u32,
-    _pad0: u32,
-    _pad1: u32,
+    row0: u32,   // the bound table shard holds rows row0 .. row0 + rows
+    rows: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: EmbedParams;
@@ -25,5 +25,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (id >= p.vocab) {
         id = 0u;
     }
-    out[t * k4n + gid.x] = load_w4(id, gid.x, k4n);
+    if (id < p.row0 || id >= p.row0 + p.rows) {
+        return;  // another shard's row
+    }
+    out[t * k4n + gid.x] = load_w4(id - p.row0, gid.x, k4n);
 }

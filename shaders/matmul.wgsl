@@ -11,8 +11,8 @@ struct MatParams {
     y_stride: u32,
     eps: f32,
     last_row: u32,
+    y_off: u32,     // first output row of this weight shard
     _pad0: u32,
-    _pad1: u32,
 }
 
 override FUSE_NORM: bool = false;
@@ -183,9 +183,9 @@ fn store1(t: u32, row: u32, v: f32) {
     }
     var o = v;
     if (HAS_BIAS) {
-        o += bias[row];
+        o += bias[p.y_off + row];
     }
-    let yi = t * p.y_stride + row;
+    let yi = t * p.y_stride + p.y_off + row;
     if (ACCUMULATE) {
         y[yi] += o;
     } else {

@@ -12,8 +12,8 @@ struct MatParams {
     y_stride: u32,  // elements between output rows
     eps: f32,       // RMSNorm epsilon
     last_row: u32,  // 1: read only input row state.n_tokens - 1 (lm_head after prefill)
+    y_off: u32,     // first output row of this weight shard
     _pad0: u32,
-    _pad1: u32,
 }
 
 override WG: u32 = 64;          // threads per workgroup, power of two
@@ -152,9 +152,9 @@ fn store(row: u32, v: f32) {
     }
     var o = v;
     if (HAS_BIAS) {
-        o += bias[row];
+        o += bias[p.y_off + row];
     }
-    let yi = out_row * p.y_stride + row;
+    let yi = out_row * p.y_stride + p.y_off + row;
     if (ACCUMULATE) {
         y[yi] += o;
     } else {

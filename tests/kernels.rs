@@ -107,7 +107,8 @@ fn check_matrix_variant(
         y_stride: n as u32,
         eps: 1e-5,
         last_row: 0,
-        _pad: [0; 2],
+        y_off: 0,
+        _pad: 0,
     };
     let ub = gpu.uniform_init("p", bytemuck::bytes_of(&params));
     let xb = gpu.storage_init("x", bytemuck::cast_slice(&x));
@@ -180,7 +181,7 @@ fn integer_formats_fall_back_to_fp16_for_widths_not_a_multiple_of_32() {
     let gpu = gpu();
     for format in [WeightFormat::Int8, WeightFormat::Int4] {
         let m = upload_matrix(&gpu, "w", &[&rand_vec(37 * 52, 1, 0.5)], 52, format).expect("upload");
-        assert_eq!((m.format, m.bytes(), m.scales.is_none()), (WeightFormat::F16, 37 * 52 * 2, true));
+        assert_eq!((m.format, m.bytes(), m.shards[0].scales.is_none()), (WeightFormat::F16, 37 * 52 * 2, true));
         check_matrix_kernel(false, format, MatMode { fuse_norm: true, ..Default::default() }, 37, 52, 1);
         check_matrix_kernel(true, format, MatMode::default(), 37, 52, 3);
         let m = upload_matrix(&gpu, "w", &[&rand_vec(37 * 64, 1, 0.5)], 64, format).expect("upload");
@@ -196,7 +197,10 @@ fn embed_gathers_rows_of_the_ids_on_the_gpu() {
     let e = rand_vec(vocab * d, 9, 1.0);
     let m = upload_matrix(&gpu, "e", &[&e], d, WeightFormat::F32).expect("upload");
     let ids = [0u32, 7, 49, 3, 999 /* out of range -> row 0 */];
-    let ub = gpu.uniform_init("p", bytemuck::bytes_of(&EmbedParams { d: d as u32, vocab: vocab as u32, _pad: [0; 2] }));
+    let ub = gpu.uniform_init(
+        "p",
+        bytemuck::bytes_of(&EmbedParams { d: d as u32, vocab: vocab as u32, row0: 0, rows: vocab as u32 }),
+    );
     let mut tok = vec![0u32; 2];
     tok.extend_from_slice(&ids);
     let tb = gpu.storage_init("tokens", bytemuck::cast_slice(&tok));
@@ -205,7 +209,7 @@ fn embed_gathers_rows_of_the_ids_on_the_gpu() {
     run(
         &gpu,
         KernelKey { kernel: Kernel::Embed { format: WeightFormat::F32 }, wg: 64, rows: 1, tpr: 1 },
-        &[(0, &ub), (1, &m.buf), (3, &tb), (4, &out), (7, &state)],
+        &[(0, &ub), (1, &m.shards[0].buf), (3, &tb), (4, &out), (7, &state)],
         [1, ids.len() as u32, 1],
     );
     let got = read_f32(&gpu, &out);

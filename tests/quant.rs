@@ -63,7 +63,8 @@ fn columns_through_kernel(gpu: &Gpu, m: &GpuMatrix, kernel: Kernel, tpr: u32) ->
         y_stride: n as u32,
         eps: 0.0,
         last_row: 0,
-        _pad: [0; 2],
+        y_off: 0,
+        _pad: 0,
     };
     let ub = gpu.uniform_init("p", bytemuck::bytes_of(&params));
     let xb = gpu.storage_init("x", bytemuck::cast_slice(&eye));
@@ -91,7 +92,8 @@ fn columns_through_kernel(gpu: &Gpu, m: &GpuMatrix, kernel: Kernel, tpr: u32) ->
 /// Every row through the embedding gather.
 fn rows_through_embed(gpu: &Gpu, m: &GpuMatrix) -> Vec<f32> {
     let (n, d) = (m.rows as usize, m.cols as usize);
-    let ub = gpu.uniform_init("p", bytemuck::bytes_of(&EmbedParams { d: d as u32, vocab: n as u32, _pad: [0; 2] }));
+    let ub = gpu
+        .uniform_init("p", bytemuck::bytes_of(&EmbedParams { d: d as u32, vocab: n as u32, row0: 0, rows: n as u32 }));
     let ids: Vec<u32> = (0..n as u32).collect();
     let tb = gpu.storage_init("tokens", bytemuck::cast_slice(&ids));
     let out = gpu.storage("out", (n * d * 4) as u64);

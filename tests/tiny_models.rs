@@ -16,6 +16,11 @@ use wsi::model::reference::forward_all;
 use wsi::model::{Arch, HostFormat, ModelSource};
 
 fn engine(src: &dyn ModelSource, format: WeightFormat, tpr: u32, chunk: usize) -> Engine {
+    engine_sharded(src, format, tpr, chunk, 0)
+}
+
+/// `max_binding` > 0 splits every weight bigger than that into row shards.
+fn engine_sharded(src: &dyn ModelSource, format: WeightFormat, tpr: u32, chunk: usize, max_binding: u64) -> Engine {
     let load = LoadOptions {
         format,
         context: 64,
@@ -24,6 +29,7 @@ fn engine(src: &dyn ModelSource, format: WeightFormat, tpr: u32, chunk: usize) -
         threads_per_row: tpr,
         rows: 2,
         attention_split: if tpr == 1 { 1 } else { 5 },
+        max_binding,
     };
     let options = EngineOptions { load, steps_per_submit: 3, in_flight: 2, ..Default::default() };
     Engine::load(gpu(), src, options).expect("engine loads")
@@ -231,4 +237,32 @@ fn generation_timeout_ends_with_finish_reason_timeout() {
         GenerateParams { max_tokens: 6, ignore_eos: true, token_timeout_ms: Some(60_000), ..Default::default() };
     let g = pollster::block_on(e.generate(&[5, 6, 7], &params, &mut |_| true)).expect("generate");
     assert_eq!(g.finish_reason.as_str(), "length");
+}
+
+#[test]
+fn weights_above_the_binding_limit_are_split_into_row_shards() {
+    // 6 KiB per binding: the 300 x 96 embedding/lm_head (f32: 112 KiB) becomes 20 shards,
+    // every projection several; the output must not change.
+    let ids: Vec<u32> = (0..21).map(|i| (i * 19 + 7) % 290).collect();
+    for (format, file, tied) in [
+        (WeightFormat::F32, HostFormat::F32, true),
+        (WeightFormat::Int8, HostFormat::Q8_0, false),
+        (WeightFormat::F16, HostFormat::F32, false),
+    ] {
+        let src = GgufSource::from_bytes(
+            tiny_gguf(&TinySpec { d_ff: 160, ..spec(tied) }, Arch::Qwen2, 17, file).expect("tiny"),
+        )
+        .expect("parse");
+        let mut whole = engine(&src, format, 64, 16);
+        for tpr in [64, 1] {
+            let mut sharded = engine_sharded(&src, format, tpr, 16, 6 * 1024);
+            let a = pollster::block_on(whole.next_logits(&ids)).expect("logits");
+            let b = pollster::block_on(sharded.next_logits(&ids)).expect("sharded logits");
+            assert!(max_rel_err(&b, &a, 0.5) < 1e-5, "{format:?} tpr {tpr}: sharded logits differ");
+            let params = GenerateParams { max_tokens: 6, ignore_eos: true, ..Default::default() };
+            let ga = pollster::block_on(whole.generate(&ids, &params, &mut |_| true)).expect("generate");
+            let gb = pollster::block_on(sharded.generate(&ids, &params, &mut |_| true)).expect("generate");
+            assert_eq!(ga.ids, gb.ids, "{format:?} tpr {tpr}: decode through shards");
+        }
+    }
 }

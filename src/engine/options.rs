@@ -97,6 +97,8 @@ impl EngineOptions {
                 rows: env_u32("WSI_ROWS").unwrap_or(if caps.is_cpu { 2 } else { 4 }),
                 // Dispatches cost ~0.25 ms on CPU rasterisers: one attention dispatch there.
                 attention_split: env_u32("WSI_ATTENTION_SPLIT").unwrap_or(if caps.is_cpu { 1 } else { 16 }),
+                // The profile's binding cap (Firefox 128 MiB) within the device's limit.
+                max_binding: profile.max_binding_bytes.min(caps.max_storage_binding),
             },
             steps_per_submit: steps,
             in_flight,

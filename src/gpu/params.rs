@@ -10,7 +10,9 @@ pub struct MatParams {
     pub y_stride: u32,
     pub eps: f32,
     pub last_row: u32,
-    pub _pad: [u32; 2],
+    /// First output row this dispatch writes (row shards).
+    pub y_off: u32,
+    pub _pad: u32,
 }
 
 /// Uniform mirrored by `EmbedParams` in embed.wgsl.
@@ -19,7 +21,9 @@ pub struct MatParams {
 pub struct EmbedParams {
     pub d: u32,
     pub vocab: u32,
-    pub _pad: [u32; 2],
+    /// Rows `row0 .. row0 + rows` of the table are in the bound shard.
+    pub row0: u32,
+    pub rows: u32,
 }
 
 /// Uniform mirrored by `RopeParams` (rope_kv.wgsl) and `AttnParams` (attention.wgsl).

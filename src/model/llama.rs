@@ -5,7 +5,9 @@
 use crate::error::{Error, Result};
 use crate::gpu::params::{EmbedParams, HeadParams, MatParams, SampleParams};
 use crate::gpu::{Gpu, Kernel, KernelKey, Kernels, MatMode, WeightFormat};
-use crate::model::upload::{GpuMatrix, embedding_format, required, required_f32, upload_tensors, upload_vec};
+use crate::model::upload::{
+    GpuMatrix, MatrixShard, embedding_format, required, required_f32, upload_tensors_sharded, upload_vec,
+};
 use crate::model::{ModelConfig, ModelSource, RopeLayout, RopeScaling, WeightName};
 
 /// Load-time options of the GPU model.
@@ -22,6 +24,9 @@ pub struct LoadOptions {
     pub threads_per_row: u32,
     /// Rows per matvec thread group.
     pub rows: u32,
+    /// Largest buffer bound for one weight (bytes; 0 = the adapter's limit): bigger matrices
+    /// are split into row shards (Firefox binds at most 128 MiB).
+    pub max_binding: u64,
     /// Workgroups per head over the keys in decode attention (1 = one workgroup per head,
     /// best where dispatches are costly; GPUs want more).
     pub attention_split: u32,
@@ -37,6 +42,7 @@ impl Default for LoadOptions {
             threads_per_row: 64,
             rows: 4,
             attention_split: 1,
+            max_binding: 0,
         }
     }
 }
@@ -104,6 +110,7 @@ pub struct LlamaGpu {
     prefill_all_logits: Vec<Dispatch>,
     sample: Dispatch,
     _keep: Vec<wgpu::Buffer>,
+    _matrices: Vec<GpuMatrix>,
 }
 
 fn u32_of(v: usize, what: &str) -> Result<u32> {
@@ -156,16 +163,31 @@ impl LlamaGpu {
         let kvdim = nkv * hd;
         let qkv_rows = qdim + 2 * kvdim;
         let mut weight_bytes = 0u64;
+        let max_binding = options.max_binding;
 
         let embd_t = required(src, WeightName::TokenEmbd, &[vocab, d])?;
-        let embd = upload_tensors(gpu, "token_embd", &[&embd_t], d, embedding_format(fmt, embd_t.format))?;
+        let embd = upload_tensors_sharded(
+            gpu,
+            "token_embd",
+            &[&embd_t],
+            d,
+            embedding_format(fmt, embd_t.format),
+            max_binding,
+        )?;
         drop(embd_t);
         weight_bytes += embd.bytes();
         let lm_head = if cfg.tied_embeddings {
             None
         } else {
             let output = required(src, WeightName::Output, &[vocab, d])?;
-            let m = upload_tensors(gpu, "output", &[&output], d, embedding_format(fmt, output.format))?;
+            let m = upload_tensors_sharded(
+                gpu,
+                "output",
+                &[&output],
+                d,
+                embedding_format(fmt, output.format),
+                max_binding,
+            )?;
             weight_bytes += m.bytes();
             Some(m)
         };
@@ -178,7 +200,7 @@ impl LlamaGpu {
             let q = required(src, WeightName::AttnQ(l), &[qdim, d])?;
             let k = required(src, WeightName::AttnK(l), &[kvdim, d])?;
             let v = required(src, WeightName::AttnV(l), &[kvdim, d])?;
-            let qkv = upload_tensors(gpu, &format!("blk.{l}.qkv"), &[&q, &k, &v], d, fmt)?;
+            let qkv = upload_tensors_sharded(gpu, &format!("blk.{l}.qkv"), &[&q, &k, &v], d, fmt, max_binding)?;
             let qkv_bias = if cfg.qkv_bias {
                 let qb = required_f32(src, WeightName::AttnQBias(l), &[qdim])?;
                 let kb = required_f32(src, WeightName::AttnKBias(l), &[kvdim])?;
@@ -188,22 +210,24 @@ impl LlamaGpu {
             } else {
                 None
             };
-            let o = upload_tensors(
+            let o = upload_tensors_sharded(
                 gpu,
                 &format!("blk.{l}.attn_output"),
                 &[&required(src, WeightName::AttnOutput(l), &[d, qdim])?],
                 qdim,
                 fmt,
+                max_binding,
             )?;
             let g = required(src, WeightName::FfnGate(l), &[dff, d])?;
             let u = required(src, WeightName::FfnUp(l), &[dff, d])?;
-            let gate_up = upload_tensors(gpu, &format!("blk.{l}.gate_up"), &[&g, &u], d, fmt)?;
-            let down = upload_tensors(
+            let gate_up = upload_tensors_sharded(gpu, &format!("blk.{l}.gate_up"), &[&g, &u], d, fmt, max_binding)?;
+            let down = upload_tensors_sharded(
                 gpu,
                 &format!("blk.{l}.ffn_down"),
                 &[&required(src, WeightName::FfnDown(l), &[d, dff])?],
                 dff,
                 fmt,
+                max_binding,
             )?;
             let attn_norm =
                 upload_vec(gpu, &format!("blk.{l}.attn_norm"), &required_f32(src, WeightName::AttnNorm(l), &[d])?);
@@ -261,24 +285,36 @@ impl LlamaGpu {
                 _pad: [0; 2],
             })
         };
-        let embed_bytes = EmbedParams { d: u32_of(d, "d_model")?, vocab: u32_of(vocab, "vocab")?, _pad: [0; 2] };
-        let embed = |b: &Builder| -> Result<Dispatch> {
+        // One gather per shard of the table; each writes the ids that fall in its rows.
+        let embed = |b: &Builder| -> Result<Vec<Dispatch>> {
             let pipeline = b.pipeline(Kernel::Embed { format: embd.format })?;
-            let params = gpu.uniform_init("embed params", bytemuck::bytes_of(&embed_bytes));
-            let mut entries = vec![(0, &params), (3, &tokens), (4, &x), (7, &state)];
-            entries.extend(embd.bindings());
-            let bind = b.bind(&pipeline, &entries);
-            Ok(Dispatch { pipeline, bind, grid: Grid::PerToken((d as u32 / 4).div_ceil(64)), family: "embed" })
+            embd.shards
+                .iter()
+                .map(|shard| {
+                    let ep = EmbedParams {
+                        d: u32_of(d, "d_model")?,
+                        vocab: u32_of(vocab, "vocab")?,
+                        row0: shard.row0,
+                        rows: shard.rows,
+                    };
+                    let params = gpu.uniform_init("embed params", bytemuck::bytes_of(&ep));
+                    let mut entries = vec![(0, &params), (3, &tokens), (4, &x), (7, &state)];
+                    entries.extend(shard.bindings());
+                    let bind = b.bind(&pipeline, &entries);
+                    let grid = Grid::PerToken((d as u32 / 4).div_ceil(64));
+                    Ok(Dispatch { pipeline: pipeline.clone(), bind, grid, family: "embed" })
+                })
+                .collect()
         };
         let rope_groups = u32_of((nh + nkv) * hd / 2 + kvdim / 2, "rope items")?.div_ceil(64);
 
         let mut lists: [Vec<Dispatch>; 3] = [Vec::new(), Vec::new(), Vec::new()];
         for (li, list) in lists.iter_mut().enumerate() {
             let tiled = li > 0;
-            list.push(embed(&b)?);
+            list.extend(embed(&b)?);
             for (l, layer) in layers.iter().enumerate() {
                 let norm_mode = MatMode { fuse_norm: true, bias: layer.qkv_bias.is_some(), ..Default::default() };
-                list.push(b.matrix(
+                list.extend(b.matrix(
                     tiled,
                     &layer.qkv,
                     norm_mode,
@@ -321,16 +357,16 @@ impl LlamaGpu {
                     list.push(Dispatch { pipeline, bind, grid: Grid::Fixed([heads, 1, 1]), family: "attention" });
                 }
                 let acc = MatMode { accumulate: true, ..Default::default() };
-                list.push(b.matrix(tiled, &layer.o, acc, &attn, &x, None, None, false)?);
+                list.extend(b.matrix(tiled, &layer.o, acc, &attn, &x, None, None, false)?);
                 let norm = MatMode { fuse_norm: true, ..Default::default() };
-                list.push(b.matrix(tiled, &layer.gate_up, norm, &x, &gate_up, Some(&layer.ffn_norm), None, false)?);
+                list.extend(b.matrix(tiled, &layer.gate_up, norm, &x, &gate_up, Some(&layer.ffn_norm), None, false)?);
                 let down = MatMode { swiglu_in: true, accumulate: true, ..Default::default() };
-                list.push(b.matrix(tiled, &layer.down, down, &gate_up, &x, None, None, false)?);
+                list.extend(b.matrix(tiled, &layer.down, down, &gate_up, &x, None, None, false)?);
             }
             let head = lm_head.as_ref().unwrap_or(&embd);
             let norm = MatMode { fuse_norm: true, ..Default::default() };
             // Decode and plain prefill: logits of the last row only; li == 2: every row.
-            list.push(b.matrix(li == 2, head, norm, &x, &logits, Some(&out_norm), None, li == 1)?);
+            list.extend(b.matrix(li == 2, head, norm, &x, &logits, Some(&out_norm), None, li == 1)?);
         }
         let [decode, prefill, prefill_all_logits] = lists;
 
@@ -351,16 +387,15 @@ impl LlamaGpu {
         let bind = b.bind(&pipeline, &[(0, &sample_params), (1, &logits), (2, &tokens), (3, &state)]);
         let sample = Dispatch { pipeline, bind, grid: Grid::Fixed([1, 1, 1]), family: "sample" };
 
+        // Bind groups hold their buffers too; keeping them here makes the ownership plain.
         let mut keep =
-            vec![x, qkv_buf, q_buf, attn, gate_up, scores, k_cache, v_cache, rope, filler, partial, out_norm, embd.buf];
-        if let Some(h) = lm_head {
-            keep.push(h.buf);
-        }
+            vec![x, qkv_buf, q_buf, attn, gate_up, scores, k_cache, v_cache, rope, filler, partial, out_norm];
+        let mut matrices = vec![embd];
+        matrices.extend(lm_head);
         for l in layers {
-            keep.extend([l.attn_norm, l.qkv.buf, l.o.buf, l.ffn_norm, l.gate_up.buf, l.down.buf]);
-            if let Some(bias) = l.qkv_bias {
-                keep.push(bias);
-            }
+            keep.extend([l.attn_norm, l.ffn_norm]);
+            keep.extend(l.qkv_bias);
+            matrices.extend([l.qkv, l.o, l.gate_up, l.down]);
         }
         Ok(LlamaGpu {
             config: cfg,
@@ -377,6 +412,7 @@ impl LlamaGpu {
             prefill_all_logits,
             sample,
             _keep: keep,
+            _matrices: matrices,
         })
     }
 
@@ -502,16 +538,34 @@ impl Builder<'_> {
         norm: Option<&wgpu::Buffer>,
         bias: Option<&wgpu::Buffer>,
         last_row: bool,
+    ) -> Result<Vec<Dispatch>> {
+        m.shards.iter().map(|shard| self.matrix_shard(tiled, m, shard, mode, x, y, norm, bias, last_row)).collect()
+    }
+
+    /// One shard's dispatch: its rows land at `shard.row0..` of each output row.
+    #[allow(clippy::too_many_arguments)]
+    fn matrix_shard(
+        &self,
+        tiled: bool,
+        m: &GpuMatrix,
+        shard: &MatrixShard,
+        mode: MatMode,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        norm: Option<&wgpu::Buffer>,
+        bias: Option<&wgpu::Buffer>,
+        last_row: bool,
     ) -> Result<Dispatch> {
         let x_stride = if mode.swiglu_in { 2 * m.cols } else { m.cols };
         let params = MatParams {
-            n: m.rows,
+            n: shard.rows,
             k: m.cols,
             x_stride,
             y_stride: m.rows,
             eps: self.eps,
             last_row: u32::from(last_row),
-            _pad: [0; 2],
+            y_off: shard.row0,
+            _pad: 0,
         };
         let ub = self.gpu.uniform_init("mat params", bytemuck::bytes_of(&params));
         let kernel = if tiled {
@@ -528,15 +582,15 @@ impl Builder<'_> {
             (6, bias.unwrap_or(self.filler)),
             (7, self.state),
         ];
-        entries.extend(m.bindings());
+        entries.extend(shard.bindings());
         let bind = self.bind(&pipeline, &entries);
         let per_wg = self.key(kernel).rows_per_workgroup();
         let grid = if tiled {
-            Grid::PerTile(m.rows.div_ceil(32))
+            Grid::PerTile(shard.rows.div_ceil(32))
         } else if last_row {
-            Grid::Fixed([m.rows.div_ceil(per_wg), 1, 1])
+            Grid::Fixed([shard.rows.div_ceil(per_wg), 1, 1])
         } else {
-            Grid::PerToken(m.rows.div_ceil(per_wg))
+            Grid::PerToken(shard.rows.div_ceil(per_wg))
         };
         let family = match (tiled, mode.fuse_norm, mode.swiglu_in, last_row) {
             (_, true, _, true) => "lm_head",

@@ -10,20 +10,23 @@ use crate::quant::gpu_formats;
 
 /// A weight matrix on the GPU: `[rows, cols]`, row-major, in `format`.
 pub struct GpuMatrix {
-    pub buf: wgpu::Buffer,
-    /// Per-group scales (binding 2) of the integer formats.
-    pub scales: Option<wgpu::Buffer>,
+    /// Row ranges, each within the storage-binding limit (one shard for most matrices).
+    pub shards: Vec<MatrixShard>,
     pub rows: u32,
     pub cols: u32,
     pub format: WeightFormat,
 }
 
-impl GpuMatrix {
-    /// Bytes allocated on the GPU (scales included).
-    pub fn bytes(&self) -> u64 {
-        self.buf.size() + self.scales.as_ref().map_or(0, |b| b.size())
-    }
+/// Rows `row0 .. row0 + rows` of a matrix in their own buffers.
+pub struct MatrixShard {
+    pub buf: wgpu::Buffer,
+    /// Per-group scales (binding 2) of the integer formats.
+    pub scales: Option<wgpu::Buffer>,
+    pub row0: u32,
+    pub rows: u32,
+}
 
+impl MatrixShard {
     /// The buffers a matrix kernel binds: `(1, weights)` and, for the integer formats,
     /// `(2, scales)`.
     pub fn bindings(&self) -> Vec<(u32, &wgpu::Buffer)> {
@@ -32,6 +35,18 @@ impl GpuMatrix {
             v.push((2, s));
         }
         v
+    }
+}
+
+impl GpuMatrix {
+    /// Bytes allocated on the GPU (scales included).
+    pub fn bytes(&self) -> u64 {
+        self.shards.iter().map(|s| s.buf.size() + s.scales.as_ref().map_or(0, |b| b.size())).sum()
+    }
+
+    /// The bindings of the first shard (the whole matrix unless it was sharded).
+    pub fn bindings(&self) -> Vec<(u32, &wgpu::Buffer)> {
+        self.shards.first().map(|s| s.bindings()).unwrap_or_default()
     }
 }
 
@@ -90,7 +105,7 @@ impl Part<'_> {
 /// The integer formats are quantised round-to-nearest on the CPU.
 pub fn upload_matrix(gpu: &Gpu, label: &str, parts: &[&[f32]], cols: usize, format: WeightFormat) -> Result<GpuMatrix> {
     let parts: Vec<Part> = parts.iter().map(|p| Part::F32(p)).collect();
-    upload_parts(gpu, label, &parts, cols, format)
+    upload_parts(gpu, label, &parts, cols, format, 0)
 }
 
 /// Upload row-concatenated tensors `parts` (each `[rows_i, cols]`, any file format) as
@@ -104,16 +119,37 @@ pub fn upload_tensors(
     cols: usize,
     format: WeightFormat,
 ) -> Result<GpuMatrix> {
+    upload_tensors_sharded(gpu, label, parts, cols, format, 0)
+}
+
+/// [`upload_tensors`] with row shards of at most `max_binding` bytes each (0: the
+/// adapter's storage-binding limit), for browsers whose limit is below a weight's size
+/// (Firefox: 128 MiB).
+pub fn upload_tensors_sharded(
+    gpu: &Gpu,
+    label: &str,
+    parts: &[&HostTensor],
+    cols: usize,
+    format: WeightFormat,
+    max_binding: u64,
+) -> Result<GpuMatrix> {
     for t in parts {
         if t.rows_cols().1 != cols {
             return Err(Error::model(format!("{label}: tensor {} {:?} is not {cols} wide", t.name, t.shape)));
         }
     }
     let parts: Vec<Part> = parts.iter().map(|t| Part::Host(t)).collect();
-    upload_parts(gpu, label, &parts, cols, format)
+    upload_parts(gpu, label, &parts, cols, format, max_binding)
 }
 
-fn upload_parts(gpu: &Gpu, label: &str, parts: &[Part], cols: usize, format: WeightFormat) -> Result<GpuMatrix> {
+fn upload_parts(
+    gpu: &Gpu,
+    label: &str,
+    parts: &[Part],
+    cols: usize,
+    format: WeightFormat,
+    max_binding: u64,
+) -> Result<GpuMatrix> {
     if !cols.is_multiple_of(4) {
         return Err(Error::model(format!("{label}: width {cols} is not a multiple of 4")));
     }
@@ -123,16 +159,19 @@ fn upload_parts(gpu: &Gpu, label: &str, parts: &[Part], cols: usize, format: Wei
         return Err(Error::internal(format!("{label}: {total} values do not fill rows of {cols}")));
     }
     let rows = total / cols;
-    let main_bytes = match format {
-        WeightFormat::F32 => total as f64 * 4.0,
-        WeightFormat::F16 => total as f64 * 2.0,
-        WeightFormat::Int8 => total as f64,
-        WeightFormat::Int4 => total as f64 / 2.0,
-    };
-    if main_bytes > gpu.caps.max_storage_binding as f64 {
+    let limit =
+        if max_binding == 0 { gpu.caps.max_storage_binding } else { max_binding.min(gpu.caps.max_storage_binding) };
+    let row_bytes = match format {
+        WeightFormat::F32 => cols * 4,
+        WeightFormat::F16 => cols * 2,
+        WeightFormat::Int8 => cols,
+        WeightFormat::Int4 => cols / 2,
+    } as u64;
+    // Shards hold an even number of rows, so that int8's two scales per word never straddle.
+    let shard_rows = ((limit / row_bytes.max(1)) as usize / 2 * 2).min(rows.max(1));
+    if shard_rows == 0 {
         return Err(Error::model(format!(
-            "{label}: {rows}x{cols} exceeds the adapter's storage binding limit of {} bytes",
-            gpu.caps.max_storage_binding
+            "{label}: one row of {cols} weights exceeds the storage binding limit of {limit} bytes"
         )));
     }
     let (bytes, scales): (Vec<u8>, Option<Vec<u32>>) = match format {
@@ -166,11 +205,22 @@ fn upload_parts(gpu: &Gpu, label: &str, parts: &[Part], cols: usize, format: Wei
             (bytemuck::cast_slice(&packed.words).to_vec(), Some(packed.scales))
         }
     };
-    let buf = gpu.storage_init(label, &bytes);
-    let scales = scales.map(|s| gpu.storage_init(&format!("{label}.scales"), bytemuck::cast_slice(&s)));
+    let to_u32 = |v: usize| u32::try_from(v).map_err(|_| Error::model(format!("{label}: too many rows")));
+    let scale_words_per_row = scales.as_ref().map_or(0.0, |s| s.len() as f64 / rows.max(1) as f64);
+    let mut shards = Vec::new();
+    for r0 in (0..rows).step_by(shard_rows) {
+        let r1 = (r0 + shard_rows).min(rows);
+        let name = if shard_rows < rows { format!("{label}[{r0}..{r1}]") } else { label.to_string() };
+        let buf = gpu.storage_init(&name, &bytes[r0 * row_bytes as usize..r1 * row_bytes as usize]);
+        let scales = scales.as_ref().map(|s| {
+            let w0 = (r0 as f64 * scale_words_per_row).round() as usize;
+            let w1 = ((r1 as f64 * scale_words_per_row).ceil() as usize).min(s.len());
+            gpu.storage_init(&format!("{name}.scales"), bytemuck::cast_slice(&s[w0..w1]))
+        });
+        shards.push(MatrixShard { buf, scales, row0: to_u32(r0)?, rows: to_u32(r1 - r0)? });
+    }
     Ok(GpuMatrix {
-        buf,
-        scales,
+        shards,
         rows: u32::try_from(rows).map_err(|_| Error::model("too many rows"))?,
         cols: u32::try_from(cols).map_err(|_| Error::model("too many columns"))?,
         format,
