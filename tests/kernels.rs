@@ -4,34 +4,14 @@
 
 mod common;
 
-use common::{gpu, max_rel_err, rand_vec, read_f32, read_u32};
+use common::{gpu, max_rel_err, rand_vec, read_f32, read_u32, run};
 use wsi::gpu::params::{EmbedParams, HeadParams, MatParams};
-use wsi::gpu::{Gpu, Kernel, KernelKey, Kernels, MatMode, WeightFormat};
+use wsi::gpu::{Kernel, KernelKey, MatMode, WeightFormat};
 use wsi::model::reference::rope_head;
 use wsi::model::upload::upload_matrix;
 use wsi::model::{RopeLayout, RopeScaling};
 use wsi::quant::gpu_formats::quantize_dequantize;
 use wsi::sampling::{SampleSettings, sample_reference};
-
-fn run(gpu: &Gpu, key: KernelKey, bindings: &[(u32, &wgpu::Buffer)], grid: [u32; 3]) {
-    let kernels = Kernels::default();
-    let pipeline = kernels.get(&gpu.device, key).expect("pipeline");
-    let layout = pipeline.get_bind_group_layout(0);
-    let entries: Vec<_> = bindings
-        .iter()
-        .map(|(b, buf)| wgpu::BindGroupEntry { binding: *b, resource: buf.as_entire_binding() })
-        .collect();
-    let bind =
-        gpu.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &layout, entries: &entries });
-    let mut enc = gpu.device.create_command_encoder(&Default::default());
-    {
-        let mut pass = enc.begin_compute_pass(&Default::default());
-        pass.set_pipeline(&pipeline);
-        pass.set_bind_group(0, &bind, &[]);
-        pass.dispatch_workgroups(grid[0], grid[1], grid[2]);
-    }
-    gpu.queue.submit([enc.finish()]);
-}
 
 /// CPU reference of matvec/matmul: y[t, n] (+)= in(t) . W[n] (+ bias).
 #[allow(clippy::too_many_arguments)]

@@ -8,34 +8,14 @@ mod common;
 
 use std::borrow::Cow;
 
-use common::{gpu, rand_vec, read_f32};
+use common::{gpu, rand_vec, read_f32, run};
 use wsi::gpu::params::{EmbedParams, MatParams};
-use wsi::gpu::{Gpu, Kernel, KernelKey, Kernels, MatMode, WeightFormat};
+use wsi::gpu::{Gpu, Kernel, KernelKey, MatMode, WeightFormat};
 use wsi::model::HostFormat;
 use wsi::model::HostTensor;
 use wsi::model::upload::{GpuMatrix, embedding_format, upload_tensors};
 use wsi::quant::ggml;
 use wsi::quant::gpu_formats::quantize_dequantize;
-
-fn run(gpu: &Gpu, key: KernelKey, bindings: &[(u32, &wgpu::Buffer)], grid: [u32; 3]) {
-    let kernels = Kernels::default();
-    let pipeline = kernels.get(&gpu.device, key).expect("pipeline");
-    let layout = pipeline.get_bind_group_layout(0);
-    let entries: Vec<_> = bindings
-        .iter()
-        .map(|(b, buf)| wgpu::BindGroupEntry { binding: *b, resource: buf.as_entire_binding() })
-        .collect();
-    let bind =
-        gpu.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &layout, entries: &entries });
-    let mut enc = gpu.device.create_command_encoder(&Default::default());
-    {
-        let mut pass = enc.begin_compute_pass(&Default::default());
-        pass.set_pipeline(&pipeline);
-        pass.set_bind_group(0, &bind, &[]);
-        pass.dispatch_workgroups(grid[0], grid[1], grid[2]);
-    }
-    gpu.queue.submit([enc.finish()]);
-}
 
 fn tensor(name: &str, rows: usize, cols: usize, format: HostFormat, seed: u64) -> HostTensor<'static> {
     let x = rand_vec(rows * cols, seed, 0.7);

@@ -14,14 +14,8 @@ use crate::error::{Error, Result};
 /// Roles a chat message may have.
 pub const CHAT_ROLES: &[&str] = &["system", "user", "assistant", "tool"];
 
-/// One chat message, handed to the model's chat template.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChatMessage {
-    /// One of [`CHAT_ROLES`].
-    pub role: String,
-    /// The text.
-    pub content: String,
-}
+/// One chat message (role: one of [`CHAT_ROLES`]), handed to the model's chat template.
+pub use crate::tokenizer::ChatMessage;
 
 /// Options of one generation. `None` = the instance's [`StreamingConfig`] value.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -54,7 +54,7 @@ pub struct HfTokenizerConfig {
 }
 
 /// One chat message for the chat template.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use wsi::gpu::Gpu;
+use wsi::gpu::{Gpu, KernelKey, Kernels};
 
 /// One device for the whole test binary.
 pub fn gpu() -> Gpu {
@@ -65,4 +65,25 @@ pub fn require_smollm2() -> Option<PathBuf> {
 pub fn max_rel_err(a: &[f32], b: &[f32], floor: f32) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");
     a.iter().zip(b).map(|(x, y)| (x - y).abs() / y.abs().max(floor)).fold(0.0, f32::max)
+}
+
+/// Run one kernel once on the given bindings and grid.
+pub fn run(gpu: &Gpu, key: KernelKey, bindings: &[(u32, &wgpu::Buffer)], grid: [u32; 3]) {
+    let kernels = Kernels::default();
+    let pipeline = kernels.get(&gpu.device, key).expect("pipeline");
+    let layout = pipeline.get_bind_group_layout(0);
+    let entries: Vec<_> = bindings
+        .iter()
+        .map(|(b, buf)| wgpu::BindGroupEntry { binding: *b, resource: buf.as_entire_binding() })
+        .collect();
+    let bind =
+        gpu.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &layout, entries: &entries });
+    let mut enc = gpu.device.create_command_encoder(&Default::default());
+    {
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bind, &[]);
+        pass.dispatch_workgroups(grid[0], grid[1], grid[2]);
+    }
+    gpu.queue.submit([enc.finish()]);
 }
