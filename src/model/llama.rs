@@ -162,84 +162,69 @@ impl LlamaGpu {
         let qdim = nh * hd;
         let kvdim = nkv * hd;
         let qkv_rows = qdim + 2 * kvdim;
-        let mut weight_bytes = 0u64;
-        let max_binding = options.max_binding;
+        // Row-concatenate the named tensors into one GPU matrix of width `cols`.
+        let matrix = |label: String, names: &[(WeightName, usize)], cols: usize, fmt: WeightFormat| {
+            let parts = names.iter().map(|&(n, rows)| required(src, n, &[rows, cols])).collect::<Result<Vec<_>>>()?;
+            upload_tensors_sharded(gpu, &label, &parts.iter().collect::<Vec<_>>(), cols, fmt, options.max_binding)
+        };
+        let vector = |label: String, name: WeightName, n: usize| -> Result<wgpu::Buffer> {
+            Ok(upload_vec(gpu, &label, &required_f32(src, name, &[n])?))
+        };
+        // Embedding and lm_head: int8 or better unless the file holds 4-bit blocks.
+        let table_format = |name: WeightName| -> Result<WeightFormat> {
+            Ok(embedding_format(fmt, required(src, name, &[vocab, d])?.format))
+        };
 
-        let embd_t = required(src, WeightName::TokenEmbd, &[vocab, d])?;
-        let embd = upload_tensors_sharded(
-            gpu,
-            "token_embd",
-            &[&embd_t],
-            d,
-            embedding_format(fmt, embd_t.format),
-            max_binding,
-        )?;
-        drop(embd_t);
-        weight_bytes += embd.bytes();
+        let embd =
+            matrix("token_embd".into(), &[(WeightName::TokenEmbd, vocab)], d, table_format(WeightName::TokenEmbd)?)?;
         let lm_head = if cfg.tied_embeddings {
             None
         } else {
-            let output = required(src, WeightName::Output, &[vocab, d])?;
-            let m = upload_tensors_sharded(
-                gpu,
-                "output",
-                &[&output],
-                d,
-                embedding_format(fmt, output.format),
-                max_binding,
-            )?;
-            weight_bytes += m.bytes();
-            Some(m)
+            Some(matrix("output".into(), &[(WeightName::Output, vocab)], d, table_format(WeightName::Output)?)?)
         };
-        let out_norm = upload_vec(gpu, "output_norm", &required_f32(src, WeightName::OutputNorm, &[d])?);
-        weight_bytes += out_norm.size();
+        let out_norm = vector("output_norm".into(), WeightName::OutputNorm, d)?;
 
         let mut layers = Vec::with_capacity(cfg.n_layers);
         for l in 0..cfg.n_layers {
             progress(l, cfg.n_layers);
-            let q = required(src, WeightName::AttnQ(l), &[qdim, d])?;
-            let k = required(src, WeightName::AttnK(l), &[kvdim, d])?;
-            let v = required(src, WeightName::AttnV(l), &[kvdim, d])?;
-            let qkv = upload_tensors_sharded(gpu, &format!("blk.{l}.qkv"), &[&q, &k, &v], d, fmt, max_binding)?;
+            use WeightName::*;
+            let qkv =
+                matrix(format!("blk.{l}.qkv"), &[(AttnQ(l), qdim), (AttnK(l), kvdim), (AttnV(l), kvdim)], d, fmt)?;
             let qkv_bias = if cfg.qkv_bias {
-                let qb = required_f32(src, WeightName::AttnQBias(l), &[qdim])?;
-                let kb = required_f32(src, WeightName::AttnKBias(l), &[kvdim])?;
-                let vb = required_f32(src, WeightName::AttnVBias(l), &[kvdim])?;
+                let qb = required_f32(src, AttnQBias(l), &[qdim])?;
+                let kb = required_f32(src, AttnKBias(l), &[kvdim])?;
+                let vb = required_f32(src, AttnVBias(l), &[kvdim])?;
                 let all: Vec<f32> = qb.iter().chain(&kb).chain(&vb).copied().collect();
                 Some(upload_vec(gpu, &format!("blk.{l}.qkv_bias"), &all))
             } else {
                 None
             };
-            let o = upload_tensors_sharded(
-                gpu,
-                &format!("blk.{l}.attn_output"),
-                &[&required(src, WeightName::AttnOutput(l), &[d, qdim])?],
-                qdim,
-                fmt,
-                max_binding,
-            )?;
-            let g = required(src, WeightName::FfnGate(l), &[dff, d])?;
-            let u = required(src, WeightName::FfnUp(l), &[dff, d])?;
-            let gate_up = upload_tensors_sharded(gpu, &format!("blk.{l}.gate_up"), &[&g, &u], d, fmt, max_binding)?;
-            let down = upload_tensors_sharded(
-                gpu,
-                &format!("blk.{l}.ffn_down"),
-                &[&required(src, WeightName::FfnDown(l), &[d, dff])?],
-                dff,
-                fmt,
-                max_binding,
-            )?;
-            let attn_norm =
-                upload_vec(gpu, &format!("blk.{l}.attn_norm"), &required_f32(src, WeightName::AttnNorm(l), &[d])?);
-            let ffn_norm =
-                upload_vec(gpu, &format!("blk.{l}.ffn_norm"), &required_f32(src, WeightName::FfnNorm(l), &[d])?);
-            weight_bytes +=
-                qkv.bytes() + o.bytes() + gate_up.bytes() + down.bytes() + attn_norm.size() + ffn_norm.size();
-            if let Some(b) = &qkv_bias {
-                weight_bytes += b.size();
-            }
-            layers.push(Layer { attn_norm, qkv, qkv_bias, o, ffn_norm, gate_up, down });
+            layers.push(Layer {
+                attn_norm: vector(format!("blk.{l}.attn_norm"), AttnNorm(l), d)?,
+                qkv,
+                qkv_bias,
+                o: matrix(format!("blk.{l}.attn_output"), &[(AttnOutput(l), d)], qdim, fmt)?,
+                ffn_norm: vector(format!("blk.{l}.ffn_norm"), FfnNorm(l), d)?,
+                gate_up: matrix(format!("blk.{l}.gate_up"), &[(FfnGate(l), dff), (FfnUp(l), dff)], d, fmt)?,
+                down: matrix(format!("blk.{l}.ffn_down"), &[(FfnDown(l), d)], dff, fmt)?,
+            });
         }
+        // Measured from what was allocated.
+        let weight_bytes = embd.bytes()
+            + lm_head.as_ref().map_or(0, GpuMatrix::bytes)
+            + out_norm.size()
+            + layers
+                .iter()
+                .map(|l| {
+                    l.qkv.bytes()
+                        + l.o.bytes()
+                        + l.gate_up.bytes()
+                        + l.down.bytes()
+                        + l.attn_norm.size()
+                        + l.ffn_norm.size()
+                        + l.qkv_bias.as_ref().map_or(0, wgpu::Buffer::size)
+                })
+                .sum::<u64>();
 
         progress(cfg.n_layers, cfg.n_layers);
         // Activations, allocated once.
