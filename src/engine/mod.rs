@@ -93,7 +93,9 @@ pub struct Generation {
 
 /// What the callback sees for each generated token.
 pub struct TokenEvent<'a> {
-    pub id: u32,
+    /// The token; `None` for text held back until the end (an incomplete character or a
+    /// stop-string prefix that never completed).
+    pub id: Option<u32>,
     /// Text this token completes (may be empty while a character or stop string is pending).
     pub text: &'a str,
 }
@@ -362,7 +364,7 @@ impl Engine {
                 let piece = detok.push(&self.tokenizer, id)?;
                 let step = stops.push(&piece);
                 text.push_str(&step.emit);
-                let keep_going = on_token(TokenEvent { id, text: &step.emit });
+                let keep_going = on_token(TokenEvent { id: Some(id), text: &step.emit });
                 if step.stopped {
                     stopped_by_string = true;
                     finish = Some(FinishReason::Stop);
@@ -391,7 +393,7 @@ impl Engine {
             }
             if !rest.is_empty() {
                 text.push_str(&rest);
-                on_token(TokenEvent { id: u32::MAX, text: &rest });
+                on_token(TokenEvent { id: None, text: &rest });
             }
         }
         let t_end = Instant::now();

@@ -108,7 +108,7 @@ impl Inner {
         let mut prev = Instant::now();
         let result = engine
             .generate(&ids, &params, &mut |ev| {
-                let id = (ev.id != u32::MAX).then_some(ev.id);
+                let id = ev.id;
                 if let (Some(_), Some(live)) = (id, self.live.borrow_mut().as_mut()) {
                     live.token();
                     if timed_out.is_none() {
