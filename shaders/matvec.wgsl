@@ -3,7 +3,8 @@
 // where in(t, k) is x[t, k], optionally RMS-normalised (FUSE_NORM, weight in `aux`) or
 // SwiGLU-combined from [gate | up] halves (SWIGLU_IN). A workgroup owns ROWS output rows;
 // its threads stride over k with vec4 loads and reduce in workgroup memory.
-// The weight prelude (weights/*.wgsl) supplies `load_w4`.
+// The weight prelude (weights/*.wgsl) supplies `load_w4` (4 weights) and `load_w8` (8
+// weights as the columns of a mat2x4, for the `wide` entry point, k a multiple of 8).
 
 struct MatParams {
     n: u32,         // output rows
@@ -25,9 +26,9 @@ override ACCUMULATE: bool = false;
 override HAS_BIAS: bool = false;
 
 @group(0) @binding(0) var<uniform> p: MatParams;
-@group(0) @binding(3) var<storage, read> x: array<f32>;
+@group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
-@group(0) @binding(5) var<storage, read> aux: array<f32>;
+@group(0) @binding(5) var<storage, read> aux: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read> bias: array<f32>;
 @group(0) @binding(7) var<storage, read> state: array<u32>;
 
@@ -35,68 +36,57 @@ var<workgroup> red: array<f32, 256>;
 var<workgroup> parts: array<vec4<f32>, 256>;
 var<private> out_row: u32;
 
-fn xin(base: u32, k: u32) -> f32 {
+// Input elements kb..kb+3 of the row at `base` (kb a multiple of 4), SwiGLU-combined when
+// the variant asks; RMSNorm is applied in two parts (the weight `aux` here, 1/rms at the end).
+fn xin4(base: u32, kb: u32) -> vec4<f32> {
+    var v = x[(base + kb) / 4u];
     if (SWIGLU_IN) {
-        let g = x[base + k];
-        let u = x[base + p.k + k];
-        return g / (1.0 + exp(-g)) * u;
+        let u = x[(base + p.k + kb) / 4u];
+        v = v / (1.0 + exp(-v)) * u;
     }
-    return x[base + k];
+    return v;
+}
+
+// The input row of this workgroup: the grid's y, or the last prefill token (lm_head).
+fn input_row(wid: vec3<u32>) -> u32 {
+    out_row = wid.y;
+    if (p.last_row != 0u) {
+        return max(state[1], 1u) - 1u;
+    }
+    return wid.y;
+}
+
+// Weights of rows r0..r3 at k4 dotted with the (norm-weighted) input xv.
+fn rows4(r0: u32, r1: u32, r2: u32, r3: u32, k4: u32, k4n: u32, xv: vec4<f32>) -> vec4<f32> {
+    var d = vec4<f32>(dot(load_w4(r0, k4, k4n), xv), 0.0, 0.0, 0.0);
+    if (ROWS > 1u) {
+        d.y = dot(load_w4(r1, k4, k4n), xv);
+    }
+    if (ROWS > 2u) {
+        d.z = dot(load_w4(r2, k4, k4n), xv);
+    }
+    if (ROWS > 3u) {
+        d.w = dot(load_w4(r3, k4, k4n), xv);
+    }
+    return d;
 }
 
 // A workgroup owns (WG / TPR) * ROWS rows. TPR = WG suits GPUs (coalesced loads, one
 // reduction); TPR = 1 suits CPU rasterisers (lavapipe, SwiftShader), where a workgroup is a
 // SIMD loop and every barrier is costly: then no barrier runs at all.
+// RMSNorm needs no pass of its own: sum_k w x g / rms = (sum_k w x g) / rms, and the
+// threads of a row group see every input element once, so they sum x^2 in the same loop and
+// reduce it with the dot products; weight loads start at once instead of after a norm phase.
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let tid = lid.x;
-    let group = tid / TPR;
     let lane = tid % TPR;
-    var t = wid.y;
-    if (p.last_row != 0u) {
-        t = max(state[1], 1u) - 1u;
-    }
-    let row0 = (wid.x * (WG / TPR) + group) * ROWS;
-    out_row = wid.y;
-    let xbase = t * p.x_stride;
-
-    var inv = 1.0;
-    if (FUSE_NORM) {
-        var ss = 0.0;
-        if (TPR == 1u) {
-            // One barrier: strided partial sums, then every thread adds all of them.
-            for (var k = tid; k < p.k; k += WG) {
-                let v = x[xbase + k];
-                ss += v * v;
-            }
-            red[tid] = ss;
-            workgroupBarrier();
-            var total = 0.0;
-            for (var i = 0u; i < WG; i++) {
-                total += red[i];
-            }
-            inv = inverseSqrt(total / f32(p.k) + p.eps);
-        } else {
-            for (var k = tid; k < p.k; k += WG) {
-                let v = x[xbase + k];
-                ss += v * v;
-            }
-            red[tid] = ss;
-            workgroupBarrier();
-            for (var s = WG / 2u; s > 0u; s >>= 1u) {
-                if (tid < s) {
-                    red[tid] += red[tid + s];
-                }
-                workgroupBarrier();
-            }
-            inv = inverseSqrt(red[0] / f32(p.k) + p.eps);
-            workgroupBarrier();
-        }
-    }
+    let row0 = (wid.x * (WG / TPR) + tid / TPR) * ROWS;
+    let xbase = input_row(wid) * p.x_stride;
 
     // Accumulate up to 4 rows in the components of one vec4 (no run-time-indexed arrays,
     // which some drivers keep in slow local memory). Rows past the end read the last row
-    // and are not stored.
+    // and are not stored. Two k steps per iteration keep twice the loads in flight.
     let k4n = p.k / 4u;
     let last = p.n - 1u;
     let r0 = min(row0, last);
@@ -104,33 +94,102 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let r2 = min(row0 + 2u, last);
     let r3 = min(row0 + 3u, last);
     var acc = vec4<f32>(0.0);
-    for (var k4 = lane; k4 < k4n; k4 += TPR) {
-        let kb = k4 * 4u;
-        var xv = vec4<f32>(xin(xbase, kb), xin(xbase, kb + 1u), xin(xbase, kb + 2u), xin(xbase, kb + 3u));
+    var ss = 0.0;
+    var k4 = lane;
+    for (; k4 + TPR < k4n; k4 += 2u * TPR) {
+        var xa = xin4(xbase, k4 * 4u);
+        var xb = xin4(xbase, (k4 + TPR) * 4u);
         if (FUSE_NORM) {
-            xv = xv * inv * vec4<f32>(aux[kb], aux[kb + 1u], aux[kb + 2u], aux[kb + 3u]);
+            ss += dot(xa, xa) + dot(xb, xb);
+            xa *= aux[k4];
+            xb *= aux[k4 + TPR];
         }
-        acc.x += dot(load_w4(r0, k4, k4n), xv);
-        if (ROWS > 1u) {
-            acc.y += dot(load_w4(r1, k4, k4n), xv);
-        }
-        if (ROWS > 2u) {
-            acc.z += dot(load_w4(r2, k4, k4n), xv);
-        }
-        if (ROWS > 3u) {
-            acc.w += dot(load_w4(r3, k4, k4n), xv);
-        }
+        acc += rows4(r0, r1, r2, r3, k4, k4n, xa) + rows4(r0, r1, r2, r3, k4 + TPR, k4n, xb);
     }
+    if (k4 < k4n) {
+        var xa = xin4(xbase, k4 * 4u);
+        if (FUSE_NORM) {
+            ss += dot(xa, xa);
+            xa *= aux[k4];
+        }
+        acc += rows4(r0, r1, r2, r3, k4, k4n, xa);
+    }
+    finish(tid, lane, row0, acc, ss);
+}
+
+// Weights 8*k8..8*k8+7 of rows r0..r3 dotted with the (norm-weighted) input xa | xb.
+fn rows8(r0: u32, r1: u32, r2: u32, r3: u32, k8: u32, k8n: u32, xa: vec4<f32>, xb: vec4<f32>) -> vec4<f32> {
+    let w0 = load_w8(r0, k8, k8n);
+    var d = vec4<f32>(dot(w0[0], xa) + dot(w0[1], xb), 0.0, 0.0, 0.0);
+    if (ROWS > 1u) {
+        let w1 = load_w8(r1, k8, k8n);
+        d.y = dot(w1[0], xa) + dot(w1[1], xb);
+    }
+    if (ROWS > 2u) {
+        let w2 = load_w8(r2, k8, k8n);
+        d.z = dot(w2[0], xa) + dot(w2[1], xb);
+    }
+    if (ROWS > 3u) {
+        let w3 = load_w8(r3, k8, k8n);
+        d.w = dot(w3[0], xa) + dot(w3[1], xb);
+    }
+    return d;
+}
+
+// GPUs, k a multiple of 8: a thread takes 8 consecutive weights per row (`load_w8`: one
+// whole u32 of int4 instead of half of one shared with the next lane), so neighbouring
+// lanes read neighbouring words and every byte loaded is used.
+@compute @workgroup_size(WG)
+fn wide(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let tid = lid.x;
+    let lane = tid % TPR;
+    let row0 = (wid.x * (WG / TPR) + tid / TPR) * ROWS;
+    let xbase = input_row(wid) * p.x_stride;
+
+    let k8n = p.k / 8u;
+    let last = p.n - 1u;
+    let r0 = min(row0, last);
+    let r1 = min(row0 + 1u, last);
+    let r2 = min(row0 + 2u, last);
+    let r3 = min(row0 + 3u, last);
+    var acc = vec4<f32>(0.0);
+    var ss = 0.0;
+    for (var k8 = lane; k8 < k8n; k8 += TPR) {
+        var xa = xin4(xbase, k8 * 8u);
+        var xb = xin4(xbase, k8 * 8u + 4u);
+        if (FUSE_NORM) {
+            ss += dot(xa, xa) + dot(xb, xb);
+            xa *= aux[2u * k8];
+            xb *= aux[2u * k8 + 1u];
+        }
+        acc += rows8(r0, r1, r2, r3, k8, k8n, xa, xb);
+    }
+    finish(tid, lane, row0, acc, ss);
+}
+
+// Reduce the TPR partial sums (dot products and, with FUSE_NORM, x^2) of each row group and
+// store its rows. Uniform control flow.
+fn finish(tid: u32, lane: u32, row0: u32, partial: vec4<f32>, partial_ss: f32) {
+    var acc = partial;
+    var ss = partial_ss;
     if (TPR > 1u) {
         parts[tid] = acc;
+        red[tid] = ss;
         workgroupBarrier();
         for (var s = TPR / 2u; s > 0u; s >>= 1u) {
             if (lane < s) {
                 parts[tid] += parts[tid + s];
+                if (FUSE_NORM) {
+                    red[tid] += red[tid + s];
+                }
             }
             workgroupBarrier();
         }
         acc = parts[tid];
+        ss = red[tid];
+    }
+    if (FUSE_NORM) {
+        acc *= inverseSqrt(ss / f32(p.k) + p.eps);
     }
     if (lane == 0u) {
         store(row0, acc.x);

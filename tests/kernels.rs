@@ -53,11 +53,12 @@ fn mat_ref(
 }
 
 fn check_matrix_kernel(tiled: bool, format: WeightFormat, mode: MatMode, n: usize, k: usize, t: usize) {
-    for (tpr, rows) in [(64u32, 4u32), (1, 2), (8, 3)] {
-        if tiled && tpr == 8 {
+    // (threads per row group, rows, wide): the wide matvec takes 8 consecutive weights.
+    for (tpr, rows, wide) in [(64u32, 4u32, false), (1, 2, false), (8, 3, false), (8, 4, true), (1, 3, true)] {
+        if tiled && (tpr == 8 || wide) || wide && !k.is_multiple_of(8) {
             continue;
         }
-        check_matrix_variant(tiled, format, mode, n, k, t, tpr, rows);
+        check_matrix_variant(tiled, format, mode, n, k, t, tpr, rows, wide);
     }
 }
 
@@ -71,6 +72,7 @@ fn check_matrix_variant(
     t: usize,
     tpr: u32,
     rows: u32,
+    wide: bool,
 ) {
     let gpu = gpu();
     let w = rand_vec(n * k, 1, 0.5);
@@ -100,7 +102,7 @@ fn check_matrix_variant(
     let (kernel, grid) = if tiled {
         (Kernel::Matmul { format, mode, tiled: tpr > 1 }, [n.div_ceil(32) as u32, t.div_ceil(32) as u32, 1])
     } else {
-        (Kernel::Matvec { format, mode }, [n.div_ceil((64 / tpr * rows) as usize) as u32, t as u32, 1])
+        (Kernel::Matvec { format, mode, wide }, [n.div_ceil((64 / tpr * rows) as usize) as u32, t as u32, 1])
     };
     let mut bindings = vec![(0, &ub), (3, &xb), (4, &yb), (5, &nb), (6, &bb), (7, &state)];
     bindings.extend(m.bindings());

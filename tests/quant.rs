@@ -112,9 +112,9 @@ fn check_passthrough(format: WeightFormat, host: HostFormat) {
     let extra = if host == HostFormat::Q4_0 { (r1 + r2) * k / 32 * 2 } else { 0 };
     assert!((file + extra..=file + extra + 2).contains(&(m.bytes() as usize)), "{} bytes", m.bytes());
     assert_same_values(&rows_through_embed(&gpu, &m), &want, &format!("{host:?} embed"));
-    for tpr in [64, 1, 8] {
-        let got = columns_through_kernel(&gpu, &m, Kernel::Matvec { format, mode: MatMode::default() }, tpr);
-        assert_same_values(&got, &want, &format!("{host:?} matvec tpr={tpr}"));
+    for (tpr, wide) in [(64, false), (1, false), (8, false), (8, true), (1, true)] {
+        let got = columns_through_kernel(&gpu, &m, Kernel::Matvec { format, mode: MatMode::default(), wide }, tpr);
+        assert_same_values(&got, &want, &format!("{host:?} matvec tpr={tpr} wide={wide}"));
     }
     for tiled in [true, false] {
         let got = columns_through_kernel(&gpu, &m, Kernel::Matmul { format, mode: MatMode::default(), tiled }, 64);

@@ -28,6 +28,8 @@ fn engine_sharded(src: &dyn ModelSource, format: WeightFormat, tpr: u32, chunk: 
         workgroup: 64,
         threads_per_row: tpr,
         rows: 2,
+        // GPUs' wide matvec (k a multiple of 8: d_model 96, d_ff 136).
+        wide_threads_per_row: if tpr == 1 { 0 } else { 8 },
         attention_split: if tpr == 1 { 1 } else { 5 },
         max_binding,
     };

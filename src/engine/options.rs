@@ -95,6 +95,11 @@ impl EngineOptions {
                     profile.workgroup_size[0]
                 }),
                 rows: env_u32("WSI_ROWS").unwrap_or(if caps.is_cpu { 2 } else { 4 }),
+                wide_threads_per_row: env_u32("WSI_WIDE_THREADS_PER_ROW").unwrap_or(if caps.is_cpu {
+                    0
+                } else {
+                    profile.workgroup_size[0]
+                }),
                 // Dispatches cost ~0.25 ms on CPU rasterisers: one attention dispatch there.
                 attention_split: env_u32("WSI_ATTENTION_SPLIT").unwrap_or(if caps.is_cpu { 1 } else { 16 }),
                 // The profile's binding cap (Firefox 128 MiB) within the device's limit.

@@ -190,8 +190,13 @@ impl GgufWriter {
     /// Add f32 data encoded in `format` (see `ggml::quantize` for the formats it can
     /// encode). data: `shape` elements, row-major.
     pub fn add_f32(&mut self, name: &str, shape: &[usize], format: HostFormat, data: &[f32]) -> Result<&mut Self> {
-        let bytes =
-            ggml::quantize(format, data).map_err(|e| Error::model(format!("GGUF writer: tensor {name}: {e}")))?;
+        // Blocks are independent: big tensors (benchmark shapes) quantise in parallel chunks
+        // of whole 256-element super-blocks, which gives the same bytes as one pass.
+        let parts = par_chunks(data.len(), 256, |r| ggml::quantize(format, &data[r]));
+        let mut bytes = Vec::new();
+        for part in parts {
+            bytes.extend(part.map_err(|e| Error::model(format!("GGUF writer: tensor {name}: {e}")))?);
+        }
         self.add_tensor(name, shape, format, bytes)
     }
 
@@ -230,6 +235,36 @@ impl GgufWriter {
 /// A small deterministic PRNG (SplitMix64) with uniform and normal draws.
 #[derive(Clone, Debug)]
 pub struct SplitMix64(pub u64);
+
+fn par_threads(n: usize, align: usize) -> usize {
+    if cfg!(target_arch = "wasm32") || n < 1 << 22 || !n.is_multiple_of(align) {
+        1
+    } else {
+        std::thread::available_parallelism().map_or(1, |c| c.get().min(32))
+    }
+}
+
+/// `f` over `0..n` split into ranges (multiples of `align` long, in order): one range
+/// below 4M elements or where threads are unavailable (wasm), else one per core.
+fn par_chunks<T: Send>(n: usize, align: usize, f: impl Fn(std::ops::Range<usize>) -> T + Sync) -> Vec<T> {
+    let threads = par_threads(n, align);
+    if threads == 1 {
+        return vec![f(0..n)];
+    }
+    let chunk = n.div_ceil(threads).div_ceil(align) * align;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .step_by(chunk)
+            .map(|a| {
+                s.spawn({
+                    let f = &f;
+                    move || f(a..(a + chunk).min(n))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+    })
+}
 
 impl SplitMix64 {
     pub fn next_u64(&mut self) -> u64 {
@@ -447,7 +482,19 @@ pub fn tiny_gguf(cfg: &TinySpec, arch: Arch, seed: u64, format: HostFormat) -> R
     let (d, q, kv, ff) = (cfg.d_model, cfg.n_heads * head_dim, cfg.n_kv_heads * head_dim, cfg.d_ff);
     let mut matrix = |w: &mut GgufWriter, name: &str, rows: usize, cols: usize| -> Result<()> {
         let sigma = (1.0 / (cols as f32).sqrt()).clamp(0.02, 0.1);
-        let data: Vec<f32> = (0..rows * cols).map(|_| rng.normal() * sigma).collect();
+        // Benchmark shapes draw in parallel, one generator per chunk seeded from the main one;
+        // tiny test models keep the single sequential stream.
+        let n = rows * cols;
+        let data: Vec<f32> = if par_threads(n, 256) > 1 {
+            let seed = rng.next_u64();
+            par_chunks(n, 256, |r| {
+                let mut g = SplitMix64(seed ^ (r.start as u64).wrapping_mul(0x9e37_79b9));
+                r.map(|_| g.normal() * sigma).collect::<Vec<f32>>()
+            })
+            .concat()
+        } else {
+            (0..n).map(|_| rng.normal() * sigma).collect()
+        };
         let fmt = if cols.is_multiple_of(ggml::block_elems(format)) && ggml::quantize(format, &[0.0; 256]).is_ok() {
             format
         } else {

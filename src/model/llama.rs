@@ -24,6 +24,9 @@ pub struct LoadOptions {
     pub threads_per_row: u32,
     /// Rows per matvec thread group.
     pub rows: u32,
+    /// Threads per row group of the `wide` matvec (8 consecutive weights per thread, for
+    /// matrices whose k is a multiple of 8); 0 keeps every matvec on `main`.
+    pub wide_threads_per_row: u32,
     /// Largest buffer bound for one weight (bytes; 0 = the adapter's limit): bigger matrices
     /// are split into row shards (Firefox binds at most 128 MiB).
     pub max_binding: u64,
@@ -41,6 +44,7 @@ impl Default for LoadOptions {
             workgroup: 64,
             threads_per_row: 64,
             rows: 4,
+            wide_threads_per_row: 0,
             attention_split: 1,
             max_binding: 0,
         }
@@ -256,7 +260,11 @@ impl LlamaGpu {
         let wg = options.workgroup.next_power_of_two().clamp(32, 256);
         let rows = options.rows.clamp(1, 4);
         let tpr = options.threads_per_row.clamp(1, wg).next_power_of_two();
-        let b = Builder { gpu, kernels, wg, rows, tpr, state: &state, filler: &filler, eps: cfg.rms_eps };
+        let wide_tpr = match options.wide_threads_per_row {
+            0 => 0,
+            t => t.clamp(1, wg).next_power_of_two(),
+        };
+        let b = Builder { gpu, kernels, wg, rows, tpr, wide_tpr, state: &state, filler: &filler, eps: cfg.rms_eps };
 
         let layer_off = |l: usize| -> Result<u32> { u32_of(l * kv_layer as usize, "kv offset") };
         let head_params = |l: usize| -> Result<HeadParams> {
@@ -484,6 +492,8 @@ struct Builder<'a> {
     wg: u32,
     rows: u32,
     tpr: u32,
+    /// Threads per row group of the wide matvec; 0 = not used.
+    wide_tpr: u32,
     state: &'a wgpu::Buffer,
     filler: &'a wgpu::Buffer,
     eps: f32,
@@ -495,7 +505,8 @@ impl Builder<'_> {
     }
 
     fn key(&self, kernel: Kernel) -> KernelKey {
-        KernelKey { kernel, wg: self.wg, rows: self.rows, tpr: self.tpr }
+        let tpr = if matches!(kernel, Kernel::Matvec { wide: true, .. }) { self.wide_tpr } else { self.tpr };
+        KernelKey { kernel, wg: self.wg, rows: self.rows, tpr }
     }
 
     fn bind(&self, pipeline: &wgpu::ComputePipeline, entries: &[(u32, &wgpu::Buffer)]) -> wgpu::BindGroup {
@@ -556,7 +567,11 @@ impl Builder<'_> {
         let kernel = if tiled {
             Kernel::Matmul { format: m.format, mode, tiled: self.tpr > 1 }
         } else {
-            Kernel::Matvec { format: m.format, mode }
+            Kernel::Matvec {
+                format: m.format,
+                mode,
+                wide: self.wide_tpr > 0 && m.format.prefers_wide_matvec() && m.cols.is_multiple_of(8),
+            }
         };
         let pipeline = self.pipeline(kernel)?;
         let mut entries = vec![
