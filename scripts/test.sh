@@ -9,8 +9,10 @@
 #     browser  wasm-pack test --headless --chrome --firefox (WebGPU flags: webdriver.json),
 #              with the model served over HTTP by scripts/serve.py on 127.0.0.1:8089
 #     e2e      tests/e2e/run.sh: the demo page driven by Playwright in headless Chromium
+#     bench    scripts/bench-browser.py: the bench page (www/bench.html) in Chromium and Firefox
+#              through WebDriver, 4 tokens (a smoke run: it must print its JSON)
 #     bundler  tests/bundler/run.sh: the npm package imported through Vite, the bundle run in Chromium
-# Options pick phases instead (any combination): --setup --model --native --lint --wasm --browser --e2e --bundler
+# Options pick phases instead (any combination): --setup --model --native --lint --wasm --browser --e2e --bench --bundler
 #   --no-setup   run the chosen phases (default: all) without the setup phase
 # Ends with each phase's duration and the summed counts of the cargo/wasm-bindgen test runners.
 set -euo pipefail
@@ -20,13 +22,13 @@ cd "$ROOT"
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
-ALL_PHASES=(setup model native lint wasm browser e2e bundler)
+ALL_PHASES=(setup model native lint wasm browser e2e bench bundler)
 PHASES=()
 NO_SETUP=0
-usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
 for arg in "$@"; do
     case "$arg" in
-        --setup | --model | --native | --lint | --wasm | --browser | --e2e | --bundler) PHASES+=("${arg#--}") ;;
+        --setup | --model | --native | --lint | --wasm | --browser | --e2e | --bench | --bundler) PHASES+=("${arg#--}") ;;
         --no-setup) NO_SETUP=1 ;;
         -h | --help) usage; exit 0 ;;
         *) echo "test.sh: unknown option $arg" >&2; usage >&2; exit 2 ;;
@@ -140,6 +142,11 @@ if wants browser; then
     MODEL_SERVER=""
 fi
 if wants e2e; then phase e2e bash tests/e2e/run.sh; fi
+# Reuses the package the e2e phase built into www/pkg when it is there.
+if wants bench; then
+    [[ -f www/pkg/wsi.js ]] || bash scripts/build-pkg.sh www/pkg --dev
+    phase bench python3 scripts/bench-browser.py --tokens 4 --runs 1
+fi
 # Reuses the package the e2e phase built into www/pkg when it is there.
 if wants bundler; then
     if [[ -f www/pkg/package.json ]]; then export PKG_DIR="$ROOT/www/pkg"; fi
