@@ -90,10 +90,22 @@ fn synth_then_generate_logits_and_bench_on_a_tiny_model() {
     assert_eq!(rc, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
     assert_eq!(v["top"].as_array().map(|a| a.len()), Some(10));
-    let (rc, out, err) = wsi(&["--model", m, "bench", "--prompt-tokens", "8", "--gen-tokens", "8", "--json"]);
+    let (rc, out, err) =
+        wsi(&["--model", m, "bench", "--prompt-tokens", "8", "--gen-tokens", "8", "--profile", "--json"]);
     assert_eq!(rc, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
     assert!(v["base"]["decode_tokens_per_second"].as_f64().unwrap_or(0.0) > 0.0);
+    // The profile: every kernel family of a decode step with its dispatch count and time
+    // (lavapipe has timestamp queries, so these are GPU times).
+    assert_eq!(v["profile"]["timing"], "gpu timestamps", "{v}");
+    let decode = v["profile"]["decode"].as_array().expect("decode rows");
+    let count = |fam: &str| decode.iter().find(|r| r[0] == fam).and_then(|r| r[1].as_u64());
+    for fam in ["embed", "matvec_norm", "rope_kv", "attention", "matvec", "matvec_swiglu", "sample"] {
+        assert!(count(fam).is_some(), "{fam} missing from {decode:?}");
+    }
+    let dispatches: u64 = decode.iter().filter_map(|r| r[1].as_u64()).sum();
+    assert_eq!(dispatches as f64, v["base"]["dispatches_per_token"].as_f64().expect("dispatches"), "{v}");
+    assert!(decode.iter().all(|r| r[2].as_f64().is_some_and(|ms| ms >= 0.0)), "{decode:?}");
     let text = dir.join("t.txt");
     std::fs::write(&text, "the cat sat on the mat and the dog sat on the log").expect("write");
     let (rc, out, err) = wsi(&["--model", m, "perplexity", "--file", text.to_str().expect("path"), "--json"]);

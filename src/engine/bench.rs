@@ -26,13 +26,17 @@ pub struct BenchReport {
     pub load_ms: f64,
 }
 
+/// One kernel family's share of a step: (family, dispatches, total ms).
+pub type FamilyTime = (String, usize, f64);
+
 /// Per kernel family: (calls, total ms) for one decode step (`prefill_tokens == 0`) or one
-/// prefill chunk, slowest first.
+/// prefill chunk, slowest first; and whether the times are GPU timestamps (else CPU-timed
+/// dispatches run alone).
 #[cfg(not(target_arch = "wasm32"))]
-pub fn profile(engine: &Engine, reps: u32, prefill_tokens: u32) -> Result<Vec<(String, usize, f64)>> {
-    let rows = engine.model.profile(&engine.gpu, reps, prefill_tokens)?;
-    let mut agg: Vec<(String, usize, f64)> = Vec::new();
-    for (fam, ms) in rows {
+pub fn profile(engine: &Engine, reps: u32, prefill_tokens: u32) -> Result<(Vec<FamilyTime>, bool)> {
+    let times = engine.model.profile(&engine.gpu, reps, prefill_tokens)?;
+    let mut agg: Vec<FamilyTime> = Vec::new();
+    for (fam, ms) in times.rows {
         match agg.iter_mut().find(|a| a.0 == fam) {
             Some(a) => {
                 a.1 += 1;
@@ -42,7 +46,7 @@ pub fn profile(engine: &Engine, reps: u32, prefill_tokens: u32) -> Result<Vec<(S
         }
     }
     agg.sort_by(|a, b| b.2.total_cmp(&a.2));
-    Ok(agg)
+    Ok((agg, times.gpu_timestamps))
 }
 
 /// Deterministic prompt ids spread over the vocabulary (special ids avoided).

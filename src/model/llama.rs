@@ -10,6 +10,11 @@ use crate::model::upload::{
 };
 use crate::model::{ModelConfig, ModelSource, RopeLayout, RopeScaling, WeightName};
 
+#[cfg(not(target_arch = "wasm32"))]
+mod profile;
+#[cfg(not(target_arch = "wasm32"))]
+pub use profile::KernelTimes;
+
 /// Load-time options of the GPU model.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
@@ -347,7 +352,12 @@ impl LlamaGpu {
                 if list_split > 1 {
                     let pipeline = kernels.get(&gpu.device, key(Kernel::AttentionCombine { split: list_split }))?;
                     let bind = b.bind(&pipeline, &[(0, &rp), (4, &attn), (6, &partial), (7, &state)]);
-                    list.push(Dispatch { pipeline, bind, grid: Grid::Fixed([heads, 1, 1]), family: "attention" });
+                    list.push(Dispatch {
+                        pipeline,
+                        bind,
+                        grid: Grid::Fixed([heads, 1, 1]),
+                        family: "attention_combine",
+                    });
                 }
                 let acc = MatMode { accumulate: true, ..Default::default() };
                 list.extend(b.matrix(tiled, &layer.o, acc, &attn, &x, None, None, false)?);
@@ -412,36 +422,6 @@ impl LlamaGpu {
     /// Dispatches in one decode step (sampler included).
     pub fn dispatches_per_decode_step(&self) -> usize {
         self.decode.len() + 1
-    }
-
-    /// Time each dispatch of a decode step (`prefill_tokens == 0`) or of a prefill chunk
-    /// alone: `reps` copies in one submission, waited for on the CPU (native only).
-    /// Returns (family, ms per dispatch) in order.
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn profile(&self, gpu: &Gpu, reps: u32, prefill_tokens: u32) -> Result<Vec<(&'static str, f64)>> {
-        let (list, tokens) = if prefill_tokens == 0 {
-            (&self.decode, 1)
-        } else {
-            self.write_state(gpu, 0, prefill_tokens.min(self.options.chunk as u32));
-            (&self.prefill, prefill_tokens.min(self.options.chunk as u32))
-        };
-        let mut out = Vec::new();
-        for d in list.iter().chain(std::iter::once(&self.sample)) {
-            let mut enc = gpu.device.create_command_encoder(&Default::default());
-            {
-                let mut pass = enc.begin_compute_pass(&Default::default());
-                for _ in 0..reps {
-                    run(&mut pass, std::slice::from_ref(d), tokens);
-                }
-            }
-            let t0 = web_time::Instant::now();
-            let idx = gpu.queue.submit([enc.finish()]);
-            gpu.device
-                .poll(wgpu::PollType::Wait { submission_index: Some(idx), timeout: None })
-                .map_err(|e| Error::Gpu(format!("poll: {e}")))?;
-            out.push((d.family, t0.elapsed().as_secs_f64() * 1e3 / f64::from(reps)));
-        }
-        Ok(out)
     }
 
     /// Set the step state (pos, n_tokens) before a submission.

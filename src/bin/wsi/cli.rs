@@ -320,15 +320,19 @@ fn run(cli: Cli) -> Result<()> {
             let base = pollster::block_on(wsi::engine::bench(&mut engine, *prompt_tokens, *gen_tokens))?;
             let prof = if *profile {
                 let chunk = engine.model.options.chunk as u32;
+                let (decode, gpu_timed) = wsi::engine::profile(&engine, 10, 0)?;
+                let (prefill, _) = wsi::engine::profile(&engine, 3, chunk)?;
                 Some(json!({
-                    "decode": wsi::engine::profile(&engine, 10, 0)?,
-                    "prefill_chunk": wsi::engine::profile(&engine, 3, chunk)?,
+                    "decode": decode,
+                    "prefill_chunk": prefill,
                     "chunk": chunk,
+                    "timing": if gpu_timed { "gpu timestamps" } else { "cpu, each dispatch alone" },
                 }))
             } else {
                 None
             };
             if let (Some(p), false) = (&prof, *as_json) {
+                println!("kernel times ({}):", p["timing"].as_str().unwrap_or(""));
                 for (what, unit) in [("decode", "ms/token"), ("prefill_chunk", "ms/chunk")] {
                     for row in p[what].as_array().into_iter().flatten() {
                         println!(

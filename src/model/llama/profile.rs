@@ -1,0 +1,121 @@
+//! Time per dispatch of a decode step or a prefill chunk (native only; `wsi bench --profile`).
+//! With TIMESTAMP_QUERY the GPU timestamps each dispatch in its own compute pass while the
+//! whole step runs in order (caches as in real decoding); without it each dispatch is run
+//! `reps` times alone and timed on the CPU around the submission.
+
+use super::{Dispatch, LlamaGpu, run};
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+
+/// Per-dispatch times of one step, in dispatch order.
+pub struct KernelTimes {
+    /// `(kernel family, ms)` per dispatch, averaged over the repetitions.
+    pub rows: Vec<(&'static str, f64)>,
+    /// True when the times are GPU timestamps; false when CPU-timed submissions (which
+    /// include the submit and wait overhead of each).
+    pub gpu_timestamps: bool,
+}
+
+impl LlamaGpu {
+    /// Time a decode step (`prefill_tokens == 0`) or a prefill chunk of `prefill_tokens`,
+    /// `reps` times.
+    pub fn profile(&self, gpu: &Gpu, reps: u32, prefill_tokens: u32) -> Result<KernelTimes> {
+        let (list, tokens) = if prefill_tokens == 0 {
+            (&self.decode, 1)
+        } else {
+            let n = prefill_tokens.min(self.options.chunk as u32);
+            self.write_state(gpu, 0, n);
+            (&self.prefill, n)
+        };
+        let step: Vec<&Dispatch> = list.iter().chain(std::iter::once(&self.sample)).collect();
+        let reps = reps.max(1);
+        // A query set holds at most 4096 timestamps (WebGPU's limit): two per dispatch.
+        if gpu.caps.timestamps && step.len() * 2 <= 4096 {
+            return timestamped(gpu, &step, tokens, reps);
+        }
+        let mut rows = Vec::new();
+        for d in step {
+            let mut enc = gpu.device.create_command_encoder(&Default::default());
+            {
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                for _ in 0..reps {
+                    run(&mut pass, std::slice::from_ref(d), tokens);
+                }
+            }
+            let t0 = web_time::Instant::now();
+            let idx = gpu.queue.submit([enc.finish()]);
+            wait(gpu, idx)?;
+            rows.push((d.family, t0.elapsed().as_secs_f64() * 1e3 / f64::from(reps)));
+        }
+        Ok(KernelTimes { rows, gpu_timestamps: false })
+    }
+}
+
+fn wait(gpu: &Gpu, idx: wgpu::SubmissionIndex) -> Result<()> {
+    gpu.device
+        .poll(wgpu::PollType::Wait { submission_index: Some(idx), timeout: None })
+        .map(|_| ())
+        .map_err(|e| Error::Gpu(format!("poll: {e}")))
+}
+
+/// Every dispatch in a pass of its own with begin/end timestamps; the step runs `reps`
+/// times in order, and each dispatch's mean duration is returned.
+fn timestamped(gpu: &Gpu, step: &[&Dispatch], tokens: u32, reps: u32) -> Result<KernelTimes> {
+    let n = step.len() as u32 * 2;
+    let set = gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
+        label: Some("profile timestamps"),
+        ty: wgpu::QueryType::Timestamp,
+        count: n,
+    });
+    let bytes = u64::from(n) * 8;
+    let resolve = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("profile resolve"),
+        size: bytes,
+        usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    });
+    let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("profile readback"),
+        size: bytes,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let period_ns = f64::from(gpu.queue.get_timestamp_period());
+    let mut total = vec![0f64; step.len()];
+    for _ in 0..reps {
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        for (i, d) in step.iter().enumerate() {
+            let i = i as u32 * 2;
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(d.family),
+                timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                    query_set: &set,
+                    beginning_of_pass_write_index: Some(i),
+                    end_of_pass_write_index: Some(i + 1),
+                }),
+            });
+            run(&mut pass, std::slice::from_ref(*d), tokens);
+        }
+        enc.resolve_query_set(&set, 0..n, &resolve, 0);
+        enc.copy_buffer_to_buffer(&resolve, 0, &staging, 0, bytes);
+        let idx = gpu.queue.submit([enc.finish()]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        wait(gpu, idx)?;
+        rx.recv()
+            .map_err(|e| Error::Gpu(format!("timestamp readback: {e}")))?
+            .map_err(|e| Error::Gpu(format!("timestamp readback: {e}")))?;
+        {
+            let view = staging.slice(..).get_mapped_range().map_err(|e| Error::Gpu(format!("map: {e}")))?;
+            let ticks: &[u64] = bytemuck::cast_slice(&view);
+            for (t, pair) in total.iter_mut().zip(ticks.chunks_exact(2)) {
+                *t += pair[1].saturating_sub(pair[0]) as f64 * period_ns / 1e6;
+            }
+        }
+        staging.unmap();
+    }
+    let rows = step.iter().zip(total).map(|(d, t)| (d.family, t / f64::from(reps))).collect();
+    Ok(KernelTimes { rows, gpu_timestamps: true })
+}
