@@ -27,6 +27,7 @@ pub struct BenchReport {
 }
 
 /// One kernel family's share of a step: (family, dispatches, total ms).
+#[cfg(not(target_arch = "wasm32"))]
 pub type FamilyTime = (String, usize, f64);
 
 /// Per kernel family: (calls, total ms) for one decode step (`prefill_tokens == 0`) or one
