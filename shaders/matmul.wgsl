@@ -1,7 +1,9 @@
 // Prefill matrix-matrix product over all prompt tokens of a chunk:
 //   y[t, n] (+)= sum_k in(t, k) * W[n, k] (+ bias[n])   for t < state.n_tokens
-// Same input modes as matvec.wgsl. Tiles of 32 tokens x 32 rows, K in slabs of 16 through
-// workgroup memory; 64 threads, each computing 4 x 4 outputs.
+// Same input modes as matvec.wgsl. TILED (GPUs): tiles of 64 tokens x 64 rows, K in slabs of
+// 16 through workgroup memory, 64 threads each computing 8 tokens x 8 rows (4 vec4 loads
+// from workgroup memory feed 64 multiply-adds). Untiled (CPU rasterisers): 32 x 32 tiles,
+// each thread reads its 4 x 4 operands straight from storage, no barriers.
 // The weight prelude (weights/*.wgsl) supplies `load_w4`.
 
 struct MatParams {
@@ -23,52 +25,182 @@ override HAS_BIAS: bool = false;
 // operands straight from storage (CPU rasterisers, where barriers cost more than loads).
 override TILED: bool = true;
 
-const TM: u32 = 32u;
-const TN: u32 = 32u;
 const BK: u32 = 16u;
 
 @group(0) @binding(0) var<uniform> p: MatParams;
-@group(0) @binding(3) var<storage, read> x: array<f32>;
+@group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
-@group(0) @binding(5) var<storage, read> aux: array<f32>;
+@group(0) @binding(5) var<storage, read> aux: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read> bias: array<f32>;
 @group(0) @binding(7) var<storage, read> state: array<u32>;
 
-var<workgroup> xs: array<f32, 512>;   // [BK][TM], k-major: a thread's 4 tokens are adjacent
-var<workgroup> ws: array<f32, 512>;   // [BK][TN], k-major: a thread's 4 rows are adjacent
-var<workgroup> invs: array<f32, 32>;  // per-token 1/rms
+// Tiled: [BK][64 / 4] vec4s, k-major, so a thread's 4 consecutive tokens (rows) are one
+// vec4. After the K loop `xs` holds the per-token partial sums of x^2 (RMSNorm).
+var<workgroup> xs: array<vec4<f32>, 256>;
+var<workgroup> ws: array<vec4<f32>, 256>;
+var<workgroup> invs: array<f32, 32>;  // untiled: per-token 1/rms
 
+// Input elements kb..kb+3 of the row at `base` (kb a multiple of 4), SwiGLU-combined when
+// the variant asks (norm applied by the caller).
 fn xin4(base: u32, kb: u32) -> vec4<f32> {
-    return vec4<f32>(xin(base, kb), xin(base, kb + 1u), xin(base, kb + 2u), xin(base, kb + 3u));
-}
-
-fn xin(base: u32, k: u32) -> f32 {
+    var v = x[(base + kb) / 4u];
     if (SWIGLU_IN) {
-        let g = x[base + k];
-        let u = x[base + p.k + k];
-        return g / (1.0 + exp(-g)) * u;
+        let u = x[(base + p.k + kb) / 4u];
+        v = v / (1.0 + exp(-v)) * u;
     }
-    return x[base + k];
+    return v;
 }
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let tid = lid.x;
+    if (TILED) {
+        tiled(wid, lid.x);
+    } else {
+        untiled(wid, lid.x);
+    }
+}
+
+// The tiled kernel. RMSNorm: 1/rms of a token scales its whole output row, so it is applied
+// after the K loop from x^2 summed while the X tiles are loaded (no pass over K before).
+fn tiled(wid: vec3<u32>, tid: u32) {
     let n_tok = state[1];
-    let t0 = wid.y * TM;
-    let n0 = wid.x * TN;
+    let t0 = wid.y * 64u;
+    let n0 = wid.x * 64u;
     if (t0 >= n_tok) {
         return;
     }
-
+    let tx = tid % 8u;  // rows n0 + 8 tx ..
+    let ty = tid / 8u;  // tokens t0 + 8 ty ..
+    // Token j of the thread's 8, rows 0-3 (a) and 4-7 (b): no run-time-indexed arrays.
+    var a0 = vec4<f32>(0.0);
+    var a1 = vec4<f32>(0.0);
+    var a2 = vec4<f32>(0.0);
+    var a3 = vec4<f32>(0.0);
+    var a4 = vec4<f32>(0.0);
+    var a5 = vec4<f32>(0.0);
+    var a6 = vec4<f32>(0.0);
+    var a7 = vec4<f32>(0.0);
+    var b0 = vec4<f32>(0.0);
+    var b1 = vec4<f32>(0.0);
+    var b2 = vec4<f32>(0.0);
+    var b3 = vec4<f32>(0.0);
+    var b4 = vec4<f32>(0.0);
+    var b5 = vec4<f32>(0.0);
+    var b6 = vec4<f32>(0.0);
+    var b7 = vec4<f32>(0.0);
+    // x^2 partials of the 4 tokens this thread loads (tokens tid / 4 + 16 i).
+    var ss = vec4<f32>(0.0);
+    let k4n = p.k / 4u;
+    let c4 = tid % 4u;
+    for (var k0 = 0u; k0 < p.k; k0 += BK) {
+        let k4 = k0 / 4u + c4;
+        for (var i = 0u; i < 4u; i++) {
+            // X: token r, k 4 c4..4 c4 + 3 of the slab -> column r of rows 4 c4 .. 4 c4 + 3.
+            let r = tid / 4u + 16u * i;
+            let t = t0 + r;
+            var v = vec4<f32>(0.0);
+            if (t < n_tok && k4 < k4n) {
+                v = xin4(t * p.x_stride, k4 * 4u);
+                if (FUSE_NORM) {
+                    ss[i] += dot(v, v);
+                    v *= aux[k4];
+                }
+            }
+            let xo = 4u * c4 * 16u + r / 4u;
+            xs[xo][r % 4u] = v.x;
+            xs[xo + 16u][r % 4u] = v.y;
+            xs[xo + 32u][r % 4u] = v.z;
+            xs[xo + 48u][r % 4u] = v.w;
+            // W: row r, same k.
+            let row = n0 + r;
+            var wv = vec4<f32>(0.0);
+            if (row < p.n && k4 < k4n) {
+                wv = load_w4(row, k4, k4n);
+            }
+            ws[xo][r % 4u] = wv.x;
+            ws[xo + 16u][r % 4u] = wv.y;
+            ws[xo + 32u][r % 4u] = wv.z;
+            ws[xo + 48u][r % 4u] = wv.w;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk++) {
+            let xa = xs[kk * 16u + ty * 2u];
+            let xb = xs[kk * 16u + ty * 2u + 1u];
+            let wa = ws[kk * 16u + tx * 2u];
+            let wb = ws[kk * 16u + tx * 2u + 1u];
+            a0 += xa.x * wa;
+            b0 += xa.x * wb;
+            a1 += xa.y * wa;
+            b1 += xa.y * wb;
+            a2 += xa.z * wa;
+            b2 += xa.z * wb;
+            a3 += xa.w * wa;
+            b3 += xa.w * wb;
+            a4 += xb.x * wa;
+            b4 += xb.x * wb;
+            a5 += xb.y * wa;
+            b5 += xb.y * wb;
+            a6 += xb.z * wa;
+            b6 += xb.z * wb;
+            a7 += xb.w * wa;
+            b7 += xb.w * wb;
+        }
+        workgroupBarrier();
+    }
+    // Per-token 1/rms of the thread's 8 tokens (all 1 without FUSE_NORM).
+    var inv_a = vec4<f32>(1.0);
+    var inv_b = vec4<f32>(1.0);
     if (FUSE_NORM) {
-        if (tid < TM) {
+        // xs[r] = the 4 partials of token r (one per k column c4).
+        for (var i = 0u; i < 4u; i++) {
+            xs[tid / 4u + 16u * i][c4] = ss[i];
+        }
+        workgroupBarrier();
+        let kf = f32(p.k);
+        let one = vec4<f32>(1.0);
+        for (var j = 0u; j < 4u; j++) {
+            inv_a[j] = inverseSqrt(dot(xs[ty * 8u + j], one) / kf + p.eps);
+            inv_b[j] = inverseSqrt(dot(xs[ty * 8u + 4u + j], one) / kf + p.eps);
+        }
+    }
+    let tb = t0 + ty * 8u;
+    let ra = n0 + tx * 8u;
+    let rb = ra + 4u;
+    store4(tb, ra, n_tok, a0 * inv_a.x);
+    store4(tb, rb, n_tok, b0 * inv_a.x);
+    store4(tb + 1u, ra, n_tok, a1 * inv_a.y);
+    store4(tb + 1u, rb, n_tok, b1 * inv_a.y);
+    store4(tb + 2u, ra, n_tok, a2 * inv_a.z);
+    store4(tb + 2u, rb, n_tok, b2 * inv_a.z);
+    store4(tb + 3u, ra, n_tok, a3 * inv_a.w);
+    store4(tb + 3u, rb, n_tok, b3 * inv_a.w);
+    store4(tb + 4u, ra, n_tok, a4 * inv_b.x);
+    store4(tb + 4u, rb, n_tok, b4 * inv_b.x);
+    store4(tb + 5u, ra, n_tok, a5 * inv_b.y);
+    store4(tb + 5u, rb, n_tok, b5 * inv_b.y);
+    store4(tb + 6u, ra, n_tok, a6 * inv_b.z);
+    store4(tb + 6u, rb, n_tok, b6 * inv_b.z);
+    store4(tb + 7u, ra, n_tok, a7 * inv_b.w);
+    store4(tb + 7u, rb, n_tok, b7 * inv_b.w);
+}
+
+// The untiled kernel: 32 tokens x 32 rows, each thread 4 x 4 straight from storage.
+fn untiled(wid: vec3<u32>, tid: u32) {
+    let n_tok = state[1];
+    let t0 = wid.y * 32u;
+    let n0 = wid.x * 32u;
+    if (t0 >= n_tok) {
+        return;
+    }
+    let k4n = p.k / 4u;
+    if (FUSE_NORM) {
+        if (tid < 32u) {
             let t = t0 + tid;
             var ss = 0.0;
             if (t < n_tok) {
-                for (var k = 0u; k < p.k; k++) {
-                    let v = x[t * p.x_stride + k];
-                    ss += v * v;
+                for (var k4 = 0u; k4 < k4n; k4++) {
+                    let v = xin4(t * p.x_stride, k4 * 4u);
+                    ss += dot(v, v);
                 }
             }
             invs[tid] = inverseSqrt(ss / f32(p.k) + p.eps);
@@ -84,97 +216,47 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     var acc1 = vec4<f32>(0.0);
     var acc2 = vec4<f32>(0.0);
     var acc3 = vec4<f32>(0.0);
-    let k4n = p.k / 4u;
-    if (!TILED) {
-        let rmax = p.n - 1u;
-        let r0 = n0 + tx * 4u;
-        let tb = min(t0 + ty * 4u, n_tok - 1u);
-        let t1 = min(tb + 1u, n_tok - 1u);
-        let t2 = min(tb + 2u, n_tok - 1u);
-        let t3 = min(tb + 3u, n_tok - 1u);
-        var s0 = 1.0;
-        var s1 = 1.0;
-        var s2 = 1.0;
-        var s3 = 1.0;
+    let rmax = p.n - 1u;
+    let r0 = n0 + tx * 4u;
+    let tb = min(t0 + ty * 4u, n_tok - 1u);
+    let t1 = min(tb + 1u, n_tok - 1u);
+    let t2 = min(tb + 2u, n_tok - 1u);
+    let t3 = min(tb + 3u, n_tok - 1u);
+    var s0 = 1.0;
+    var s1 = 1.0;
+    var s2 = 1.0;
+    var s3 = 1.0;
+    if (FUSE_NORM) {
+        s0 = invs[ty * 4u];
+        s1 = invs[ty * 4u + 1u];
+        s2 = invs[ty * 4u + 2u];
+        s3 = invs[ty * 4u + 3u];
+    }
+    for (var k4 = 0u; k4 < k4n; k4++) {
+        let kb = k4 * 4u;
+        let w0 = load_w4(min(r0, rmax), k4, k4n);
+        let w1 = load_w4(min(r0 + 1u, rmax), k4, k4n);
+        let w2 = load_w4(min(r0 + 2u, rmax), k4, k4n);
+        let w3 = load_w4(min(r0 + 3u, rmax), k4, k4n);
+        var nv = vec4<f32>(1.0);
         if (FUSE_NORM) {
-            s0 = invs[ty * 4u];
-            s1 = invs[ty * 4u + 1u];
-            s2 = invs[ty * 4u + 2u];
-            s3 = invs[ty * 4u + 3u];
+            nv = aux[k4];
         }
-        for (var k4 = 0u; k4 < k4n; k4++) {
-            let kb = k4 * 4u;
-            let w0 = load_w4(min(r0, rmax), k4, k4n);
-            let w1 = load_w4(min(r0 + 1u, rmax), k4, k4n);
-            let w2 = load_w4(min(r0 + 2u, rmax), k4, k4n);
-            let w3 = load_w4(min(r0 + 3u, rmax), k4, k4n);
-            var nv = vec4<f32>(1.0);
-            if (FUSE_NORM) {
-                nv = vec4<f32>(aux[kb], aux[kb + 1u], aux[kb + 2u], aux[kb + 3u]);
-            }
-            let x0 = xin4(tb * p.x_stride, kb) * nv * s0;
-            let x1 = xin4(t1 * p.x_stride, kb) * nv * s1;
-            let x2 = xin4(t2 * p.x_stride, kb) * nv * s2;
-            let x3 = xin4(t3 * p.x_stride, kb) * nv * s3;
-            acc0 += vec4<f32>(dot(x0, w0), dot(x0, w1), dot(x0, w2), dot(x0, w3));
-            acc1 += vec4<f32>(dot(x1, w0), dot(x1, w1), dot(x1, w2), dot(x1, w3));
-            acc2 += vec4<f32>(dot(x2, w0), dot(x2, w1), dot(x2, w2), dot(x2, w3));
-            acc3 += vec4<f32>(dot(x3, w0), dot(x3, w1), dot(x3, w2), dot(x3, w3));
-        }
+        let x0 = xin4(tb * p.x_stride, kb) * nv * s0;
+        let x1 = xin4(t1 * p.x_stride, kb) * nv * s1;
+        let x2 = xin4(t2 * p.x_stride, kb) * nv * s2;
+        let x3 = xin4(t3 * p.x_stride, kb) * nv * s3;
+        acc0 += vec4<f32>(dot(x0, w0), dot(x0, w1), dot(x0, w2), dot(x0, w3));
+        acc1 += vec4<f32>(dot(x1, w0), dot(x1, w1), dot(x1, w2), dot(x1, w3));
+        acc2 += vec4<f32>(dot(x2, w0), dot(x2, w1), dot(x2, w2), dot(x2, w3));
+        acc3 += vec4<f32>(dot(x3, w0), dot(x3, w1), dot(x3, w2), dot(x3, w3));
     }
-    for (var k0 = 0u; TILED && k0 < p.k; k0 += BK) {
-        // X tile: 32 tokens x 16 k, stored k-major.
-        for (var i = 0u; i < 8u; i++) {
-            let idx = tid + i * 64u;
-            let r = idx / BK;
-            let c = idx % BK;
-            let t = t0 + r;
-            let k = k0 + c;
-            var v = 0.0;
-            if (t < n_tok && k < p.k) {
-                v = xin(t * p.x_stride, k);
-                if (FUSE_NORM) {
-                    v = v * invs[r] * aux[k];
-                }
-            }
-            xs[c * TM + r] = v;
-        }
-        // W tile: 32 rows x 16 k (4 vec4 per row), stored k-major.
-        for (var i = 0u; i < 2u; i++) {
-            let idx = tid + i * 64u;
-            let r = idx / 4u;
-            let c4 = idx % 4u;
-            let row = n0 + r;
-            let k4 = k0 / 4u + c4;
-            var wv = vec4<f32>(0.0);
-            if (row < p.n && k4 < k4n) {
-                wv = load_w4(row, k4, k4n);
-            }
-            let c = c4 * 4u;
-            ws[c * TN + r] = wv.x;
-            ws[(c + 1u) * TN + r] = wv.y;
-            ws[(c + 2u) * TN + r] = wv.z;
-            ws[(c + 3u) * TN + r] = wv.w;
-        }
-        workgroupBarrier();
-        for (var kk = 0u; kk < BK; kk++) {
-            let xo = kk * TM + ty * 4u;
-            let wo = kk * TN + tx * 4u;
-            let b = vec4<f32>(ws[wo], ws[wo + 1u], ws[wo + 2u], ws[wo + 3u]);
-            acc0 += xs[xo] * b;
-            acc1 += xs[xo + 1u] * b;
-            acc2 += xs[xo + 2u] * b;
-            acc3 += xs[xo + 3u] * b;
-        }
-        workgroupBarrier();
-    }
-
-    let tb = t0 + ty * 4u;
+    let tb0 = t0 + ty * 4u;
     let rb = n0 + tx * 4u;
-    store4(tb, rb, n_tok, acc0);
-    store4(tb + 1u, rb, n_tok, acc1);
-    store4(tb + 2u, rb, n_tok, acc2);
-    store4(tb + 3u, rb, n_tok, acc3);
+    store4(tb0, rb, n_tok, acc0);
+    store4(tb0 + 1u, rb, n_tok, acc1);
+    store4(tb0 + 2u, rb, n_tok, acc2);
+    store4(tb0 + 3u, rb, n_tok, acc3);
 }
 
 fn store1(t: u32, row: u32, v: f32) {

@@ -6,7 +6,7 @@ mod common;
 
 use common::{gpu, max_rel_err, rand_vec, read_f32, read_u32, run};
 use wsi::gpu::params::{EmbedParams, HeadParams, MatParams};
-use wsi::gpu::{Kernel, KernelKey, MatMode, WeightFormat};
+use wsi::gpu::{Kernel, KernelKey, MatMode, WeightFormat, matmul_tile};
 use wsi::model::reference::rope_head;
 use wsi::model::upload::upload_matrix;
 use wsi::model::{RopeLayout, RopeScaling};
@@ -100,7 +100,10 @@ fn check_matrix_variant(
     let state = gpu.storage_init("state", bytemuck::cast_slice(&[0u32, t as u32, 0, 0]));
     let format = m.format;
     let (kernel, grid) = if tiled {
-        (Kernel::Matmul { format, mode, tiled: tpr > 1 }, [n.div_ceil(32) as u32, t.div_ceil(32) as u32, 1])
+        {
+            let tile = matmul_tile(tpr > 1) as usize;
+            (Kernel::Matmul { format, mode, tiled: tpr > 1 }, [n.div_ceil(tile) as u32, t.div_ceil(tile) as u32, 1])
+        }
     } else {
         (Kernel::Matvec { format, mode, wide }, [n.div_ceil((64 / tpr * rows) as usize) as u32, t as u32, 1])
     };
@@ -143,6 +146,10 @@ fn matmul_matches_cpu_reference_on_ragged_tiles() {
         }
     }
     check_matrix_kernel(true, WeightFormat::F32, MatMode::default(), 33, 20, 1);
+    // Several 64-token tiles, a K that ends mid-slab.
+    for mode in modes() {
+        check_matrix_kernel(true, WeightFormat::F16, mode, 130, 100, 70);
+    }
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::borrow::Cow;
 
 use common::{gpu, rand_vec, read_f32, run};
 use wsi::gpu::params::{EmbedParams, MatParams};
-use wsi::gpu::{Gpu, Kernel, KernelKey, MatMode, WeightFormat};
+use wsi::gpu::{Gpu, Kernel, KernelKey, MatMode, WeightFormat, matmul_tile};
 use wsi::model::HostFormat;
 use wsi::model::HostTensor;
 use wsi::model::upload::{GpuMatrix, embedding_format, upload_tensors};
@@ -53,7 +53,10 @@ fn columns_through_kernel(gpu: &Gpu, m: &GpuMatrix, kernel: Kernel, tpr: u32) ->
     let state = gpu.storage_init("state", bytemuck::cast_slice(&[0u32, k as u32, 0, 0]));
     let key = KernelKey { kernel, wg: 64, rows: 2, tpr };
     let grid = match kernel {
-        Kernel::Matmul { .. } => [n.div_ceil(32) as u32, k.div_ceil(32) as u32, 1],
+        Kernel::Matmul { tiled, .. } => {
+            let tile = matmul_tile(tiled) as usize;
+            [n.div_ceil(tile) as u32, k.div_ceil(tile) as u32, 1]
+        }
         _ => [(n as u32).div_ceil(key.rows_per_workgroup()), k as u32, 1],
     };
     let mut bindings = vec![(0, &ub), (3, &xb), (4, &yb), (5, &dummy), (6, &dummy), (7, &state)];

@@ -103,6 +103,11 @@ pub enum Kernel {
     Sample,
 }
 
+/// Tokens (and rows) one prefill matmul workgroup covers: 64 x 64 tiled, 32 x 32 untiled.
+pub const fn matmul_tile(tiled: bool) -> u32 {
+    if tiled { 64 } else { 32 }
+}
+
 /// A kernel with its workgroup specialisation: the pipeline cache key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct KernelKey {

@@ -7,7 +7,7 @@ pub mod params;
 mod readback;
 
 pub use device::{Gpu, GpuCaps};
-pub use kernels::{Kernel, KernelKey, Kernels, MatMode, WeightFormat};
+pub use kernels::{Kernel, KernelKey, Kernels, MatMode, WeightFormat, matmul_tile};
 pub use readback::{PendingMap, finish_map, read_buffer, start_map};
 
 /// Round `n` up to a multiple of `m`.

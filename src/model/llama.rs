@@ -4,7 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::params::{EmbedParams, HeadParams, MatParams, SampleParams};
-use crate::gpu::{Gpu, Kernel, KernelKey, Kernels, MatMode, WeightFormat};
+use crate::gpu::{Gpu, Kernel, KernelKey, Kernels, MatMode, WeightFormat, matmul_tile};
 use crate::model::upload::{
     GpuMatrix, MatrixShard, embedding_format, required, required_f32, upload_tensors_sharded, upload_vec,
 };
@@ -63,8 +63,8 @@ enum Grid {
     Fixed([u32; 3]),
     /// `x` workgroups by one y per token.
     PerToken(u32),
-    /// `x` workgroups by one y per 32 tokens (matmul tiles).
-    PerTile(u32),
+    /// `x` workgroups by one y per tile of this many tokens (matmul tiles).
+    PerTile(u32, u32),
 }
 
 struct Dispatch {
@@ -81,7 +81,7 @@ impl Dispatch {
         match self.grid {
             Grid::Fixed(g) => g,
             Grid::PerToken(x) => [x, tokens, 1],
-            Grid::PerTile(x) => [x, tokens.div_ceil(32), 1],
+            Grid::PerTile(x, tile) => [x, tokens.div_ceil(tile), 1],
         }
     }
 }
@@ -566,7 +566,8 @@ impl Builder<'_> {
         let bind = self.bind(&pipeline, &entries);
         let per_wg = self.key(kernel).rows_per_workgroup();
         let grid = if tiled {
-            Grid::PerTile(shard.rows.div_ceil(32))
+            let tile = matmul_tile(self.tpr > 1);
+            Grid::PerTile(shard.rows.div_ceil(tile), tile)
         } else if last_row {
             Grid::Fixed([shard.rows.div_ceil(per_wg), 1, 1])
         } else {
