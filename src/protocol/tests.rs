@@ -56,8 +56,9 @@ fn config_frame_is_parsed_with_its_options() {
 
 #[test]
 fn connection_defaults_apply_under_the_frame() {
-    let d = RequestDefaults::from_json_value(&json!({"maxTokens": 7, "temperature": 0.5, "options": {"stream": false}}))
-        .expect("defaults");
+    let d =
+        RequestDefaults::from_json_value(&json!({"maxTokens": 7, "temperature": 0.5, "options": {"stream": false}}))
+            .expect("defaults");
     let mut s = Session::new(d);
     let r = start(&mut s, &json!({"type": "config", "prompt": "x", "temperature": 0}));
     assert_eq!((r.options.max_tokens, r.options.temperature), (Some(7), Some(0.0)));
@@ -84,8 +85,7 @@ fn whole_sequence_init_tokens_closing_token_and_completion() {
     );
     s.on_token(" a", 12);
     let end = s.on_finished(finished(FinishReason::Length, "!", 2));
-    let [Action::Send(Outgoing::Token { token_id: None, finished: true, token, .. }), Action::Send(c)] =
-        end.as_slice()
+    let [Action::Send(Outgoing::Token { token_id: None, finished: true, token, .. }), Action::Send(c)] = end.as_slice()
     else {
         panic!("{end:?}")
     };

@@ -35,10 +35,7 @@ struct App {
 
 /// The server's routes over `scheduler`, with files from `www`.
 pub fn router(scheduler: Arc<Scheduler>, www: PathBuf) -> Router {
-    Router::new()
-        .route("/generate", get(upgrade))
-        .fallback(get(file))
-        .with_state(App { scheduler, www: Arc::new(www) })
+    Router::new().route("/generate", get(upgrade)).fallback(get(file)).with_state(App { scheduler, www: Arc::new(www) })
 }
 
 async fn upgrade(State(app): State<App>, ws: WebSocketUpgrade) -> Response {

@@ -10,8 +10,9 @@
 //! controls, disconnects) are read between tokens, so a stop takes effect within one token.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, Sender, channel};
 
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -33,10 +34,19 @@ pub enum JobEvent {
 }
 
 enum Command {
-    Submit { id: u64, req: Box<Request>, events: UnboundedSender<JobEvent> },
-    Control { id: u64, control: Control },
+    Submit {
+        id: u64,
+        req: Box<Request>,
+        events: UnboundedSender<JobEvent>,
+    },
+    Control {
+        id: u64,
+        control: Control,
+    },
     /// The connection went away: drop the request, report nothing.
-    Cancel { id: u64 },
+    Cancel {
+        id: u64,
+    },
 }
 
 /// A handle to the engine thread; cheap to share between connections.
@@ -44,6 +54,8 @@ pub struct Scheduler {
     tx: Sender<Command>,
     next_id: AtomicU64,
     info: ModelInfo,
+    /// Requests the engine thread holds (queued, paused or running).
+    held: Arc<AtomicUsize>,
 }
 
 impl Scheduler {
@@ -51,16 +63,24 @@ impl Scheduler {
     pub fn start(engine: Engine) -> Result<Scheduler> {
         let info = model_info(&engine);
         let (tx, rx) = channel();
+        let held = Arc::new(AtomicUsize::new(0));
+        let counter = held.clone();
         std::thread::Builder::new()
             .name("wsi-engine".into())
-            .spawn(move || EngineLoop::new(engine, rx).run())
+            .spawn(move || EngineLoop::new(engine, rx, counter).run())
             .map_err(|e| Error::internal(format!("cannot start the engine thread: {e}")))?;
-        Ok(Scheduler { tx, next_id: AtomicU64::new(1), info })
+        Ok(Scheduler { tx, next_id: AtomicU64::new(1), info, held })
     }
 
     /// The model being served.
     pub fn model_info(&self) -> &ModelInfo {
         &self.info
+    }
+
+    /// Requests the engine thread holds now: queued, paused or running. A request leaves
+    /// when it ends or its connection closes (its state, ids and detokenizer, are freed).
+    pub fn requests_held(&self) -> usize {
+        self.held.load(Ordering::SeqCst)
     }
 
     /// Queues a request; its events arrive on `events`. Returns its id for
@@ -99,13 +119,21 @@ struct Slot {
     stop: bool,
     /// The connection is gone: end without reporting.
     gone: bool,
+    /// [`Scheduler::requests_held`], decremented when the slot is dropped.
+    held: Arc<AtomicUsize>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.held.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Requests waiting for the engine, and paused ones.
-#[derive(Default)]
 struct Queues {
     runnable: VecDeque<Slot>,
     parked: HashMap<u64, Slot>,
+    held: Arc<AtomicUsize>,
 }
 
 impl Queues {
@@ -120,7 +148,9 @@ impl Queues {
     fn apply(&mut self, cmd: Command, running: Option<&mut Slot>) {
         let (id, control) = match cmd {
             Command::Submit { id, req, events } => {
-                let slot = Slot { id, req, events, job: None, paused: false, stop: false, gone: false };
+                self.held.fetch_add(1, Ordering::SeqCst);
+                let held = self.held.clone();
+                let slot = Slot { id, req, events, job: None, paused: false, stop: false, gone: false, held };
                 self.runnable.push_back(slot);
                 return;
             }
@@ -161,9 +191,10 @@ struct EngineLoop {
 }
 
 impl EngineLoop {
-    fn new(engine: Engine, rx: Receiver<Command>) -> Self {
+    fn new(engine: Engine, rx: Receiver<Command>, held: Arc<AtomicUsize>) -> Self {
         let info = model_info(&engine);
-        EngineLoop { engine, rx, queues: Queues::default(), info }
+        let queues = Queues { runnable: VecDeque::new(), parked: HashMap::new(), held };
+        EngineLoop { engine, rx, queues, info }
     }
 
     fn run(mut self) {
@@ -215,11 +246,8 @@ impl EngineLoop {
         let result = {
             let slot = &mut slot;
             let mut interrupt = || {
-                loop {
-                    match rx.try_recv() {
-                        Ok(cmd) => queues.apply(cmd, Some(slot)),
-                        Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-                    }
+                while let Ok(cmd) = rx.try_recv() {
+                    queues.apply(cmd, Some(slot));
                 }
                 if slot.stop || peer_gone.get() {
                     Interrupt::Stop
