@@ -9,7 +9,7 @@
 use super::messages::{ModelInfo, Request, Timing, Usage};
 use crate::engine::{Engine, FinishReason, GenerateParams, StopMatcher};
 use crate::error::{Error, Result};
-use crate::tokenizer::{ChatMessage, StreamDecoder, Tokenizer};
+use crate::tokenizer::{ChatMessage, StreamDecoder};
 
 /// Token budget when neither the request nor the engine's config gives one.
 pub const DEFAULT_MAX_TOKENS: usize = 256;
@@ -134,7 +134,7 @@ impl Job {
     ) -> Result<SegmentEnd> {
         let left = self.budget.saturating_sub(self.ids.len());
         if left == 0 {
-            return Ok(SegmentEnd::Finished(self.finish(&engine.tokenizer, FinishReason::Length)));
+            return Ok(SegmentEnd::Finished(self.finish(FinishReason::Length)));
         }
         let mut context = self.prompt_ids.clone();
         context.extend_from_slice(&self.ids);
@@ -193,15 +193,15 @@ impl Job {
                 None => generation.finish_reason,
             }
         };
-        Ok(SegmentEnd::Finished(self.finish(&engine.tokenizer, reason)))
+        Ok(SegmentEnd::Finished(self.finish(reason)))
     }
 
     /// Ends the request now (also a stop while paused): flushes what is held back.
-    pub fn finish(&mut self, tokenizer: &Tokenizer, reason: FinishReason) -> Finished {
+    pub fn finish(&mut self, reason: FinishReason) -> Finished {
         let mut tail = String::new();
         if !self.stopped_by_string {
             // An incomplete character comes out as U+FFFD, as at the end of any generation.
-            let rest = self.detok.finish(tokenizer).unwrap_or_default();
+            let rest = self.detok.flush();
             let step = self.stops.push(&rest);
             tail.push_str(&step.emit);
             if !step.stopped {

@@ -230,7 +230,7 @@ impl EngineLoop {
             },
         };
         if slot.stop {
-            let end = job.finish(&self.engine.tokenizer, FinishReason::Cancelled);
+            let end = job.finish(FinishReason::Cancelled);
             let _ = slot.events.send(JobEvent::Finished(end));
             return;
         }
