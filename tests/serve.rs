@@ -211,7 +211,8 @@ async fn control_stop_mid_stream_ends_with_cancelled_and_consistent_usage() {
     assert!(n < max, "the stop came too late to matter: {n} tokens");
 }
 
-/// Pauses after `after` tokens, checks that nothing streams while paused, resumes.
+/// Pauses after `after` tokens; tokens already on their way may arrive, then the `status`
+/// "paused" frame, then nothing until the resume.
 async fn paused_run(ws: &mut Ws, frame: &Value, after: usize) -> Vec<Value> {
     send(ws, frame).await;
     let mut frames = vec![recv(ws).await];
@@ -222,18 +223,17 @@ async fn paused_run(ws: &mut Ws, frame: &Value, after: usize) -> Vec<Value> {
         frames.push(f);
     }
     send(ws, &json!({"type": "control", "action": "pause"})).await;
-    // Tokens already on their way may still arrive; then the stream must go quiet.
     loop {
-        match tokio::time::timeout(Duration::from_millis(500), ws.next()).await {
-            Err(_) => break,
-            Ok(Some(Ok(Message::Text(t)))) => {
-                let v: Value = serde_json::from_str(t.as_str()).expect("json");
-                assert_eq!(v["type"], "token", "only tokens in flight may arrive while paused: {v}");
-                frames.push(v);
-            }
-            Ok(other) => panic!("{other:?}"),
+        let f = recv(ws).await;
+        if f["type"] == "status" {
+            assert_eq!(f["operation"], "paused", "{f}");
+            break;
         }
+        assert_eq!(f["type"], "token", "only tokens in flight may come before the pause: {f}");
+        frames.push(f);
     }
+    let quiet = tokio::time::timeout(Duration::from_millis(300), ws.next()).await;
+    assert!(quiet.is_err(), "a frame while paused: {quiet:?}");
     send(ws, &json!({"type": "control", "action": "resume"})).await;
     frames.extend(until_end(ws).await);
     frames
@@ -264,8 +264,16 @@ async fn pause_and_resume_give_the_text_of_an_uninterrupted_run() {
     assert_eq!(recv(&mut ws).await["type"], "init");
     assert_eq!(recv(&mut ws).await["type"], "token");
     send(&mut ws, &json!({"type": "control", "action": "pause"})).await;
+    let mut frames = Vec::new();
+    loop {
+        let f = recv(&mut ws).await;
+        if f["type"] == "status" {
+            break;
+        }
+        frames.push(f);
+    }
     send(&mut ws, &json!({"type": "control", "action": "stop"})).await;
-    let frames = until_end(&mut ws).await;
+    frames.extend(until_end(&mut ws).await);
     let c = completion(&frames);
     assert_eq!(c["finish_reason"], "cancelled");
     assert_eq!(c["usage"]["completion_tokens"], 1 + ids_of(&frames).len());

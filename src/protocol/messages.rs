@@ -236,7 +236,8 @@ pub struct Timing {
 pub enum Outgoing {
     /// The request was accepted; the model that serves it.
     Init { model_info: ModelInfo },
-    /// Progress of an operation before generation can start (model loading).
+    /// Progress of an operation before generation can start (`loading`), or a pause that
+    /// took effect (`paused`).
     Status {
         operation: String,
         /// 0..=1, `None` when unknown.

@@ -6,7 +6,8 @@
 //!   Idle --config--> Generating --pause--> Paused --resume--> Generating
 //!   Generating/Paused --finished/failed--> Idle        any --close--> Closed
 //! ```
-//! A `control` stop in Generating or Paused is forwarded; the request then ends through
+//! A pause is acknowledged by a `status` frame (`operation: "paused"`) once it has taken
+//! effect. A `control` stop in Generating or Paused is forwarded; the request then ends through
 //! `on_finished` (`finish_reason: "cancelled"`). Every bad frame gets an `error` and leaves
 //! the phase as it was.
 
@@ -46,6 +47,8 @@ struct Current {
     echo: String,
     /// Generated text so far.
     text: String,
+    /// Tokens generated so far.
+    tokens: usize,
 }
 
 /// One connection's protocol state.
@@ -96,7 +99,7 @@ impl Session {
             return vec![Action::Send(Outgoing::error(&e))];
         }
         let echo = if req.stream.echo_prompt { req.prompt.clone() } else { String::new() };
-        self.current = Some(Current { stream: req.stream, echo, text: String::new() });
+        self.current = Some(Current { stream: req.stream, echo, text: String::new(), tokens: 0 });
         self.phase = Phase::Generating;
         vec![Action::Start(req)]
     }
@@ -144,10 +147,26 @@ impl Session {
         vec![Action::Send(Outgoing::Init { model_info })]
     }
 
+    /// A pause took effect: no token follows until `resume`. A `status` frame says so.
+    pub fn on_paused(&mut self) -> Vec<Action> {
+        match (&self.current, self.phase) {
+            (Some(cur), Phase::Paused) => vec![Action::Send(Outgoing::Status {
+                operation: "paused".into(),
+                progress: None,
+                message: format!(
+                    "paused after {} tokens; send {{\"type\": \"control\", \"action\": \"resume\"}} to go on",
+                    cur.tokens
+                ),
+            })],
+            _ => Vec::new(),
+        }
+    }
+
     /// One generated token and the text it completes.
     pub fn on_token(&mut self, piece: &str, id: u32) -> Vec<Action> {
         let Some(cur) = self.current.as_mut() else { return Vec::new() };
         cur.text.push_str(piece);
+        cur.tokens += 1;
         if !cur.stream.stream || self.phase == Phase::Closed {
             return Vec::new();
         }

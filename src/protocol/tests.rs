@@ -172,8 +172,15 @@ fn pause_resume_and_stop_are_forwarded_in_the_right_phases() {
     let ctl = |a: &str| json!({"type": "control", "action": a}).to_string();
     let (code, _) = error_of(&s.on_frame(&ctl("resume")));
     assert_eq!(code, "invalid_request");
+    s.on_token("x", 4);
+    assert!(s.on_paused().is_empty(), "no pause was asked");
     assert_eq!(s.on_frame(&ctl("pause")), vec![Action::Control(Control::Pause)]);
     assert_eq!(s.phase(), Phase::Paused);
+    let [Action::Send(Outgoing::Status { operation, message, .. })] = s.on_paused().as_slice() else {
+        panic!("a status frame")
+    };
+    assert_eq!(operation, "paused");
+    assert!(message.contains("after 1 tokens"), "{message}");
     assert!(s.on_frame(&ctl("pause")).is_empty());
     assert_eq!(s.on_frame(&ctl("resume")), vec![Action::Control(Control::Resume)]);
     assert_eq!(s.phase(), Phase::Generating);

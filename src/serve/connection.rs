@@ -25,6 +25,7 @@ pub async fn serve_socket(mut socket: WebSocket, scheduler: &Scheduler) {
             Some(event) = events.recv() => match event {
                 JobEvent::Started(info) => session.on_started(info),
                 JobEvent::Token { text, id } => session.on_token(&text, id),
+                JobEvent::Paused => session.on_paused(),
                 JobEvent::Finished(end) => {
                     current = None;
                     session.on_finished(end)

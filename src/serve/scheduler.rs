@@ -28,7 +28,12 @@ pub const TURN_TOKENS: usize = 32;
 #[derive(Debug)]
 pub enum JobEvent {
     Started(ModelInfo),
-    Token { text: String, id: u32 },
+    Token {
+        text: String,
+        id: u32,
+    },
+    /// A pause took effect (not sent for turns given to other requests).
+    Paused,
     Finished(Finished),
     Failed(Error),
 }
@@ -235,6 +240,7 @@ impl EngineLoop {
             return;
         }
         if slot.paused {
+            let _ = slot.events.send(JobEvent::Paused);
             slot.job = Some(job);
             self.queues.parked.insert(slot.id, slot);
             return;
@@ -272,6 +278,7 @@ impl EngineLoop {
             Ok(SegmentEnd::Paused) => {
                 slot.job = Some(job);
                 if slot.paused {
+                    let _ = slot.events.send(JobEvent::Paused);
                     self.queues.parked.insert(slot.id, slot);
                 } else {
                     self.queues.runnable.push_back(slot); // yielded its turn

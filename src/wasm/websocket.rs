@@ -150,7 +150,11 @@ impl Conn {
                 let actions = self.session.borrow_mut().on_finished(job.finish(FinishReason::Cancelled));
                 self.send_all(actions);
             }
-            (_, Phase::Paused) => *self.parked.borrow_mut() = Some(job),
+            (_, Phase::Paused) => {
+                *self.parked.borrow_mut() = Some(job);
+                let actions = self.session.borrow_mut().on_paused();
+                self.send_all(actions);
+            }
             _ => self.run(job).await,
         }
     }
@@ -228,6 +232,8 @@ impl Conn {
             Ok(SegmentEnd::Paused) => {
                 if self.session.borrow().phase() != Phase::Closed {
                     *self.parked.borrow_mut() = Some(job);
+                    let actions = self.session.borrow_mut().on_paused();
+                    self.send_all(actions);
                 }
             }
             Ok(SegmentEnd::Finished(end)) => {
