@@ -176,7 +176,8 @@ fn pause_resume_and_stop_are_forwarded_in_the_right_phases() {
     assert!(s.on_paused().is_empty(), "no pause was asked");
     assert_eq!(s.on_frame(&ctl("pause")), vec![Action::Control(Control::Pause)]);
     assert_eq!(s.phase(), Phase::Paused);
-    let [Action::Send(Outgoing::Status { operation, message, .. })] = s.on_paused().as_slice() else {
+    let paused = s.on_paused();
+    let [Action::Send(Outgoing::Status { operation, message, .. })] = paused.as_slice() else {
         panic!("a status frame")
     };
     assert_eq!(operation, "paused");
