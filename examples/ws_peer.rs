@@ -4,7 +4,7 @@
 //! paused and resumed, a stop mid-stream), checks every frame that comes back, and closes
 //! with code 1000 "pass" or 4000 and the first failure (also printed on stderr).
 //!
-//! `cargo run --example ws_peer -- [--port 8090]`; scripts/test.sh starts it before the
+//! `cargo run --example ws_peer -- [--port 8091]`; scripts/test.sh starts it before the
 //! browser phase. Native only.
 
 #[cfg(target_arch = "wasm32")]
@@ -35,7 +35,7 @@ mod peer {
     const FRAME_TIMEOUT: Duration = Duration::from_secs(600);
 
     pub fn main() {
-        let mut port = 8090u16;
+        let mut port = 8091u16;
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
             match (a.as_str(), args.next()) {
@@ -64,7 +64,7 @@ mod peer {
     }
 
     fn fail_usage() -> ! {
-        eprintln!("usage: ws_peer [--port 8090]");
+        eprintln!("usage: ws_peer [--port 8091]");
         std::process::exit(2)
     }
 

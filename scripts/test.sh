@@ -8,7 +8,7 @@
 #     wasm     cargo build --lib --target wasm32-unknown-unknown
 #     browser  wasm-pack test --headless --chrome --firefox (WebGPU flags: webdriver.json),
 #              with the model served over HTTP by scripts/serve.py on 127.0.0.1:8089 and the
-#              WebSocket peer of tests/web_websocket.rs (examples/ws_peer.rs) on 127.0.0.1:8090
+#              WebSocket peer of tests/web_websocket.rs (examples/ws_peer.rs) on 127.0.0.1:8091
 #     e2e      tests/e2e/run.sh: the demo page driven by Playwright in headless Chromium
 #     bench    scripts/bench-browser.py: the bench page (www/bench.html) in Chromium and Firefox
 #              through WebDriver, 4 tokens (a smoke run: it must print its JSON)
@@ -143,10 +143,10 @@ if wants browser; then
     # The peer checks what streamWebsocket sends and reports through the close code.
     cargo build --example ws_peer
     target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
-    "$target_dir/debug/examples/ws_peer" --port 8090 &
+    "$target_dir/debug/examples/ws_peer" --port 8091 &
     WS_PEER=$!
     for _ in $(seq 100); do
-        (exec 3<>/dev/tcp/127.0.0.1/8090) 2>/dev/null && break
+        (exec 3<>/dev/tcp/127.0.0.1/8091) 2>/dev/null && break
         sleep 0.1
     done
     phase browser wasm-pack test --headless --chrome --firefox -- -- --nocapture

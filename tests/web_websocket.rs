@@ -26,7 +26,7 @@ const MODEL_URL: &str = match option_env!("WSI_TEST_MODEL_URL") {
 };
 const PEER_URL: &str = match option_env!("WSI_TEST_PEER_URL") {
     Some(url) => url,
-    None => "ws://127.0.0.1:8090",
+    None => "ws://127.0.0.1:8091",
 };
 
 #[wasm_bindgen_test]
