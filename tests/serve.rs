@@ -26,7 +26,7 @@ use wsi::serve::Scheduler;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-const CONTEXT: usize = 160;
+const CONTEXT: usize = 512;
 
 fn tiny_engine() -> Engine {
     let spec = TinySpec {
@@ -36,7 +36,7 @@ fn tiny_engine() -> Engine {
         n_kv_heads: 2,
         d_ff: 136,
         vocab: 300,
-        context: 256,
+        context: 1024,
         tied: true,
     };
     let src = GgufSource::from_bytes(tiny_gguf(&spec, Arch::Llama, 31, HostFormat::F32).expect("tiny")).expect("parse");
@@ -312,7 +312,7 @@ async fn every_bad_input_gets_its_error_and_the_connection_stays_usable() {
     let (want_ids, _) = reference(&mut engine, PROMPTS[0], 6);
     let (addr, _s) = start(engine).await;
     let mut ws = connect(addr).await;
-    let long_prompt = "the cat sat on the mat ".repeat(60);
+    let long_prompt = "the cat sat on the mat ".repeat(150);
     let cases: Vec<(String, &str, &str)> = vec![
         ("{not json".into(), "invalid_request", "JSON"),
         (json!({"type": "chat", "prompt": "x"}).to_string(), "invalid_request", "unknown frame type"),
