@@ -48,7 +48,7 @@ fn tiny_engine() -> Engine {
         threads_per_row: 64,
         rows: 2,
         attention_split: 1,
-        max_binding: 0,
+        ..LoadOptions::default()
     };
     let options = EngineOptions { load, steps_per_submit: 3, in_flight: 2, ..Default::default() };
     Engine::load(common::gpu(), &src, options).expect("engine")
