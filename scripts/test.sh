@@ -7,7 +7,8 @@
 #     lint     cargo clippy --all-targets -D warnings (native and wasm32), cargo fmt --check
 #     wasm     cargo build --lib --target wasm32-unknown-unknown
 #     browser  wasm-pack test --headless --chrome --firefox (WebGPU flags: webdriver.json),
-#              with the model served over HTTP by scripts/serve.py on 127.0.0.1:8089
+#              with the model served over HTTP by scripts/serve.py on 127.0.0.1:8089 and the
+#              WebSocket peer of tests/web_websocket.rs (examples/ws_peer.rs) on 127.0.0.1:8091
 #     e2e      tests/e2e/run.sh: the demo page driven by Playwright in headless Chromium
 #     bench    scripts/bench-browser.py: the bench page (www/bench.html) in Chromium and Firefox
 #              through WebDriver, 4 tokens (a smoke run: it must print its JSON)
@@ -58,9 +59,11 @@ counts() {
 }
 
 MODEL_SERVER=""
+WS_PEER=""
 finish() {
     local rc=$?
     if [[ -n $MODEL_SERVER ]]; then kill "$MODEL_SERVER" 2>/dev/null || true; fi
+    if [[ -n $WS_PEER ]]; then kill "$WS_PEER" 2>/dev/null || true; fi
     echo
     echo "==> durations"
     local t
@@ -137,9 +140,19 @@ if wants browser; then
         curl -sf -r 0-0 -o /dev/null http://127.0.0.1:8089/SmolLM2-135M-Instruct.Q4_1.gguf && break
         sleep 0.1
     done
+    # The peer checks what streamWebsocket sends and reports through the close code.
+    cargo build --example ws_peer
+    target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
+    "$target_dir/debug/examples/ws_peer" --port 8091 &
+    WS_PEER=$!
+    for _ in $(seq 100); do
+        (exec 3<>/dev/tcp/127.0.0.1/8091) 2>/dev/null && break
+        sleep 0.1
+    done
     phase browser wasm-pack test --headless --chrome --firefox -- -- --nocapture
-    kill "$MODEL_SERVER" 2>/dev/null || true
+    kill "$MODEL_SERVER" "$WS_PEER" 2>/dev/null || true
     MODEL_SERVER=""
+    WS_PEER=""
 fi
 if wants e2e; then phase e2e bash tests/e2e/run.sh; fi
 # Reuses the package the e2e phase built into www/pkg when it is there.

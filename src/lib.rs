@@ -10,8 +10,11 @@ pub mod engine;
 pub mod error;
 pub mod gpu;
 pub mod model;
+pub mod protocol;
 pub mod quant;
 pub mod sampling;
+#[cfg(all(feature = "cli", not(target_arch = "wasm32")))]
+pub mod serve;
 pub mod tokenizer;
 
 #[cfg(target_arch = "wasm32")]

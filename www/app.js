@@ -1,4 +1,5 @@
-// Demo page: load a GGUF model into the WebGPUStreamingInference class and stream tokens.
+// Demo page: load a GGUF model into the WebGPUStreamingInference class and stream tokens,
+// or stream them from a `wsi serve` backend over its WebSocket protocol (?backend=ws).
 // Plain ES module; the package comes from `wasm-pack build --target web --out-dir www/pkg`.
 import init, { WebGPUStreamingInference } from "./pkg/wsi.js";
 
@@ -10,6 +11,7 @@ const ui = {
   generate: $("generate"), stop: $("stop"), output: $("output"), error: $("error"), chart: $("chart"),
   first: $("s-first"), tps: $("s-tps"), tokens: $("s-tokens"), memory: $("s-memory"),
   profileOut: $("s-profile"), adapter: $("s-adapter"), finish: $("s-finish"),
+  backend: $("backend"), wsUrl: $("ws-url"), wsSetup: $("ws-setup"), pageSetup: $("page-setup"), pause: $("pause"),
 };
 
 let llm = null;
@@ -18,6 +20,11 @@ let latencies = [];
 const params = new URLSearchParams(location.search);
 if (params.has("model")) ui.url.value = params.get("model");
 if (params.has("quantization")) ui.quantization.value = params.get("quantization");
+// `wsi serve` serves this page and the protocol on /generate of the same host.
+ui.wsUrl.value = params.get("ws") ??
+  (location.protocol.startsWith("http") ? `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/generate` : "ws://127.0.0.1:8765/generate");
+if (params.get("backend") === "ws") ui.backend.value = "ws";
+const useWs = () => ui.backend.value === "ws";
 
 function showError(err) {
   const code = err && err.code ? `[${err.code}] ` : "";
@@ -64,8 +71,11 @@ function drawChart() {
 }
 
 function setBusy(generating) {
-  ui.generate.disabled = generating || !llm;
+  ui.generate.disabled = generating || !(llm || useWs());
   ui.stop.disabled = !generating;
+  ui.pause.disabled = !generating;
+  ui.pause.hidden = !useWs();
+  if (!generating) ui.pause.textContent = "Pause";
   ui.load.disabled = generating;
   ui.output.classList.toggle("running", generating);
 }
@@ -106,6 +116,7 @@ async function load() {
 }
 
 async function generate() {
+  if (useWs()) return generateOverWebSocket();
   if (!llm) return;
   clearError();
   ui.output.textContent = "";
@@ -141,9 +152,101 @@ async function generate() {
   }
 }
 
+// --- The `wsi serve` backend: one socket, requests in turn (DESIGN.md §5). ---
+let socket = null;
+
+function openSocket() {
+  if (socket && socket.readyState === WebSocket.OPEN) return Promise.resolve(socket);
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(ui.wsUrl.value);
+    ws.onopen = () => { socket = ws; resolve(ws); };
+    ws.onerror = () => reject({ code: "connection", message: `cannot connect to ${ui.wsUrl.value} (is \`wsi serve\` running?)` });
+  });
+}
+
+function sendControl(action) {
+  if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify({ type: "control", action }));
+}
+
+async function generateOverWebSocket() {
+  clearError();
+  ui.output.textContent = "";
+  latencies = [];
+  drawChart();
+  const chat = document.querySelector("input[name=mode]:checked").value === "chat";
+  const config = {
+    type: "config",
+    prompt: ui.prompt.value,
+    max_tokens: Number(ui.maxTokens.value) || 64,
+    temperature: Number(ui.temperature.value),
+    chat,
+  };
+  setBusy(true);
+  document.body.dataset.generating = "true";
+  const t0 = performance.now();
+  let last = t0, tokens = 0;
+  try {
+    const ws = await openSocket();
+    await new Promise((resolve, reject) => {
+      ws.onclose = () => { socket = null; reject({ code: "connection", message: "the server closed the connection" }); };
+      ws.onmessage = (e) => {
+        const f = JSON.parse(e.data);
+        if (f.type === "init") {
+          const m = f.model_info;
+          ui.profileOut.textContent = `${m.name}, ${m.quantization}, context ${m.context_length}`;
+          ui.adapter.textContent = `wsi serve at ${ui.wsUrl.value}`;
+          ui.memory.textContent = "–";
+          ui.finish.textContent = "running";
+        } else if (f.type === "status") {
+          ui.finish.textContent = f.operation;
+        } else if (f.type === "token") {
+          ui.output.textContent = f.generated_text;
+          if (f.token_id !== null) {
+            const now = performance.now();
+            if (tokens === 0) ui.first.textContent = `${(now - t0).toFixed(0)} ms`;
+            latencies.push(now - last);
+            last = now;
+            tokens += 1;
+            ui.tokens.textContent = `${tokens} generated`;
+            drawChart();
+          }
+        } else if (f.type === "completion") {
+          ui.output.textContent = f.generated_text;
+          const u = f.usage;
+          ui.tokens.textContent = `${u.completion_tokens} generated / ${u.prompt_tokens} prompt`;
+          if (f.timing) ui.tps.textContent = `${f.timing.tokens_per_second.toFixed(2)} tok/s`;
+          ui.finish.textContent = f.finish_reason;
+          resolve();
+        } else if (f.type === "error") {
+          reject({ code: f.error, message: f.message });
+        }
+      };
+      ws.send(JSON.stringify(config));
+    });
+  } catch (err) {
+    showError(err);
+  } finally {
+    delete document.body.dataset.generating;
+    setBusy(false);
+    document.body.dataset.done = String(Number(document.body.dataset.done || 0) + 1);
+  }
+}
+
+function showBackend() {
+  ui.wsSetup.hidden = !useWs();
+  ui.pageSetup.hidden = useWs();
+  setBusy(false);
+}
+
+ui.backend.addEventListener("change", showBackend);
+ui.pause.addEventListener("click", () => {
+  const paused = ui.pause.textContent === "Resume";
+  sendControl(paused ? "resume" : "pause");
+  ui.pause.textContent = paused ? "Pause" : "Resume";
+});
 ui.load.addEventListener("click", load);
 ui.generate.addEventListener("click", generate);
-ui.stop.addEventListener("click", () => llm && llm.stop());
+ui.stop.addEventListener("click", () => (useWs() ? sendControl("stop") : llm && llm.stop()));
 ui.prompt.addEventListener("keydown", (e) => {
   if (e.key === "Enter" && (e.ctrlKey || e.metaKey) && !ui.generate.disabled) generate();
 });
@@ -153,8 +256,9 @@ try {
   if (!navigator.gpu) {
     showError({ code: "webgpu_unavailable", message: "This browser has no WebGPU (navigator.gpu is undefined). Use a recent Chrome, Edge, Firefox or Safari in a secure context (https or localhost)." });
   }
+  showBackend();
   document.body.dataset.ready = "true";
-  if (params.has("autoload")) load();
+  if (params.has("autoload") && !useWs()) load();
 } catch (err) {
   showError(err);
 }

@@ -98,6 +98,9 @@ pub struct TokenEvent<'a> {
     pub id: Option<u32>,
     /// Text this token completes (may be empty while a character or stop string is pending).
     pub text: &'a str,
+    /// The engine's tokenizer, for callers that decode the ids themselves (a generation
+    /// resumed in several engine calls keeps one decoder across them).
+    pub tokenizer: &'a Tokenizer,
 }
 
 /// One decode submission whose ids are being read back.
@@ -364,7 +367,7 @@ impl Engine {
                 let piece = detok.push(&self.tokenizer, id)?;
                 let step = stops.push(&piece);
                 text.push_str(&step.emit);
-                let keep_going = on_token(TokenEvent { id: Some(id), text: &step.emit });
+                let keep_going = on_token(TokenEvent { id: Some(id), text: &step.emit, tokenizer: &self.tokenizer });
                 if step.stopped {
                     stopped_by_string = true;
                     finish = Some(FinishReason::Stop);
@@ -393,7 +396,7 @@ impl Engine {
             }
             if !rest.is_empty() {
                 text.push_str(&rest);
-                on_token(TokenEvent { id: None, text: &rest });
+                on_token(TokenEvent { id: None, text: &rest, tokenizer: &self.tokenizer });
             }
         }
         let t_end = Instant::now();

@@ -51,10 +51,15 @@ impl StreamDecoder {
 
     /// End of stream: whatever is still held back, incomplete characters as U+FFFD.
     pub fn finish(&mut self, _tok: &Tokenizer) -> Result<String> {
+        Ok(self.flush())
+    }
+
+    /// [`StreamDecoder::finish`] where no tokenizer is at hand (it needs none).
+    pub fn flush(&mut self) -> String {
         let out = String::from_utf8_lossy(&self.pending).into_owned();
         self.pending.clear();
         self.text.push_str(&out);
-        Ok(out)
+        out
     }
 
     /// All text emitted so far.

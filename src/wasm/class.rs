@@ -171,7 +171,7 @@ impl Inner {
         Ok(())
     }
 
-    async fn load(self: Rc<Self>, on_progress: Option<Function>) -> Result<Value> {
+    pub(crate) async fn load(self: Rc<Self>, on_progress: Option<Function>) -> Result<Value> {
         let t0 = Instant::now();
         let progress = Progress { callback: on_progress.as_ref() };
         if self.gpu.borrow().is_none() {

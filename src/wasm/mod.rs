@@ -6,6 +6,7 @@
 //! - `error.rs`: coded JS errors, safe calls of page handlers
 //! - `adapter.rs`: adapter name and software detection from `navigator.gpu`
 //! - `stats.rs`: stats and event payloads as JS objects
+//! - `websocket.rs`: `streamWebsocket`, the WebSocket protocol on a page's socket
 //! - `types.rs`: TypeScript declarations of configs, options, stats and events
 
 mod adapter;
@@ -15,5 +16,6 @@ pub mod fetch;
 mod generate;
 pub mod stats;
 mod types;
+mod websocket;
 
 pub use class::WebGPUStreamingInference;

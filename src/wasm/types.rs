@@ -136,4 +136,35 @@ export interface MemoryPressureInfo {
   action: string;
 }
 export interface TimeoutInfo { message: string; elapsed_ms: number; limit_ms: number; tokens_generated: number }
+
+/** The `options` object of a WebSocket `config` frame. */
+export interface WebSocketStreamOptions {
+  /** A `token` frame per token (default true); else only the `completion`. */
+  stream?: boolean;
+  /** `generated_text` starts with the prompt (default false). */
+  echo_prompt?: boolean;
+  /** The `completion` carries `timing` (default true). */
+  include_timing?: boolean;
+}
+/** The second argument of `streamWebsocket`: defaults for every `config` frame on the socket. */
+export type WebSocketRequestDefaults = GenerateOptions & {
+  options?: WebSocketStreamOptions & Camelize<WebSocketStreamOptions>;
+};
+/** Frames the peer sends (DESIGN.md §5). */
+export type WebSocketPeerFrame =
+  | ({ type: "config"; prompt: string } & WebSocketRequestDefaults)
+  | { type: "control"; action: "stop" | "pause" | "resume" };
+/** Frames the engine sends (DESIGN.md §5). */
+export type WebSocketEngineFrame =
+  | { type: "init"; model_info: { name: string; quantization: string; context_length: number } }
+  | { type: "status"; operation: string; progress: number | null; message: string }
+  | { type: "token"; token: string; token_id: number | null; generated_text: string; finished: boolean }
+  | {
+      type: "completion";
+      generated_text: string;
+      usage: { prompt_tokens: number; completion_tokens: number; total_tokens: number };
+      finish_reason: "stop" | "length" | "cancelled" | "timeout";
+      timing?: { first_token_latency_ms: number; generation_time_ms: number; tokens_per_second: number; segments: number };
+    }
+  | { type: "error"; error: ErrorCode; message: string; recoverable: boolean };
 "#;

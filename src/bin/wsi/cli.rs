@@ -104,6 +104,18 @@ enum Command {
         vocab: Option<usize>,
         out: PathBuf,
     },
+    /// Serve the WebSocket protocol on /generate and the demo page (loopback by default).
+    Serve {
+        /// Address to listen on; anything but a loopback address exposes the model.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// Port (0: any free port; the address is printed).
+        #[arg(long, default_value_t = 8765)]
+        port: u16,
+        /// Folder of the demo page and its files.
+        #[arg(long, default_value = "www")]
+        www: PathBuf,
+    },
     /// Write a Hugging Face folder (f32 safetensors, config.json, tokenizer.json).
     Convert {
         /// Output format (only `safetensors`).
@@ -228,6 +240,7 @@ fn run(cli: Cli) -> Result<()> {
             eprintln!("wrote {} ({} MB, {spec:?})", out.display(), bytes.len() / 1_048_576);
             Ok(())
         }
+        Command::Serve { host, port, www } => super::serve::run(open_engine(&cli.model, &cfg)?, host, *port, www),
         Command::Convert { to, out_dir } => {
             if to != "safetensors" {
                 return Err(Error::invalid(format!("--to {to}: only safetensors is supported")));
