@@ -212,6 +212,11 @@ fn untiled(wid: vec3<u32>, tid: u32) {
     // at run time, which some drivers would keep in slow local memory.
     let tx = tid % 8u;
     let ty = tid / 8u;
+    // A thread whose 4 tokens all lie past n_tok has nothing to store (no barrier follows):
+    // a few-row chunk (a verification of drafts) then costs its rows, not a whole tile.
+    if (t0 + ty * 4u >= n_tok) {
+        return;
+    }
     var acc0 = vec4<f32>(0.0);
     var acc1 = vec4<f32>(0.0);
     var acc2 = vec4<f32>(0.0);

@@ -1,8 +1,13 @@
 // GPU sampling of the next token from the logits of the last position, written straight
 // into the token buffer that the next step's embedding reads; then the step state
 // advances (pos += n_tokens, n_tokens = 1). One workgroup of WG threads.
-//   logits: [rows, vocab], row state.n_tokens - 1 when p.last_row, else row 0
+//   logits: [rows, vocab], row state.n_tokens - 1 when p.last_row == 1, else row 0
 //   tokens: [ctx] every id of the sequence so far
+// Every-row mode (p.last_row == 2, grid y = n_tokens, used to verify drafted tokens):
+// workgroup y samples row y as if it were the last, writes tokens[pos + y + 1] and leaves
+// the state alone. Row y's penalty window reads the ids row y' < y writes; that race is
+// harmless: when row y' agrees with the draft it writes the value already there, and when
+// it does not, rows after y' are rejected whatever they pick.
 // Order of operations (mirrored exactly by sampling.rs, the CPU reference):
 //   repetition penalty over the last `rep_window` ids (each distinct id once),
 //   temperature 0 -> argmax (lowest id on ties);
@@ -19,7 +24,7 @@ struct SampleParams {
     rep_window: u32,
     seed_lo: u32,
     seed_hi: u32,
-    last_row: u32,
+    last_row: u32,     // 0: row 0, 1: row n_tokens - 1, 2: every row (grid y)
     _pad0: u32,
     _pad1: u32,
     _pad2: u32,
@@ -50,9 +55,13 @@ fn uniform01(pos: u32) -> f32 {
 }
 
 @compute @workgroup_size(256)
-fn main(@builtin(local_invocation_id) lid: vec3<u32>) {
+fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let tid = lid.x;
-    let n_tok = max(state[1], 1u);
+    let every_row = p.last_row == 2u;
+    var n_tok = max(state[1], 1u);
+    if (every_row) {
+        n_tok = wid.y + 1u;           // row wid.y as the last of its own prefix
+    }
     let pos = state[0];
     let next = pos + n_tok;           // index of the id we write
     var base = 0u;
@@ -253,7 +262,9 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>) {
     workgroupBarrier();
     if (tid == 0u) {
         tokens[next] = chosen;
-        state[0] = next;
-        state[1] = 1u;
+        if (!every_row) {
+            state[0] = next;
+            state[1] = 1u;
+        }
     }
 }

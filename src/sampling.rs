@@ -41,6 +41,16 @@ impl SampleSettings {
 
     /// The GPU uniform for these settings.
     pub fn to_params(&self, vocab: u32, last_row: bool) -> SampleParams {
+        self.params_with_mode(vocab, u32::from(last_row))
+    }
+
+    /// The uniform of the every-row sampler: one workgroup per logits row, row `r` writing
+    /// the id at `pos + r + 1` with the RNG of that position (verification of drafts).
+    pub fn to_every_row_params(&self, vocab: u32) -> SampleParams {
+        self.params_with_mode(vocab, SAMPLE_EVERY_ROW)
+    }
+
+    fn params_with_mode(&self, vocab: u32, mode: u32) -> SampleParams {
         SampleParams {
             vocab,
             temperature: self.temperature.max(0.0),
@@ -50,11 +60,14 @@ impl SampleSettings {
             rep_window: self.repetition_window,
             seed_lo: self.seed as u32,
             seed_hi: (self.seed >> 32) as u32,
-            last_row: u32::from(last_row),
+            last_row: mode,
             _pad: [0; 3],
         }
     }
 }
+
+/// `SampleParams::last_row` value of the every-row mode (shaders/sample.wgsl).
+pub const SAMPLE_EVERY_ROW: u32 = 2;
 
 const WG: usize = 256;
 const BISECT_STEPS: usize = 32;

@@ -1,5 +1,6 @@
-//! The benchmark behind `wsi bench` and the browser bench page: prefill a synthetic prompt,
-//! decode a fixed number of tokens greedily (EOS ignored), report measured rates.
+//! The benchmark behind `wsi bench` and the browser bench page: prefill a synthetic prompt
+//! (or a given one, e.g. [`REPETITIVE_PROMPT`] for token prediction), decode a fixed number
+//! of tokens greedily (EOS ignored), report measured rates.
 
 use serde::Serialize;
 
@@ -21,6 +22,13 @@ pub struct BenchReport {
     pub submissions_per_token: f64,
     pub steps_per_submit: u32,
     pub in_flight: u32,
+    pub prefetch_strategy: String,
+    pub token_prediction: bool,
+    /// Accepted / proposed drafts.
+    pub prefetch_hit_rate: f64,
+    pub tokens_proposed: usize,
+    pub tokens_accepted: usize,
+    pub verify_passes: usize,
     pub weight_mb: f64,
     pub kv_cache_mb: f64,
     pub load_ms: f64,
@@ -63,17 +71,42 @@ fn synthetic_prompt(n: usize, vocab: usize) -> Vec<u32> {
         .collect()
 }
 
-/// Run the benchmark: one warm-up generation, then the measured one.
+/// A text that repeats itself and asks for one more copy: its greedy continuation copies
+/// the story, which prompt lookup finds in the context (the token-prediction benchmark).
+pub const REPETITIVE_PROMPT: &str = concat!(
+    "The lighthouse stood on a rock at the mouth of the bay. Every evening the keeper climbed the one ",
+    "hundred and twelve steps, trimmed the wick, wound the clockwork that turned the lens, and wrote the ",
+    "time, the weather and the ships he had seen in a small leather book. In winter the waves broke over ",
+    "the gallery and the glass rattled in its frame; in summer the gulls nested on the ledges and woke him ",
+    "before dawn. He had kept the light for thirty years, and in all that time it had never once gone dark.",
+    "\n\nThe same story, copied word for word:\n\n",
+    "The lighthouse stood on a rock at the mouth of the bay. Every evening the keeper climbed the one ",
+    "hundred and twelve steps, trimmed the wick, wound the clockwork that turned the lens, and wrote the ",
+    "time, the weather and the ships he had seen in a small leather book. In winter the waves broke over ",
+    "the gallery and the glass rattled in its frame; in summer the gulls nested on the ledges and woke him ",
+    "before dawn. He had kept the light for thirty years, and in all that time it had never once gone dark.",
+    "\n\nThe same story, copied word for word once more:\n\nThe lighthouse stood on a rock",
+);
+
+/// Run the benchmark on a synthetic prompt of `prompt_tokens` ids.
 pub async fn bench(engine: &mut Engine, prompt_tokens: usize, gen_tokens: usize) -> Result<BenchReport> {
     let vocab = engine.model.config.vocab_size;
     let ctx = engine.model.options.context;
-    let prompt_tokens = prompt_tokens.clamp(1, ctx.saturating_sub(2).max(1));
+    let prompt = synthetic_prompt(prompt_tokens.clamp(1, ctx.saturating_sub(2).max(1)), vocab);
+    bench_prompt(engine, &prompt, gen_tokens).await
+}
+
+/// Run the benchmark on `prompt` (cut to leave room for a token): one warm-up generation,
+/// then the measured one.
+pub async fn bench_prompt(engine: &mut Engine, prompt: &[u32], gen_tokens: usize) -> Result<BenchReport> {
+    let ctx = engine.model.options.context;
+    let prompt = &prompt[..prompt.len().min(ctx.saturating_sub(2).max(1))];
+    let prompt_tokens = prompt.len();
     let gen_tokens = gen_tokens.clamp(1, ctx - prompt_tokens);
-    let prompt = synthetic_prompt(prompt_tokens, vocab);
     let params = GenerateParams { max_tokens: gen_tokens, ignore_eos: true, ..Default::default() };
     let warm = GenerateParams { max_tokens: 4.min(gen_tokens), ..params.clone() };
-    engine.generate(&prompt, &warm, &mut |_| true).await?;
-    let g = engine.generate(&prompt, &params, &mut |_| true).await?;
+    engine.generate(prompt, &warm, &mut |_| true).await?;
+    let g = engine.generate(prompt, &params, &mut |_| true).await?;
     let (w, kv, _) = engine.memory_bytes();
     Ok(BenchReport {
         adapter: engine.gpu.caps.adapter_name.clone(),
@@ -88,6 +121,12 @@ pub async fn bench(engine: &mut Engine, prompt_tokens: usize, gen_tokens: usize)
         submissions_per_token: g.stats.submissions as f64 / g.ids.len().max(1) as f64,
         steps_per_submit: engine.options.steps_per_submit,
         in_flight: engine.options.in_flight,
+        prefetch_strategy: engine.prefetch.strategy().as_str().to_string(),
+        token_prediction: engine.options.config.token_prediction_enabled,
+        prefetch_hit_rate: g.stats.prefetch_hit_rate(),
+        tokens_proposed: g.stats.proposed,
+        tokens_accepted: g.stats.accepted,
+        verify_passes: g.stats.verify_passes,
         weight_mb: w as f64 / 1048576.0,
         kv_cache_mb: kv as f64 / 1048576.0,
         load_ms: engine.load_ms,

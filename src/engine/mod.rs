@@ -4,7 +4,10 @@
 //! browser by the event loop.
 
 mod bench;
+pub mod lookup;
 mod options;
+pub mod prefetch;
+pub mod speculative;
 mod stats;
 mod stop;
 
@@ -16,7 +19,7 @@ use web_time::Instant;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub use bench::profile;
-pub use bench::{BenchReport, bench};
+pub use bench::{BenchReport, REPETITIVE_PROMPT, bench, bench_prompt};
 pub use options::weight_format;
 pub use stats::{FinishReason, GenerationStats};
 pub use stop::{StopMatcher, StopStep};
@@ -27,6 +30,8 @@ use crate::model::ModelSource;
 use crate::model::llama::{LlamaGpu, LoadOptions};
 use crate::sampling::SampleSettings;
 use crate::tokenizer::{StreamDecoder, Tokenizer};
+use lookup::NgramIndex;
+use prefetch::Prefetch;
 
 /// Engine options fixed at load.
 #[derive(Clone, Debug)]
@@ -123,6 +128,8 @@ pub struct Engine {
     /// `[chunk, vocab]` f32 staging for logits readback.
     logits_staging: wgpu::Buffer,
     cancel: Arc<AtomicBool>,
+    /// The prefetch strategy with what it measured so far.
+    pub prefetch: Prefetch,
     /// Time spent loading (weights upload, pipelines), ms.
     pub load_ms: f64,
 }
@@ -149,9 +156,17 @@ impl Engine {
         options.load = model.options.clone();
         options.steps_per_submit = options.steps_per_submit.clamp(1, 64);
         options.in_flight = options.in_flight.clamp(1, 16);
-        let slot_bytes = u64::from(options.steps_per_submit) * 4;
-        let id_staging = (0..=options.in_flight).map(|i| gpu.staging(&format!("ids {i}"), slot_bytes)).collect();
+        // A slot holds a submission's ids or a verification's (drafts + 1).
+        let slot_bytes = u64::from(options.steps_per_submit).max(prefetch::MAX_DRAFT as u64 + 1) * 4;
+        // One slot per submission in flight (the adaptive strategy may go deeper) + one.
+        let slots = options.in_flight.max(prefetch::MAX_DEPTH as u32);
+        let id_staging = (0..=slots).map(|i| gpu.staging(&format!("ids {i}"), slot_bytes)).collect();
         let logits_staging = gpu.staging("logits staging", model.logits.size());
+        let prefetch = Prefetch::new(
+            options.config.prefetch_strategy,
+            options.in_flight as usize,
+            options.steps_per_submit as usize,
+        );
         Ok(Engine {
             gpu,
             kernels,
@@ -161,6 +176,7 @@ impl Engine {
             id_staging,
             logits_staging,
             cancel: Arc::new(AtomicBool::new(false)),
+            prefetch,
             load_ms: t0.elapsed().as_secs_f64() * 1e3,
         })
     }
@@ -281,7 +297,16 @@ impl Engine {
         let ctx = self.model.options.context;
         let budget = params.max_tokens.min(ctx - prompt.len());
         let vocab = self.model.config.vocab_size as u32;
-        self.model.write_sample_params(&self.gpu, &params.sample.to_params(vocab, false));
+        self.model.write_sample_params(
+            &self.gpu,
+            &params.sample.to_params(vocab, false),
+            &params.sample.to_every_row_params(vocab),
+        );
+        let (depth, steps) = (self.options.in_flight as usize, self.options.steps_per_submit as usize);
+        self.prefetch.configure(self.options.config.prefetch_strategy, depth, steps);
+        self.prefetch.begin();
+        // Token prediction: the context (prompt + kept ids) indexed for prompt lookup.
+        let mut lookup = self.options.config.token_prediction_enabled.then(|| NgramIndex::new(prompt));
 
         let mut stats = GenerationStats {
             prompt_tokens: prompt.len(),
@@ -311,36 +336,70 @@ impl Engine {
         queue.push_back(InFlight { slot: 0, count: 1, rx: start_map(&self.id_staging[0], 4), index: prefill_index });
         let mut submitted = 1usize;
         let mut next_slot = 1usize;
-        let steps = self.options.steps_per_submit as usize;
-        let depth = self.options.in_flight as usize;
+        let slot_ids = (self.id_staging[0].size() / 4) as usize;
         let mut t_first: Option<Instant> = None;
         let mut t_last_batch = t_start;
 
         loop {
-            while finish.is_none() && queue.len() < depth && submitted < budget {
-                let s = steps.min(budget - submitted);
-                let slot = next_slot;
-                next_slot = (next_slot + 1) % self.id_staging.len();
-                let mut enc = self.gpu.device.create_command_encoder(&Default::default());
-                {
-                    let mut pass = enc.begin_compute_pass(&Default::default());
-                    for _ in 0..s {
-                        self.model.encode_decode_step(&mut pass);
-                    }
+            let len = prompt.len() + submitted;
+            let max_drafts = self.max_drafts(len, budget - submitted);
+            let draft =
+                lookup.as_ref().and_then(|ix| self.prefetch.draft_len(ix, max_drafts).map(|(m, k)| ix.draft(m, k)));
+            let batch: Vec<u32> = match draft {
+                // Verify with nothing in flight, so that the context is known.
+                Some(draft) if finish.is_none() && queue.is_empty() => {
+                    let sampled = self.verify_rows(len, &draft).await?;
+                    let accepted = speculative::accepted_prefix(&draft, &sampled);
+                    self.prefetch.on_verify(draft.len(), accepted);
+                    stats.verify_passes += 1;
+                    stats.submissions += 1;
+                    stats.proposed += draft.len();
+                    stats.accepted += accepted;
+                    submitted += accepted + 1;
+                    // Roll back: the next step reads the correction at its position.
+                    self.model.write_state(&self.gpu, (prompt.len() + submitted - 1) as u32, 1);
+                    sampled[..=accepted].to_vec()
                 }
-                let from = (prompt.len() + submitted) as u64 * 4;
-                enc.copy_buffer_to_buffer(&self.model.tokens, from, &self.id_staging[slot], 0, s as u64 * 4);
-                let index = self.gpu.queue.submit([enc.finish()]);
-                let rx = start_map(&self.id_staging[slot], s as u64 * 4);
-                queue.push_back(InFlight { slot, count: s, rx, index });
-                submitted += s;
-                stats.submissions += 1;
-                stats.steps_run += s;
-            }
-            let Some(job) = queue.pop_front() else { break };
-            let bytes =
-                finish_map(&self.gpu, &self.id_staging[job.slot], job.count as u64 * 4, job.rx, Some(job.index))
+                draft => {
+                    // A pending draft waits for the submissions in flight instead of adding more.
+                    let plan = self.prefetch.plan(stops.holding());
+                    let depth = plan.depth.min(self.id_staging.len() - 1);
+                    while draft.is_none() && finish.is_none() && queue.len() < depth && submitted < budget {
+                        let s = plan.steps.min(slot_ids).min(budget - submitted);
+                        let slot = next_slot;
+                        next_slot = (next_slot + 1) % self.id_staging.len();
+                        let mut enc = self.gpu.device.create_command_encoder(&Default::default());
+                        {
+                            let mut pass = enc.begin_compute_pass(&Default::default());
+                            for _ in 0..s {
+                                self.model.encode_decode_step(&mut pass);
+                            }
+                        }
+                        let from = (prompt.len() + submitted) as u64 * 4;
+                        enc.copy_buffer_to_buffer(&self.model.tokens, from, &self.id_staging[slot], 0, s as u64 * 4);
+                        let index = self.gpu.queue.submit([enc.finish()]);
+                        let rx = start_map(&self.id_staging[slot], s as u64 * 4);
+                        queue.push_back(InFlight { slot, count: s, rx, index });
+                        submitted += s;
+                        stats.submissions += 1;
+                        stats.steps_run += s;
+                    }
+                    let Some(job) = queue.pop_front() else { break };
+                    let t_wait = Instant::now();
+                    let bytes = finish_map(
+                        &self.gpu,
+                        &self.id_staging[job.slot],
+                        job.count as u64 * 4,
+                        job.rx,
+                        Some(job.index),
+                    )
                     .await?;
+                    let now = Instant::now();
+                    let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
+                    self.prefetch.on_readback(ms(t_wait, now), ms(t_last_batch, now));
+                    bytemuck::pod_collect_to_vec(&bytes)
+                }
+            };
             if t_first.is_none() {
                 let now = Instant::now();
                 stats.first_token_latency_ms = (now - t_start).as_secs_f64() * 1e3;
@@ -353,17 +412,19 @@ impl Engine {
             // Deadlines: the ids of a batch arrive together, so a token's time is its share
             // of the wait for the batch. The batch is still delivered.
             let t_batch = Instant::now();
-            let per_token_ms = (t_batch - t_last_batch).as_secs_f64() * 1e3 / job.count as f64;
+            let per_token_ms = (t_batch - t_last_batch).as_secs_f64() * 1e3 / batch.len() as f64;
             let timed_out = params.token_timeout_ms.is_some_and(|ms| per_token_ms > ms as f64)
                 || params.generation_timeout_ms.is_some_and(|ms| (t_batch - t_start).as_secs_f64() * 1e3 > ms as f64);
             t_last_batch = t_batch;
-            for chunk in bytes.chunks_exact(4) {
-                let id = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+            for id in batch {
                 if !params.ignore_eos && self.tokenizer.eos_ids().contains(&id) {
                     finish = Some(FinishReason::Stop);
                     break;
                 }
                 ids.push(id);
+                if let Some(ix) = lookup.as_mut() {
+                    ix.push(id);
+                }
                 let piece = detok.push(&self.tokenizer, id)?;
                 let step = stops.push(&piece);
                 text.push_str(&step.emit);
@@ -387,6 +448,7 @@ impl Engine {
             }
         }
         let finish = finish.unwrap_or(FinishReason::Length);
+        self.prefetch.on_finish(ids.len(), matches!(finish, FinishReason::Stop | FinishReason::Cancelled));
         if !stopped_by_string {
             let tail = detok.finish(&self.tokenizer)?;
             let step = stops.push(&tail);

@@ -162,7 +162,7 @@ impl Engine {
             "tokens_per_second": s.tokens_per_second,
             "prefill_tokens_per_second": s.prefill_tokens_per_second,
             "generation_time_ms": s.generation_time_ms,
-            "prefetch_hit_rate": 0.0,
+            "prefetch_hit_rate": s.prefetch_hit_rate(),
             "current_batch_size": 1,
             "batch_size_history": [1],
             "kv_cache_mb": mb(kv),
@@ -179,6 +179,11 @@ impl Engine {
             "steps_per_submit": self.options.steps_per_submit,
             "in_flight": self.options.in_flight,
             "submissions": s.submissions,
+            "token_prediction": self.options.config.token_prediction_enabled,
+            "prefetch_strategy": self.prefetch.strategy().as_str(),
+            "verify_passes": s.verify_passes,
+            "tokens_proposed": s.proposed,
+            "tokens_accepted": s.accepted,
             "dispatches_per_token": s.dispatches_per_token,
         })
     }

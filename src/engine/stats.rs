@@ -43,10 +43,23 @@ pub struct GenerationStats {
     pub tokens_per_second: f64,
     pub avg_token_latency_ms: f64,
     pub generation_time_ms: f64,
-    /// Command-buffer submissions for the decode steps.
+    /// Command-buffer submissions for the decode steps and verifications.
     pub submissions: usize,
+    /// Verification passes of drafted tokens (token prediction).
+    pub verify_passes: usize,
+    /// Drafted tokens proposed for verification.
+    pub proposed: usize,
+    /// Drafted tokens the model agreed with.
+    pub accepted: usize,
     /// Decode steps the GPU ran (including steps discarded after a stop).
     pub steps_run: usize,
     pub dispatches_per_token: usize,
     pub finish_reason: Option<FinishReason>,
+}
+
+impl GenerationStats {
+    /// Accepted / proposed drafts (0 when nothing was proposed).
+    pub fn prefetch_hit_rate(&self) -> f64 {
+        if self.proposed == 0 { 0.0 } else { self.accepted as f64 / self.proposed as f64 }
+    }
 }

@@ -51,6 +51,11 @@ impl StopMatcher {
         StopStep { emit, stopped: false }
     }
 
+    /// Text that may start a stop string is held back: a stop may be near.
+    pub fn holding(&self) -> bool {
+        !self.held.is_empty()
+    }
+
     /// End of generation: whatever is held is plain text.
     pub fn finish(&mut self) -> String {
         std::mem::take(&mut self.held)

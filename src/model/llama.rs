@@ -108,6 +108,8 @@ pub struct LlamaGpu {
     pub logits: wgpu::Buffer,
     /// Sampler parameters for the current generation.
     pub sample_params: wgpu::Buffer,
+    /// The same in every-row mode (verification of several rows in one pass).
+    pub sample_rows_params: wgpu::Buffer,
     /// Bytes of weights on the GPU.
     pub weight_bytes: u64,
     /// Bytes of KV cache on the GPU.
@@ -118,6 +120,8 @@ pub struct LlamaGpu {
     prefill: Vec<Dispatch>,
     prefill_all_logits: Vec<Dispatch>,
     sample: Dispatch,
+    /// The sampler over every row of a prefill chunk: grid y = rows.
+    sample_rows: Dispatch,
     _keep: Vec<wgpu::Buffer>,
     _matrices: Vec<GpuMatrix>,
 }
@@ -388,7 +392,10 @@ impl LlamaGpu {
         let sample_params = gpu.uniform_init("sample params", bytemuck::bytes_of(&sp));
         let pipeline = b.pipeline(Kernel::Sample)?;
         let bind = b.bind(&pipeline, &[(0, &sample_params), (1, &logits), (2, &tokens), (3, &state)]);
-        let sample = Dispatch { pipeline, bind, grid: Grid::Fixed([1, 1, 1]), family: "sample" };
+        let sample = Dispatch { pipeline: pipeline.clone(), bind, grid: Grid::Fixed([1, 1, 1]), family: "sample" };
+        let sample_rows_params = gpu.uniform_init("sample rows params", bytemuck::bytes_of(&sp));
+        let bind = b.bind(&pipeline, &[(0, &sample_rows_params), (1, &logits), (2, &tokens), (3, &state)]);
+        let sample_rows = Dispatch { pipeline, bind, grid: Grid::PerToken(1), family: "sample" };
 
         // Bind groups hold their buffers too; keeping them here makes the ownership plain.
         let mut keep =
@@ -407,6 +414,7 @@ impl LlamaGpu {
             state,
             logits,
             sample_params,
+            sample_rows_params,
             weight_bytes,
             kv_bytes,
             activation_bytes,
@@ -414,6 +422,7 @@ impl LlamaGpu {
             prefill,
             prefill_all_logits,
             sample,
+            sample_rows,
             _keep: keep,
             _matrices: matrices,
         })
@@ -434,9 +443,20 @@ impl LlamaGpu {
         gpu.queue.write_buffer(&self.tokens, pos as u64 * 4, bytemuck::cast_slice(ids));
     }
 
-    /// Set the sampler parameters of the next generation.
-    pub fn write_sample_params(&self, gpu: &Gpu, p: &SampleParams) {
+    /// Set the sampler parameters of the next generation: `p` for the one-row sampler,
+    /// `rows` (the same settings in every-row mode) for [`LlamaGpu::encode_rows`].
+    pub fn write_sample_params(&self, gpu: &Gpu, p: &SampleParams, rows: &SampleParams) {
         gpu.queue.write_buffer(&self.sample_params, 0, bytemuck::bytes_of(p));
+        gpu.queue.write_buffer(&self.sample_rows_params, 0, bytemuck::bytes_of(rows));
+    }
+
+    /// Encode `n` rows (the ids at `state.pos ..= state.pos + n - 1`, state written
+    /// beforehand, `n <= chunk`) through the prefill path with every row's logits kept, then
+    /// sample each row as if it were the last: row `r` writes the id at `pos + r + 1`.
+    /// KV entries of all `n` rows are written; the state is left for the caller to set.
+    pub fn encode_rows(&self, pass: &mut wgpu::ComputePass<'_>, n: u32) {
+        run(pass, &self.prefill_all_logits, n);
+        run(pass, std::slice::from_ref(&self.sample_rows), n);
     }
 
     /// Encode a prefill chunk of `n` tokens (state written beforehand). With `sample`, the

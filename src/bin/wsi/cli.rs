@@ -76,6 +76,12 @@ enum Command {
         /// A second configuration (JSON) measured in the same process; prints the ratio.
         #[arg(long)]
         compare: Option<String>,
+        /// Prompt text from a file instead of synthetic ids (--prompt-tokens is ignored).
+        #[arg(long)]
+        prompt_file: Option<PathBuf>,
+        /// A built-in prompt that repeats itself (for token prediction).
+        #[arg(long, conflicts_with = "prompt_file")]
+        repetitive: bool,
         /// Also time each kernel family of a decode step (CPU-timed, dispatches run alone).
         #[arg(long)]
         profile: bool,
@@ -328,9 +334,26 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Bench { prompt_tokens, gen_tokens, compare, profile, json: as_json } => {
+        Command::Bench { prompt_tokens, gen_tokens, compare, prompt_file, repetitive, profile, json: as_json } => {
+            let text = match (prompt_file, repetitive) {
+                (Some(f), _) => Some(
+                    std::fs::read_to_string(f)
+                        .map_err(|e| Error::invalid(format!("cannot read {}: {e}", f.display())))?,
+                ),
+                (None, true) => Some(wsi::engine::REPETITIVE_PROMPT.to_string()),
+                (None, false) => None,
+            };
+            let run_bench = |engine: &mut Engine| -> Result<wsi::engine::BenchReport> {
+                match &text {
+                    Some(t) => {
+                        let ids = engine.tokenizer.encode(t)?;
+                        pollster::block_on(wsi::engine::bench_prompt(engine, &ids, *gen_tokens))
+                    }
+                    None => pollster::block_on(wsi::engine::bench(engine, *prompt_tokens, *gen_tokens)),
+                }
+            };
             let mut engine = open_engine(&cli.model, &cfg)?;
-            let base = pollster::block_on(wsi::engine::bench(&mut engine, *prompt_tokens, *gen_tokens))?;
+            let base = run_bench(&mut engine)?;
             let prof = if *profile {
                 let chunk = engine.model.options.chunk as u32;
                 let (decode, gpu_timed) = wsi::engine::profile(&engine, 10, 0)?;
@@ -366,7 +389,7 @@ fn run(cli: Cli) -> Result<()> {
                         &serde_json::from_str(c).map_err(|e| Error::invalid(format!("--compare: {e}")))?,
                     )?;
                     let mut e2 = open_engine(&cli.model, &cfg2)?;
-                    Some(pollster::block_on(wsi::engine::bench(&mut e2, *prompt_tokens, *gen_tokens))?)
+                    Some(run_bench(&mut e2)?)
                 }
             };
             let ratio = other.as_ref().map(|o| {
@@ -380,7 +403,7 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 for (name, r) in std::iter::once(("base", &base)).chain(other.as_ref().map(|o| ("compare", o))) {
                     println!(
-                        "{name:8} {} [{}] {}: prefill {:.1} tok/s ({} tokens), decode {:.1} tok/s ({} tokens), first token {:.1} ms, {} dispatches/token, {:.3} submits/token",
+                        "{name:8} {} [{}] {}: prefill {:.1} tok/s ({} tokens), decode {:.1} tok/s ({} tokens), first token {:.1} ms, {} dispatches/token, {:.3} submits/token, prefetch {} x {} steps ({}), prediction {}: {} verifications, hit rate {:.3}",
                         r.adapter,
                         r.backend,
                         r.quantization,
@@ -390,7 +413,13 @@ fn run(cli: Cli) -> Result<()> {
                         r.gen_tokens,
                         r.first_token_latency_ms,
                         r.dispatches_per_token,
-                        r.submissions_per_token
+                        r.submissions_per_token,
+                        r.in_flight,
+                        r.steps_per_submit,
+                        r.prefetch_strategy,
+                        if r.token_prediction { "on" } else { "off" },
+                        r.verify_passes,
+                        r.prefetch_hit_rate
                     );
                 }
                 if let Some(r) = ratio {
