@@ -118,6 +118,11 @@ export interface PerformanceStats {
   in_flight?: number;
   submissions?: number;
   dispatches_per_token?: number;
+  token_prediction?: boolean;
+  prefetch_strategy?: "fixed" | "adaptive" | "context-aware";
+  verify_passes?: number;
+  tokens_proposed?: number;
+  tokens_accepted?: number;
 }
 
 export type ErrorCode =
