@@ -30,14 +30,21 @@ fn tiny(seed: u64) -> GgufSource {
 }
 
 fn engine(src: &dyn ModelSource, strategy: PrefetchStrategy, steps: u32) -> Engine {
+    engine_shaped(src, strategy, steps, false)
+}
+
+/// `gpu_shaped`: the kernel shapes GPUs get (cooperative matvec rows, tiled matmul, split
+/// decode attention), whose sums differ more from the verification's prefill kernels.
+fn engine_shaped(src: &dyn ModelSource, strategy: PrefetchStrategy, steps: u32, gpu_shaped: bool) -> Engine {
     let load = LoadOptions {
         format: WeightFormat::F32,
         context: 128,
         chunk: 16,
         workgroup: 64,
-        threads_per_row: 1,
+        threads_per_row: if gpu_shaped { 64 } else { 1 },
+        wide_threads_per_row: if gpu_shaped { 8 } else { 0 },
         rows: 2,
-        attention_split: 1,
+        attention_split: if gpu_shaped { 5 } else { 1 },
         max_binding: 0,
     };
     let config = StreamingConfig { prefetch_strategy: strategy, ..Default::default() };
@@ -115,8 +122,13 @@ fn every_row_sampler_equals_the_one_row_sampler_run_row_by_row() {
 fn speculative_decoding_equals_greedy_on_repetitive_and_fresh_prompts() {
     let src = tiny(21);
     let fresh: Vec<u32> = (0..23).map(|i| (i * 37 + 11) % 290).collect();
-    for strategy in [PrefetchStrategy::Fixed, PrefetchStrategy::Adaptive, PrefetchStrategy::ContextAware] {
-        let mut e = engine(&src, strategy, 3);
+    for (strategy, gpu_shaped) in [
+        (PrefetchStrategy::Fixed, false),
+        (PrefetchStrategy::Adaptive, false),
+        (PrefetchStrategy::ContextAware, false),
+        (PrefetchStrategy::Fixed, true),
+    ] {
+        let mut e = engine_shaped(&src, strategy, 3, gpu_shaped);
         for prompt in [repetitive_prompt(), fresh.clone()] {
             let plain = run(&mut e, false, &prompt, &greedy(40));
             let spec = run(&mut e, true, &prompt, &greedy(40));
