@@ -4,6 +4,8 @@
 
 use std::process::Command;
 
+use serde_json::json;
+
 fn wsi(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_wsi")).args(args).output().expect("run wsi");
     (
@@ -112,5 +114,25 @@ fn synth_then_generate_logits_and_bench_on_a_tiny_model() {
     assert_eq!(rc, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
     assert!(v["perplexity"].as_f64().unwrap_or(0.0) > 1.0);
+    // Token prediction A/B on a prompt file, alternating rounds in one process.
+    let (rc, out, err) = wsi(&[
+        "--model",
+        m,
+        "bench",
+        "--prompt-file",
+        text.to_str().expect("path"),
+        "--gen-tokens",
+        "8",
+        "--rounds",
+        "2",
+        "--compare",
+        r#"{"token_prediction_enabled": true}"#,
+        "--json",
+    ]);
+    assert_eq!(rc, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
+    assert_eq!((&v["base"]["token_prediction"], &v["compare"]["token_prediction"]), (&json!(false), &json!(true)));
+    assert_eq!(v["ratio"]["decode_rounds"].as_array().map(Vec::len), Some(2));
+    assert!(v["compare"]["prefetch_hit_rate"].is_number());
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -90,22 +90,36 @@ pub const REPETITIVE_PROMPT: &str = concat!(
 
 /// Run the benchmark on a synthetic prompt of `prompt_tokens` ids.
 pub async fn bench(engine: &mut Engine, prompt_tokens: usize, gen_tokens: usize) -> Result<BenchReport> {
-    let vocab = engine.model.config.vocab_size;
+    bench_prompt(engine, &bench_ids(engine, prompt_tokens), gen_tokens).await
+}
+
+/// The synthetic prompt of [`bench`]: `prompt_tokens` ids within the context.
+pub fn bench_ids(engine: &Engine, prompt_tokens: usize) -> Vec<u32> {
     let ctx = engine.model.options.context;
-    let prompt = synthetic_prompt(prompt_tokens.clamp(1, ctx.saturating_sub(2).max(1)), vocab);
-    bench_prompt(engine, &prompt, gen_tokens).await
+    synthetic_prompt(prompt_tokens.clamp(1, ctx.saturating_sub(2).max(1)), engine.model.config.vocab_size)
 }
 
 /// Run the benchmark on `prompt` (cut to leave room for a token): one warm-up generation,
 /// then the measured one.
 pub async fn bench_prompt(engine: &mut Engine, prompt: &[u32], gen_tokens: usize) -> Result<BenchReport> {
+    bench_run(engine, prompt, gen_tokens, true).await
+}
+
+/// One measured run without the warm-up (for repeated rounds on a warm engine).
+pub async fn bench_again(engine: &mut Engine, prompt: &[u32], gen_tokens: usize) -> Result<BenchReport> {
+    bench_run(engine, prompt, gen_tokens, false).await
+}
+
+async fn bench_run(engine: &mut Engine, prompt: &[u32], gen_tokens: usize, warm_up: bool) -> Result<BenchReport> {
     let ctx = engine.model.options.context;
     let prompt = &prompt[..prompt.len().min(ctx.saturating_sub(2).max(1))];
     let prompt_tokens = prompt.len();
     let gen_tokens = gen_tokens.clamp(1, ctx - prompt_tokens);
     let params = GenerateParams { max_tokens: gen_tokens, ignore_eos: true, ..Default::default() };
-    let warm = GenerateParams { max_tokens: 4.min(gen_tokens), ..params.clone() };
-    engine.generate(prompt, &warm, &mut |_| true).await?;
+    if warm_up {
+        let warm = GenerateParams { max_tokens: 4.min(gen_tokens), ..params.clone() };
+        engine.generate(prompt, &warm, &mut |_| true).await?;
+    }
     let g = engine.generate(prompt, &params, &mut |_| true).await?;
     let (w, kv, _) = engine.memory_bytes();
     Ok(BenchReport {

@@ -19,7 +19,7 @@ use web_time::Instant;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub use bench::profile;
-pub use bench::{BenchReport, REPETITIVE_PROMPT, bench, bench_prompt};
+pub use bench::{BenchReport, REPETITIVE_PROMPT, bench, bench_again, bench_ids, bench_prompt};
 pub use options::weight_format;
 pub use stats::{FinishReason, GenerationStats};
 pub use stop::{StopMatcher, StopStep};

@@ -82,6 +82,10 @@ enum Command {
         /// A built-in prompt that repeats itself (for token prediction).
         #[arg(long, conflicts_with = "prompt_file")]
         repetitive: bool,
+        /// With --compare: measure base and compare alternately this many times (both
+        /// engines stay loaded) and report the median of the per-round decode ratios.
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
         /// Also time each kernel family of a decode step (CPU-timed, dispatches run alone).
         #[arg(long)]
         profile: bool,
@@ -334,7 +338,16 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Bench { prompt_tokens, gen_tokens, compare, prompt_file, repetitive, profile, json: as_json } => {
+        Command::Bench {
+            prompt_tokens,
+            gen_tokens,
+            compare,
+            prompt_file,
+            repetitive,
+            rounds,
+            profile,
+            json: as_json,
+        } => {
             let text = match (prompt_file, repetitive) {
                 (Some(f), _) => Some(
                     std::fs::read_to_string(f)
@@ -343,14 +356,15 @@ fn run(cli: Cli) -> Result<()> {
                 (None, true) => Some(wsi::engine::REPETITIVE_PROMPT.to_string()),
                 (None, false) => None,
             };
-            let run_bench = |engine: &mut Engine| -> Result<wsi::engine::BenchReport> {
+            let prompt_of = |engine: &Engine| -> Result<Vec<u32>> {
                 match &text {
-                    Some(t) => {
-                        let ids = engine.tokenizer.encode(t)?;
-                        pollster::block_on(wsi::engine::bench_prompt(engine, &ids, *gen_tokens))
-                    }
-                    None => pollster::block_on(wsi::engine::bench(engine, *prompt_tokens, *gen_tokens)),
+                    Some(t) => engine.tokenizer.encode(t),
+                    None => Ok(wsi::engine::bench_ids(engine, *prompt_tokens)),
                 }
+            };
+            let run_bench = |engine: &mut Engine| -> Result<wsi::engine::BenchReport> {
+                let ids = prompt_of(engine)?;
+                pollster::block_on(wsi::engine::bench_prompt(engine, &ids, *gen_tokens))
             };
             let mut engine = open_engine(&cli.model, &cfg)?;
             let base = run_bench(&mut engine)?;
@@ -380,22 +394,42 @@ fn run(cli: Cli) -> Result<()> {
                     }
                 }
             }
+            let mut decode_rounds = Vec::new();
             let other = match compare {
                 None => None,
                 Some(c) => {
-                    drop(engine);
                     let mut cfg2 = cfg.clone();
                     cfg2.update_from_json_value(
                         &serde_json::from_str(c).map_err(|e| Error::invalid(format!("--compare: {e}")))?,
                     )?;
+                    let keep = *rounds > 1;
+                    let mut first = Some(engine);
+                    if !keep {
+                        drop(first.take()); // one engine at a time: big models fit
+                    }
                     let mut e2 = open_engine(&cli.model, &cfg2)?;
-                    Some(run_bench(&mut e2)?)
+                    let o = run_bench(&mut e2)?;
+                    decode_rounds.push([base.decode_tokens_per_second, o.decode_tokens_per_second]);
+                    if let Some(e1) = first.as_mut() {
+                        // Alternate, so that load from elsewhere hits both sides alike.
+                        let (p1, p2) = (prompt_of(e1)?, prompt_of(&e2)?);
+                        for _ in 1..*rounds {
+                            let b = pollster::block_on(wsi::engine::bench_again(e1, &p1, *gen_tokens))?;
+                            let c = pollster::block_on(wsi::engine::bench_again(&mut e2, &p2, *gen_tokens))?;
+                            decode_rounds.push([b.decode_tokens_per_second, c.decode_tokens_per_second]);
+                        }
+                    }
+                    Some(o)
                 }
             };
+            let mut per_round: Vec<f64> = decode_rounds.iter().map(|r| r[1] / r[0]).collect();
+            per_round.sort_by(f64::total_cmp);
             let ratio = other.as_ref().map(|o| {
                 json!({
                     "decode": o.decode_tokens_per_second / base.decode_tokens_per_second,
                     "prefill": o.prefill_tokens_per_second / base.prefill_tokens_per_second,
+                    "decode_rounds": decode_rounds,
+                    "decode_median": per_round.get(per_round.len() / 2),
                 })
             });
             if *as_json {
