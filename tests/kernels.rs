@@ -8,9 +8,11 @@ use common::{gpu, max_rel_err, rand_vec, read_f32, read_u32, run};
 use wsi::gpu::params::{EmbedParams, HeadParams, MatParams};
 use wsi::gpu::{Kernel, KernelKey, MatMode, WeightFormat, matmul_tile};
 use wsi::model::reference::rope_head;
+use wsi::model::upload::GpuMatrix;
 use wsi::model::upload::upload_matrix;
 use wsi::model::{RopeLayout, RopeScaling};
-use wsi::quant::gpu_formats::quantize_dequantize;
+use wsi::quant::fit::Quantizer;
+use wsi::quant::gpu_formats::{Packed, dequantize, quantize_dequantize};
 use wsi::sampling::{SampleSettings, sample_reference};
 
 /// CPU reference of matvec/matmul: y[t, n] (+)= in(t) . W[n] (+ bias).
@@ -112,10 +114,22 @@ fn check_matrix_variant(
     run(&gpu, KernelKey { kernel, wg: 64, rows, tpr }, &bindings, grid);
     let got = read_f32(&gpu, &yb);
     // The weights as stored on the GPU (rounded to f16, or quantised and dequantised).
-    let wr = quantize_dequantize(format, &w).expect("reference weights");
+    let wr = stored_weights(&gpu, &m, &w);
     let want = mat_ref(&wr, &x, &y0, n, k, t, mode, &norm, &bias);
     let err = max_rel_err(&got[..want.len()], &want, 1.0);
     assert!(err < 1e-4, "{kernel:?} tpr={tpr} rows={rows} n={n} k={k} t={t}: max rel err {err}");
+}
+
+/// The weights a matrix holds on the GPU, dequantised by the CPU reference of the preludes
+/// (`w`: the f32 weights it was uploaded from, for fp32 / fp16).
+fn stored_weights(gpu: &wsi::gpu::Gpu, m: &GpuMatrix, w: &[f32]) -> Vec<f32> {
+    if !m.format.has_scales() {
+        return quantize_dequantize(m.format, w, Quantizer::Rtn).expect("reference weights");
+    }
+    let s = &m.shards[0];
+    let scales = s.scales.as_ref().expect("scales");
+    let packed = Packed { words: read_u32(gpu, &s.buf), scales: read_u32(gpu, scales) };
+    dequantize(m.format, &packed, w.len()).expect("dequantize")
 }
 
 fn modes() -> Vec<MatMode> {
@@ -166,16 +180,38 @@ fn integer_formats_match_cpu_reference_in_matvec_and_matmul() {
 }
 
 #[test]
+fn int3_and_int2_match_cpu_reference_in_matvec_and_matmul() {
+    // Odd N, K whole groups (64) but not a multiple of the matmul slab or workgroup.
+    for format in [WeightFormat::Int3, WeightFormat::Int2] {
+        for mode in modes() {
+            check_matrix_kernel(false, format, mode, 37, 192, 1);
+            check_matrix_kernel(false, format, mode, 131, 320, 2);
+            check_matrix_kernel(true, format, mode, 70, 192, 45);
+        }
+        check_matrix_kernel(true, format, MatMode::default(), 33, 64, 1);
+    }
+}
+
+#[test]
 fn integer_formats_fall_back_to_fp16_for_widths_not_a_multiple_of_32() {
     let gpu = gpu();
-    for format in [WeightFormat::Int8, WeightFormat::Int4] {
+    for format in [WeightFormat::Int8, WeightFormat::Int4, WeightFormat::Int3, WeightFormat::Int2] {
         let m = upload_matrix(&gpu, "w", &[&rand_vec(37 * 52, 1, 0.5)], 52, format).expect("upload");
         assert_eq!((m.format, m.bytes(), m.shards[0].scales.is_none()), (WeightFormat::F16, 37 * 52 * 2, true));
         check_matrix_kernel(false, format, MatMode { fuse_norm: true, ..Default::default() }, 37, 52, 1);
         check_matrix_kernel(true, format, MatMode::default(), 37, 52, 3);
         let m = upload_matrix(&gpu, "w", &[&rand_vec(37 * 64, 1, 0.5)], 64, format).expect("upload");
-        let want = if format == WeightFormat::Int8 { 37 * 64 + 37 * 2 * 2 } else { 37 * 32 + 37 * 2 * 4 };
+        let want = match format {
+            WeightFormat::Int8 => 37 * 64 + 37 * 4,
+            WeightFormat::Int4 => 37 * 32 + 37 * 2 * 4,
+            WeightFormat::Int3 => 37 * 24 + 37 * 4,
+            _ => 37 * 16 + 37 * 4,
+        };
         assert_eq!((m.format, m.bytes()), (format, want), "bytes include the scale buffer");
+        // Widths that are whole 32-blocks but not whole int3/int2 groups are stored as int4.
+        let m = upload_matrix(&gpu, "w", &[&rand_vec(37 * 96, 1, 0.5)], 96, format).expect("upload");
+        let want = if format == WeightFormat::Int8 { WeightFormat::Int8 } else { WeightFormat::Int4 };
+        assert_eq!(m.format, want, "{format:?} at width 96");
     }
 }
 

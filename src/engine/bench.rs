@@ -78,7 +78,7 @@ pub async fn bench(engine: &mut Engine, prompt_tokens: usize, gen_tokens: usize)
     Ok(BenchReport {
         adapter: engine.gpu.caps.adapter_name.clone(),
         backend: engine.gpu.caps.backend.clone(),
-        quantization: engine.model.options.format.name().to_string(),
+        quantization: engine.model.options.quantization_name().to_string(),
         prompt_tokens,
         gen_tokens: g.ids.len(),
         prefill_tokens_per_second: g.stats.prefill_tokens_per_second,
