@@ -5,7 +5,7 @@
 //   x: [units * UNIT] f32 rows (a chunk of the matrix, reused staging)
 //   words[w_off + u * WPU ..]: packed codes; scales[s_off + u]: packed f16 parameters.
 // STARTS starting ranges (min/max shrunk by 10% each), ITERS alternations of re-rounding and
-// least-squares refit of (d, m) per start; STARTS = 1, ITERS = 0 is round-to-nearest.
+// weighted least-squares refit of (d, m) per start; STARTS = 1, ITERS = 0 is round-to-nearest.
 
 struct QuantParams {
     units: u32,   // units in this chunk
@@ -49,15 +49,16 @@ fn fit(base: u32) -> vec2<f32> {
     var mn = x[base];
     var mx = x[base];
     var amax = 0.0;
-    var sx = 0.0;
+    var sa = 0.0;
     for (var i = 0u; i < QG; i++) {
         let v = x[base + i];
         mn = min(mn, v);
         mx = max(mx, v);
         amax = max(amax, abs(v));
-        sx += v;
+        sa += abs(v);
     }
-    let n = f32(QG);
+    // Error weights av + |x|: the large weights that dominate a product count more.
+    let av = sa / f32(QG);
     let hi = qhi();
     var best = vec2<f32>(0.0);
     var best_err = 3.4028235e38;
@@ -74,17 +75,22 @@ fn fit(base: u32) -> vec2<f32> {
         }
         for (var it = 0u; it <= ITERS; it++) {
             var err = 0.0;
-            var sq = 0.0;
-            var sqq = 0.0;
-            var sqx = 0.0;
+            var sw = 0.0;
+            var swq = 0.0;
+            var swqq = 0.0;
+            var swx = 0.0;
+            var swqx = 0.0;
             for (var i = 0u; i < QG; i++) {
                 let v = x[base + i];
+                let wt = av + abs(v);
                 let q = code(v, d, m);
                 let e = q * d + m - v;
-                err += e * e;
-                sq += q;
-                sqq += q * q;
-                sqx += q * v;
+                err += wt * e * e;
+                sw += wt;
+                swq += wt * q;
+                swqq += wt * q * q;
+                swx += wt * v;
+                swqx += wt * q * v;
             }
             if (err < best_err) {
                 best = vec2<f32>(d, m);
@@ -94,17 +100,17 @@ fn fit(base: u32) -> vec2<f32> {
                 break;
             }
             if (sym()) {
-                if (sqq <= 0.0) {
+                if (swqq <= 0.0) {
                     break;
                 }
-                d = sqx / sqq;
+                d = swqx / swqq;
             } else {
-                let det = n * sqq - sq * sq;
+                let det = sw * swqq - swq * swq;
                 if (det <= 0.0) {
                     break;
                 }
-                d = (n * sqx - sq * sx) / det;
-                m = (sx - d * sq) / n;
+                d = (sw * swqx - swq * swx) / det;
+                m = (swx - d * swq) / sw;
             }
         }
     }

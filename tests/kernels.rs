@@ -4,15 +4,15 @@
 
 mod common;
 
-use common::{gpu, max_rel_err, rand_vec, read_f32, read_u32, run};
+use common::{gpu, max_rel_err, rand_vec, read_f32, read_u32, run, run_with};
 use wsi::gpu::params::{EmbedParams, HeadParams, MatParams};
-use wsi::gpu::{Kernel, KernelKey, MatMode, WeightFormat, matmul_tile};
+use wsi::gpu::{Kernel, KernelKey, Kernels, MatMode, WeightFormat, matmul_tile};
 use wsi::model::reference::rope_head;
 use wsi::model::upload::GpuMatrix;
 use wsi::model::upload::upload_matrix;
 use wsi::model::{RopeLayout, RopeScaling};
 use wsi::quant::fit::Quantizer;
-use wsi::quant::gpu_formats::{Packed, dequantize, quantize_dequantize};
+use wsi::quant::gpu_formats::{self, Packed, dequantize, quantize_dequantize};
 use wsi::sampling::{SampleSettings, sample_reference};
 
 /// CPU reference of matvec/matmul: y[t, n] (+)= in(t) . W[n] (+ bias).
@@ -76,6 +76,25 @@ fn check_matrix_variant(
     rows: u32,
     wide: bool,
 ) {
+    let kernels = Kernels::default();
+    let (got, want, kernel) = matrix_outputs(&kernels, tiled, format, mode, n, k, t, tpr, rows);
+    let err = max_rel_err(&got[..want.len()], &want, 1.0);
+    assert!(err < 1e-4, "{kernel:?} tpr={tpr} rows={rows} n={n} k={k} t={t}: max rel err {err}");
+}
+
+/// The GPU's and the CPU reference's outputs of one matrix kernel variant.
+#[allow(clippy::too_many_arguments)]
+fn matrix_outputs(
+    kernels: &Kernels,
+    tiled: bool,
+    format: WeightFormat,
+    mode: MatMode,
+    n: usize,
+    k: usize,
+    t: usize,
+    tpr: u32,
+    rows: u32,
+) -> (Vec<f32>, Vec<f32>, Kernel) {
     let gpu = gpu();
     let w = rand_vec(n * k, 1, 0.5);
     let xs = if mode.swiglu_in { 2 * k } else { k };
@@ -111,13 +130,32 @@ fn check_matrix_variant(
     };
     let mut bindings = vec![(0, &ub), (3, &xb), (4, &yb), (5, &nb), (6, &bb), (7, &state)];
     bindings.extend(m.bindings());
-    run(&gpu, KernelKey { kernel, wg: 64, rows, tpr }, &bindings, grid);
+    run_with(&gpu, kernels, KernelKey { kernel, wg: 64, rows, tpr }, &bindings, grid);
     let got = read_f32(&gpu, &yb);
     // The weights as stored on the GPU (rounded to f16, or quantised and dequantised).
     let wr = stored_weights(&gpu, &m, &w);
     let want = mat_ref(&wr, &x, &y0, n, k, t, mode, &norm, &bias);
-    let err = max_rel_err(&got[..want.len()], &want, 1.0);
-    assert!(err < 1e-4, "{kernel:?} tpr={tpr} rows={rows} n={n} k={k} t={t}: max rel err {err}");
+    (got, want, kernel)
+}
+
+#[test]
+fn fp16_native_loads_match_the_packed_prelude_where_the_adapter_has_shader_f16() {
+    let gpu = gpu();
+    let native = Kernels::default();
+    if !native.native_f16(&gpu.device) {
+        eprintln!("{}: no shader-f16, only the packed fp16 prelude runs here", gpu.caps.adapter_name);
+        return;
+    }
+    let packed = Kernels::packed_f16_only();
+    let mode = MatMode { fuse_norm: true, ..Default::default() };
+    for (tiled, n, k, t, tpr, rows) in [(false, 37, 52, 1, 64, 4), (false, 130, 300, 2, 1, 2), (true, 70, 88, 45, 64, 4)] {
+        let (a, want, kernel) = matrix_outputs(&native, tiled, WeightFormat::F16, mode, n, k, t, tpr, rows);
+        let (b, _, _) = matrix_outputs(&packed, tiled, WeightFormat::F16, mode, n, k, t, tpr, rows);
+        // The same f16 values reach the same f32 arithmetic: equal outputs.
+        assert_eq!(a, b, "{kernel:?} native vs packed");
+        let err = max_rel_err(&a[..want.len()], &want, 1.0);
+        assert!(err < 1e-4, "{kernel:?} native f16: max rel err {err}");
+    }
 }
 
 /// The weights a matrix holds on the GPU, dequantised by the CPU reference of the preludes
@@ -204,13 +242,13 @@ fn integer_formats_fall_back_to_fp16_for_widths_not_a_multiple_of_32() {
         let want = match format {
             WeightFormat::Int8 => 37 * 64 + 37 * 4,
             WeightFormat::Int4 => 37 * 32 + 37 * 2 * 4,
-            WeightFormat::Int3 => 37 * 24 + 37 * 4,
-            _ => 37 * 16 + 37 * 4,
+            WeightFormat::Int3 => 37 * 24 + 37 * 4 * (64 / gpu_formats::INT3_GROUP) as u64,
+            _ => 37 * 16 + 37 * 4 * (64 / gpu_formats::INT2_GROUP) as u64,
         };
         assert_eq!((m.format, m.bytes()), (format, want), "bytes include the scale buffer");
         // Widths that are whole 32-blocks but not whole int3/int2 groups are stored as int4.
         let m = upload_matrix(&gpu, "w", &[&rand_vec(37 * 96, 1, 0.5)], 96, format).expect("upload");
-        let want = if format == WeightFormat::Int8 { WeightFormat::Int8 } else { WeightFormat::Int4 };
+        let want = if 96 % gpu_formats::group(format) == 0 { format } else { WeightFormat::Int4 };
         assert_eq!(m.format, want, "{format:?} at width 96");
     }
 }

@@ -13,3 +13,8 @@ fn load_w4(row: u32, k4: u32, k4_per_row: u32) -> vec4<f32> {
     let q = (vec4<u32>(w[f >> 2u] >> ((f & 3u) * 8u)) >> vec4<u32>(0u, 2u, 4u, 6u)) & vec4<u32>(3u);
     return vec4<f32>(q) * dm.x + dm.y;
 }
+
+// Weights 8*k8..8*k8+7 of a row (k a multiple of 8).
+fn load_w8(row: u32, k8: u32, k8_per_row: u32) -> mat2x4<f32> {
+    return mat2x4<f32>(load_w4(row, 2u * k8, 2u * k8_per_row), load_w4(row, 2u * k8 + 1u, 2u * k8_per_row));
+}

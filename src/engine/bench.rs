@@ -24,6 +24,8 @@ pub struct BenchReport {
     pub weight_mb: f64,
     pub kv_cache_mb: f64,
     pub load_ms: f64,
+    /// Of which quantising weights (ms).
+    pub quantize_ms: f64,
 }
 
 /// One kernel family's share of a step: (family, dispatches, total ms).
@@ -91,5 +93,6 @@ pub async fn bench(engine: &mut Engine, prompt_tokens: usize, gen_tokens: usize)
         weight_mb: w as f64 / 1048576.0,
         kv_cache_mb: kv as f64 / 1048576.0,
         load_ms: engine.load_ms,
+        quantize_ms: engine.model.quantize_ms,
     })
 }

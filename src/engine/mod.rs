@@ -7,6 +7,7 @@ mod bench;
 mod options;
 mod stats;
 mod stop;
+mod top1;
 
 use std::collections::VecDeque;
 use std::sync::Arc;

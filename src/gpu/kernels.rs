@@ -37,9 +37,11 @@ impl WeightFormat {
         WeightFormat::Int2,
     ];
 
-    fn prelude(self) -> &'static str {
+    /// The prelude defining `load_w4`; fp16 reads halves natively with `native_f16`.
+    fn prelude(self, native_f16: bool) -> &'static str {
         match self {
             WeightFormat::F32 => include_str!("../../shaders/weights/f32.wgsl"),
+            WeightFormat::F16 if native_f16 => include_str!("../../shaders/weights/f16_native.wgsl"),
             WeightFormat::F16 => include_str!("../../shaders/weights/f16.wgsl"),
             WeightFormat::Int8 => include_str!("../../shaders/weights/int8.wgsl"),
             WeightFormat::Int4 => include_str!("../../shaders/weights/int4.wgsl"),
@@ -164,11 +166,11 @@ impl KernelKey {
         }
     }
 
-    fn source(&self) -> String {
+    fn source(&self, native_f16: bool) -> String {
         let (prelude, body) = match self.kernel {
-            Kernel::Matvec { format, .. } => (format.prelude(), include_str!("../../shaders/matvec.wgsl")),
-            Kernel::Matmul { format, .. } => (format.prelude(), include_str!("../../shaders/matmul.wgsl")),
-            Kernel::Embed { format } => (format.prelude(), include_str!("../../shaders/embed.wgsl")),
+            Kernel::Matvec { format, .. } => (format.prelude(native_f16), include_str!("../../shaders/matvec.wgsl")),
+            Kernel::Matmul { format, .. } => (format.prelude(native_f16), include_str!("../../shaders/matmul.wgsl")),
+            Kernel::Embed { format } => (format.prelude(native_f16), include_str!("../../shaders/embed.wgsl")),
             Kernel::RopeKv { .. } => ("", include_str!("../../shaders/rope_kv.wgsl")),
             Kernel::Attention { .. } | Kernel::AttentionCombine { .. } => {
                 ("", include_str!("../../shaders/attention.wgsl"))
@@ -222,13 +224,25 @@ impl KernelKey {
 }
 
 /// Pipeline cache: one compute pipeline per key, created on first use (at load time;
-/// the decode loop only looks pipelines up).
+/// the decode loop only looks pipelines up). fp16 weights are read with native f16 loads
+/// where the device has shader-f16 (unless `packed_f16_only`), else unpacked from u32.
 #[derive(Default)]
 pub struct Kernels {
     cache: Mutex<HashMap<KernelKey, wgpu::ComputePipeline>>,
+    packed_f16_only: bool,
 }
 
 impl Kernels {
+    /// A cache that always unpacks fp16 weights from u32 (for comparing the two paths).
+    pub fn packed_f16_only() -> Kernels {
+        Kernels { packed_f16_only: true, ..Default::default() }
+    }
+
+    /// Whether fp16 weights are read natively on `device`.
+    pub fn native_f16(&self, device: &wgpu::Device) -> bool {
+        !self.packed_f16_only && device.features().contains(wgpu::Features::SHADER_F16)
+    }
+
     /// The pipeline for `key`, compiling it if needed.
     pub fn get(&self, device: &wgpu::Device, key: KernelKey) -> Result<wgpu::ComputePipeline> {
         let mut cache = self.cache.lock().map_err(|_| Error::internal("pipeline cache poisoned"))?;
@@ -238,7 +252,7 @@ impl Kernels {
         let label = format!("{:?}", key.kernel);
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(&label),
-            source: wgpu::ShaderSource::Wgsl(key.source().into()),
+            source: wgpu::ShaderSource::Wgsl(key.source(self.native_f16(device)).into()),
         });
         let constants = key.constants();
         let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
@@ -274,13 +288,16 @@ impl Kernels {
                 Kernel::Embed { format },
             ] {
                 let key = KernelKey { kernel: k, wg: 64, rows: 4, tpr: 64 };
-                out.push((format!("{k:?}"), key.source()));
+                out.push((format!("{k:?}"), key.source(false)));
+                if format == WeightFormat::F16 {
+                    out.push((format!("{k:?} native f16"), key.source(true)));
+                }
             }
         }
         let q = Kernel::Quantize { format: WeightFormat::Int3, quantizer: Default::default() };
         for k in [Kernel::RopeKv { adjacent: true }, Kernel::Attention { split: 1 }, Kernel::Sample, q] {
             let key = KernelKey { kernel: k, wg: 64, rows: 1, tpr: 64 };
-            out.push((format!("{k:?}"), key.source()));
+            out.push((format!("{k:?}"), key.source(false)));
         }
         out
     }

@@ -6,12 +6,13 @@
 //! `x ~ q * d`, `q` in `-127..=127`.
 //!
 //! [`Quantizer::Rtn`] rounds to the nearest level of the min/max (or max-abs) grid.
-//! [`Quantizer::Refined`] minimises the squared error instead: from several starting grids
-//! (the min/max range shrunk by 0, 10, 20, 30%, which lets outliers clip), it alternates
-//! re-rounding the codes with a least-squares fit of `d` and `m` to those codes (the
-//! closed-form 2x2 normal equations), and keeps the best pair seen. Every step can only
-//! lower the error of its start, so the result is never worse than round-to-nearest at
-//! f32 parameters; the codes are re-rounded once more against the f16-rounded parameters.
+//! [`Quantizer::Refined`] minimises a weighted squared error instead (weight `mean|x| +
+//! |x_i|`, so the large weights that dominate a product are kept closest): from several
+//! starting grids (the min/max range shrunk by 0, 10, 20, 30%, which lets outliers clip),
+//! it alternates re-rounding the codes with a weighted least-squares fit of `d` and `m` to
+//! those codes (the closed-form 2x2 normal equations), and keeps the best pair seen. The
+//! first step is round-to-nearest, so the result is never worse than it in that error
+//! (at f32 parameters); the codes are re-rounded once more against the f16 parameters.
 
 use half::f16;
 
@@ -53,33 +54,38 @@ fn code(x: f32, d: f32, m: f32, lo: f32, hi: f32) -> f32 {
     if d == 0.0 { 0.0 } else { ((x - m) / d).round_ties_even().clamp(lo, hi) }
 }
 
-/// Squared error of `x` under `(d, m)` and the sums of the least-squares refit.
-/// Returns (err, sum q, sum q^2, sum q x).
-fn sweep(x: &[f32], d: f32, m: f32, lo: f32, hi: f32) -> (f32, f32, f32, f32) {
-    let (mut err, mut sq, mut sqq, mut sqx) = (0f32, 0f32, 0f32, 0f32);
+/// Weighted squared error of `x` under `(d, m)` and the weighted sums of the least-squares
+/// refit, each weight `w_i = av + |x_i|` (`av` = mean |x|): large weights, whose errors
+/// move a matrix product most, count more. Returns (err, sum w, sum w q, sum w q^2,
+/// sum w x, sum w q x).
+fn sweep(x: &[f32], av: f32, d: f32, m: f32, lo: f32, hi: f32) -> [f32; 6] {
+    let mut s = [0f32; 6];
     for &v in x {
+        let w = av + v.abs();
         let q = code(v, d, m, lo, hi);
         let e = q * d + m - v;
-        err += e * e;
-        sq += q;
-        sqq += q * q;
-        sqx += q * v;
+        s[0] += w * e * e;
+        s[1] += w;
+        s[2] += w * q;
+        s[3] += w * q * q;
+        s[4] += w * v;
+        s[5] += w * q * v;
     }
-    (err, sq, sqq, sqx)
+    s
 }
 
 /// Fit one group of `x` at `bits` (2, 3, 4 asymmetric; 8 symmetric).
 pub fn fit_group(x: &[f32], bits: u32, quantizer: Quantizer) -> Fit {
     let symmetric = bits == 8;
     let (lo, hi) = if symmetric { (-127.0, 127.0) } else { (0.0, ((1u32 << bits) - 1) as f32) };
-    let n = x.len() as f32;
-    let (mut mn, mut mx, mut amax, mut sx) = (f32::MAX, f32::MIN, 0f32, 0f32);
+    let (mut mn, mut mx, mut amax, mut sa) = (f32::MAX, f32::MIN, 0f32, 0f32);
     for &v in x {
         mn = mn.min(v);
         mx = mx.max(v);
         amax = amax.max(v.abs());
-        sx += v;
+        sa += v.abs();
     }
+    let av = sa / x.len() as f32;
     let (starts, iters) = quantizer.schedule();
     let (mut best_d, mut best_m, mut best_err) = (0f32, 0f32, f32::MAX);
     for s in 0..starts {
@@ -90,7 +96,7 @@ pub fn fit_group(x: &[f32], bits: u32, quantizer: Quantizer) -> Fit {
             ((mx - mn) * shrink / hi, mn + (mx - mn) * (1.0 - shrink) * 0.5)
         };
         for it in 0..=iters {
-            let (err, sq, sqq, sqx) = sweep(x, d, m, lo, hi);
+            let [err, sw, swq, swqq, swx, swqx] = sweep(x, av, d, m, lo, hi);
             if err < best_err {
                 (best_d, best_m, best_err) = (d, m, err);
             }
@@ -98,17 +104,17 @@ pub fn fit_group(x: &[f32], bits: u32, quantizer: Quantizer) -> Fit {
                 break;
             }
             if symmetric {
-                if sqq <= 0.0 {
+                if swqq <= 0.0 {
                     break;
                 }
-                d = sqx / sqq;
+                d = swqx / swqq;
             } else {
-                let det = n * sqq - sq * sq;
+                let det = sw * swqq - swq * swq;
                 if det <= 0.0 {
                     break;
                 }
-                d = (n * sqx - sq * sx) / det;
-                m = (sx - d * sq) / n;
+                d = (sw * swqx - swq * swx) / det;
+                m = (swx - d * swq) / sw;
             }
         }
     }

@@ -37,9 +37,9 @@ use crate::quant::ggml;
 /// Weights per quantisation group (along k) of int8 and int4 (the GGML block size).
 pub const GROUP: usize = 32;
 /// Weights per group of int3 (chosen by measured error and perplexity, README).
-pub const INT3_GROUP: usize = 64;
+pub const INT3_GROUP: usize = 32;
 /// Weights per group of int2.
-pub const INT2_GROUP: usize = 64;
+pub const INT2_GROUP: usize = 32;
 
 /// Weights per quantisation group of an integer format (a multiple of 32).
 pub fn group(format: WeightFormat) -> usize {

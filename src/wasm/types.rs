@@ -118,6 +118,8 @@ export interface PerformanceStats {
   in_flight?: number;
   submissions?: number;
   dispatches_per_token?: number;
+  /** Milliseconds spent quantising weights at load (GPU kernel), 0 when none needed it. */
+  quantize_ms?: number;
 }
 
 export type ErrorCode =
