@@ -148,7 +148,9 @@ fn fp16_native_loads_match_the_packed_prelude_where_the_adapter_has_shader_f16()
     }
     let packed = Kernels::packed_f16_only();
     let mode = MatMode { fuse_norm: true, ..Default::default() };
-    for (tiled, n, k, t, tpr, rows) in [(false, 37, 52, 1, 64, 4), (false, 130, 300, 2, 1, 2), (true, 70, 88, 45, 64, 4)] {
+    for (tiled, n, k, t, tpr, rows) in
+        [(false, 37, 52, 1, 64, 4), (false, 130, 300, 2, 1, 2), (true, 70, 88, 45, 64, 4)]
+    {
         let (a, want, kernel) = matrix_outputs(&native, tiled, WeightFormat::F16, mode, n, k, t, tpr, rows);
         let (b, _, _) = matrix_outputs(&packed, tiled, WeightFormat::F16, mode, n, k, t, tpr, rows);
         // The same f16 values reach the same f32 arithmetic: equal outputs.

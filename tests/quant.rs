@@ -351,7 +351,10 @@ fn group_size_error_table_for_smollm2() {
                     }
                 }
                 let bpw = f64::from(bits) + 32.0 / g as f64;
-                eprintln!("int{bits} group {g:>3} ({bpw:.2} bits/weight) {quantizer:?}: relative error {:.4}", err / norm);
+                eprintln!(
+                    "int{bits} group {g:>3} ({bpw:.2} bits/weight) {quantizer:?}: relative error {:.4}",
+                    err / norm
+                );
             }
         }
     }
@@ -416,7 +419,8 @@ impl wsi::model::ModelSource for Requantized<'_> {
             return Ok(Some(t));
         }
         // The embedding and lm_head take their own format (int8 from an f16 file).
-        let format = if matches!(name, TokenEmbd | Output) { embedding_format(self.format, t.format) } else { self.format };
+        let format =
+            if matches!(name, TokenEmbd | Output) { embedding_format(self.format, t.format) } else { self.format };
         let q = quantize_dequantize(format, &t.to_f32()?, Quantizer::Refined)?;
         let bytes = Cow::Owned(bytemuck::cast_slice(&q).to_vec());
         Ok(Some(HostTensor { name: t.name.clone(), shape: t.shape.clone(), format: HostFormat::F32, bytes }))
