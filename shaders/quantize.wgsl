@@ -61,7 +61,7 @@ fn fit(base: u32) -> vec2<f32> {
     let av = sa / f32(QG);
     let hi = qhi();
     var best = vec2<f32>(0.0);
-    var best_err = 3.4028235e38;
+    var best_err = 3.4e38;  // above any group error; 3.4028235e38 rounds past f32 max in Tint
     for (var s = 0u; s < STARTS; s++) {
         let shrink = 1.0 - 0.1 * f32(s);
         var d: f32;
