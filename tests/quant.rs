@@ -362,41 +362,51 @@ fn group_size_error_table_for_smollm2() {
 
 /// Teacher-forced top-1 agreement with fp32 over the golden prompts: the reference greedy
 /// continuation (fp32's own, `tests/golden.rs`) is fed in, and each position's argmax is
-/// compared with fp32's next id. int4 from this Q4_1 file holds the file's exact weights;
-/// int3 is quantised at load by the GPU kernel. Printed for the README; floors are loose.
-#[test]
-fn smollm2_top1_agreement_with_fp32_is_measured_for_int4_and_int3() {
+/// compared with fp32's next id. Returns (same, total), or None without the model.
+fn smollm2_top1_agreement(format: WeightFormat) -> Option<(usize, usize)> {
     use serde_json::Value;
     use wsi::engine::{Engine, EngineOptions};
     use wsi::model::llama::LoadOptions;
 
-    let Some(path) = common::require_smollm2() else { return };
+    let path = common::require_smollm2()?;
     let fx: Value = serde_json::from_str(include_str!("fixtures/golden_smollm2.json")).expect("fixture");
     let ids = |v: &Value| -> Vec<u32> {
         v.as_array().expect("array").iter().map(|x| x.as_u64().expect("id") as u32).collect()
     };
     let src = wsi::model::open_path(&path).expect("open model");
-    for (format, floor) in [(WeightFormat::Int4, 0.99), (WeightFormat::Int3, 0.5)] {
-        let options =
-            EngineOptions { load: LoadOptions { format, context: 256, ..Default::default() }, ..Default::default() };
-        let mut e = Engine::load(gpu(), src.as_ref(), options).expect("load");
-        let (mut same, mut total) = (0usize, 0usize);
-        for p in fx["prompts"].as_array().expect("prompts") {
-            let prompt = ids(&p["prompt_token_ids"]);
-            let mut cont = ids(&p["greedy_ids"]);
-            cont.truncate(p["eos_index"].as_u64().map_or(cont.len(), |i| i as usize));
-            let seq: Vec<u32> = prompt.iter().chain(&cont).copied().collect();
-            let top = pollster::block_on(e.top1_each(&seq)).expect("top1");
-            // Position prompt.len() - 1 + i predicts cont[i].
-            for (i, want) in cont.iter().enumerate() {
-                same += usize::from(top[prompt.len() - 1 + i] == *want);
-                total += 1;
-            }
+    let options =
+        EngineOptions { load: LoadOptions { format, context: 256, ..Default::default() }, ..Default::default() };
+    let mut e = Engine::load(gpu(), src.as_ref(), options).expect("load");
+    let (mut same, mut total) = (0usize, 0usize);
+    for p in fx["prompts"].as_array().expect("prompts") {
+        let prompt = ids(&p["prompt_token_ids"]);
+        let mut cont = ids(&p["greedy_ids"]);
+        cont.truncate(p["eos_index"].as_u64().map_or(cont.len(), |i| i as usize));
+        let seq: Vec<u32> = prompt.iter().chain(&cont).copied().collect();
+        let top = pollster::block_on(e.top1_each(&seq)).expect("top1");
+        // Position prompt.len() - 1 + i predicts cont[i].
+        for (i, want) in cont.iter().enumerate() {
+            same += usize::from(top[prompt.len() - 1 + i] == *want);
+            total += 1;
         }
-        let agreement = same as f64 / total as f64;
-        eprintln!("{format:?}: top-1 agreement with fp32 {same}/{total} = {:.1}%", agreement * 100.0);
-        assert!(agreement >= floor, "{format:?}: {agreement}");
     }
+    eprintln!("{format:?}: top-1 agreement with fp32 {same}/{total} = {:.1}%", 100.0 * same as f64 / total as f64);
+    Some((same, total))
+}
+
+/// int4 from this Q4_1 file holds the file's exact weights: it agrees everywhere.
+#[test]
+fn smollm2_int4_top1_agreement_with_fp32_is_measured() {
+    let Some((same, total)) = smollm2_top1_agreement(WeightFormat::Int4) else { return };
+    assert!(same as f64 >= 0.99 * total as f64, "int4: {same}/{total}");
+}
+
+/// int3, quantised at load (slow on lavapipe: the README's figure; 58% measured).
+#[test]
+#[ignore]
+fn smollm2_int3_top1_agreement_with_fp32_is_measured() {
+    let Some((same, total)) = smollm2_top1_agreement(WeightFormat::Int3) else { return };
+    assert!(same as f64 >= 0.5 * total as f64, "int3: {same}/{total}");
 }
 
 /// A model whose layer matrices are replaced by their CPU-reference quantised values (f32).
