@@ -77,7 +77,7 @@ fn check_matrix_variant(
     wide: bool,
 ) {
     let kernels = Kernels::default();
-    let (got, want, kernel) = matrix_outputs(&kernels, tiled, format, mode, n, k, t, tpr, rows);
+    let (got, want, kernel) = matrix_outputs(&kernels, tiled, format, mode, n, k, t, tpr, rows, wide);
     let err = max_rel_err(&got[..want.len()], &want, 1.0);
     assert!(err < 1e-4, "{kernel:?} tpr={tpr} rows={rows} n={n} k={k} t={t}: max rel err {err}");
 }
@@ -94,6 +94,7 @@ fn matrix_outputs(
     t: usize,
     tpr: u32,
     rows: u32,
+    wide: bool,
 ) -> (Vec<f32>, Vec<f32>, Kernel) {
     let gpu = gpu();
     let w = rand_vec(n * k, 1, 0.5);
@@ -148,11 +149,14 @@ fn fp16_native_loads_match_the_packed_prelude_where_the_adapter_has_shader_f16()
     }
     let packed = Kernels::packed_f16_only();
     let mode = MatMode { fuse_norm: true, ..Default::default() };
-    for (tiled, n, k, t, tpr, rows) in
-        [(false, 37, 52, 1, 64, 4), (false, 130, 300, 2, 1, 2), (true, 70, 88, 45, 64, 4)]
-    {
-        let (a, want, kernel) = matrix_outputs(&native, tiled, WeightFormat::F16, mode, n, k, t, tpr, rows);
-        let (b, _, _) = matrix_outputs(&packed, tiled, WeightFormat::F16, mode, n, k, t, tpr, rows);
+    for (tiled, n, k, t, tpr, rows, wide) in [
+        (false, 37, 52, 1, 64, 4, false),
+        (false, 130, 300, 2, 1, 2, false),
+        (false, 130, 304, 2, 8, 4, true),
+        (true, 70, 88, 45, 64, 4, false),
+    ] {
+        let (a, want, kernel) = matrix_outputs(&native, tiled, WeightFormat::F16, mode, n, k, t, tpr, rows, wide);
+        let (b, _, _) = matrix_outputs(&packed, tiled, WeightFormat::F16, mode, n, k, t, tpr, rows, wide);
         // The same f16 values reach the same f32 arithmetic: equal outputs.
         assert_eq!(a, b, "{kernel:?} native vs packed");
         let err = max_rel_err(&a[..want.len()], &want, 1.0);
