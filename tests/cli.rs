@@ -110,10 +110,14 @@ fn synth_then_generate_logits_and_bench_on_a_tiny_model() {
     assert!(decode.iter().all(|r| r[2].as_f64().is_some_and(|ms| ms >= 0.0)), "{decode:?}");
     let text = dir.join("t.txt");
     std::fs::write(&text, "the cat sat on the mat and the dog sat on the log").expect("write");
-    let (rc, out, err) = wsi(&["--model", m, "perplexity", "--file", text.to_str().expect("path"), "--json"]);
+    let t = text.to_str().expect("path");
+    let (rc, out, err) = wsi(&["--model", m, "--quantization", "int3", "perplexity", "--file", t, "--json"]);
     assert_eq!(rc, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
     assert!(v["perplexity"].as_f64().unwrap_or(0.0) > 1.0);
+    // The Q8_0 file's matrices were quantised to int3 at load, and that took measured time.
+    assert_eq!(v["quantization"], "int3");
+    assert!(v["quantize_ms"].as_f64().unwrap_or(0.0) > 0.0 && v["model_memory_mb"].as_f64().is_some(), "{out}");
     // Token prediction A/B on a prompt file, alternating rounds in one process.
     let (rc, out, err) = wsi(&[
         "--model",

@@ -4,13 +4,15 @@
 
 mod common;
 
-use common::{gpu, max_rel_err, rand_vec, read_f32, read_u32, run};
+use common::{gpu, max_rel_err, rand_vec, read_f32, read_u32, run, run_with};
 use wsi::gpu::params::{EmbedParams, HeadParams, MatParams};
-use wsi::gpu::{Kernel, KernelKey, MatMode, WeightFormat, matmul_tile};
+use wsi::gpu::{Kernel, KernelKey, Kernels, MatMode, WeightFormat, matmul_tile};
 use wsi::model::reference::rope_head;
+use wsi::model::upload::GpuMatrix;
 use wsi::model::upload::upload_matrix;
 use wsi::model::{RopeLayout, RopeScaling};
-use wsi::quant::gpu_formats::quantize_dequantize;
+use wsi::quant::fit::Quantizer;
+use wsi::quant::gpu_formats::{self, Packed, dequantize, quantize_dequantize};
 use wsi::sampling::{SampleSettings, sample_reference};
 
 /// CPU reference of matvec/matmul: y[t, n] (+)= in(t) . W[n] (+ bias).
@@ -74,6 +76,26 @@ fn check_matrix_variant(
     rows: u32,
     wide: bool,
 ) {
+    let kernels = Kernels::default();
+    let (got, want, kernel) = matrix_outputs(&kernels, tiled, format, mode, n, k, t, tpr, rows, wide);
+    let err = max_rel_err(&got[..want.len()], &want, 1.0);
+    assert!(err < 1e-4, "{kernel:?} tpr={tpr} rows={rows} n={n} k={k} t={t}: max rel err {err}");
+}
+
+/// The GPU's and the CPU reference's outputs of one matrix kernel variant.
+#[allow(clippy::too_many_arguments)]
+fn matrix_outputs(
+    kernels: &Kernels,
+    tiled: bool,
+    format: WeightFormat,
+    mode: MatMode,
+    n: usize,
+    k: usize,
+    t: usize,
+    tpr: u32,
+    rows: u32,
+    wide: bool,
+) -> (Vec<f32>, Vec<f32>, Kernel) {
     let gpu = gpu();
     let w = rand_vec(n * k, 1, 0.5);
     let xs = if mode.swiglu_in { 2 * k } else { k };
@@ -109,13 +131,49 @@ fn check_matrix_variant(
     };
     let mut bindings = vec![(0, &ub), (3, &xb), (4, &yb), (5, &nb), (6, &bb), (7, &state)];
     bindings.extend(m.bindings());
-    run(&gpu, KernelKey { kernel, wg: 64, rows, tpr }, &bindings, grid);
+    run_with(&gpu, kernels, KernelKey { kernel, wg: 64, rows, tpr }, &bindings, grid);
     let got = read_f32(&gpu, &yb);
     // The weights as stored on the GPU (rounded to f16, or quantised and dequantised).
-    let wr = quantize_dequantize(format, &w).expect("reference weights");
+    let wr = stored_weights(&gpu, &m, &w);
     let want = mat_ref(&wr, &x, &y0, n, k, t, mode, &norm, &bias);
-    let err = max_rel_err(&got[..want.len()], &want, 1.0);
-    assert!(err < 1e-4, "{kernel:?} tpr={tpr} rows={rows} n={n} k={k} t={t}: max rel err {err}");
+    (got, want, kernel)
+}
+
+#[test]
+fn fp16_native_loads_match_the_packed_prelude_where_the_adapter_has_shader_f16() {
+    let gpu = gpu();
+    let native = Kernels::default();
+    if !native.native_f16(&gpu.device) {
+        eprintln!("{}: no shader-f16, only the packed fp16 prelude runs here", gpu.caps.adapter_name);
+        return;
+    }
+    let packed = Kernels::packed_f16_only();
+    let mode = MatMode { fuse_norm: true, ..Default::default() };
+    for (tiled, n, k, t, tpr, rows, wide) in [
+        (false, 37, 52, 1, 64, 4, false),
+        (false, 130, 300, 2, 1, 2, false),
+        (false, 130, 304, 2, 8, 4, true),
+        (true, 70, 88, 45, 64, 4, false),
+    ] {
+        let (a, want, kernel) = matrix_outputs(&native, tiled, WeightFormat::F16, mode, n, k, t, tpr, rows, wide);
+        let (b, _, _) = matrix_outputs(&packed, tiled, WeightFormat::F16, mode, n, k, t, tpr, rows, wide);
+        // The same f16 values reach the same f32 arithmetic: equal outputs.
+        assert_eq!(a, b, "{kernel:?} native vs packed");
+        let err = max_rel_err(&a[..want.len()], &want, 1.0);
+        assert!(err < 1e-4, "{kernel:?} native f16: max rel err {err}");
+    }
+}
+
+/// The weights a matrix holds on the GPU, dequantised by the CPU reference of the preludes
+/// (`w`: the f32 weights it was uploaded from, for fp32 / fp16).
+fn stored_weights(gpu: &wsi::gpu::Gpu, m: &GpuMatrix, w: &[f32]) -> Vec<f32> {
+    if !m.format.has_scales() {
+        return quantize_dequantize(m.format, w, Quantizer::Rtn).expect("reference weights");
+    }
+    let s = &m.shards[0];
+    let scales = s.scales.as_ref().expect("scales");
+    let packed = Packed { words: read_u32(gpu, &s.buf), scales: read_u32(gpu, scales) };
+    dequantize(m.format, &packed, w.len()).expect("dequantize")
 }
 
 fn modes() -> Vec<MatMode> {
@@ -166,16 +224,38 @@ fn integer_formats_match_cpu_reference_in_matvec_and_matmul() {
 }
 
 #[test]
+fn int3_and_int2_match_cpu_reference_in_matvec_and_matmul() {
+    // Odd N, K whole groups (64) but not a multiple of the matmul slab or workgroup.
+    for format in [WeightFormat::Int3, WeightFormat::Int2] {
+        for mode in modes() {
+            check_matrix_kernel(false, format, mode, 37, 192, 1);
+            check_matrix_kernel(false, format, mode, 131, 320, 2);
+            check_matrix_kernel(true, format, mode, 70, 192, 45);
+        }
+        check_matrix_kernel(true, format, MatMode::default(), 33, 64, 1);
+    }
+}
+
+#[test]
 fn integer_formats_fall_back_to_fp16_for_widths_not_a_multiple_of_32() {
     let gpu = gpu();
-    for format in [WeightFormat::Int8, WeightFormat::Int4] {
+    for format in [WeightFormat::Int8, WeightFormat::Int4, WeightFormat::Int3, WeightFormat::Int2] {
         let m = upload_matrix(&gpu, "w", &[&rand_vec(37 * 52, 1, 0.5)], 52, format).expect("upload");
         assert_eq!((m.format, m.bytes(), m.shards[0].scales.is_none()), (WeightFormat::F16, 37 * 52 * 2, true));
         check_matrix_kernel(false, format, MatMode { fuse_norm: true, ..Default::default() }, 37, 52, 1);
         check_matrix_kernel(true, format, MatMode::default(), 37, 52, 3);
         let m = upload_matrix(&gpu, "w", &[&rand_vec(37 * 64, 1, 0.5)], 64, format).expect("upload");
-        let want = if format == WeightFormat::Int8 { 37 * 64 + 37 * 2 * 2 } else { 37 * 32 + 37 * 2 * 4 };
+        let want = match format {
+            WeightFormat::Int8 => 37 * 64 + 37 * 4,
+            WeightFormat::Int4 => 37 * 32 + 37 * 2 * 4,
+            WeightFormat::Int3 => 37 * 24 + 37 * 4 * (64 / gpu_formats::INT3_GROUP) as u64,
+            _ => 37 * 16 + 37 * 4 * (64 / gpu_formats::INT2_GROUP) as u64,
+        };
         assert_eq!((m.format, m.bytes()), (format, want), "bytes include the scale buffer");
+        // Widths that are whole 32-blocks but not whole int3/int2 groups are stored as int4.
+        let m = upload_matrix(&gpu, "w", &[&rand_vec(37 * 96, 1, 0.5)], 96, format).expect("upload");
+        let want = if 96 % gpu_formats::group(format) == 0 { format } else { WeightFormat::Int4 };
+        assert_eq!(m.format, want, "{format:?} at width 96");
     }
 }
 

@@ -46,6 +46,7 @@ fn engine_shaped(src: &dyn ModelSource, strategy: PrefetchStrategy, steps: u32, 
         rows: 2,
         attention_split: if gpu_shaped { 5 } else { 1 },
         max_binding: 0,
+        ..Default::default()
     };
     let config = StreamingConfig { prefetch_strategy: strategy, ..Default::default() };
     let options = EngineOptions { load, steps_per_submit: steps, in_flight: 2, config, ..Default::default() };

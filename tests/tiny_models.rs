@@ -32,6 +32,7 @@ fn engine_sharded(src: &dyn ModelSource, format: WeightFormat, tpr: u32, chunk: 
         wide_threads_per_row: if tpr == 1 { 0 } else { 8 },
         attention_split: if tpr == 1 { 1 } else { 5 },
         max_binding,
+        ..Default::default()
     };
     let options = EngineOptions { load, steps_per_submit: 3, in_flight: 2, ..Default::default() };
     Engine::load(gpu(), src, options).expect("engine loads")
@@ -250,6 +251,9 @@ fn weights_above_the_binding_limit_are_split_into_row_shards() {
         (WeightFormat::F32, HostFormat::F32, true),
         (WeightFormat::Int8, HostFormat::Q8_0, false),
         (WeightFormat::F16, HostFormat::F32, false),
+        // Quantised at load by the GPU kernel straight into each shard.
+        (WeightFormat::Int3, HostFormat::F32, false),
+        (WeightFormat::Int2, HostFormat::F16, true),
     ] {
         let src = GgufSource::from_bytes(
             tiny_gguf(&TinySpec { d_ff: 160, ..spec(tied) }, Arch::Qwen2, 17, file).expect("tiny"),

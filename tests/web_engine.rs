@@ -339,6 +339,35 @@ async fn memory_pressure_and_timeout_events_fire() {
 }
 
 #[wasm_bindgen_test]
+async fn int4_and_int2_weights_generate() {
+    // Two more instances from the Cache API: int4 (the file's Q4_1 blocks pass through, so
+    // its greedy ids are the reference's) and int2 (quantised at load by the GPU kernel).
+    llm().await;
+    let fx = fixture();
+    let p = &fx["prompts"][0];
+    let want = ids(&p["greedy_ids"]);
+    let mut memory = Vec::new();
+    for q in ["int4", "int2"] {
+        let l = WebGPUStreamingInference::new(MODEL_URL.into(), js(json!({"quantization": q, "temperature": 0})))
+            .expect("constructor");
+        await_promise(l.load(None)).await.unwrap_or_else(|e| panic!("load {q}: {}", message(&e)));
+        let prompt = p["prompt"].as_str().expect("prompt");
+        let (text, got, _) = generate(&l, prompt, json!({"maxTokens": 8})).await.expect("generate");
+        let s = stats(&l);
+        console_log!("{q}: {text:?}, model_memory_mb {}, quantize_ms {}", s["model_memory_mb"], s["quantize_ms"]);
+        assert_eq!(s["quantization"], json!(q));
+        assert_eq!(got.len(), 8, "{q}: {got:?}");
+        if q == "int4" {
+            assert_eq!(&got[..], &want[..8], "int4 keeps the reference ids");
+        } else {
+            assert!(s["quantize_ms"].as_f64().unwrap() > 0.0, "int2 was quantised at load");
+        }
+        memory.push(s["model_memory_mb"].as_f64().unwrap());
+    }
+    assert!(memory[1] < memory[0], "int2 takes less memory than int4: {memory:?}");
+}
+
+#[wasm_bindgen_test]
 async fn generate_async_iterates_the_pieces() {
     let fx = fixture();
     let p = &fx["prompts"][0];

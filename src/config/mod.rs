@@ -41,7 +41,7 @@ pub const MAX_WORKGROUP_INVOCATIONS: u32 = 256;
 pub const MAX_WORKGROUP_DIMS: [u32; 3] = [256, 256, 64];
 /// Precisions used by `mixed` when `attention_precision` / `feedforward_precision` are
 /// not given: (attention, feed-forward).
-pub const MIXED_DEFAULT_PRECISIONS: (Quantization, Quantization) = (Quantization::Int8, Quantization::Int4);
+pub const MIXED_DEFAULT_PRECISIONS: (Quantization, Quantization) = (Quantization::Int4, Quantization::Int3);
 
 /// Every option of the engine (DESIGN.md §3) plus the generation defaults that per-call
 /// [`GenerateOptions`] override. `None` means "from the browser profile" unless noted.

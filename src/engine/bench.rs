@@ -32,6 +32,8 @@ pub struct BenchReport {
     pub weight_mb: f64,
     pub kv_cache_mb: f64,
     pub load_ms: f64,
+    /// Of which quantising weights (ms).
+    pub quantize_ms: f64,
 }
 
 /// One kernel family's share of a step: (family, dispatches, total ms).
@@ -125,7 +127,7 @@ async fn bench_run(engine: &mut Engine, prompt: &[u32], gen_tokens: usize, warm_
     Ok(BenchReport {
         adapter: engine.gpu.caps.adapter_name.clone(),
         backend: engine.gpu.caps.backend.clone(),
-        quantization: engine.model.options.format.name().to_string(),
+        quantization: engine.model.options.quantization_name().to_string(),
         prompt_tokens,
         gen_tokens: g.ids.len(),
         prefill_tokens_per_second: g.stats.prefill_tokens_per_second,
@@ -144,5 +146,6 @@ async fn bench_run(engine: &mut Engine, prompt: &[u32], gen_tokens: usize, warm_
         weight_mb: w as f64 / 1048576.0,
         kv_cache_mb: kv as f64 / 1048576.0,
         load_ms: engine.load_ms,
+        quantize_ms: engine.model.quantize_ms,
     })
 }

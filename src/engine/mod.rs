@@ -10,6 +10,7 @@ pub mod prefetch;
 pub mod speculative;
 mod stats;
 mod stop;
+mod top1;
 
 use std::collections::VecDeque;
 use std::sync::Arc;

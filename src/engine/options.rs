@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{GpuCaps, WeightFormat};
 use crate::model::ModelConfig;
 use crate::model::llama::LoadOptions;
+use crate::quant::fit::Quantizer;
 use crate::sampling::SampleSettings;
 
 /// Longest context the KV cache is sized for when the budget allows more.
@@ -41,17 +42,33 @@ fn env_u32(name: &str) -> Option<u32> {
     }
 }
 
-/// GPU weight format for a configured precision.
+/// GPU weight format for a configured precision (`mixed` has one per kind of matrix:
+/// see [`EngineOptions::from_config_for`]).
 pub fn weight_format(q: Quantization) -> Result<WeightFormat> {
     match q {
         Quantization::Fp32 => Ok(WeightFormat::F32),
         Quantization::Fp16 => Ok(WeightFormat::F16),
         Quantization::Int8 => Ok(WeightFormat::Int8),
         Quantization::Int4 => Ok(WeightFormat::Int4),
-        other => Err(Error::invalid(format!(
-            "quantization \"{}\" is not available in this build yet: use fp32, fp16, int8 or int4",
-            other.as_str()
-        ))),
+        Quantization::Int3 => Ok(WeightFormat::Int3),
+        Quantization::Int2 => Ok(WeightFormat::Int2),
+        Quantization::Mixed => Err(Error::invalid("\"mixed\" is not one matrix format")),
+    }
+}
+
+/// Native debugging switches of the load-time quantiser: `WSI_QUANTIZER=rtn` (plain
+/// round-to-nearest, for the README's comparison) and `WSI_CPU_QUANTIZE=1` (the CPU
+/// reference instead of the GPU kernel, for timing it).
+fn quantizer_switches() -> (Quantizer, bool) {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let rtn = std::env::var("WSI_QUANTIZER").is_ok_and(|v| v == "rtn");
+        let cpu = std::env::var("WSI_CPU_QUANTIZE").is_ok_and(|v| v == "1");
+        (if rtn { Quantizer::Rtn } else { Quantizer::Refined }, !cpu)
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        (Quantizer::Refined, true)
     }
 }
 
@@ -66,7 +83,11 @@ impl EngineOptions {
     ) -> Result<EngineOptions> {
         cfg.validate()?;
         let profile = BrowserProfile::from_config(user_agent, &caps.adapter_caps(), cfg);
-        let format = weight_format(cfg.quantization)?;
+        let (attn, ffn) = cfg.matrix_precisions();
+        let (attn, ffn) = (weight_format(attn)?, weight_format(ffn)?);
+        let (format, mixed) =
+            if cfg.quantization == Quantization::Mixed { (attn, Some((attn, ffn))) } else { (attn, None) };
+        let (quantizer, gpu_quantize) = quantizer_switches();
         // KV cache (f32 K and V per layer) sized to the budget, the model and a ceiling.
         let per_token = (model.n_layers * model.n_kv_heads * model.head_dim * 4 * 2).max(1);
         let budget_tokens = (u64::from(profile.kv_cache_mb(cfg)) * 1_048_576 / per_token as u64) as usize;
@@ -86,6 +107,9 @@ impl EngineOptions {
         Ok(EngineOptions {
             load: LoadOptions {
                 format,
+                mixed,
+                quantizer,
+                gpu_quantize,
                 context,
                 chunk,
                 workgroup: profile.workgroup_size[0],
@@ -168,7 +192,8 @@ impl Engine {
             "kv_cache_mb": mb(kv),
             "model_memory_mb": mb(w),
             "peak_memory_mb": mb(w + kv + act),
-            "quantization": self.model.options.format.name(),
+            "quantization": self.model.options.quantization_name(),
+            "quantize_ms": self.model.quantize_ms,
             "kv_cache_strategy": "static",
             "browser": profile.map(|p| p.browser.as_str()).unwrap_or("native"),
             "adapter": self.gpu.caps.adapter_name,

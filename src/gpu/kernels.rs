@@ -20,18 +20,33 @@ pub enum WeightFormat {
     /// Nibbles, 8 per u32, f16 scale + minimum per 32 weights in a second buffer
     /// (Q4_0/Q4_1-compatible; `quant::gpu_formats`).
     Int4,
+    /// 3-bit codes, 32 in 3 u32, f16 scale + minimum per `INT3_GROUP` weights.
+    Int3,
+    /// 2-bit codes, 16 per u32, f16 scale + minimum per `INT2_GROUP` weights.
+    Int2,
 }
 
 impl WeightFormat {
     /// Every format.
-    pub const ALL: [WeightFormat; 4] = [WeightFormat::F32, WeightFormat::F16, WeightFormat::Int8, WeightFormat::Int4];
+    pub const ALL: [WeightFormat; 6] = [
+        WeightFormat::F32,
+        WeightFormat::F16,
+        WeightFormat::Int8,
+        WeightFormat::Int4,
+        WeightFormat::Int3,
+        WeightFormat::Int2,
+    ];
 
-    fn prelude(self) -> &'static str {
+    /// The prelude defining `load_w4`; fp16 reads halves natively with `native_f16`.
+    fn prelude(self, native_f16: bool) -> &'static str {
         match self {
             WeightFormat::F32 => include_str!("../../shaders/weights/f32.wgsl"),
+            WeightFormat::F16 if native_f16 => include_str!("../../shaders/weights/f16_native.wgsl"),
             WeightFormat::F16 => include_str!("../../shaders/weights/f16.wgsl"),
             WeightFormat::Int8 => include_str!("../../shaders/weights/int8.wgsl"),
             WeightFormat::Int4 => include_str!("../../shaders/weights/int4.wgsl"),
+            WeightFormat::Int3 => include_str!("../../shaders/weights/int3.wgsl"),
+            WeightFormat::Int2 => include_str!("../../shaders/weights/int2.wgsl"),
         }
     }
 
@@ -42,6 +57,8 @@ impl WeightFormat {
             WeightFormat::F16 => 2.0,
             WeightFormat::Int8 => 34.0 / 32.0,
             WeightFormat::Int4 => 20.0 / 32.0,
+            WeightFormat::Int3 => 3.0 / 8.0 + 4.0 / crate::quant::gpu_formats::INT3_GROUP as f64,
+            WeightFormat::Int2 => 2.0 / 8.0 + 4.0 / crate::quant::gpu_formats::INT2_GROUP as f64,
         }
     }
 
@@ -54,7 +71,17 @@ impl WeightFormat {
 
     /// Whether the format has a second (scale) buffer at binding 2.
     pub fn has_scales(self) -> bool {
-        matches!(self, WeightFormat::Int8 | WeightFormat::Int4)
+        matches!(self, WeightFormat::Int8 | WeightFormat::Int4 | WeightFormat::Int3 | WeightFormat::Int2)
+    }
+
+    /// Override constants of the weight prelude: the scale group of int3 and int2.
+    fn prelude_constants(self) -> Vec<(&'static str, f64)> {
+        match self {
+            WeightFormat::Int3 | WeightFormat::Int2 => {
+                vec![("QG4", (crate::quant::gpu_formats::group(self) / 4) as f64)]
+            }
+            _ => vec![],
+        }
     }
 
     /// Name used in stats.
@@ -64,6 +91,8 @@ impl WeightFormat {
             WeightFormat::F16 => "fp16",
             WeightFormat::Int8 => "int8",
             WeightFormat::Int4 => "int4",
+            WeightFormat::Int3 => "int3",
+            WeightFormat::Int2 => "int2",
         }
     }
 }
@@ -101,6 +130,8 @@ pub enum Kernel {
     AttentionCombine { split: u32 },
     /// Sampling + step advance.
     Sample,
+    /// Load-time quantisation of f32 rows into an integer format.
+    Quantize { format: WeightFormat, quantizer: crate::quant::fit::Quantizer },
 }
 
 /// Tokens (and rows) one prefill matmul workgroup covers: 64 x 64 tiled, 32 x 32 untiled.
@@ -135,23 +166,24 @@ impl KernelKey {
         }
     }
 
-    fn source(&self) -> String {
+    fn source(&self, native_f16: bool) -> String {
         let (prelude, body) = match self.kernel {
-            Kernel::Matvec { format, .. } => (format.prelude(), include_str!("../../shaders/matvec.wgsl")),
-            Kernel::Matmul { format, .. } => (format.prelude(), include_str!("../../shaders/matmul.wgsl")),
-            Kernel::Embed { format } => (format.prelude(), include_str!("../../shaders/embed.wgsl")),
+            Kernel::Matvec { format, .. } => (format.prelude(native_f16), include_str!("../../shaders/matvec.wgsl")),
+            Kernel::Matmul { format, .. } => (format.prelude(native_f16), include_str!("../../shaders/matmul.wgsl")),
+            Kernel::Embed { format } => (format.prelude(native_f16), include_str!("../../shaders/embed.wgsl")),
             Kernel::RopeKv { .. } => ("", include_str!("../../shaders/rope_kv.wgsl")),
             Kernel::Attention { .. } | Kernel::AttentionCombine { .. } => {
                 ("", include_str!("../../shaders/attention.wgsl"))
             }
             Kernel::Sample => ("", include_str!("../../shaders/sample.wgsl")),
+            Kernel::Quantize { .. } => ("", include_str!("../../shaders/quantize.wgsl")),
         };
         format!("{prelude}\n{body}")
     }
 
     fn constants(&self) -> Vec<(&'static str, f64)> {
         let b = |v: bool| if v { 1.0 } else { 0.0 };
-        match self.kernel {
+        let mut c = match self.kernel {
             Kernel::Matvec { mode, .. } => vec![
                 ("WG", f64::from(self.wg)),
                 ("TPR", f64::from(self.tpr.clamp(1, self.wg))),
@@ -172,19 +204,45 @@ impl KernelKey {
             Kernel::Attention { split } | Kernel::AttentionCombine { split } => {
                 vec![("WG", f64::from(self.wg)), ("SPLIT", f64::from(split.max(1)))]
             }
+            Kernel::Quantize { format, quantizer } => {
+                let (starts, iters) = quantizer.schedule();
+                vec![
+                    ("BITS", f64::from(crate::quant::gpu_formats::bits(format))),
+                    ("QG", crate::quant::gpu_formats::group(format) as f64),
+                    ("STARTS", f64::from(starts)),
+                    ("ITERS", f64::from(iters)),
+                    ("WG", f64::from(self.wg)),
+                ]
+            }
             Kernel::Embed { .. } | Kernel::Sample => vec![],
+        };
+        if let Kernel::Matvec { format, .. } | Kernel::Matmul { format, .. } | Kernel::Embed { format } = self.kernel {
+            c.extend(format.prelude_constants());
         }
+        c
     }
 }
 
 /// Pipeline cache: one compute pipeline per key, created on first use (at load time;
-/// the decode loop only looks pipelines up).
+/// the decode loop only looks pipelines up). fp16 weights are read with native f16 loads
+/// where the device has shader-f16 (unless `packed_f16_only`), else unpacked from u32.
 #[derive(Default)]
 pub struct Kernels {
     cache: Mutex<HashMap<KernelKey, wgpu::ComputePipeline>>,
+    packed_f16_only: bool,
 }
 
 impl Kernels {
+    /// A cache that always unpacks fp16 weights from u32 (for comparing the two paths).
+    pub fn packed_f16_only() -> Kernels {
+        Kernels { packed_f16_only: true, ..Default::default() }
+    }
+
+    /// Whether fp16 weights are read natively on `device`.
+    pub fn native_f16(&self, device: &wgpu::Device) -> bool {
+        !self.packed_f16_only && device.features().contains(wgpu::Features::SHADER_F16)
+    }
+
     /// The pipeline for `key`, compiling it if needed.
     pub fn get(&self, device: &wgpu::Device, key: KernelKey) -> Result<wgpu::ComputePipeline> {
         let mut cache = self.cache.lock().map_err(|_| Error::internal("pipeline cache poisoned"))?;
@@ -194,7 +252,7 @@ impl Kernels {
         let label = format!("{:?}", key.kernel);
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(&label),
-            source: wgpu::ShaderSource::Wgsl(key.source().into()),
+            source: wgpu::ShaderSource::Wgsl(key.source(self.native_f16(device)).into()),
         });
         let constants = key.constants();
         let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
@@ -230,12 +288,16 @@ impl Kernels {
                 Kernel::Embed { format },
             ] {
                 let key = KernelKey { kernel: k, wg: 64, rows: 4, tpr: 64 };
-                out.push((format!("{k:?}"), key.source()));
+                out.push((format!("{k:?}"), key.source(false)));
+                if format == WeightFormat::F16 {
+                    out.push((format!("{k:?} native f16"), key.source(true)));
+                }
             }
         }
-        for k in [Kernel::RopeKv { adjacent: true }, Kernel::Attention { split: 1 }, Kernel::Sample] {
+        let q = Kernel::Quantize { format: WeightFormat::Int3, quantizer: Default::default() };
+        for k in [Kernel::RopeKv { adjacent: true }, Kernel::Attention { split: 1 }, Kernel::Sample, q] {
             let key = KernelKey { kernel: k, wg: 64, rows: 1, tpr: 64 };
-            out.push((format!("{k:?}"), key.source()));
+            out.push((format!("{k:?}"), key.source(false)));
         }
         out
     }

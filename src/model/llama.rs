@@ -6,9 +6,11 @@ use crate::error::{Error, Result};
 use crate::gpu::params::{EmbedParams, HeadParams, MatParams, SampleParams};
 use crate::gpu::{Gpu, Kernel, KernelKey, Kernels, MatMode, WeightFormat, matmul_tile};
 use crate::model::upload::{
-    GpuMatrix, MatrixShard, embedding_format, required, required_f32, upload_tensors_sharded, upload_vec,
+    GpuMatrix, MatrixShard, Quant, embedding_format, required, required_f32, upload_tensors_sharded, upload_vec,
 };
 use crate::model::{ModelConfig, ModelSource, RopeLayout, RopeScaling, WeightName};
+use crate::quant::fit::Quantizer;
+use crate::quant::on_gpu::GpuQuantizer;
 
 #[cfg(not(target_arch = "wasm32"))]
 mod profile;
@@ -19,6 +21,12 @@ pub use profile::KernelTimes;
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
     pub format: WeightFormat,
+    /// `mixed`: (attention, MLP) formats, overriding `format` for those matrices.
+    pub mixed: Option<(WeightFormat, WeightFormat)>,
+    /// How integer formats choose their codes when quantising at load.
+    pub quantizer: Quantizer,
+    /// Quantise at load with the GPU kernel (false: the CPU reference, for comparisons).
+    pub gpu_quantize: bool,
     /// Tokens the KV cache holds (clamped to the model's context length).
     pub context: usize,
     /// Most tokens in one prefill chunk.
@@ -40,10 +48,20 @@ pub struct LoadOptions {
     pub attention_split: u32,
 }
 
+impl LoadOptions {
+    /// The `quantization` name of these options (stats).
+    pub fn quantization_name(&self) -> &'static str {
+        if self.mixed.is_some() { "mixed" } else { self.format.name() }
+    }
+}
+
 impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {
             format: WeightFormat::F32,
+            mixed: None,
+            quantizer: Quantizer::default(),
+            gpu_quantize: true,
             context: 2048,
             chunk: 64,
             workgroup: 64,
@@ -116,6 +134,8 @@ pub struct LlamaGpu {
     pub kv_bytes: u64,
     /// Bytes of activations and scratch on the GPU.
     pub activation_bytes: u64,
+    /// Milliseconds spent quantising weights at load (measured; 0 when nothing needed it).
+    pub quantize_ms: f64,
     decode: Vec<Dispatch>,
     prefill: Vec<Dispatch>,
     prefill_all_logits: Vec<Dispatch>,
@@ -160,6 +180,7 @@ impl LlamaGpu {
     ) -> Result<LlamaGpu> {
         let cfg = src.config().clone();
         let fmt = options.format;
+        let (attn_fmt, ffn_fmt) = options.mixed.unwrap_or((fmt, fmt));
         let (d, hd, nh, nkv, dff, vocab) =
             (cfg.d_model, cfg.head_dim, cfg.n_heads, cfg.n_kv_heads, cfg.d_ff, cfg.vocab_size);
         if nh == 0 || nkv == 0 || nh % nkv != 0 || hd % 4 != 0 || d % 4 != 0 || dff % 4 != 0 {
@@ -175,17 +196,21 @@ impl LlamaGpu {
         let qdim = nh * hd;
         let kvdim = nkv * hd;
         let qkv_rows = qdim + 2 * kvdim;
+        let gpu_quant = GpuQuantizer::new(gpu, kernels, options.quantizer);
+        let quantize_ms = std::cell::Cell::new(0.0);
+        let quant = Quant { gpu: options.gpu_quantize.then_some(&gpu_quant), cpu: options.quantizer, ms: &quantize_ms };
         // Row-concatenate the named tensors into one GPU matrix of width `cols`.
         let matrix = |label: String, names: &[(WeightName, usize)], cols: usize, fmt: WeightFormat| {
             let parts = names.iter().map(|&(n, rows)| required(src, n, &[rows, cols])).collect::<Result<Vec<_>>>()?;
-            upload_tensors_sharded(gpu, &label, &parts.iter().collect::<Vec<_>>(), cols, fmt, options.max_binding)
+            let parts = parts.iter().collect::<Vec<_>>();
+            upload_tensors_sharded(gpu, quant, &label, &parts, cols, fmt, options.max_binding)
         };
         let vector = |label: String, name: WeightName, n: usize| -> Result<wgpu::Buffer> {
             Ok(upload_vec(gpu, &label, &required_f32(src, name, &[n])?))
         };
         // Embedding and lm_head: int8 or better unless the file holds 4-bit blocks.
         let table_format = |name: WeightName| -> Result<WeightFormat> {
-            Ok(embedding_format(fmt, required(src, name, &[vocab, d])?.format))
+            Ok(embedding_format(attn_fmt, required(src, name, &[vocab, d])?.format))
         };
 
         let embd =
@@ -202,7 +227,7 @@ impl LlamaGpu {
             progress(l, cfg.n_layers);
             use WeightName::*;
             let qkv =
-                matrix(format!("blk.{l}.qkv"), &[(AttnQ(l), qdim), (AttnK(l), kvdim), (AttnV(l), kvdim)], d, fmt)?;
+                matrix(format!("blk.{l}.qkv"), &[(AttnQ(l), qdim), (AttnK(l), kvdim), (AttnV(l), kvdim)], d, attn_fmt)?;
             let qkv_bias = if cfg.qkv_bias {
                 let qb = required_f32(src, AttnQBias(l), &[qdim])?;
                 let kb = required_f32(src, AttnKBias(l), &[kvdim])?;
@@ -216,10 +241,10 @@ impl LlamaGpu {
                 attn_norm: vector(format!("blk.{l}.attn_norm"), AttnNorm(l), d)?,
                 qkv,
                 qkv_bias,
-                o: matrix(format!("blk.{l}.attn_output"), &[(AttnOutput(l), d)], qdim, fmt)?,
+                o: matrix(format!("blk.{l}.attn_output"), &[(AttnOutput(l), d)], qdim, attn_fmt)?,
                 ffn_norm: vector(format!("blk.{l}.ffn_norm"), FfnNorm(l), d)?,
-                gate_up: matrix(format!("blk.{l}.gate_up"), &[(FfnGate(l), dff), (FfnUp(l), dff)], d, fmt)?,
-                down: matrix(format!("blk.{l}.ffn_down"), &[(FfnDown(l), d)], dff, fmt)?,
+                gate_up: matrix(format!("blk.{l}.gate_up"), &[(FfnGate(l), dff), (FfnUp(l), dff)], d, ffn_fmt)?,
+                down: matrix(format!("blk.{l}.ffn_down"), &[(FfnDown(l), d)], dff, ffn_fmt)?,
             });
         }
         // Measured from what was allocated.
@@ -418,6 +443,7 @@ impl LlamaGpu {
             weight_bytes,
             kv_bytes,
             activation_bytes,
+            quantize_ms: quantize_ms.get(),
             decode,
             prefill,
             prefill_all_logits,

@@ -2,11 +2,14 @@
 //! Fused matrices (QKV, gate|up) are concatenated by rows here, once, at load.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, WeightFormat};
 use crate::model::{HostFormat, HostTensor, ModelSource, WeightName};
+use crate::quant::fit::Quantizer;
 use crate::quant::gpu_formats;
+use crate::quant::on_gpu::{GpuQuantizer, code_words, scale_words};
 
 /// A weight matrix on the GPU: `[rows, cols]`, row-major, in `format`.
 pub struct GpuMatrix {
@@ -51,10 +54,17 @@ impl GpuMatrix {
 }
 
 /// The format a matrix of width `cols` is stored in when `format` is asked for: the
-/// integer formats quantise groups of 32 along a row, so other widths fall back to fp16
-/// (which shows in the measured model memory).
+/// integer formats quantise groups along a row, so int3 / int2 fall back to int4 for widths
+/// that are not whole groups, and every integer format to fp16 for widths that are not a
+/// multiple of 32 (which shows in the measured model memory).
 pub fn matrix_format(format: WeightFormat, cols: usize) -> WeightFormat {
-    if format.has_scales() && !cols.is_multiple_of(gpu_formats::GROUP) { WeightFormat::F16 } else { format }
+    if !format.has_scales() || cols.is_multiple_of(gpu_formats::group(format)) {
+        format
+    } else if cols.is_multiple_of(gpu_formats::GROUP) {
+        WeightFormat::Int4
+    } else {
+        WeightFormat::F16
+    }
 }
 
 /// The format of the token embedding and lm_head when `format` is asked for and the file
@@ -62,7 +72,12 @@ pub fn matrix_format(format: WeightFormat, cols: usize) -> WeightFormat {
 /// Q4 files keep them at Q8_0 too), except that 4-bit blocks in the file pass through
 /// as int4 rather than being re-quantised.
 pub fn embedding_format(format: WeightFormat, host: HostFormat) -> WeightFormat {
-    if format == WeightFormat::Int4 && !gpu_formats::passthrough(format, host) { WeightFormat::Int8 } else { format }
+    match format {
+        WeightFormat::Int4 | WeightFormat::Int3 | WeightFormat::Int2 => {
+            if gpu_formats::passthrough(WeightFormat::Int4, host) { WeightFormat::Int4 } else { WeightFormat::Int8 }
+        }
+        other => other,
+    }
 }
 
 /// Fetch a required tensor, checking its shape.
@@ -102,16 +117,42 @@ impl Part<'_> {
 }
 
 /// Upload row-concatenated matrices `parts` (each `[rows_i, cols]` f32) as one matrix.
-/// The integer formats are quantised round-to-nearest on the CPU.
-pub fn upload_matrix(gpu: &Gpu, label: &str, parts: &[&[f32]], cols: usize, format: WeightFormat) -> Result<GpuMatrix> {
+/// The integer formats are quantised on the CPU (`quant: None`) or the GPU.
+pub fn upload_matrix_with(
+    gpu: &Gpu,
+    quant: Option<&GpuQuantizer>,
+    label: &str,
+    parts: &[&[f32]],
+    cols: usize,
+    format: WeightFormat,
+) -> Result<GpuMatrix> {
     let parts: Vec<Part> = parts.iter().map(|p| Part::F32(p)).collect();
-    upload_parts(gpu, label, &parts, cols, format, 0)
+    let ms = Cell::new(0.0);
+    let q = Quant { gpu: quant, cpu: quant.map_or(Quantizer::default(), |q| q.quantizer), ms: &ms };
+    upload_parts(gpu, q, label, &parts, cols, format, 0)
+}
+
+/// [`upload_matrix_with`] quantising on the GPU with the default quantiser.
+pub fn upload_matrix(gpu: &Gpu, label: &str, parts: &[&[f32]], cols: usize, format: WeightFormat) -> Result<GpuMatrix> {
+    let kernels = crate::gpu::Kernels::default();
+    let q = GpuQuantizer::new(gpu, &kernels, Quantizer::default());
+    upload_matrix_with(gpu, Some(&q), label, parts, cols, format)
+}
+
+/// Where the integer formats are quantised: on the GPU when `gpu` is set, else on the CPU
+/// with `cpu`; `ms` adds up the time of every matrix that was quantised (file blocks
+/// dequantised to f32, quantisation and, on the GPU, its completion).
+#[derive(Clone, Copy)]
+pub struct Quant<'a, 'b> {
+    pub gpu: Option<&'a GpuQuantizer<'b>>,
+    pub cpu: Quantizer,
+    pub ms: &'a Cell<f64>,
 }
 
 /// Upload row-concatenated tensors `parts` (each `[rows_i, cols]`, any file format) as
 /// one matrix. A part whose blocks already hold the requested integer format (Q8_0 for
 /// int8, Q4_0/Q4_1 for int4) is repacked bit-exactly; others are dequantised and, for
-/// the integer formats, re-quantised round-to-nearest on the CPU.
+/// the integer formats, re-quantised (on the CPU here).
 pub fn upload_tensors(
     gpu: &Gpu,
     label: &str,
@@ -119,7 +160,9 @@ pub fn upload_tensors(
     cols: usize,
     format: WeightFormat,
 ) -> Result<GpuMatrix> {
-    upload_tensors_sharded(gpu, label, parts, cols, format, 0)
+    let ms = Cell::new(0.0);
+    let q = Quant { gpu: None, cpu: Quantizer::default(), ms: &ms };
+    upload_tensors_sharded(gpu, q, label, parts, cols, format, 0)
 }
 
 /// [`upload_tensors`] with row shards of at most `max_binding` bytes each (0: the
@@ -127,6 +170,7 @@ pub fn upload_tensors(
 /// (Firefox: 128 MiB).
 pub fn upload_tensors_sharded(
     gpu: &Gpu,
+    quant: Quant,
     label: &str,
     parts: &[&HostTensor],
     cols: usize,
@@ -139,11 +183,12 @@ pub fn upload_tensors_sharded(
         }
     }
     let parts: Vec<Part> = parts.iter().map(|t| Part::Host(t)).collect();
-    upload_parts(gpu, label, &parts, cols, format, max_binding)
+    upload_parts(gpu, quant, label, &parts, cols, format, max_binding)
 }
 
 fn upload_parts(
     gpu: &Gpu,
+    quant: Quant,
     label: &str,
     parts: &[Part],
     cols: usize,
@@ -164,8 +209,7 @@ fn upload_parts(
     let row_bytes = match format {
         WeightFormat::F32 => cols * 4,
         WeightFormat::F16 => cols * 2,
-        WeightFormat::Int8 => cols,
-        WeightFormat::Int4 => cols / 2,
+        _ => code_words(format, cols) * 4,
     } as u64;
     // Shards hold an even number of rows, so that int8's two scales per word never straddle.
     let shard_rows = ((limit / row_bytes.max(1)) as usize / 2 * 2).min(rows.max(1));
@@ -191,17 +235,29 @@ fn upload_parts(
             }
             (v, None)
         }
-        WeightFormat::Int8 | WeightFormat::Int4 => {
+        _ => {
+            let passes = |p: &Part| matches!(p, Part::Host(t) if gpu_formats::passthrough(format, t.format));
+            // The GPU writes whole scale words per unit: int8 rows must hold whole pairs of groups.
+            let aligned = format != WeightFormat::Int8 || cols.is_multiple_of(2 * gpu_formats::GROUP);
+            let t0 = web_time::Instant::now();
+            let timed = |m: Result<GpuMatrix>| {
+                quant.ms.set(quant.ms.get() + t0.elapsed().as_secs_f64() * 1e3);
+                m
+            };
+            if let Some(q) = quant.gpu.filter(|_| aligned && !parts.iter().all(passes)) {
+                return timed(upload_quantized_on_gpu(gpu, q, label, parts, rows, cols, format, shard_rows));
+            }
             let mut packer = gpu_formats::Packer::new(format, total)?;
             for p in parts {
                 match p {
-                    Part::Host(t) if gpu_formats::passthrough(format, t.format) => {
-                        packer.push_blocks(t.format, &t.bytes)?
-                    }
-                    _ => packer.push_f32(&p.to_f32()?)?,
+                    Part::Host(t) if passes(p) => packer.push_blocks(t.format, &t.bytes)?,
+                    _ => packer.push_f32(&p.to_f32()?, quant.cpu)?,
                 }
             }
             let packed = packer.finish();
+            if !parts.iter().all(passes) {
+                quant.ms.set(quant.ms.get() + t0.elapsed().as_secs_f64() * 1e3);
+            }
             (bytemuck::cast_slice(&packed.words).to_vec(), Some(packed.scales))
         }
     };
@@ -225,6 +281,66 @@ fn upload_parts(
         cols: u32::try_from(cols).map_err(|_| Error::model("too many columns"))?,
         format,
     })
+}
+
+/// An integer matrix whose non-passthrough parts are quantised by the GPU kernel straight
+/// into the shard buffers (passthrough parts are repacked on the CPU and written there).
+#[allow(clippy::too_many_arguments)]
+fn upload_quantized_on_gpu(
+    gpu: &Gpu,
+    q: &GpuQuantizer,
+    label: &str,
+    parts: &[Part],
+    rows: usize,
+    cols: usize,
+    format: WeightFormat,
+    shard_rows: usize,
+) -> Result<GpuMatrix> {
+    let to_u32 = |v: usize| u32::try_from(v).map_err(|_| Error::model(format!("{label}: too many rows")));
+    let (wpr, spr) = (code_words(format, cols), scale_words(format, cols));
+    let mut shards = Vec::new();
+    for r0 in (0..rows).step_by(shard_rows) {
+        let r1 = (r0 + shard_rows).min(rows);
+        let name = if shard_rows < rows { format!("{label}[{r0}..{r1}]") } else { label.to_string() };
+        shards.push(MatrixShard {
+            buf: gpu.storage(&name, ((r1 - r0) * wpr * 4) as u64),
+            scales: Some(gpu.storage(&format!("{name}.scales"), ((r1 - r0) * spr * 4) as u64)),
+            row0: to_u32(r0)?,
+            rows: to_u32(r1 - r0)?,
+        });
+    }
+    let mut row = 0;
+    for p in parts {
+        let prows = p.len() / cols;
+        let packed = match p {
+            Part::Host(t) if gpu_formats::passthrough(format, t.format) => {
+                let mut packer = gpu_formats::Packer::new(format, p.len())?;
+                packer.push_blocks(t.format, &t.bytes)?;
+                Some(packer.finish())
+            }
+            _ => None,
+        };
+        let values = if packed.is_none() { Some(p.to_f32()?) } else { None };
+        for s in &shards {
+            let (s0, s1) = (s.row0 as usize, (s.row0 + s.rows) as usize);
+            let (a, b) = (row.max(s0), (row + prows).min(s1));
+            if a >= b {
+                continue;
+            }
+            let (w_off, s_off) = ((a - s0) * wpr, (a - s0) * spr);
+            let scales = s.scales.as_ref().ok_or_else(|| Error::internal("integer shard without scales"))?;
+            if let Some(pk) = &packed {
+                let words = &pk.words[(a - row) * wpr..(b - row) * wpr];
+                gpu.queue.write_buffer(&s.buf, (w_off * 4) as u64, bytemuck::cast_slice(words));
+                let sc = &pk.scales[(a - row) * spr..(b - row) * spr];
+                gpu.queue.write_buffer(scales, (s_off * 4) as u64, bytemuck::cast_slice(sc));
+            } else if let Some(v) = &values {
+                q.quantize(format, &v[(a - row) * cols..(b - row) * cols], &s.buf, w_off, scales, s_off)?;
+            }
+        }
+        row += prows;
+    }
+    Ok(GpuMatrix { shards, rows: to_u32(rows)?, cols: to_u32(cols)?, format })
 }
 
 /// Upload an f32 vector (norm weights, biases).

@@ -1,9 +1,9 @@
-//! Packing of the GPU weight formats int8 and int4 (CPU side), and their CPU reference
-//! dequantisation, which mirrors `shaders/weights/int8.wgsl` / `int4.wgsl` operation by
-//! operation.
+//! Packing of the integer GPU formats (CPU side), and their CPU reference dequantisation,
+//! which mirrors `shaders/weights/int*.wgsl` operation by operation.
 //!
-//! Both formats quantise groups of [`GROUP`] consecutive weights along a row (k), so a
-//! matrix's width must be a multiple of 32. Storage (two buffers, u32 words):
+//! Every format quantises groups of consecutive weights along a row (k): [`GROUP`] = 32
+//! for int8 and int4, [`group`] for int3 and int2; a matrix's width must be a multiple of
+//! the group. Storage (two buffers, u32 words):
 //! - int8 (symmetric, Q8_0-compatible): `words` holds 4 signed bytes per u32, k ascending
 //!   from the low byte; `scales` holds one f16 scale per group, two per u32 (group `g` in
 //!   half `g % 2` of word `g / 2`). Weight `q * d`: 8.5 bits per weight.
@@ -11,6 +11,11 @@
 //!   the low nibble (so 4 consecutive k share one 16-bit half); `scales` holds one u32 per
 //!   group, f16 `d` in the low half and f16 `m` in the high half. Weight `q * d + m`:
 //!   5 bits per weight. Q4_0 blocks map to `m = -8 d` (exact in f16 while `|8 d| <= 65504`).
+//! - int3 (asymmetric): each block of 32 weights is 3 words: the low 2 bits of weights
+//!   0..16 (word 0) and 16..32 (word 1), 2 bits each from the low end, then the third bit
+//!   of all 32 (word 2, bit i). 4 consecutive k are one byte of a low word plus one nibble
+//!   of the high word, so no value straddles words. `scales` as int4, per [`group`].
+//! - int2 (asymmetric): 16 codes per u32, k ascending from the low bits; `scales` as int4.
 //!
 //! File blocks that already hold these formats (Q8_0 for int8; Q4_0, Q4_1 for int4) are
 //! repacked without touching a value, so the GPU dequantises them to the same bits as
@@ -18,23 +23,47 @@
 //! 8 + 11 significant bits), so fused or separate multiply-add round identically. (One
 //! difference in bits, none in value: a Q4_0 weight `(8 - 8) * d` with `d < 0` is -0.0 in
 //! GGML and +0.0 here.)
-//! Other sources are quantised round-to-nearest on the CPU through the same GGML block
-//! quantisers (Q8_0 / Q4_1), then repacked.
+//! Other sources are quantised per group by [`crate::quant::fit`] (on the GPU at load by
+//! `shaders/quantize.wgsl`; this CPU path is its reference).
 
 use half::f16;
 
 use crate::error::{Error, Result};
 use crate::gpu::WeightFormat;
 use crate::model::HostFormat;
+use crate::quant::fit::{Fit, Quantizer, fit_group};
 use crate::quant::ggml;
 
-/// Weights per quantisation group (along k) of the integer formats.
+/// Weights per quantisation group (along k) of int8 and int4 (the GGML block size).
 pub const GROUP: usize = 32;
+/// Weights per group of int3 (chosen by measured error and perplexity, README).
+pub const INT3_GROUP: usize = 32;
+/// Weights per group of int2.
+pub const INT2_GROUP: usize = 32;
+
+/// Weights per quantisation group of an integer format (a multiple of 32).
+pub fn group(format: WeightFormat) -> usize {
+    match format {
+        WeightFormat::Int3 => INT3_GROUP,
+        WeightFormat::Int2 => INT2_GROUP,
+        _ => GROUP,
+    }
+}
+
+/// Code bits per weight of an integer format (8 for the others).
+pub fn bits(format: WeightFormat) -> u32 {
+    match format {
+        WeightFormat::Int4 => 4,
+        WeightFormat::Int3 => 3,
+        WeightFormat::Int2 => 2,
+        _ => 8,
+    }
+}
 
 /// A packed matrix: `words` are bound at binding 1, `scales` at binding 2.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Packed {
-    /// Quantised values, `[rows, k / 4]` (int8) or `[rows, k / 8]` (int4) u32.
+    /// Quantised values, `[rows, k * bits / 32]` u32.
     pub words: Vec<u32>,
     /// Per-group f16 parameters packed in u32 (see the module docs).
     pub scales: Vec<u32>,
@@ -52,7 +81,7 @@ pub fn passthrough(gpu: WeightFormat, host: HostFormat) -> bool {
 pub struct Packer {
     format: WeightFormat,
     words: Vec<u32>,
-    /// f16 bits: one per group (int8) or `d, m` per group (int4).
+    /// f16 bits: one per group (int8) or `d, m` per group (the asymmetric formats).
     halves: Vec<u16>,
 }
 
@@ -61,13 +90,13 @@ fn half_bits(b: &[u8], at: usize) -> u16 {
 }
 
 impl Packer {
-    /// A packer for `format` (int8 or int4) with room for `n` weights.
+    /// A packer for an integer `format` with room for `n` weights.
     pub fn new(format: WeightFormat, n: usize) -> Result<Packer> {
-        let (words, halves) = match format {
-            WeightFormat::Int8 => (n / 4, n / GROUP),
-            WeightFormat::Int4 => (n / 8, 2 * n / GROUP),
-            other => return Err(Error::internal(format!("{other:?} is not a grouped integer format"))),
-        };
+        if !format.has_scales() {
+            return Err(Error::internal(format!("{format:?} is not a grouped integer format")));
+        }
+        let words = n * bits(format) as usize / 32;
+        let halves = if format == WeightFormat::Int8 { n / GROUP } else { 2 * n / group(format) };
         Ok(Packer { format, words: Vec::with_capacity(words), halves: Vec::with_capacity(halves) })
     }
 
@@ -112,12 +141,47 @@ impl Packer {
         Ok(())
     }
 
-    /// Append f32 weights, quantised round-to-nearest (int8: symmetric per group as Q8_0;
-    /// int4: scale and minimum per group as Q4_1). x: `[n]`, n a multiple of 32.
-    pub fn push_f32(&mut self, x: &[f32]) -> Result<()> {
+    /// Append f32 weights quantised per group by `quantizer`. x: `[n]`, n a multiple of
+    /// the format's group.
+    pub fn push_f32(&mut self, x: &[f32], quantizer: Quantizer) -> Result<()> {
+        let g = group(self.format);
+        if !x.len().is_multiple_of(g) {
+            return Err(Error::internal(format!("{} weights are not whole groups of {g}", x.len())));
+        }
+        for xs in x.chunks_exact(g) {
+            let f = fit_group(xs, bits(self.format), quantizer);
+            self.push_fit(&f);
+        }
+        Ok(())
+    }
+
+    /// Append one fitted group.
+    fn push_fit(&mut self, f: &Fit) {
+        let q = |i: usize| f.q[i] as u32;
         match self.format {
-            WeightFormat::Int8 => self.push_blocks(HostFormat::Q8_0, &ggml::quantize_q8_0(x)?),
-            _ => self.push_blocks(HostFormat::Q4_1, &ggml::quantize_q4_1(x)?),
+            WeightFormat::Int8 => {
+                self.halves.push(f.d);
+                self.words.extend(
+                    f.q.chunks_exact(4)
+                        .map(|c| c.iter().enumerate().fold(0u32, |acc, (j, v)| acc | ((*v as u32 & 0xff) << (8 * j)))),
+                );
+            }
+            WeightFormat::Int3 => {
+                self.halves.extend([f.d, f.m]);
+                for b in (0..f.q.len()).step_by(32) {
+                    let lo = |h: usize| (0..16).fold(0u32, |acc, j| acc | ((q(b + 16 * h + j) & 3) << (2 * j)));
+                    let hi = (0..32).fold(0u32, |acc, j| acc | ((q(b + j) >> 2) << j));
+                    self.words.extend([lo(0), lo(1), hi]);
+                }
+            }
+            _ => {
+                // int4, int2: codes ascending from the low bits of each word.
+                let b = bits(self.format) as usize;
+                self.halves.extend([f.d, f.m]);
+                for c in (0..f.q.len()).step_by(32 / b) {
+                    self.words.push((0..32 / b).fold(0u32, |acc, j| acc | (q(c + j) << (b * j))));
+                }
+            }
         }
     }
 
@@ -132,14 +196,14 @@ impl Packer {
     }
 }
 
-/// Pack f32 weights (`[n]`, n a multiple of 32) round-to-nearest into `format`.
-pub fn pack_f32(format: WeightFormat, x: &[f32]) -> Result<Packed> {
+/// Pack f32 weights (`[n]`, n a multiple of the group) into `format`.
+pub fn pack_f32(format: WeightFormat, x: &[f32], quantizer: Quantizer) -> Result<Packed> {
     let mut p = Packer::new(format, x.len())?;
-    p.push_f32(x)?;
+    p.push_f32(x, quantizer)?;
     Ok(p.finish())
 }
 
-/// CPU reference of the shader's `load_w4`: the f32 weights of `n` packed values.
+/// CPU reference of the shaders' `load_w4`: the f32 weights of `n` packed values.
 pub fn dequantize(format: WeightFormat, packed: &Packed, n: usize) -> Result<Vec<f32>> {
     let half = |g: usize, which: usize| -> Result<f32> {
         let word = packed.scales.get(g).ok_or_else(|| Error::internal("scale buffer too short"))?;
@@ -156,11 +220,19 @@ pub fn dequantize(format: WeightFormat, packed: &Packed, n: usize) -> Result<Vec
                 out.push(f32::from(q) * d);
             }
         }
-        WeightFormat::Int4 => {
+        WeightFormat::Int4 | WeightFormat::Int3 | WeightFormat::Int2 => {
             for i in 0..n {
-                let g = i / GROUP;
+                let g = i / group(format);
                 let (d, m) = (half(g, 0)?, half(g, 1)?);
-                let q = (word(i / 8)? >> (4 * (i % 8))) & 0x0f;
+                let q = match format {
+                    WeightFormat::Int4 => (word(i / 8)? >> (4 * (i % 8))) & 0x0f,
+                    WeightFormat::Int2 => (word(i / 16)? >> (2 * (i % 16))) & 3,
+                    _ => {
+                        let (b, j) = (i / 32, i % 32);
+                        let lo = (word(3 * b + j / 16)? >> (2 * (j % 16))) & 3;
+                        lo | (((word(3 * b + 2)? >> j) & 1) << 2)
+                    }
+                };
                 out.push(q as f32 * d + m);
             }
         }
@@ -169,12 +241,12 @@ pub fn dequantize(format: WeightFormat, packed: &Packed, n: usize) -> Result<Vec
     Ok(out)
 }
 
-/// The weights the GPU sees after uploading f32 `x` in `format` (every format).
-pub fn quantize_dequantize(format: WeightFormat, x: &[f32]) -> Result<Vec<f32>> {
+/// The weights the CPU reference gives for f32 `x` in `format` (every format).
+pub fn quantize_dequantize(format: WeightFormat, x: &[f32], quantizer: Quantizer) -> Result<Vec<f32>> {
     match format {
         WeightFormat::F32 => Ok(x.to_vec()),
         WeightFormat::F16 => Ok(x.iter().map(|v| f16::from_f32(*v).to_f32()).collect()),
-        _ => dequantize(format, &pack_f32(format, x)?, x.len()),
+        _ => dequantize(format, &pack_f32(format, x, quantizer)?, x.len()),
     }
 }
 
@@ -214,20 +286,52 @@ mod tests {
     }
 
     #[test]
-    fn sizes_are_8_5_and_5_bits_per_weight() {
-        let x = values(32 * 3, 1);
-        let p8 = pack_f32(WeightFormat::Int8, &x).expect("int8");
-        assert_eq!((p8.words.len(), p8.scales.len()), (24, 2));
-        let p4 = pack_f32(WeightFormat::Int4, &x).expect("int4");
-        assert_eq!((p4.words.len(), p4.scales.len()), (12, 3));
+    fn sizes_match_the_bits_per_weight_of_each_format() {
+        let x = values(64 * 3, 1);
+        let sizes = |f| {
+            let p = pack_f32(f, &x, Quantizer::Rtn).expect("pack");
+            (p.words.len(), p.scales.len())
+        };
+        assert_eq!(sizes(WeightFormat::Int8), (48, 3));
+        assert_eq!(sizes(WeightFormat::Int4), (24, 6));
+        assert_eq!(sizes(WeightFormat::Int3), (18, 192 / INT3_GROUP));
+        assert_eq!(sizes(WeightFormat::Int2), (12, 192 / INT2_GROUP));
+    }
+
+    #[test]
+    fn every_code_unpacks_to_where_it_was_packed() {
+        // Codes chosen per position (q = i mod levels) with d = 1, m = 0 come back exactly.
+        for format in [WeightFormat::Int8, WeightFormat::Int4, WeightFormat::Int3, WeightFormat::Int2] {
+            let g = group(format);
+            let levels = if format == WeightFormat::Int8 { 255 } else { 1 << bits(format) };
+            let mut p = Packer::new(format, 4 * g).expect("packer");
+            let mut want = Vec::new();
+            for gi in 0..4 {
+                let q: Vec<i32> = (0..g)
+                    .map(|i| {
+                        let v = ((i * 7 + gi * 3) % levels) as i32;
+                        if format == WeightFormat::Int8 { v - 127 } else { v }
+                    })
+                    .collect();
+                want.extend(q.iter().map(|v| *v as f32));
+                p.push_fit(&Fit { d: f16::ONE.to_bits(), m: 0, q });
+            }
+            let got = dequantize(format, &p.finish(), 4 * g).expect("dequantize");
+            assert_eq!(got, want, "{format:?}");
+        }
     }
 
     #[test]
     fn round_to_nearest_error_is_within_half_a_step() {
         let x = values(32 * 16, 3);
-        for (format, levels) in [(WeightFormat::Int8, 254.0), (WeightFormat::Int4, 15.0)] {
-            let y = quantize_dequantize(format, &x).expect("round trip");
-            for (gx, gy) in x.chunks(GROUP).zip(y.chunks(GROUP)) {
+        for (format, levels) in [
+            (WeightFormat::Int8, 254.0),
+            (WeightFormat::Int4, 15.0),
+            (WeightFormat::Int3, 7.0),
+            (WeightFormat::Int2, 3.0),
+        ] {
+            let y = quantize_dequantize(format, &x, Quantizer::Rtn).expect("round trip");
+            for (gx, gy) in x.chunks(group(format)).zip(y.chunks(group(format))) {
                 let range = gx.iter().fold(0f32, |a, v| a.max(v.abs())) * 2.0;
                 let step = range / levels;
                 for (a, b) in gx.iter().zip(gy) {

@@ -123,6 +123,8 @@ export interface PerformanceStats {
   verify_passes?: number;
   tokens_proposed?: number;
   tokens_accepted?: number;
+  /** Milliseconds spent quantising weights at load (GPU kernel), 0 when none needed it. */
+  quantize_ms?: number;
 }
 
 export type ErrorCode =

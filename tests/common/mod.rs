@@ -69,7 +69,11 @@ pub fn max_rel_err(a: &[f32], b: &[f32], floor: f32) -> f32 {
 
 /// Run one kernel once on the given bindings and grid.
 pub fn run(gpu: &Gpu, key: KernelKey, bindings: &[(u32, &wgpu::Buffer)], grid: [u32; 3]) {
-    let kernels = Kernels::default();
+    run_with(gpu, &Kernels::default(), key, bindings, grid)
+}
+
+/// [`run`] with pipelines from `kernels`.
+pub fn run_with(gpu: &Gpu, kernels: &Kernels, key: KernelKey, bindings: &[(u32, &wgpu::Buffer)], grid: [u32; 3]) {
     let pipeline = kernels.get(&gpu.device, key).expect("pipeline");
     let layout = pipeline.get_bind_group_layout(0);
     let entries: Vec<_> = bindings

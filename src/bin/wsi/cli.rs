@@ -331,10 +331,20 @@ fn run(cli: Cli) -> Result<()> {
             }
             let (sum, n) = pollster::block_on(engine.score(&ids))?;
             let mean = sum / n as f64;
+            let mb = engine.model.weight_bytes as f64 / 1_048_576.0;
+            let (q, qms) = (engine.model.options.quantization_name(), engine.model.quantize_ms);
             if *as_json {
-                println!("{}", json!({ "tokens": ids.len(), "mean_nll": mean, "perplexity": mean.exp() }));
+                println!(
+                    "{}",
+                    json!({ "tokens": ids.len(), "mean_nll": mean, "perplexity": mean.exp(),
+                            "quantization": q, "model_memory_mb": mb, "quantize_ms": qms })
+                );
             } else {
-                println!("tokens {}  mean nll {mean:.4}  perplexity {:.3}", ids.len(), mean.exp());
+                println!(
+                    "{q}: tokens {}  mean nll {mean:.4}  perplexity {:.3}  model_memory_mb {mb:.1}  quantize_ms {qms:.0}",
+                    ids.len(),
+                    mean.exp()
+                );
             }
             Ok(())
         }
