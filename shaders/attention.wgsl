@@ -1,31 +1,23 @@
-// Causal grouped-query attention over the KV cache, one workgroup per (head, token):
-//   out[t, h, :] = softmax_j(q[t,h] . k[j, h / group] * scale) @ v[j, h / group],  j <= pos + t
+// Causal grouped-query attention over the KV cache (after the kv_cache.wgsl prelude), one
+// workgroup per (head, token) at position P = state.pos + t:
+//   out[t, h, :] = softmax_j(q[t,h] . k[j, h / group] * scale) @ v[j, h / group]
+// over the keys j of P: the attention sinks 0..sinks and the `window` positions up to P
+// (every position <= P while the window has not filled).
 //   q, out:  [T, n_heads * hd]
-//   caches:  [layers, ctx, n_kv * hd] (this layer at p.layer_off)
-//   scores:  [T, n_heads, ctx] scratch
+//   caches:  see kv_cache.wgsl (any storage format; read here, written by rope_kv.wgsl)
+//   scores:  [T, n_heads, score_stride] scratch
 // Scores go through a scratch buffer so that any context length fits (workgroup memory
 // would cap it). With SPLIT > 1 (decode on GPUs) the keys are split over SPLIT workgroups
 // per head (grid z) that write unnormalised partials (max, sum, acc[hd]); the `combine`
 // entry point merges them, so that long contexts use more than n_heads workgroups.
 
-struct AttnParams {
-    n_heads: u32,
-    n_kv: u32,
-    hd: u32,
-    layer_off: u32,
-    ctx: u32,
-    scale: f32,
-    _pad0: u32,
-    _pad1: u32,
-}
-
 override WG: u32 = 64;     // power of two
 override SPLIT: u32 = 1;   // workgroups per (head, token) over the keys
 
-@group(0) @binding(0) var<uniform> p: AttnParams;
+@group(0) @binding(0) var<uniform> p: KvParams;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
-@group(0) @binding(2) var<storage, read> k_cache: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> v_cache: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> k_cache: array<u32>;
+@group(0) @binding(3) var<storage, read> v_cache: array<u32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 @group(0) @binding(5) var<storage, read_write> scores: array<f32>;
 @group(0) @binding(6) var<storage, read_write> partial: array<f32>;  // [T, n_heads, SPLIT, hd + 2]
@@ -63,6 +55,11 @@ fn reduce_sum(tid: u32, v: f32) -> f32 {
     return r;
 }
 
+// Position of key j: the sinks first, then the window.
+fn key_pos(j: u32, n_sink: u32, first: u32) -> u32 {
+    return select(first + (j - n_sink), j, j < n_sink);
+}
+
 // Threads split the keys for the scores; for the weighted sum of V each thread owns 4
 // dimensions of one of WG / (hd / 4) key subsets, and the subsets are added at the end.
 @compute @workgroup_size(WG)
@@ -72,16 +69,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let t = wid.y;
     let n_tok = state[1];
     let pos = state[0] + t;
-    let n_keys = min(pos + 1u, p.ctx);
+    let latest = state[0] + max(n_tok, 1u) - 1u;
+    // Keys: positions 0..n_sink, then first..=pos.
+    let n_sink = min(p.sinks, pos + 1u);
+    let first = max(p.sinks, pos + 1u - min(pos + 1u, p.window));
+    let n_keys = n_sink + select(0u, pos + 1u - first, pos + 1u > first);
     let per_split = (n_keys + SPLIT - 1u) / SPLIT;
     let j0 = min(wid.z * per_split, n_keys);
     let j1 = min(j0 + per_split, n_keys);
     let kvh = h / (p.n_heads / p.n_kv);
     let hd4 = p.hd / 4u;
-    let kv_row4 = p.n_kv * hd4;
-    let base4 = p.layer_off / 4u + kvh * hd4;
     let qb = t * p.n_heads * p.hd + h * p.hd;
-    let sb = (t * p.n_heads + h) * p.ctx;
+    let sb = (t * p.n_heads + h) * p.score_stride;
     let is_live = t < n_tok;
 
     for (var d = tid; d < hd4; d += WG) {
@@ -93,12 +92,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     var m = -3.0e38;
     if (is_live) {
         for (var j = j0 + tid; j < j1; j += WG) {
-            let kb = base4 + j * kv_row4;
+            let ks = kv_slot(key_pos(j, n_sink, first), latest);
             var s = 0.0;
             for (var d = 0u; d < hd4; d++) {
-                s += dot(q_sh[d], k_cache[kb + d]);
+                s += dot(q_sh[d], kv_load4(false, ks, kvh * p.hd + 4u * d));
             }
-            s *= p.scale;
+            s *= p.scale * kv_scale(false, ks, kvh);
             scores[sb + j] = s;
             m = max(m, s);
         }
@@ -122,7 +121,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     var acc = vec4<f32>(0.0);
     if (is_live && part < n_parts) {
         for (var j = j0 + part; j < j1; j += n_parts) {
-            acc += scores[sb + j] * v_cache[base4 + j * kv_row4 + d4];
+            let vs = kv_slot(key_pos(j, n_sink, first), latest);
+            acc += scores[sb + j] * kv_scale(true, vs, kvh) * kv_load4(true, vs, kvh * p.hd + 4u * d4);
         }
     }
     parts[tid] = acc;

@@ -5,12 +5,15 @@
 mod common;
 
 use common::{gpu, max_rel_err, rand_vec, read_f32, read_u32, run, run_with};
-use wsi::gpu::params::{EmbedParams, HeadParams, MatParams};
-use wsi::gpu::{Kernel, KernelKey, Kernels, MatMode, WeightFormat, matmul_tile};
+use wsi::gpu::params::{EmbedParams, KvParams, MatParams};
+use wsi::gpu::{
+    Kernel, KernelKey, Kernels, KvFormat, KvFormats, MatMode, WeightFormat, decode_row, encode_row, matmul_tile,
+};
+use wsi::model::kv_cache::rope_table;
 use wsi::model::reference::rope_head;
 use wsi::model::upload::GpuMatrix;
 use wsi::model::upload::upload_matrix;
-use wsi::model::{RopeLayout, RopeScaling};
+use wsi::model::{ModelConfig, RopeLayout, RopeScaling};
 use wsi::quant::fit::Quantizer;
 use wsi::quant::gpu_formats::{self, Packed, dequantize, quantize_dequantize};
 use wsi::sampling::{SampleSettings, sample_reference};
@@ -288,104 +291,275 @@ fn embed_gathers_rows_of_the_ids_on_the_gpu() {
     }
 }
 
-fn rope_table(ctx: usize, hd: usize, theta: f64) -> Vec<f32> {
-    let mut v = Vec::new();
-    for pos in 0..ctx {
-        for i in 0..hd / 2 {
-            let a = pos as f64 * theta.powf(-2.0 * i as f64 / hd as f64);
-            v.push(a.cos() as f32);
-            v.push(a.sin() as f32);
-        }
+/// The engine's layout for `rows` main rows (and a ring under progressive), one layer
+/// of interest among `layers`: the KvParams the kernels get.
+#[allow(clippy::too_many_arguments)]
+fn kv_params(
+    nh: usize,
+    nkv: usize,
+    hd: usize,
+    layers: usize,
+    layer: usize,
+    f: KvFormats,
+    rows: usize,
+    sinks: usize,
+    window: usize,
+    ring: (usize, usize),
+    rope_rows: usize,
+) -> KvParams {
+    let (ring_rows, ring_recent) = ring;
+    let ring_words = ring_rows * layers * f.ring.row_words(nkv, hd);
+    KvParams {
+        n_heads: nh as u32,
+        n_kv: nkv as u32,
+        hd: hd as u32,
+        layer: layer as u32,
+        layers: layers as u32,
+        scale: 1.0 / (hd as f32).sqrt(),
+        sinks: sinks as u32,
+        window: window as u32,
+        main_rows: rows as u32,
+        main_off: ring_words as u32,
+        main_row: f.main.row_words(nkv, hd) as u32,
+        ring_rows: ring_rows as u32,
+        ring_recent: ring_recent as u32,
+        ring_row: f.ring.row_words(nkv, hd) as u32,
+        rope_rows: rope_rows as u32,
+        score_stride: (sinks + window) as u32,
     }
-    v
+}
+
+/// Words of position `q`'s row in a cache laid out by `p` (main store unless `ring`).
+fn row_words(p: &KvParams, f: KvFormats, cache: &[u32], q: usize, ring: bool) -> Vec<f32> {
+    let (nkv, hd) = (p.n_kv as usize, p.hd as usize);
+    let (base, fmt, n) = if ring {
+        let slot = q % p.ring_rows as usize;
+        ((slot * p.layers as usize + p.layer as usize) * p.ring_row as usize, f.ring, p.ring_row as usize)
+    } else {
+        let s = p.sinks as usize;
+        let row = if q < s { q } else { s + (q - s) % (p.main_rows as usize - s) };
+        (
+            p.main_off as usize + (row * p.layers as usize + p.layer as usize) * p.main_row as usize,
+            f.main,
+            p.main_row as usize,
+        )
+    };
+    decode_row(fmt, &cache[base..base + n], nkv, hd)
+}
+
+/// Tolerance of a stored value against the exact one: f16 and int8 round.
+fn kv_tolerance(f: KvFormat, amax: f32) -> f32 {
+    match f {
+        KvFormat::F32 => 1e-5 * amax.max(1.0),
+        KvFormat::F16 => 1e-3 * amax.max(1.0),
+        KvFormat::Int8 => amax / 127.0 * 0.51 + 1e-6,
+    }
 }
 
 #[test]
-fn rope_kv_rotates_and_appends_for_both_layouts() {
+fn rope_kv_rotates_and_appends_in_every_storage_format_and_past_the_table() {
     let gpu = gpu();
-    let (nh, nkv, hd, ctx, t, pos0, layers) = (6usize, 2usize, 16usize, 40usize, 3usize, 11usize, 2usize);
-    let layer = 1usize;
+    let (nh, nkv, hd, t, layers, layer) = (6usize, 2usize, 16usize, 3usize, 2usize, 1usize);
     let row = (nh + 2 * nkv) * hd;
+    // rope_rows 8 with positions 11..14: every position goes through the angle addition;
+    // a window ring of 4 sinks + 6 rows maps them onto wrapped rows.
+    let (rows, sinks, rope_rows, max_pos, pos0) = (10usize, 4usize, 8usize, 64usize, 11usize);
+    let formats = [
+        KvFormats::plain(KvFormat::F32),
+        KvFormats::plain(KvFormat::F16),
+        KvFormats { main: KvFormat::Int8, ring: KvFormat::F16 },
+    ];
     for layout in [RopeLayout::Adjacent, RopeLayout::HalfSplit] {
-        let qkv = rand_vec(t * row, 17, 1.0);
-        let hp = HeadParams {
-            n_heads: nh as u32,
-            n_kv: nkv as u32,
-            hd: hd as u32,
-            layer_off: (layer * ctx * nkv * hd) as u32,
-            ctx: ctx as u32,
-            scale: 0.0,
-            _pad: [0; 2],
-        };
-        let ub = gpu.uniform_init("p", bytemuck::bytes_of(&hp));
-        let qb = gpu.storage_init("qkv", bytemuck::cast_slice(&qkv));
-        let qo = gpu.storage("q", (t * nh * hd * 4) as u64);
-        let kc = gpu.storage("k", (layers * ctx * nkv * hd * 4) as u64);
-        let vc = gpu.storage("v", (layers * ctx * nkv * hd * 4) as u64);
-        let rb = gpu.storage_init("rope", bytemuck::cast_slice(&rope_table(ctx, hd, 10000.0)));
-        let state = gpu.storage_init("state", bytemuck::cast_slice(&[pos0 as u32, t as u32, 0, 0]));
-        let items = ((nh + nkv) * hd / 2 + nkv * hd / 2) as u32;
-        run(
-            &gpu,
-            KernelKey { kernel: Kernel::RopeKv { adjacent: layout == RopeLayout::Adjacent }, wg: 64, rows: 1, tpr: 1 },
-            &[(0, &ub), (1, &qb), (2, &qo), (3, &kc), (4, &vc), (5, &rb), (7, &state)],
-            [items.div_ceil(64), t as u32, 1],
-        );
-        let (gq, gk, gv) = (read_f32(&gpu, &qo), read_f32(&gpu, &kc), read_f32(&gpu, &vc));
-        for ti in 0..t {
-            let pos = pos0 + ti;
-            let src = &qkv[ti * row..(ti + 1) * row];
-            for h in 0..nh + nkv {
-                let mut head = src[h * hd..(h + 1) * hd].to_vec();
-                rope_head(&mut head, pos, 10000.0, RopeScaling::None, layout);
-                let got = if h < nh {
-                    &gq[ti * nh * hd + h * hd..][..hd]
-                } else {
-                    &gk[hp.layer_off as usize + pos * nkv * hd + (h - nh) * hd..][..hd]
-                };
-                assert!(max_rel_err(got, &head, 1.0) < 1e-5, "{layout:?} head {h} pos {pos}");
+        for f in formats {
+            let ring = if f.main == KvFormat::Int8 { (7, 4) } else { (0, 0) };
+            let cfg = ModelConfig { head_dim: hd, rope_theta: 10000.0, ..tiny_config() };
+            let table = rope_table(&cfg, rope_rows, max_pos);
+            let qkv = rand_vec(t * row, 17, 1.0);
+            let kp = kv_params(nh, nkv, hd, layers, layer, f, rows, sinks, 3, ring, rope_rows);
+            let words = kp.main_off as usize + rows * layers * kp.main_row as usize;
+            let ub = gpu.uniform_init("p", bytemuck::bytes_of(&kp));
+            let qb = gpu.storage_init("qkv", bytemuck::cast_slice(&qkv));
+            let qo = gpu.storage("q", (t * nh * hd * 4) as u64);
+            let kc = gpu.storage("k", (words * 4) as u64);
+            let vc = gpu.storage("v", (words * 4) as u64);
+            let rb = gpu.storage_init("rope", bytemuck::cast_slice(&table));
+            let state = gpu.storage_init("state", bytemuck::cast_slice(&[pos0 as u32, t as u32, 0, 0]));
+            let kernel = Kernel::RopeKv { adjacent: layout == RopeLayout::Adjacent, kv: f };
+            run(
+                &gpu,
+                KernelKey { kernel, wg: 64, rows: 1, tpr: 1 },
+                &[(0, &ub), (1, &qb), (2, &kc), (3, &vc), (4, &qo), (5, &rb), (7, &state)],
+                [(nh + 2 * nkv) as u32, t as u32, 1],
+            );
+            let (gq, gk, gv) = (read_f32(&gpu, &qo), read_u32(&gpu, &kc), read_u32(&gpu, &vc));
+            // Under progressive the new positions land in the ring at its (f16) format.
+            let (in_ring, fmt) = if ring.0 > 0 { (true, f.ring) } else { (false, f.main) };
+            for ti in 0..t {
+                let pos = pos0 + ti;
+                let src = &qkv[ti * row..(ti + 1) * row];
+                let (k_got, v_got) = (row_words(&kp, f, &gk, pos, in_ring), row_words(&kp, f, &gv, pos, in_ring));
+                for h in 0..nh + nkv {
+                    let mut head = src[h * hd..(h + 1) * hd].to_vec();
+                    rope_head(&mut head, pos, 10000.0, RopeScaling::None, layout);
+                    if h < nh {
+                        let got = &gq[ti * nh * hd + h * hd..][..hd];
+                        assert!(
+                            max_rel_err(got, &head, 1.0) < 1e-5,
+                            "{layout:?} q head {h} pos {pos} {got:?} {head:?}"
+                        );
+                        continue;
+                    }
+                    let kh = h - nh;
+                    let amax = head.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                    let err = k_got[kh * hd..][..hd].iter().zip(&head).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+                    assert!(err <= kv_tolerance(fmt, amax), "{layout:?} {f:?} k head {kh} pos {pos}: err {err}");
+                    let v = &src[(nh + nkv + kh) * hd..][..hd];
+                    let amax = v.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+                    let err = v_got[kh * hd..][..hd].iter().zip(v).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+                    assert!(err <= kv_tolerance(fmt, amax), "{layout:?} {f:?} v head {kh} pos {pos}: err {err}");
+                }
             }
-            let v = &src[(nh + nkv) * hd..];
-            assert_eq!(&gv[hp.layer_off as usize + pos * nkv * hd..][..nkv * hd], v);
         }
+    }
+}
+
+fn tiny_config() -> ModelConfig {
+    ModelConfig {
+        arch: wsi::model::Arch::Llama,
+        name: String::new(),
+        n_layers: 1,
+        d_model: 16,
+        n_heads: 1,
+        n_kv_heads: 1,
+        head_dim: 16,
+        d_ff: 16,
+        vocab_size: 16,
+        context_length: 64,
+        rms_eps: 1e-5,
+        rope_theta: 10000.0,
+        rope_scaling: RopeScaling::None,
+        rope_layout: RopeLayout::Adjacent,
+        tied_embeddings: true,
+        qkv_bias: false,
+    }
+}
+
+#[test]
+fn kv_requant_moves_the_position_leaving_the_ring_to_int8() {
+    let gpu = gpu();
+    let (nkv, hd, layers, layer, t) = (2usize, 32usize, 3usize, 2usize, 4usize);
+    let f = KvFormats { main: KvFormat::Int8, ring: KvFormat::F16 };
+    let (ring_rows, recent, rows, sinks) = (9usize, 5usize, 12usize, 2usize);
+    let kp = kv_params(4, nkv, hd, layers, layer, f, rows, sinks, 6, (ring_rows, recent), 64);
+    let words = kp.main_off as usize + rows * layers * kp.main_row as usize;
+    // Ring rows hold known values (positions pos0 - recent .. pos0 + t - recent).
+    let pos0 = 20usize;
+    let mut k = vec![0u32; words];
+    let mut v = vec![0u32; words];
+    let mut want = Vec::new();
+    for q in pos0 - recent..pos0 + t - recent {
+        let (kv_k, kv_v) = (rand_vec(nkv * hd, q as u64, 2.0), rand_vec(nkv * hd, 100 + q as u64, 0.5));
+        let base = ((q % ring_rows) * layers + layer) * kp.ring_row as usize;
+        k[base..base + kp.ring_row as usize].copy_from_slice(&encode_row(f.ring, &kv_k, nkv, hd));
+        v[base..base + kp.ring_row as usize].copy_from_slice(&encode_row(f.ring, &kv_v, nkv, hd));
+        want.push((q, decode_row(f.ring, &encode_row(f.ring, &kv_k, nkv, hd), nkv, hd), kv_v));
+    }
+    let ub = gpu.uniform_init("p", bytemuck::bytes_of(&kp));
+    let kc = gpu.storage_init("k", bytemuck::cast_slice(&k));
+    let vc = gpu.storage_init("v", bytemuck::cast_slice(&v));
+    let state = gpu.storage_init("state", bytemuck::cast_slice(&[pos0 as u32, t as u32, 0, 0]));
+    run(
+        &gpu,
+        KernelKey { kernel: Kernel::KvRequant { kv: f }, wg: 64, rows: 1, tpr: 1 },
+        &[(0, &ub), (2, &kc), (3, &vc), (7, &state)],
+        [2 * nkv as u32, t as u32, 1],
+    );
+    let (gk, gv) = (read_u32(&gpu, &kc), read_u32(&gpu, &vc));
+    for (q, kx, vx) in want {
+        let vx = decode_row(f.ring, &encode_row(f.ring, &vx, nkv, hd), nkv, hd);
+        for (got, exact) in [(row_words(&kp, f, &gk, q, false), &kx), (row_words(&kp, f, &gv, q, false), &vx)] {
+            for h in 0..nkv {
+                let amax = exact[h * hd..][..hd].iter().fold(0.0f32, |m, x| m.max(x.abs()));
+                let err = got[h * hd..][..hd]
+                    .iter()
+                    .zip(&exact[h * hd..][..hd])
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0, f32::max);
+                assert!(err <= kv_tolerance(KvFormat::Int8, amax), "position {q} head {h}: err {err}");
+            }
+        }
+        // Its ring row is left alone (a rolled-back pass may still need it).
+        assert_eq!(row_words(&kp, f, &gk, q, true), kx);
     }
 }
 
 #[test]
 fn attention_matches_cpu_reference_with_gqa_and_causal_mask() {
     for (wg, hd, split) in [(64u32, 16usize, 1u32), (128, 64, 1), (32, 128, 1), (64, 64, 7), (128, 64, 16)] {
-        check_attention(wg, hd, split);
+        check_attention(wg, hd, split, KvFormats::plain(KvFormat::F32), None);
     }
 }
 
-fn check_attention(wg: u32, hd: usize, split: u32) {
+#[test]
+fn attention_reads_every_storage_format_window_and_ring() {
+    let progressive = KvFormats { main: KvFormat::Int8, ring: KvFormat::F16 };
+    for (f, window) in [
+        (KvFormats::plain(KvFormat::F16), None),
+        (KvFormats::plain(KvFormat::Int8), None),
+        (KvFormats::plain(KvFormat::F16), Some((4usize, 100usize))),
+        (progressive, Some((4, 100))),
+        (KvFormats { main: KvFormat::Int8, ring: KvFormat::F32 }, Some((3, 150))),
+    ] {
+        for split in [1u32, 5] {
+            check_attention(64, 64, split, f, window);
+        }
+    }
+}
+
+/// Positions 0..=pos0+t-1 with random K/V, stored in `f` (sinks + window ring when
+/// `window`, a 40-position ring of recent rows at f.ring when the formats differ); the
+/// GPU's attention against the CPU's over the decoded stored values.
+fn check_attention(wg: u32, hd: usize, split: u32, f: KvFormats, window: Option<(usize, usize)>) {
     let gpu = gpu();
-    let (nh, nkv, ctx, t, pos0) = (6usize, 2usize, 300usize, 5usize, 190usize);
+    let (nh, nkv, t, pos0, layers, layer) = (6usize, 2usize, 5usize, 190usize, 2usize, 1usize);
     let kv_row = nkv * hd;
-    let q = rand_vec(t * nh * hd, 21, 1.0);
-    let k = rand_vec(ctx * kv_row, 22, 1.0);
-    let v = rand_vec(ctx * kv_row, 23, 1.0);
-    let scale = 1.0 / (hd as f32).sqrt();
-    let hp = HeadParams {
-        n_heads: nh as u32,
-        n_kv: nkv as u32,
-        hd: hd as u32,
-        layer_off: 0,
-        ctx: ctx as u32,
-        scale,
-        _pad: [0; 2],
+    let (sinks, win, rows) = match window {
+        Some((s, w)) => (s, w, s + w + t + 3),
+        None => (0, 300, 300),
     };
-    let ub = gpu.uniform_init("p", bytemuck::bytes_of(&hp));
+    let ring = if f.ring != f.main { (40 + t, 40) } else { (0, 0) };
+    let kp = kv_params(nh, nkv, hd, layers, layer, f, rows, sinks, win, ring, 64);
+    let words = kp.main_off as usize + rows * layers * kp.main_row as usize;
+    let latest = pos0 + t - 1;
+    let q = rand_vec(t * nh * hd, 21, 1.0);
+    let (mut kw, mut vw) = (vec![0u32; words], vec![0u32; words]);
+    let mut stored: Vec<(Vec<f32>, Vec<f32>)> = Vec::new();
+    // Oldest first, so that ring rows end up holding the newest positions.
+    for pos in 0..=latest {
+        let (k, v) = (rand_vec(kv_row, 1000 + pos as u64, 1.0), rand_vec(kv_row, 5000 + pos as u64, 1.0));
+        let in_ring = ring.0 > 0 && pos + ring.1 > latest;
+        let (base, fmt, n) = if in_ring {
+            ((((pos % ring.0) * layers) + layer) * kp.ring_row as usize, f.ring, kp.ring_row as usize)
+        } else {
+            let r = if pos < sinks { pos } else { sinks + (pos - sinks) % (rows - sinks) };
+            (kp.main_off as usize + (r * layers + layer) * kp.main_row as usize, f.main, kp.main_row as usize)
+        };
+        let (ek, ev) = (encode_row(fmt, &k, nkv, hd), encode_row(fmt, &v, nkv, hd));
+        kw[base..base + n].copy_from_slice(&ek);
+        vw[base..base + n].copy_from_slice(&ev);
+        stored.push((decode_row(fmt, &ek, nkv, hd), decode_row(fmt, &ev, nkv, hd)));
+    }
+    let ub = gpu.uniform_init("p", bytemuck::bytes_of(&kp));
     let qb = gpu.storage_init("q", bytemuck::cast_slice(&q));
-    let kb = gpu.storage_init("k", bytemuck::cast_slice(&k));
-    let vb = gpu.storage_init("v", bytemuck::cast_slice(&v));
+    let kb = gpu.storage_init("k", bytemuck::cast_slice(&kw));
+    let vb = gpu.storage_init("v", bytemuck::cast_slice(&vw));
     let out = gpu.storage("out", (t * nh * hd * 4) as u64);
-    let scores = gpu.storage("scores", (t * nh * ctx * 4) as u64);
+    let scores = gpu.storage("scores", (t * nh * (sinks + win) * 4) as u64);
     let state = gpu.storage_init("state", bytemuck::cast_slice(&[pos0 as u32, t as u32, 0, 0]));
     let partial = gpu.storage("partial", (t * nh * split as usize * (hd + 2) * 4) as u64);
     run(
         &gpu,
-        KernelKey { kernel: Kernel::Attention { split }, wg, rows: 1, tpr: 1 },
+        KernelKey { kernel: Kernel::Attention { split, kv: f }, wg, rows: 1, tpr: 1 },
         &[(0, &ub), (1, &qb), (2, &kb), (3, &vb), (4, &out), (5, &scores), (6, &partial), (7, &state)],
         [nh as u32, t as u32, split],
     );
@@ -399,28 +573,30 @@ fn check_attention(wg: u32, hd: usize, split: u32) {
     }
     let got = read_f32(&gpu, &out);
     let mut want = vec![0.0f32; t * nh * hd];
+    let scale = kp.scale as f64;
     for ti in 0..t {
-        let n_keys = pos0 + ti + 1;
+        let p = pos0 + ti;
+        let keys: Vec<usize> = (0..=p).filter(|&j| j < sinks || p - j < win).collect();
         for h in 0..nh {
             let kvh = h / (nh / nkv);
             let qh = &q[ti * nh * hd + h * hd..][..hd];
-            let s: Vec<f64> = (0..n_keys)
-                .map(|j| {
-                    qh.iter().zip(&k[j * kv_row + kvh * hd..][..hd]).map(|(a, b)| (a * b) as f64).sum::<f64>()
-                        * scale as f64
+            let s: Vec<f64> = keys
+                .iter()
+                .map(|&j| {
+                    qh.iter().zip(&stored[j].0[kvh * hd..][..hd]).map(|(a, b)| (a * b) as f64).sum::<f64>() * scale
                 })
                 .collect();
             let mx = s.iter().copied().fold(f64::MIN, f64::max);
             let e: Vec<f64> = s.iter().map(|x| (x - mx).exp()).collect();
             let z: f64 = e.iter().sum();
             for dd in 0..hd {
-                let acc: f64 = (0..n_keys).map(|j| e[j] * v[j * kv_row + kvh * hd + dd] as f64).sum();
+                let acc: f64 = keys.iter().zip(&e).map(|(&j, e)| e * stored[j].1[kvh * hd + dd] as f64).sum();
                 want[ti * nh * hd + h * hd + dd] = (acc / z) as f32;
             }
         }
     }
     let err = max_rel_err(&got, &want, 0.1);
-    assert!(err < 1e-4, "attention wg={wg} hd={hd} split={split}: max rel err {err}");
+    assert!(err < 1e-4, "attention wg={wg} hd={hd} split={split} {f:?} {window:?}: max rel err {err}");
 }
 
 fn gpu_sample(logits: &[f32], history: &[u32], s: &SampleSettings) -> (u32, Vec<u32>) {

@@ -296,7 +296,8 @@ async fn on_error_gets_coded_info_and_a_throwing_handler_is_harmless() {
 async fn memory_pressure_and_timeout_events_fire() {
     // A second instance, loaded after the shared one (so its file comes from the Cache
     // API), with the default fp16 weights, a 64 MiB memory limit (the weights alone are
-    // larger), a KV cache of 1 MiB (22 tokens) and a 1 ms generation deadline.
+    // larger), a KV cache of 1 MiB (45 f16 tokens: 4 sinks + a window of 21) and a 1 ms
+    // generation deadline.
     llm().await;
     let cfg = json!({"generationTimeoutMs": 1, "memoryLimitMb": 64, "maxKvCacheMb": 1, "temperature": 0});
     let l = WebGPUStreamingInference::new(MODEL_URL.into(), js(cfg)).expect("constructor");
@@ -320,12 +321,19 @@ async fn memory_pressure_and_timeout_events_fire() {
         assert_eq!(p[0]["limit_mb"].as_f64(), Some(64.0));
         assert!(p[0]["current_mb"].as_f64().unwrap() > 64.0);
     }
-    await_promise(l.generate("Once upon a time".into(), js(json!(32)), JsValue::UNDEFINED)).await.unwrap();
+    // A prompt longer than the KV budget holds: its prefill fills the budget (80%, 90%) and
+    // the sliding window takes over; the engine's events reach onMemoryPressure.
+    let prompt = "Once upon a time there was a cat. ".repeat(8);
+    await_promise(l.generate(prompt.into(), js(json!(32)), JsValue::UNDEFINED)).await.unwrap();
     {
         let p = pressure.borrow();
-        assert_eq!(p.len(), 2, "KV budget warning: {p:?}");
-        assert_eq!(p[1]["level"], json!("warning"));
-        assert!(p[1]["action"].as_str().unwrap().contains("capped"), "{}", p[1]);
+        let kv: Vec<&Value> = p[1..].iter().filter(|e| e["limit_mb"].as_f64() == Some(1.0)).collect();
+        // 80% and 90% of the budget, and the window engaging (critical).
+        let count = |l: &str| kv.iter().filter(|e| e["level"] == json!(l)).count();
+        assert_eq!((count("warning"), count("critical")), (1, 2), "KV budget events: {p:?}");
+        assert!(kv.iter().all(|e| e["action"] == json!("sliding_window")), "{p:?}");
+        assert!(kv[0]["current_mb"].as_f64().unwrap() >= 0.8, "{p:?}");
+        assert!(p.iter().any(|e| e["message"].as_str().unwrap().contains("sliding window keeps the first 4")), "{p:?}");
     }
     let t = timeouts.borrow();
     assert_eq!(t.len(), 1);
@@ -336,6 +344,8 @@ async fn memory_pressure_and_timeout_events_fire() {
     assert_eq!(s["finish_reason"], json!("timeout"));
     assert!(s["tokens_generated"].as_u64().unwrap() < 32);
     assert_eq!(s["quantization"], json!("fp16"));
+    assert_eq!((s["kv_cache_strategy"].clone(), s["kv_cache_optimized"].clone()), (json!("dynamic"), json!(true)));
+    assert!(s["kv_cache_mb"].as_f64().unwrap() <= 1.0, "{s}");
 }
 
 #[wasm_bindgen_test]

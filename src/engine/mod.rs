@@ -7,6 +7,7 @@ mod bench;
 pub mod lookup;
 mod options;
 pub mod prefetch;
+mod pressure;
 pub mod speculative;
 mod stats;
 mod stop;
@@ -14,6 +15,7 @@ mod top1;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use web_time::Instant;
@@ -22,6 +24,7 @@ use web_time::Instant;
 pub use bench::profile;
 pub use bench::{BenchReport, REPETITIVE_PROMPT, bench, bench_again, bench_ids, bench_prompt};
 pub use options::weight_format;
+pub use pressure::{MemoryPressureEvent, PressureMonitor};
 pub use stats::{FinishReason, GenerationStats};
 pub use stop::{StopMatcher, StopStep};
 
@@ -95,6 +98,8 @@ pub struct Generation {
     pub ids: Vec<u32>,
     pub finish_reason: FinishReason,
     pub stats: GenerationStats,
+    /// Memory-pressure events this generation raised, in order.
+    pub memory_events: Vec<MemoryPressureEvent>,
 }
 
 /// What the callback sees for each generated token.
@@ -131,6 +136,8 @@ pub struct Engine {
     cancel: Arc<AtomicBool>,
     /// The prefetch strategy with what it measured so far.
     pub prefetch: Prefetch,
+    /// Memory-pressure events not yet taken by the caller (see [`Engine::pressure_handle`]).
+    pressure: Arc<Mutex<Vec<MemoryPressureEvent>>>,
     /// Time spent loading (weights upload, pipelines), ms.
     pub load_ms: f64,
 }
@@ -178,6 +185,7 @@ impl Engine {
             logits_staging,
             cancel: Arc::new(AtomicBool::new(false)),
             prefetch,
+            pressure: Arc::new(Mutex::new(Vec::new())),
             load_ms: t0.elapsed().as_secs_f64() * 1e3,
         })
     }
@@ -187,10 +195,51 @@ impl Engine {
         self.cancel.clone()
     }
 
-    /// Bytes on the GPU: weights, KV cache, activations and staging.
+    /// Memory-pressure events pushed as they happen during a generation: a caller (the
+    /// browser class) drains it from its token callback to fire `onMemoryPressure` live.
+    pub fn pressure_handle(&self) -> Arc<Mutex<Vec<MemoryPressureEvent>>> {
+        self.pressure.clone()
+    }
+
+    /// Bytes on the GPU: weights, KV cache (allocated now), activations and staging.
     pub fn memory_bytes(&self) -> (u64, u64, u64) {
         let staging: u64 = self.id_staging.iter().map(|b| b.size()).sum::<u64>() + self.logits_staging.size();
-        (self.model.weight_bytes, self.model.kv_bytes, self.model.activation_bytes + staging)
+        (self.model.weight_bytes, self.model.kv.bytes(), self.model.activation_bytes + staging)
+    }
+
+    /// The KV budget and the memory limit in bytes, where configured.
+    fn memory_limits(&self) -> (Option<u64>, Option<u64>) {
+        let mb = |v: u32| u64::from(v) * 1_048_576;
+        let mem = match &self.options.profile {
+            Some(p) => Some(mb(p.memory_limit_mb(&self.options.config))),
+            None => self.options.config.memory_limit_mb.map(mb),
+        };
+        (self.options.load.kv.budget_bytes, mem)
+    }
+
+    /// Grow the KV cache for a pass writing positions up to `latest` (in `enc`, before the
+    /// pass) and, during a generation (`watch`), record the memory-pressure events it raises.
+    fn reserve_kv(
+        &mut self,
+        enc: &mut wgpu::CommandEncoder,
+        latest: usize,
+        watch: Option<(&mut PressureMonitor, &mut Vec<MemoryPressureEvent>)>,
+    ) {
+        self.model.reserve_kv(&self.gpu, enc, latest);
+        let Some((monitor, events)) = watch else { return };
+        let new = monitor.check(&self.model.kv, latest);
+        if !new.is_empty() {
+            if let Ok(mut q) = self.pressure.lock() {
+                q.extend(new.iter().cloned());
+            }
+            events.extend(new);
+        }
+    }
+
+    fn monitor(&self) -> PressureMonitor {
+        let (w, _, act) = self.memory_bytes();
+        let (kv, mem) = self.memory_limits();
+        PressureMonitor::new(kv, mem, w + act)
     }
 
     fn check_prompt(&self, ids: &[u32], extra: usize) -> Result<()> {
@@ -201,11 +250,12 @@ impl Engine {
         if let Some(bad) = ids.iter().find(|&&i| i as usize >= vocab) {
             return Err(Error::invalid(format!("token id {bad} is outside the vocabulary of {vocab}")));
         }
-        let ctx = self.model.options.context;
+        let ctx = self.model.kv.plan.max_positions;
         if ids.len() + extra > ctx {
             return Err(Error::ContextLengthExceeded(format!(
-                "the prompt has {} tokens; with {extra} more it exceeds the context of {ctx}",
-                ids.len()
+                "the prompt has {} tokens; with {extra} more it exceeds the {} KV cache's {ctx} positions",
+                ids.len(),
+                self.model.kv.plan.strategy.as_str()
             )));
         }
         Ok(())
@@ -213,7 +263,12 @@ impl Engine {
 
     /// Encode and submit the prefill of `ids`, chunk by chunk. The last chunk samples the
     /// first new id (when `sample`) and copies it to staging slot 0.
-    fn submit_prefill(&self, ids: &[u32], sample: bool) -> Option<wgpu::SubmissionIndex> {
+    fn submit_prefill(
+        &mut self,
+        ids: &[u32],
+        sample: bool,
+        mut watch: Option<(&mut PressureMonitor, &mut Vec<MemoryPressureEvent>)>,
+    ) -> Option<wgpu::SubmissionIndex> {
         self.model.write_tokens(&self.gpu, 0, ids);
         let chunk = self.model.options.chunk;
         let mut last = None;
@@ -224,6 +279,8 @@ impl Engine {
             let is_last = c + 1 == n_chunks;
             self.model.write_state(&self.gpu, p0 as u32, len as u32);
             let mut enc = self.gpu.device.create_command_encoder(&Default::default());
+            let w = watch.as_mut().map(|(m, e)| (&mut **m, &mut **e));
+            self.reserve_kv(&mut enc, p0 + len - 1, w);
             {
                 let mut pass = enc.begin_compute_pass(&Default::default());
                 self.model.encode_prefill(&mut pass, len as u32, sample && is_last, false);
@@ -239,7 +296,7 @@ impl Engine {
     /// Logits `[vocab]` for the token after `ids` (teacher-forced prefill, no sampling).
     pub async fn next_logits(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
         self.check_prompt(ids, 0)?;
-        self.submit_prefill(ids, false);
+        self.submit_prefill(ids, false, None);
         let vocab = self.model.config.vocab_size as u64;
         let mut enc = self.gpu.device.create_command_encoder(&Default::default());
         enc.copy_buffer_to_buffer(&self.model.logits, 0, &self.logits_staging, 0, vocab * 4);
@@ -260,6 +317,7 @@ impl Engine {
             let len = (ids.len() - p0).min(chunk);
             self.model.write_state(&self.gpu, p0 as u32, len as u32);
             let mut enc = self.gpu.device.create_command_encoder(&Default::default());
+            self.reserve_kv(&mut enc, p0 + len - 1, None);
             {
                 let mut pass = enc.begin_compute_pass(&Default::default());
                 self.model.encode_prefill(&mut pass, len as u32, false, true);
@@ -295,8 +353,16 @@ impl Engine {
         let t_start = Instant::now();
         self.cancel.store(false, Ordering::SeqCst);
         self.check_prompt(prompt, 1)?;
-        let ctx = self.model.options.context;
+        if let Ok(mut q) = self.pressure.lock() {
+            q.clear();
+        }
+        // Positions run out at the static cache's context (the windowed strategies go on to
+        // MAX_WINDOW_POSITIONS): the generation then ends with context_length_exceeded.
+        let ctx = self.model.kv.plan.max_positions;
         let budget = params.max_tokens.min(ctx - prompt.len());
+        let runs_out = params.max_tokens > budget;
+        let mut monitor = self.monitor();
+        let mut events = Vec::new();
         let vocab = self.model.config.vocab_size as u32;
         self.model.write_sample_params(
             &self.gpu,
@@ -327,10 +393,11 @@ impl Engine {
                 ids,
                 finish_reason: FinishReason::Length,
                 stats,
+                memory_events: events,
             });
         }
 
-        let Some(prefill_index) = self.submit_prefill(prompt, true) else {
+        let Some(prefill_index) = self.submit_prefill(prompt, true, Some((&mut monitor, &mut events))) else {
             return Err(Error::internal("no prefill submission"));
         };
         let mut queue: VecDeque<InFlight> = VecDeque::new();
@@ -370,6 +437,8 @@ impl Engine {
                         let slot = next_slot;
                         next_slot = (next_slot + 1) % self.id_staging.len();
                         let mut enc = self.gpu.device.create_command_encoder(&Default::default());
+                        let latest = prompt.len() + submitted + s - 2;
+                        self.reserve_kv(&mut enc, latest, Some((&mut monitor, &mut events)));
                         {
                             let mut pass = enc.begin_compute_pass(&Default::default());
                             for _ in 0..s {
@@ -476,6 +545,16 @@ impl Engine {
         }
         stats.finish_reason = Some(finish);
         self.gpu.take_errors()?;
-        Ok(Generation { text, prompt_ids: prompt.to_vec(), ids, finish_reason: finish, stats })
+        if runs_out && finish == FinishReason::Length {
+            return Err(Error::ContextLengthExceeded(format!(
+                "the {} KV cache is full after {} prompt + {} generated tokens ({} positions); max_tokens was {}",
+                self.model.kv.plan.strategy.as_str(),
+                prompt.len(),
+                ids.len(),
+                ctx,
+                params.max_tokens
+            )));
+        }
+        Ok(Generation { text, prompt_ids: prompt.to_vec(), ids, finish_reason: finish, stats, memory_events: events })
     }
 }

@@ -7,8 +7,9 @@ use super::{Engine, EngineOptions, GenerateParams, GenerationStats};
 use crate::browser::{AdapterCaps, BrowserProfile};
 use crate::config::{Quantization, SamplingParams, StreamingConfig};
 use crate::error::{Error, Result};
-use crate::gpu::{GpuCaps, WeightFormat};
+use crate::gpu::{GpuCaps, KvFormat, KvFormats, WeightFormat};
 use crate::model::ModelConfig;
+use crate::model::kv_cache::KvOptions;
 use crate::model::llama::LoadOptions;
 use crate::quant::fit::Quantizer;
 use crate::sampling::SampleSettings;
@@ -88,10 +89,15 @@ impl EngineOptions {
         let (format, mixed) =
             if cfg.quantization == Quantization::Mixed { (attn, Some((attn, ffn))) } else { (attn, None) };
         let (quantizer, gpu_quantize) = quantizer_switches();
-        // KV cache (f32 K and V per layer) sized to the budget, the model and a ceiling.
-        let per_token = (model.n_layers * model.n_kv_heads * model.head_dim * 4 * 2).max(1);
-        let budget_tokens = (u64::from(profile.kv_cache_mb(cfg)) * 1_048_576 / per_token as u64) as usize;
-        let context = model.context_length.min(budget_tokens).clamp(16, MAX_DEFAULT_CONTEXT);
+        // KV rows: the model's context under a ceiling; the budget (in the chosen storage
+        // format) may lower it further (model::kv_cache).
+        let context = model.context_length.clamp(16, MAX_DEFAULT_CONTEXT.max(16));
+        let kv = KvOptions {
+            strategy: cfg.kv_cache_strategy,
+            compact: cfg.kv_cache_optimization,
+            budget_bytes: Some(u64::from(profile.kv_cache_mb(cfg)) * 1_048_576),
+            ..KvOptions::default()
+        };
         // Prefill chunks of 256 tokens in both modes: 64-token chunks (the latency mode's
         // former choice) made the first token slower everywhere measured (H100, 512-token
         // prompt: 187 vs 51 ms; lavapipe, 192 tokens: 15.7 vs 11.0 s). Latency mode instead
@@ -131,6 +137,7 @@ impl EngineOptions {
                 attention_split: env_u32("WSI_ATTENTION_SPLIT").unwrap_or(if caps.is_cpu { 1 } else { 16 }),
                 // The profile's binding cap (Firefox 128 MiB) within the device's limit.
                 max_binding: profile.max_binding_bytes.min(caps.max_storage_binding),
+                kv,
             },
             steps_per_submit: steps,
             in_flight,
@@ -181,6 +188,12 @@ impl Engine {
         let (w, kv, act) = self.memory_bytes();
         let mb = |b: u64| b as f64 / 1_048_576.0;
         let profile = self.options.profile.as_ref();
+        let plan = &self.model.kv.plan;
+        let kv_format = if plan.ring_rows > 0 {
+            format!("{} + {} recent", plan.formats.main.name(), plan.formats.ring.name())
+        } else {
+            plan.formats.main.name().to_string()
+        };
         json!({
             "tokens_generated": s.tokens_generated,
             "prompt_tokens": s.prompt_tokens,
@@ -194,15 +207,17 @@ impl Engine {
             "batch_size_history": [1],
             "kv_cache_mb": mb(kv),
             "model_memory_mb": mb(w),
-            "peak_memory_mb": mb(w + kv + act),
+            "peak_memory_mb": mb(w + self.model.kv.peak_bytes.max(kv) + act),
             "quantization": self.model.options.quantization_name(),
             "quantize_ms": self.model.quantize_ms,
-            "kv_cache_strategy": "static",
+            "kv_cache_strategy": plan.strategy.as_str(),
+            "kv_cache_format": kv_format,
+            "kv_cache_tokens": plan.sinks + plan.window,
             "browser": profile.map(|p| p.browser.as_str()).unwrap_or("native"),
             "adapter": self.gpu.caps.adapter_name,
             "workgroup_size": [self.model.options.workgroup, 1, 1],
             "latency_optimized": self.options.config.optimize_for_latency,
-            "kv_cache_optimized": false,
+            "kv_cache_optimized": plan.formats != KvFormats::plain(KvFormat::F32),
             "finish_reason": s.finish_reason.map(|f| f.as_str()),
             "steps_per_submit": self.options.steps_per_submit,
             "in_flight": self.options.in_flight,

@@ -53,12 +53,14 @@ impl Engine {
     /// sampling every row; returns the `draft.len() + 1` sampled ids (the id the model
     /// puts at `len + r` for each row `r`). The caller resets the state to the kept length.
     /// Nothing else may be in flight (uses staging slot 0).
-    pub(super) async fn verify_rows(&self, len: usize, draft: &[u32]) -> Result<Vec<u32>> {
+    pub(super) async fn verify_rows(&mut self, len: usize, draft: &[u32]) -> Result<Vec<u32>> {
         let n = draft.len() + 1;
         let bytes = n as u64 * 4;
         self.model.write_tokens(&self.gpu, len, draft);
         self.model.write_state(&self.gpu, (len - 1) as u32, n as u32);
         let mut enc = self.gpu.device.create_command_encoder(&Default::default());
+        // The KV cache grows before the pass; rolling back after it is valid (model::kv_cache).
+        self.reserve_kv(&mut enc, len + draft.len() - 1, None);
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
             self.model.encode_rows(&mut pass, n as u32);

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use super::kv::{KV_PRELUDE, KvFormat, KvFormats};
 use crate::error::{Error, Result};
 
 /// How a weight matrix is stored on the GPU.
@@ -121,11 +122,14 @@ pub enum Kernel {
     Matmul { format: WeightFormat, mode: MatMode, tiled: bool },
     /// Embedding gather from token ids on the GPU.
     Embed { format: WeightFormat },
-    /// RoPE + KV append.
-    RopeKv { adjacent: bool },
-    /// Causal GQA attention; with `split > 1` each (head, token) spreads its keys over
-    /// `split` workgroups that write partials for [`Kernel::AttentionCombine`].
-    Attention { split: u32 },
+    /// RoPE + KV append in the cache's formats (`ring` under progressive).
+    RopeKv { adjacent: bool, kv: KvFormats },
+    /// Progressive KV: the position leaving the recent ring re-quantised into the main store.
+    KvRequant { kv: KvFormats },
+    /// Causal GQA attention over the sinks + window; with `split > 1` each (head, token)
+    /// spreads its keys over `split` workgroups that write partials for
+    /// [`Kernel::AttentionCombine`].
+    Attention { split: u32, kv: KvFormats },
     /// Merge of the attention partials.
     AttentionCombine { split: u32 },
     /// Sampling + step advance.
@@ -161,6 +165,7 @@ impl KernelKey {
     fn entry_point(&self) -> &'static str {
         match self.kernel {
             Kernel::AttentionCombine { .. } => "combine",
+            Kernel::KvRequant { .. } => "requant",
             Kernel::Matvec { wide: true, .. } => "wide",
             _ => "main",
         }
@@ -171,9 +176,11 @@ impl KernelKey {
             Kernel::Matvec { format, .. } => (format.prelude(native_f16), include_str!("../../shaders/matvec.wgsl")),
             Kernel::Matmul { format, .. } => (format.prelude(native_f16), include_str!("../../shaders/matmul.wgsl")),
             Kernel::Embed { format } => (format.prelude(native_f16), include_str!("../../shaders/embed.wgsl")),
-            Kernel::RopeKv { .. } => ("", include_str!("../../shaders/rope_kv.wgsl")),
+            Kernel::RopeKv { .. } | Kernel::KvRequant { .. } => {
+                (KV_PRELUDE, include_str!("../../shaders/rope_kv.wgsl"))
+            }
             Kernel::Attention { .. } | Kernel::AttentionCombine { .. } => {
-                ("", include_str!("../../shaders/attention.wgsl"))
+                (KV_PRELUDE, include_str!("../../shaders/attention.wgsl"))
             }
             Kernel::Sample => ("", include_str!("../../shaders/sample.wgsl")),
             Kernel::Quantize { .. } => ("", include_str!("../../shaders/quantize.wgsl")),
@@ -200,10 +207,15 @@ impl KernelKey {
                 ("ACCUMULATE", b(mode.accumulate)),
                 ("HAS_BIAS", b(mode.bias)),
             ],
-            Kernel::RopeKv { adjacent } => vec![("ADJACENT", b(adjacent))],
-            Kernel::Attention { split } | Kernel::AttentionCombine { split } => {
-                vec![("WG", f64::from(self.wg)), ("SPLIT", f64::from(split.max(1)))]
-            }
+            Kernel::RopeKv { adjacent, kv } => vec![("ADJACENT", b(adjacent)), kv.main_constant(), kv.ring_constant()],
+            Kernel::KvRequant { kv } => vec![kv.main_constant(), kv.ring_constant()],
+            Kernel::Attention { split, kv } => vec![
+                ("WG", f64::from(self.wg)),
+                ("SPLIT", f64::from(split.max(1))),
+                kv.main_constant(),
+                kv.ring_constant(),
+            ],
+            Kernel::AttentionCombine { split } => vec![("WG", f64::from(self.wg)), ("SPLIT", f64::from(split.max(1)))],
             Kernel::Quantize { format, quantizer } => {
                 let (starts, iters) = quantizer.schedule();
                 vec![
@@ -295,7 +307,14 @@ impl Kernels {
             }
         }
         let q = Kernel::Quantize { format: WeightFormat::Int3, quantizer: Default::default() };
-        for k in [Kernel::RopeKv { adjacent: true }, Kernel::Attention { split: 1 }, Kernel::Sample, q] {
+        let kv = KvFormats { main: KvFormat::Int8, ring: KvFormat::F16 };
+        for k in [
+            Kernel::RopeKv { adjacent: true, kv },
+            Kernel::KvRequant { kv },
+            Kernel::Attention { split: 1, kv },
+            Kernel::Sample,
+            q,
+        ] {
             let key = KernelKey { kernel: k, wg: 64, rows: 1, tpr: 64 };
             out.push((format!("{k:?}"), key.source(false)));
         }

@@ -3,11 +3,13 @@
 
 mod device;
 mod kernels;
+mod kv;
 pub mod params;
 mod readback;
 
 pub use device::{Gpu, GpuCaps};
 pub use kernels::{Kernel, KernelKey, Kernels, MatMode, WeightFormat, matmul_tile};
+pub use kv::{KvFormat, KvFormats, decode_row, encode_row};
 pub use readback::{PendingMap, finish_map, read_buffer, start_map};
 
 /// Round `n` up to a multiple of `m`.

@@ -26,17 +26,37 @@ pub struct EmbedParams {
     pub rows: u32,
 }
 
-/// Uniform mirrored by `RopeParams` (rope_kv.wgsl) and `AttnParams` (attention.wgsl).
+/// Uniform mirrored by `KvParams` in kv_cache.wgsl (the prelude of rope_kv.wgsl and
+/// attention.wgsl): one per layer; the KV layout is described there and in `model::kv_cache`.
 #[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct HeadParams {
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct KvParams {
     pub n_heads: u32,
     pub n_kv: u32,
     pub hd: u32,
-    pub layer_off: u32,
-    pub ctx: u32,
+    pub layer: u32,
+    pub layers: u32,
     pub scale: f32,
-    pub _pad: [u32; 2],
+    /// First positions every query sees (attention sinks).
+    pub sinks: u32,
+    /// Most recent positions (besides the sinks) a query sees.
+    pub window: u32,
+    /// Rows of the main store's position ring (sinks included).
+    pub main_rows: u32,
+    /// u32 words before the main store (the ring's size).
+    pub main_off: u32,
+    /// u32 words per (row, layer) of the main store.
+    pub main_row: u32,
+    /// Rows of the recent ring (progressive; 0 = none).
+    pub ring_rows: u32,
+    /// Positions newer than `latest - ring_recent` are read from the ring.
+    pub ring_recent: u32,
+    /// u32 words per (row, layer) of the ring.
+    pub ring_row: u32,
+    /// Positions covered by the first part of the RoPE table.
+    pub rope_rows: u32,
+    /// Keys per (token, head) in the attention scratch.
+    pub score_stride: u32,
 }
 
 /// Uniform mirrored by `SampleParams` in sample.wgsl.

@@ -3,12 +3,13 @@
 //! Nothing here allocates or creates pipelines after `LlamaGpu::load`.
 
 use crate::error::{Error, Result};
-use crate::gpu::params::{EmbedParams, HeadParams, MatParams, SampleParams};
+use crate::gpu::params::{EmbedParams, MatParams, SampleParams};
 use crate::gpu::{Gpu, Kernel, KernelKey, Kernels, MatMode, WeightFormat, matmul_tile};
+use crate::model::kv_cache::{KvCache, KvOptions, KvPlan, rope_table};
 use crate::model::upload::{
     GpuMatrix, MatrixShard, Quant, embedding_format, required, required_f32, upload_tensors_sharded, upload_vec,
 };
-use crate::model::{ModelConfig, ModelSource, RopeLayout, RopeScaling, WeightName};
+use crate::model::{ModelConfig, ModelSource, RopeLayout, WeightName};
 use crate::quant::fit::Quantizer;
 use crate::quant::on_gpu::GpuQuantizer;
 
@@ -27,7 +28,8 @@ pub struct LoadOptions {
     pub quantizer: Quantizer,
     /// Quantise at load with the GPU kernel (false: the CPU reference, for comparisons).
     pub gpu_quantize: bool,
-    /// Tokens the KV cache holds (clamped to the model's context length).
+    /// Most tokens the KV cache holds (clamped to the model's context length; the KV budget
+    /// may lower it, see `model::kv_cache`).
     pub context: usize,
     /// Most tokens in one prefill chunk.
     pub chunk: usize,
@@ -46,6 +48,8 @@ pub struct LoadOptions {
     /// Workgroups per head over the keys in decode attention (1 = one workgroup per head,
     /// best where dispatches are costly; GPUs want more).
     pub attention_split: u32,
+    /// KV-cache format, strategy and budget.
+    pub kv: KvOptions,
 }
 
 impl LoadOptions {
@@ -70,6 +74,7 @@ impl Default for LoadOptions {
             wide_threads_per_row: 0,
             attention_split: 1,
             max_binding: 0,
+            kv: KvOptions::default(),
         }
     }
 }
@@ -130,8 +135,8 @@ pub struct LlamaGpu {
     pub sample_rows_params: wgpu::Buffer,
     /// Bytes of weights on the GPU.
     pub weight_bytes: u64,
-    /// Bytes of KV cache on the GPU.
-    pub kv_bytes: u64,
+    /// The KV cache (its buffers grow under the dynamic and progressive strategies).
+    pub kv: KvCache,
     /// Bytes of activations and scratch on the GPU.
     pub activation_bytes: u64,
     /// Milliseconds spent quantising weights at load (measured; 0 when nothing needed it).
@@ -142,6 +147,8 @@ pub struct LlamaGpu {
     sample: Dispatch,
     /// The sampler over every row of a prefill chunk: grid y = rows.
     sample_rows: Dispatch,
+    /// Dispatches that bind the KV buffers, rebound when they grow.
+    kv_uses: Vec<KvUse>,
     _keep: Vec<wgpu::Buffer>,
     _matrices: Vec<GpuMatrix>,
 }
@@ -150,23 +157,19 @@ fn u32_of(v: usize, what: &str) -> Result<u32> {
     u32::try_from(v).map_err(|_| Error::model(format!("{what} {v} is too large")))
 }
 
-/// cos/sin table `[ctx, hd/2]` in f64, stored as f32 pairs.
-fn rope_table(cfg: &ModelConfig, ctx: usize) -> Vec<f32> {
-    let half = cfg.head_dim / 2;
-    let scale = match cfg.rope_scaling {
-        RopeScaling::None => 1.0,
-        RopeScaling::Linear { factor } => 1.0 / f64::from(factor.max(1e-6)),
-    };
-    let mut out = Vec::with_capacity(ctx * half * 2);
-    for pos in 0..ctx {
-        for i in 0..half {
-            let inv_freq = f64::from(cfg.rope_theta).powf(-2.0 * i as f64 / cfg.head_dim as f64);
-            let a = pos as f64 * scale * inv_freq;
-            out.push(a.cos() as f32);
-            out.push(a.sin() as f32);
-        }
-    }
-    out
+/// A binding of a KV-using dispatch: a fixed buffer or the current K / V cache.
+#[derive(Clone)]
+enum KvBind {
+    Buf(wgpu::Buffer),
+    K,
+    V,
+}
+
+/// Where a KV-using dispatch sits (`lists[list][index]`) and what it binds.
+struct KvUse {
+    list: usize,
+    index: usize,
+    entries: Vec<(u32, KvBind)>,
 }
 
 impl LlamaGpu {
@@ -183,13 +186,15 @@ impl LlamaGpu {
         let (attn_fmt, ffn_fmt) = options.mixed.unwrap_or((fmt, fmt));
         let (d, hd, nh, nkv, dff, vocab) =
             (cfg.d_model, cfg.head_dim, cfg.n_heads, cfg.n_kv_heads, cfg.d_ff, cfg.vocab_size);
-        if nh == 0 || nkv == 0 || nh % nkv != 0 || hd % 4 != 0 || d % 4 != 0 || dff % 4 != 0 {
+        if nh == 0 || nkv == 0 || nh % nkv != 0 || hd % 4 != 0 || hd > 256 || d % 4 != 0 || dff % 4 != 0 {
             return Err(Error::model(format!(
                 "unsupported shape: {nh} heads, {nkv} kv heads, head_dim {hd}, d_model {d}, d_ff {dff}"
             )));
         }
         let ctx = options.context.clamp(1, cfg.context_length.max(1));
-        let chunk = options.chunk.clamp(1, ctx);
+        let plan = KvPlan::new(&cfg, ctx, options.chunk.clamp(1, ctx), &options.kv)?;
+        let ctx = plan.main_rows;
+        let chunk = plan.chunk;
         let mut options = options;
         options.context = ctx;
         options.chunk = chunk;
@@ -274,17 +279,16 @@ impl LlamaGpu {
         let attn = gpu.storage("attn", c * qdim as u64 * f); // [chunk, n_heads*hd]
         let gate_up = gpu.storage("gate_up", c * 2 * dff as u64 * f); // [chunk, 2*d_ff]
         let logits = gpu.storage("logits", c * vocab as u64 * f); // [chunk, vocab]
-        let scores = gpu.storage("scores", c * nh as u64 * ctx as u64 * f); // [chunk, n_heads, ctx]
-        let kv_layer = ctx as u64 * kvdim as u64;
-        let k_cache = gpu.storage("k_cache", cfg.n_layers as u64 * kv_layer * f); // [layers, ctx, kvdim]
-        let v_cache = gpu.storage("v_cache", cfg.n_layers as u64 * kv_layer * f);
-        let tokens = gpu.storage("tokens", (ctx as u64 + 1) * 4); // [ctx + 1] u32
+        let keys = (plan.sinks + plan.window) as u64;
+        let scores = gpu.storage("scores", c * nh as u64 * keys * f); // [chunk, n_heads, sinks + window]
+        let max_positions = plan.max_positions;
+        let kv = KvCache::new(gpu, plan);
+        let tokens = gpu.storage("tokens", (max_positions as u64 + 1) * 4); // [max_positions + 1] u32
         let state = gpu.storage("state", 16); // (pos, n_tokens)
-        let rope = gpu.storage_init("rope", bytemuck::cast_slice(&rope_table(&cfg, ctx))); // [ctx, hd/2] (cos, sin)
+        let rope = gpu.storage_init("rope", bytemuck::cast_slice(&rope_table(&cfg, ctx, max_positions))); // [ctx + ctx/max_positions + 1, hd/2] (cos, sin)
         let filler = gpu.storage("unused binding", 16); // bound where a kernel variant ignores a binding
         let split = options.attention_split.clamp(1, 64);
         let partial = gpu.storage("attn partial", nh as u64 * u64::from(split) * (hd as u64 + 2) * f); // [1, n_heads, split, hd + 2]
-        let kv_bytes = k_cache.size() + v_cache.size();
         let activation_bytes =
             [&x, &qkv_buf, &q_buf, &attn, &gate_up, &logits, &scores, &tokens, &state, &rope, &filler, &partial]
                 .iter()
@@ -300,18 +304,6 @@ impl LlamaGpu {
         };
         let b = Builder { gpu, kernels, wg, rows, tpr, wide_tpr, state: &state, filler: &filler, eps: cfg.rms_eps };
 
-        let layer_off = |l: usize| -> Result<u32> { u32_of(l * kv_layer as usize, "kv offset") };
-        let head_params = |l: usize| -> Result<HeadParams> {
-            Ok(HeadParams {
-                n_heads: u32_of(nh, "heads")?,
-                n_kv: u32_of(nkv, "kv heads")?,
-                hd: u32_of(hd, "head dim")?,
-                layer_off: layer_off(l)?,
-                ctx: u32_of(ctx, "context")?,
-                scale: 1.0 / (hd as f32).sqrt(),
-                _pad: [0; 2],
-            })
-        };
         // One gather per shard of the table; each writes the ids that fall in its rows.
         let embed = |b: &Builder| -> Result<Vec<Dispatch>> {
             let pipeline = b.pipeline(Kernel::Embed { format: embd.format })?;
@@ -333,7 +325,20 @@ impl LlamaGpu {
                 })
                 .collect()
         };
-        let rope_groups = u32_of((nh + nkv) * hd / 2 + kvdim / 2, "rope items")?.div_ceil(64);
+        let rope_heads = u32_of(nh + 2 * nkv, "heads")?;
+        let kv_formats = kv.plan.formats;
+        let mut kv_uses = Vec::new();
+        // Records a dispatch that binds the KV cache (rebuilt when the cache grows).
+        let mut kv_dispatch = |list: &mut Vec<Dispatch>,
+                               li: usize,
+                               pipeline: wgpu::ComputePipeline,
+                               entries: Vec<(u32, KvBind)>,
+                               grid: Grid,
+                               family: &'static str| {
+            let bind = b.bind(&pipeline, &resolve(&entries, &kv.k, &kv.v));
+            kv_uses.push(KvUse { list: li, index: list.len(), entries });
+            list.push(Dispatch { pipeline, bind, grid, family });
+        };
 
         let mut lists: [Vec<Dispatch>; 3] = [Vec::new(), Vec::new(), Vec::new()];
         for (li, list) in lists.iter_mut().enumerate() {
@@ -351,33 +356,48 @@ impl LlamaGpu {
                     layer.qkv_bias.as_ref(),
                     false,
                 )?);
-                let hp = head_params(l)?;
-                let rp = gpu.uniform_init("rope params", bytemuck::bytes_of(&hp));
-                let pipeline = b.pipeline(Kernel::RopeKv { adjacent: cfg.rope_layout == RopeLayout::Adjacent })?;
-                let bind = b.bind(
-                    &pipeline,
-                    &[(0, &rp), (1, &qkv_buf), (2, &q_buf), (3, &k_cache), (4, &v_cache), (5, &rope), (7, &state)],
-                );
-                list.push(Dispatch { pipeline, bind, grid: Grid::PerToken(rope_groups), family: "rope_kv" });
+                let kp = kv.plan.params(&cfg, l, ctx)?;
+                let rp = gpu.uniform_init("kv params", bytemuck::bytes_of(&kp));
+                let buf = |x: &wgpu::Buffer| KvBind::Buf(x.clone());
+                let adjacent = cfg.rope_layout == RopeLayout::Adjacent;
+                let pipeline = b.pipeline(Kernel::RopeKv { adjacent, kv: kv_formats })?;
+                let entries = vec![
+                    (0, buf(&rp)),
+                    (1, buf(&qkv_buf)),
+                    (2, KvBind::K),
+                    (3, KvBind::V),
+                    (4, buf(&q_buf)),
+                    (5, buf(&rope)),
+                    (7, buf(&state)),
+                ];
+                kv_dispatch(list, li, pipeline, entries, Grid::PerToken(rope_heads), "rope_kv");
+                // Progressive: the positions leaving the recent ring move to int8, after the
+                // chunk's own writes (a chunk may hold positions it re-quantises).
+                if kv.plan.ring_rows > 0 {
+                    let pipeline = b.pipeline(Kernel::KvRequant { kv: kv_formats })?;
+                    let entries = vec![(0, buf(&rp)), (2, KvBind::K), (3, KvBind::V), (7, buf(&state))];
+                    let grid = Grid::PerToken(u32_of(2 * nkv, "kv heads")?);
+                    kv_dispatch(list, li, pipeline, entries, grid, "kv_requant");
+                }
                 // Every 4 dimensions of a head need a thread in the V phase.
                 let attn_wg = wg.max(u32_of(hd / 4, "head dim")?.next_power_of_two()).min(256);
                 let heads = u32_of(nh, "heads")?;
                 let list_split = if tiled { 1 } else { split };
                 let key = |kernel| KernelKey { kernel, wg: attn_wg, rows: 1, tpr: 1 };
-                let pipeline = kernels.get(&gpu.device, key(Kernel::Attention { split: list_split }))?;
-                let entries = [
-                    (0, &rp),
-                    (1, &q_buf),
-                    (2, &k_cache),
-                    (3, &v_cache),
-                    (4, &attn),
-                    (5, &scores),
-                    (6, &partial),
-                    (7, &state),
+                let pipeline =
+                    kernels.get(&gpu.device, key(Kernel::Attention { split: list_split, kv: kv_formats }))?;
+                let entries = vec![
+                    (0, buf(&rp)),
+                    (1, buf(&q_buf)),
+                    (2, KvBind::K),
+                    (3, KvBind::V),
+                    (4, buf(&attn)),
+                    (5, buf(&scores)),
+                    (6, buf(&partial)),
+                    (7, buf(&state)),
                 ];
-                let bind = b.bind(&pipeline, &entries);
                 let grid = if list_split > 1 { Grid::Fixed([heads, 1, list_split]) } else { Grid::PerToken(heads) };
-                list.push(Dispatch { pipeline, bind, grid, family: "attention" });
+                kv_dispatch(list, li, pipeline, entries, grid, "attention");
                 if list_split > 1 {
                     let pipeline = kernels.get(&gpu.device, key(Kernel::AttentionCombine { split: list_split }))?;
                     let bind = b.bind(&pipeline, &[(0, &rp), (4, &attn), (6, &partial), (7, &state)]);
@@ -423,8 +443,7 @@ impl LlamaGpu {
         let sample_rows = Dispatch { pipeline, bind, grid: Grid::PerToken(1), family: "sample" };
 
         // Bind groups hold their buffers too; keeping them here makes the ownership plain.
-        let mut keep =
-            vec![x, qkv_buf, q_buf, attn, gate_up, scores, k_cache, v_cache, rope, filler, partial, out_norm];
+        let mut keep = vec![x, qkv_buf, q_buf, attn, gate_up, scores, rope, filler, partial, out_norm];
         let mut matrices = vec![embd];
         matrices.extend(lm_head);
         for l in layers {
@@ -441,7 +460,7 @@ impl LlamaGpu {
             sample_params,
             sample_rows_params,
             weight_bytes,
-            kv_bytes,
+            kv,
             activation_bytes,
             quantize_ms: quantize_ms.get(),
             decode,
@@ -449,9 +468,39 @@ impl LlamaGpu {
             prefill_all_logits,
             sample,
             sample_rows,
+            kv_uses,
             _keep: keep,
             _matrices: matrices,
         })
+    }
+
+    /// Before encoding a pass that writes positions up to `latest`: grow the KV cache if its
+    /// strategy allocates as it goes (copying the old rows in `enc`) and rebind the kernels
+    /// that read it. Call it for every prefill, decode or verify submission, never between
+    /// the passes of one.
+    pub fn reserve_kv(&mut self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, latest: usize) {
+        if !self.kv.reserve(gpu, enc, latest) {
+            return;
+        }
+        for u in &self.kv_uses {
+            let list = match u.list {
+                0 => &mut self.decode,
+                1 => &mut self.prefill,
+                _ => &mut self.prefill_all_logits,
+            };
+            let d = &mut list[u.index];
+            let layout = d.pipeline.get_bind_group_layout(0);
+            let entries = resolve(&u.entries, &self.kv.k, &self.kv.v);
+            let entries: Vec<wgpu::BindGroupEntry> = entries
+                .iter()
+                .map(|(binding, buf)| wgpu::BindGroupEntry { binding: *binding, resource: buf.as_entire_binding() })
+                .collect();
+            d.bind = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout: &layout,
+                entries: &entries,
+            });
+        }
     }
 
     /// Dispatches in one decode step (sampler included).
@@ -500,6 +549,22 @@ impl LlamaGpu {
         run(pass, &self.decode, 1);
         run(pass, std::slice::from_ref(&self.sample), 1);
     }
+}
+
+fn resolve<'a>(entries: &'a [(u32, KvBind)], k: &'a wgpu::Buffer, v: &'a wgpu::Buffer) -> Vec<(u32, &'a wgpu::Buffer)> {
+    entries
+        .iter()
+        .map(|(i, e)| {
+            (
+                *i,
+                match e {
+                    KvBind::Buf(b) => b,
+                    KvBind::K => k,
+                    KvBind::V => v,
+                },
+            )
+        })
+        .collect()
 }
 
 fn run(pass: &mut wgpu::ComputePass<'_>, list: &[Dispatch], tokens: u32) {

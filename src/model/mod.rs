@@ -4,6 +4,7 @@ pub mod convert;
 pub mod gguf;
 pub mod gguf_write;
 pub mod hparams;
+pub mod kv_cache;
 pub mod llama;
 pub mod open;
 pub mod reference;

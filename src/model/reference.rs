@@ -40,6 +40,12 @@ pub fn rope_head(h: &mut [f32], pos: usize, theta: f32, scaling: RopeScaling, la
 
 /// Logits `[tokens.len(), vocab]` for every position of `tokens`.
 pub fn forward_all(src: &dyn ModelSource, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
+    forward_windowed(src, tokens, 0, usize::MAX)
+}
+
+/// Like [`forward_all`], with the KV cache's sliding window: position `t` attends to
+/// positions `0..sinks` and the `window` positions up to `t` (`model::kv_cache`).
+pub fn forward_windowed(src: &dyn ModelSource, tokens: &[u32], sinks: usize, window: usize) -> Result<Vec<Vec<f32>>> {
     let c = src.config().clone();
     let (d, hd, nh, nkv, dff, vocab) = (c.d_model, c.head_dim, c.n_heads, c.n_kv_heads, c.d_ff, c.vocab_size);
     let embd = required_f32(src, WeightName::TokenEmbd, &[vocab, d])?;
@@ -90,8 +96,10 @@ pub fn forward_all(src: &dyn ModelSource, tokens: &[u32]) -> Result<Vec<Vec<f32>
             for h in 0..nh {
                 let kvh = h / group;
                 let q = &qs[t][h * hd..(h + 1) * hd];
-                let scores: Vec<f64> = (0..=t)
-                    .map(|j| {
+                let keys: Vec<usize> = (0..=t).filter(|&j| j < sinks || t - j < window).collect();
+                let scores: Vec<f64> = keys
+                    .iter()
+                    .map(|&j| {
                         let k = &ks[j][kvh * hd..(kvh + 1) * hd];
                         q.iter().zip(k).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum::<f64>() * scale
                     })
@@ -100,7 +108,7 @@ pub fn forward_all(src: &dyn ModelSource, tokens: &[u32]) -> Result<Vec<Vec<f32>
                 let e: Vec<f64> = scores.iter().map(|s| (s - mx).exp()).collect();
                 let z: f64 = e.iter().sum();
                 for dd in 0..hd {
-                    let acc: f64 = (0..=t).map(|j| e[j] * f64::from(vs[j][kvh * hd + dd])).sum();
+                    let acc: f64 = keys.iter().zip(&e).map(|(&j, e)| e * f64::from(vs[j][kvh * hd + dd])).sum();
                     att[h * hd + dd] = (acc / z) as f32;
                 }
             }

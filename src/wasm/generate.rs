@@ -1,6 +1,6 @@
 //! `generate` and `generateAsync`: prompt (or chat messages) -> ids -> the engine's
 //! streaming loop, with the page's callback called per token, live stats, deadlines
-//! (`onTimeout`) and the KV budget warning (`onMemoryPressure`).
+//! (`onTimeout`) and the engine's memory-pressure events (`onMemoryPressure`).
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -84,22 +84,15 @@ impl Inner {
                 return Err(e);
             }
         };
-        let context = engine.model.options.context;
-        if ids.len() < context && ids.len() + params.max_tokens > context {
-            let kv_mb = self.idle_stats.borrow().as_ref().and_then(|s| s["kv_cache_mb"].as_f64()).unwrap_or(0.0);
-            let payload = stats::memory_pressure(
-                "warning",
-                format!(
-                    "{} prompt tokens + max_tokens {} exceed the KV cache of {context} tokens",
-                    ids.len(),
-                    params.max_tokens
-                ),
-                kv_mb,
-                kv_mb,
-                &format!("generation capped at {} tokens", context - ids.len()),
-            );
-            self.emit(|h| h.on_memory_pressure.clone(), "onMemoryPressure", &payload);
-        }
+        // The engine's memory-pressure events (KV budget, memory limit, sliding window),
+        // fired as they are raised: drained at each token and at the end.
+        let pressure = engine.pressure_handle();
+        let fire_pressure = || {
+            let events: Vec<_> = pressure.lock().map(|mut q| q.drain(..).collect()).unwrap_or_default();
+            for ev in events {
+                self.emit(|h| h.on_memory_pressure.clone(), "onMemoryPressure", &ev.to_value());
+            }
+        };
         self.state.set(State::Generating);
         *self.live.borrow_mut() = Some(Live::new(ids.len()));
         let deadlines = Deadlines { token_ms: cfg.token_timeout_ms, generation_ms: cfg.generation_timeout_ms };
@@ -108,6 +101,7 @@ impl Inner {
         let mut prev = Instant::now();
         let result = engine
             .generate(&ids, &params, &mut |ev| {
+                fire_pressure();
                 let id = ev.id;
                 if let (Some(_), Some(live)) = (id, self.live.borrow_mut().as_mut()) {
                     live.token();
@@ -126,6 +120,7 @@ impl Inner {
             })
             .await;
         *self.live.borrow_mut() = None;
+        fire_pressure();
         let outcome = result.map(|generation| {
             let mut stats = engine.stats_json(&generation.stats);
             if timed_out.is_some() {

@@ -36,9 +36,9 @@ pub fn idle_stats(engine: Option<&Engine>, cfg: &StreamingConfig, browser: &str)
         "avg_token_latency_ms": 0.0, "tokens_per_second": 0.0, "prefill_tokens_per_second": 0.0,
         "generation_time_ms": 0.0, "prefetch_hit_rate": 0.0, "current_batch_size": 0,
         "batch_size_history": [], "kv_cache_mb": 0.0, "model_memory_mb": 0.0, "peak_memory_mb": 0.0,
-        "quantization": cfg.quantization.as_str(), "kv_cache_strategy": "static", "browser": browser,
+        "quantization": cfg.quantization.as_str(), "kv_cache_strategy": cfg.kv_cache_strategy.as_str(), "browser": browser,
         "adapter": "", "workgroup_size": cfg.workgroup_size.unwrap_or([0, 0, 0]),
-        "latency_optimized": cfg.optimize_for_latency, "kv_cache_optimized": false, "finish_reason": null,
+        "latency_optimized": cfg.optimize_for_latency, "kv_cache_optimized": cfg.kv_cache_optimization, "finish_reason": null,
     })
 }
 

@@ -90,4 +90,5 @@ pub fn run_with(gpu: &Gpu, kernels: &Kernels, key: KernelKey, bindings: &[(u32, 
         pass.dispatch_workgroups(grid[0], grid[1], grid[2]);
     }
     gpu.queue.submit([enc.finish()]);
+    gpu.take_errors().expect("no GPU validation errors");
 }
