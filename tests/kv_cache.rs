@@ -377,3 +377,22 @@ fn smollm2_compact_kv_keeps_the_reference_greedy_ids() {
         }
     }
 }
+
+#[test]
+fn speculative_decoding_with_growing_and_sliding_kv_equals_plain_greedy() {
+    use wsi::config::StreamingConfig;
+    let src = model(12);
+    let phrase = [31u32, 47, 12, 200, 5, 77, 150, 9];
+    let prompt: Vec<u32> = phrase.iter().cycle().take(30).copied().collect();
+    for strategy in [KvCacheStrategy::Dynamic, KvCacheStrategy::Progressive] {
+        let mut outs = Vec::new();
+        for predict in [false, true] {
+            // Pages of 8 rows: verify passes land on growth; dynamic's 60 rows also slide.
+            let mut e = engine(&src, kv(strategy, false, Some(60), 8, 6), 8);
+            e.options.config = StreamingConfig { token_prediction_enabled: predict, ..Default::default() };
+            outs.push(greedy(&mut e, &prompt, 60));
+        }
+        assert_eq!(outs[0].ids, outs[1].ids, "{strategy:?}: token prediction changed the greedy output");
+        assert!(outs[1].stats.accepted > 0, "{strategy:?}: no draft accepted: {:?}", outs[1].stats);
+    }
+}
