@@ -317,14 +317,15 @@ fn the_config_keys_choose_the_storage_strategy_and_budget() {
 }
 
 /// The figures of the README's KV table: bytes each strategy allocates for 2048 positions of
-/// the real SmolLM2, measured from the buffers (`cargo test --test kv_cache -- --ignored`).
+/// the real SmolLM2, measured from the buffers (`--nocapture` prints them), and the order
+/// they must come in.
 #[test]
-#[ignore = "loads the real model four times; run by hand for the README figures"]
 fn smollm2_kv_bytes_at_2048_positions() {
     use wsi::config::StreamingConfig;
     let Some(path) = common::require_smollm2() else { return };
     let src = wsi::model::open::open_path(&path).expect("model");
     let gpu = gpu();
+    let mut mib: Vec<(f64, f64)> = Vec::new();
     for json in [
         r#"{"kv_cache_strategy": "static", "kv_cache_optimization": false}"#,
         r#"{"kv_cache_strategy": "static"}"#,
@@ -350,6 +351,18 @@ fn smollm2_kv_bytes_at_2048_positions() {
             plan.window,
             plan.formats
         );
+        mib.push((at_load as f64 / 1_048_576.0, e.model.kv.bytes() as f64 / 1_048_576.0));
+    }
+    let [f32_static, f16_static, dynamic, progressive, dynamic_24, progressive_24] = mib[..] else {
+        panic!("six configurations")
+    };
+    assert_eq!(f32_static.0, 2.0 * f16_static.0, "f16 storage halves the static reservation");
+    assert_eq!(f16_static.0, f16_static.1, "static reserves everything at load");
+    assert!(dynamic.0 < f16_static.0 / 10.0, "dynamic starts small: {dynamic:?}");
+    assert!((dynamic.1 - f16_static.1 / 2.0).abs() < 1.0, "2048 of 4096 positions: {dynamic:?}");
+    assert!(progressive.1 < dynamic.1, "int8 behind the f16 ring: {progressive:?} vs {dynamic:?}");
+    for (at_load, at_2048) in [dynamic_24, progressive_24] {
+        assert!(at_load < 24.0 && at_2048 <= 24.0, "within the 24 MiB budget: {at_2048}");
     }
 }
 
@@ -366,6 +379,7 @@ fn smollm2_compact_kv_keeps_the_reference_greedy_ids() {
     };
     let src = wsi::model::open::open_path(&path).expect("model");
     let gpu = gpu();
+    let mut mib: Vec<(f64, f64)> = Vec::new();
     for json in [r#"{"quantization": "fp32"}"#] {
         let cfg = StreamingConfig::from_json_str(json).expect("config");
         let options = EngineOptions::from_config(&cfg, &gpu.caps, src.config()).expect("options");
