@@ -7,6 +7,7 @@ mod bench;
 pub mod lookup;
 mod options;
 pub mod prefetch;
+mod recover;
 pub mod speculative;
 mod stats;
 mod stop;
@@ -395,6 +396,7 @@ impl Engine {
                         Some(job.index),
                     )
                     .await?;
+                    self.gpu.take_errors().map_err(crate::gpu::in_generation)?;
                     let now = Instant::now();
                     let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
                     self.prefetch.on_readback(ms(t_wait, now), ms(t_last_batch, now));
@@ -475,7 +477,7 @@ impl Engine {
             stats.avg_token_latency_ms = stats.decode_ms / decoded as f64;
         }
         stats.finish_reason = Some(finish);
-        self.gpu.take_errors()?;
+        self.gpu.take_errors().map_err(crate::gpu::in_generation)?;
         Ok(Generation { text, prompt_ids: prompt.to_vec(), ids, finish_reason: finish, stats })
     }
 }
