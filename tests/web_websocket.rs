@@ -50,7 +50,8 @@ async fn stream_websocket_serves_the_peers_requests_until_the_socket_closes() {
     assert!(llm.is_loaded(), "the first request loaded the model");
     // Each error frame the peer got (its bad frames) also reached onError.
     let errors = errors.borrow();
-    assert!(!errors.is_empty() && errors.iter().all(|(code, _)| code == "invalid_request"), "{errors:?}");
+    assert_eq!(errors.len(), 3, "the peer sends three bad frames: {errors:?}");
+    assert!(errors.iter().all(|(code, _)| code == "invalid_request"), "{errors:?}");
     assert!(errors.iter().all(|(_, recoverable)| *recoverable), "{errors:?}");
     drop((on_close, on_error));
 }
