@@ -379,7 +379,6 @@ fn smollm2_compact_kv_keeps_the_reference_greedy_ids() {
     };
     let src = wsi::model::open::open_path(&path).expect("model");
     let gpu = gpu();
-    let mut mib: Vec<(f64, f64)> = Vec::new();
     for json in [r#"{"quantization": "fp32"}"#] {
         let cfg = StreamingConfig::from_json_str(json).expect("config");
         let options = EngineOptions::from_config(&cfg, &gpu.caps, src.config()).expect("options");

@@ -378,6 +378,49 @@ async fn int4_and_int2_weights_generate() {
 }
 
 #[wasm_bindgen_test]
+async fn a_lost_device_is_recovered_once_and_generates_the_same_text() {
+    // A second instance (file from the Cache API), so the shared one keeps its device.
+    llm().await;
+    let cfg = json!({"temperature": 0});
+    let l = WebGPUStreamingInference::new(MODEL_URL.into(), js(cfg)).expect("constructor");
+    let seen = Rc::new(RefCell::new(Vec::<Value>::new()));
+    let s = seen.clone();
+    let handler = func1(move |info| {
+        s.borrow_mut().push(serde_wasm_bindgen::from_value::<Value>(info).unwrap());
+        JsValue::UNDEFINED
+    });
+    l.set_on_error(handler.into()).unwrap();
+    await_promise(l.load(None)).await.expect("load from cache");
+    let (before, ids, _) = generate(&l, "The capital of France is", json!(6)).await.unwrap();
+    assert_eq!(ids.len(), 6);
+
+    // GPUDevice.destroy() under a running generation: it ends with an error, not a hang.
+    let running = l.generate("Once upon a time".into(), js(json!(200)), JsValue::UNDEFINED);
+    assert!(l.destroy_device());
+    let err = await_promise(running).await.expect_err("the generation on the lost device fails");
+    console_log!("generation at the loss: {} ({})", message(&err), code(&err));
+    let recovered = |v: &Vec<Value>| v.iter().any(|e| e["message"].as_str().unwrap_or("").contains("recovered"));
+    for _ in 0..600 {
+        if recovered(&seen.borrow()) {
+            break;
+        }
+        gloo_timers::future::TimeoutFuture::new(100).await;
+    }
+    {
+        let seen = seen.borrow();
+        let events: Vec<_> = seen.iter().filter(|e| e["message"].as_str().unwrap().contains("was lost (")).collect();
+        assert_eq!(events.len(), 1, "one loss event: {seen:?}");
+        assert_eq!(events[0]["code"], json!("gpu_error"));
+        assert_eq!(events[0]["recoverable"], json!(true), "recovered: {}", events[0]);
+        // Every failed request fired onError once: the generation at the loss.
+        assert_eq!(seen.len(), 2, "{seen:?}");
+    }
+    assert!(l.is_loaded());
+    let (after, _, _) = generate(&l, "The capital of France is", json!(6)).await.expect("generates after recovery");
+    assert_eq!(after, before, "the rebuilt engine gives the same greedy text");
+}
+
+#[wasm_bindgen_test]
 async fn generate_async_iterates_the_pieces() {
     let fx = fixture();
     let p = &fx["prompts"][0];

@@ -33,6 +33,8 @@ const PEER_URL: &str = match option_env!("WSI_TEST_PEER_URL") {
 async fn stream_websocket_serves_the_peers_requests_until_the_socket_closes() {
     let cfg = json!({"quantization": "int4"}).serialize(&serde_wasm_bindgen::Serializer::json_compatible());
     let llm = WebGPUStreamingInference::new(MODEL_URL.into(), cfg.expect("config")).expect("constructor");
+    let (errors, on_error) = error_log();
+    llm.set_on_error(on_error.as_ref().clone()).expect("handler");
     let ws = WebSocket::new(PEER_URL).expect("a WebSocket to the peer");
     let closed: Rc<RefCell<Option<(u16, String)>>> = Rc::new(RefCell::new(None));
     let c = closed.clone();
@@ -46,12 +48,19 @@ async fn stream_websocket_serves_the_peers_requests_until_the_socket_closes() {
     console_log!("peer closed with {code} {reason}");
     assert_eq!((code, reason.as_str()), (1000, "pass"), "the peer's verdict (details in its log)");
     assert!(llm.is_loaded(), "the first request loaded the model");
-    drop(on_close);
+    // Each error frame the peer got (its bad frames) also reached onError.
+    let errors = errors.borrow();
+    assert_eq!(errors.len(), 3, "the peer sends three bad frames: {errors:?}");
+    assert!(errors.iter().all(|(code, _)| code == "invalid_request"), "{errors:?}");
+    assert!(errors.iter().all(|(_, recoverable)| *recoverable), "{errors:?}");
+    drop((on_close, on_error));
 }
 
 #[wasm_bindgen_test]
 async fn stream_websocket_rejects_bad_defaults_with_a_coded_error() {
     let llm = WebGPUStreamingInference::new(MODEL_URL.into(), JsValue::UNDEFINED).expect("constructor");
+    let (errors, on_error) = error_log();
+    llm.set_on_error(on_error.as_ref().clone()).expect("handler");
     // A socket that never connects is enough: the defaults are checked first.
     let ws = WebSocket::new("ws://127.0.0.1:9/").expect("socket object");
     let bad = json!({"max_tokenz": 3}).serialize(&serde_wasm_bindgen::Serializer::json_compatible()).expect("js");
@@ -59,4 +68,18 @@ async fn stream_websocket_rejects_bad_defaults_with_a_coded_error() {
     let code = js_sys::Reflect::get(&err, &JsValue::from_str("code")).ok().and_then(|c| c.as_string());
     assert_eq!(code.as_deref(), Some("invalid_request"));
     let _ = ws.close();
+    assert_eq!(*errors.borrow(), vec![("invalid_request".to_string(), true)], "onError fired once");
+}
+
+type ErrorLog = Rc<RefCell<Vec<(String, bool)>>>;
+
+/// An `onError` handler recording `(code, recoverable)` of each call.
+fn error_log() -> (ErrorLog, Closure<dyn FnMut(JsValue)>) {
+    let log: ErrorLog = Rc::default();
+    let l = log.clone();
+    let handler = Closure::<dyn FnMut(JsValue)>::new(move |info: JsValue| {
+        let get = |k: &str| js_sys::Reflect::get(&info, &JsValue::from_str(k)).unwrap_or(JsValue::UNDEFINED);
+        l.borrow_mut().push((get("code").as_string().unwrap_or_default(), get("recoverable") == JsValue::TRUE));
+    });
+    (log, handler)
 }

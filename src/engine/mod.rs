@@ -8,6 +8,7 @@ pub mod lookup;
 mod options;
 pub mod prefetch;
 mod pressure;
+mod recover;
 pub mod speculative;
 mod stats;
 mod stop;
@@ -464,6 +465,7 @@ impl Engine {
                         Some(job.index),
                     )
                     .await?;
+                    self.gpu.take_errors().map_err(crate::gpu::in_generation)?;
                     let now = Instant::now();
                     let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
                     self.prefetch.on_readback(ms(t_wait, now), ms(t_last_batch, now));
@@ -544,7 +546,7 @@ impl Engine {
             stats.avg_token_latency_ms = stats.decode_ms / decoded as f64;
         }
         stats.finish_reason = Some(finish);
-        self.gpu.take_errors()?;
+        self.gpu.take_errors().map_err(crate::gpu::in_generation)?;
         if runs_out && finish == FinishReason::Length {
             return Err(Error::ContextLengthExceeded(format!(
                 "the {} KV cache is full after {} prompt + {} generated tokens ({} positions); max_tokens was {}",

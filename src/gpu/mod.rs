@@ -6,11 +6,13 @@ mod kernels;
 mod kv;
 pub mod params;
 mod readback;
+mod scope;
 
 pub use device::{Gpu, GpuCaps};
 pub use kernels::{Kernel, KernelKey, Kernels, MatMode, WeightFormat, matmul_tile};
 pub use kv::{KvFormat, KvFormats, decode_row, encode_row};
 pub use readback::{PendingMap, finish_map, read_buffer, start_map};
+pub use scope::{Scopes, in_generation};
 
 /// Round `n` up to a multiple of `m`.
 pub fn round_up(n: u64, m: u64) -> u64 {

@@ -82,27 +82,8 @@ pub(crate) struct Inner {
 thread_local! {
     /// Live instances, so that wgpu's `Send` device-lost callback (which runs on this,
     /// the only, thread) can find the instance by id.
-    static INSTANCES: RefCell<HashMap<u64, Weak<Inner>>> = RefCell::new(HashMap::new());
+    pub(crate) static INSTANCES: RefCell<HashMap<u64, Weak<Inner>>> = RefCell::new(HashMap::new());
     static NEXT_ID: Cell<u64> = const { Cell::new(1) };
-}
-
-/// Reports a real device loss (not an intentional `destroy()`) through `onError` and
-/// drops what was built on the device; the next `load()` creates a new one.
-fn watch_device(gpu: &Gpu, id: u64) {
-    gpu.device.set_device_lost_callback(move |reason, message| {
-        if reason == wgpu::DeviceLostReason::Destroyed {
-            return;
-        }
-        let inner = INSTANCES.with(|m| m.borrow().get(&id).and_then(Weak::upgrade));
-        if let Some(inner) = inner {
-            inner.lost.set(true);
-            *inner.gpu.borrow_mut() = None;
-            drop(inner.engine.borrow_mut().take());
-            *inner.idle_stats.borrow_mut() = None;
-            let e = Error::Gpu(format!("the GPU device was lost ({message}); call load() to start again"));
-            call_handler(inner.handlers.borrow().on_error.as_ref(), "onError", &error_info(&e));
-        }
-    });
 }
 
 impl Inner {
@@ -126,7 +107,7 @@ impl Inner {
 
     /// Builds the engine for the current config from the kept source (drops the old one
     /// first, so two copies of the weights never coexist on the GPU).
-    fn build_engine(&self, progress: &Progress<'_>) -> Result<()> {
+    pub(crate) fn build_engine(&self, progress: &Progress<'_>) -> Result<()> {
         let gpu = self.gpu.borrow().clone().ok_or_else(|| Error::invalid("no GPU yet: call load() first"))?;
         let source = self.source.borrow();
         let src = source.as_ref().ok_or_else(|| Error::invalid("no model yet: call load() first"))?;
@@ -178,7 +159,7 @@ impl Inner {
             require_webgpu()?;
             let mut gpu = Gpu::new().await?;
             super::adapter::refine_caps(&mut gpu).await;
-            watch_device(&gpu, self.id);
+            super::recovery::watch_device(&gpu, self.id);
             self.lost.set(false);
             *self.gpu.borrow_mut() = Some(gpu);
         }
@@ -190,7 +171,7 @@ impl Inner {
         *self.source.borrow_mut() = Some(src);
         // Let the page paint the finished download before the (synchronous) upload.
         gloo_timers::future::TimeoutFuture::new(0).await;
-        let built = self.build_engine(&progress);
+        let built = self.build_engine_checked(&progress).await;
         if built.is_err() {
             *self.source.borrow_mut() = None;
         }

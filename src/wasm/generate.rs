@@ -65,7 +65,9 @@ impl Inner {
             return Err(e);
         }
         if self.lost.get() {
-            return Err(Error::Gpu("the GPU device was lost: call load() to start again".into()));
+            return Err(Error::Gpu(
+                "the GPU device was lost: it is being recovered (onError reports the outcome); else call load()".into(),
+            ));
         }
         if self.engine.borrow().is_none() {
             return Err(Error::invalid("the model is not loaded: call load() first"));
@@ -129,8 +131,9 @@ impl Inner {
             *self.last_stats.borrow_mut() = Some(stats);
             generation.text
         });
-        if !self.lost.get() {
-            *self.engine.borrow_mut() = Some(engine); // else dropped with its lost device
+        // Dropped with its lost device; a recovered engine may already hold the cell.
+        if !self.lost.get() && self.engine.borrow().is_none() {
+            *self.engine.borrow_mut() = Some(engine);
         }
         self.state.set(State::Idle);
         if let Some(info) = timed_out {

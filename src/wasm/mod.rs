@@ -6,6 +6,7 @@
 //! - `error.rs`: coded JS errors, safe calls of page handlers
 //! - `adapter.rs`: adapter name and software detection from `navigator.gpu`
 //! - `stats.rs`: stats and event payloads as JS objects
+//! - `recovery.rs`: error scopes at load, one automatic recovery from a lost device
 //! - `websocket.rs`: `streamWebsocket`, the WebSocket protocol on a page's socket
 //! - `types.rs`: TypeScript declarations of configs, options, stats and events
 
@@ -14,6 +15,7 @@ mod class;
 pub mod error;
 pub mod fetch;
 mod generate;
+mod recovery;
 pub mod stats;
 mod types;
 mod websocket;

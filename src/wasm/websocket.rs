@@ -16,11 +16,12 @@ use wasm_bindgen::prelude::*;
 use web_sys::{BinaryType, MessageEvent, WebSocket};
 
 use super::class::{Inner, State, WebGPUStreamingInference};
-use super::error::to_js_error;
 use super::stats;
 use crate::engine::FinishReason;
 use crate::error::Error;
-use crate::protocol::{Action, Control, Interrupt, Job, Phase, Request, RequestDefaults, SegmentEnd, Session};
+use crate::protocol::{
+    Action, Control, Interrupt, Job, Outgoing, Phase, Request, RequestDefaults, SegmentEnd, Session,
+};
 
 /// A socket event handler.
 type Handler = Closure<dyn FnMut(JsValue)>;
@@ -46,6 +47,10 @@ impl Conn {
             match action {
                 // A socket that closed meanwhile just drops the frame.
                 Action::Send(frame) => {
+                    // Every failed frame or request also reaches the page's onError.
+                    if let Outgoing::Error { error, message, recoverable } = &frame {
+                        super::recovery::report(&self.inner, error, message, *recoverable);
+                    }
                     let _ = self.ws.send_with_str(&frame.to_text());
                 }
                 Action::Start(req) => {
@@ -265,7 +270,7 @@ impl WebGPUStreamingInference {
         let defaults = stats::from_js(&config, "config").and_then(|v| RequestDefaults::from_json_value(&v));
         let defaults = match defaults {
             Ok(d) => d,
-            Err(e) => return Promise::reject(&to_js_error(&e)),
+            Err(e) => return Promise::reject(&self.inner.fail(&e)),
         };
         if websocket.ready_state() >= WebSocket::CLOSING {
             return Promise::resolve(&JsValue::UNDEFINED);
