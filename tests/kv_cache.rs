@@ -7,31 +7,14 @@
 
 mod common;
 
-use common::{gpu, max_rel_err, read_f32};
+use common::{gpu, max_rel_err, read_f32, tiny_llama};
 use wsi::config::KvCacheStrategy;
 use wsi::engine::{Engine, EngineOptions, GenerateParams};
 use wsi::gpu::WeightFormat;
-use wsi::model::gguf::GgufSource;
-use wsi::model::gguf_write::{TinySpec, tiny_gguf};
+use wsi::model::ModelSource;
 use wsi::model::kv_cache::KvOptions;
 use wsi::model::llama::LoadOptions;
 use wsi::model::reference::forward_windowed;
-use wsi::model::{Arch, HostFormat, ModelSource};
-
-/// 2 layers, 2 KV heads of 16: one f32 token row is 2 * 2 * 32 * 4 = 512 bytes.
-fn model(seed: u64) -> GgufSource {
-    let spec = TinySpec {
-        n_layers: 2,
-        d_model: 96,
-        n_heads: 6,
-        n_kv_heads: 2,
-        d_ff: 136,
-        vocab: 300,
-        context: 128,
-        tied: true,
-    };
-    GgufSource::from_bytes(tiny_gguf(&spec, Arch::Llama, seed, HostFormat::F32).expect("tiny model")).expect("parse")
-}
 
 const F32_ROW: u64 = 512;
 
@@ -77,7 +60,7 @@ const PROMPT: [u32; 11] = [40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50];
 
 #[test]
 fn every_strategy_matches_static_within_its_window() {
-    let src = model(5);
+    let src = tiny_llama(5);
     let mut base = engine(&src, kv(KvCacheStrategy::Static, false, None, 1, 1), 8);
     let want = greedy(&mut base, &PROMPT, 30);
     let seq: Vec<u32> = PROMPT.iter().chain(&want.ids).copied().collect();
@@ -117,7 +100,7 @@ fn every_strategy_matches_static_within_its_window() {
 
 #[test]
 fn dynamic_memory_grows_page_by_page() {
-    let src = model(6);
+    let src = tiny_llama(6);
     let mut e = engine(&src, kv(KvCacheStrategy::Dynamic, true, None, 8, 1), 8);
     let plan = e.model.kv.plan.clone();
     let page_bytes = plan.buffer_bytes(8) * 2;
@@ -152,7 +135,7 @@ fn reference_greedy(src: &dyn ModelSource, prompt: &[u32], n: usize, sinks: usiz
 
 #[test]
 fn generation_goes_past_the_budget_with_the_window_and_sinks() {
-    let src = model(7);
+    let src = tiny_llama(7);
     // 24 f32 rows: 4 sinks, chunk 8, a window of 12.
     let mut e = engine(&src, kv(KvCacheStrategy::Dynamic, false, Some(24), 8, 1), 8);
     let plan = e.model.kv.plan.clone();
@@ -185,7 +168,7 @@ fn generation_goes_past_the_budget_with_the_window_and_sinks() {
 
 #[test]
 fn progressive_stays_within_its_budget_and_holds_more_tokens_than_f16() {
-    let src = model(8);
+    let src = tiny_llama(8);
     let budget = Some(24);
     let e16 = engine(&src, kv(KvCacheStrategy::Dynamic, true, budget, 8, 1), 8);
     let mut e = engine(&src, kv(KvCacheStrategy::Progressive, true, budget, 8, 6), 8);
@@ -231,7 +214,7 @@ fn prefill_at(e: &mut Engine, ids: &[u32], p0: usize, p1: usize) -> Vec<f32> {
 
 #[test]
 fn rolling_the_position_back_after_a_pass_keeps_the_cache_valid_in_the_window() {
-    let src = model(9);
+    let src = tiny_llama(9);
     let seq: Vec<u32> = (0..60).map(|i| (i * 37 + 5) % 290).collect();
     let junk: Vec<u32> = (0..60).map(|i| (i * 11 + 200) % 290).collect();
     // Budgets of 40 f32 rows, and of 32 int8 rows after a ring of 14 f32 rows: windows of
@@ -262,7 +245,7 @@ fn rolling_the_position_back_after_a_pass_keeps_the_cache_valid_in_the_window() 
 
 #[test]
 fn static_cache_ends_with_context_length_exceeded() {
-    let src = model(10);
+    let src = tiny_llama(10);
     let mut e = engine(&src, kv(KvCacheStrategy::Static, false, Some(32), 1, 1), 8);
     assert_eq!(e.model.kv.plan.max_positions, 32);
     let mut streamed = 0;
@@ -285,7 +268,7 @@ fn static_cache_ends_with_context_length_exceeded() {
 fn the_config_keys_choose_the_storage_strategy_and_budget() {
     use wsi::config::StreamingConfig;
     use wsi::gpu::{KvFormat, KvFormats};
-    let src = model(11);
+    let src = tiny_llama(11);
     let gpu = gpu();
     for (json, strategy, formats, budget_mb) in [
         (
@@ -394,7 +377,7 @@ fn smollm2_compact_kv_keeps_the_reference_greedy_ids() {
 #[test]
 fn speculative_decoding_with_growing_and_sliding_kv_equals_plain_greedy() {
     use wsi::config::StreamingConfig;
-    let src = model(12);
+    let src = tiny_llama(12);
     let phrase = [31u32, 47, 12, 200, 5, 77, 150, 9];
     let prompt: Vec<u32> = phrase.iter().cycle().take(30).copied().collect();
     for strategy in [KvCacheStrategy::Dynamic, KvCacheStrategy::Progressive] {

@@ -4,27 +4,12 @@
 //! errors.
 #![cfg(not(target_arch = "wasm32"))]
 
+mod common;
+
+use common::tiny_llama;
 use wsi::engine::{Engine, EngineOptions, GenerateParams};
 use wsi::gpu::{Gpu, WeightFormat};
-use wsi::model::gguf::GgufSource;
-use wsi::model::gguf_write::{TinySpec, tiny_gguf};
 use wsi::model::llama::LoadOptions;
-use wsi::model::{Arch, HostFormat};
-
-fn tiny() -> GgufSource {
-    let spec = TinySpec {
-        n_layers: 2,
-        d_model: 96,
-        n_heads: 6,
-        n_kv_heads: 2,
-        d_ff: 136,
-        vocab: 300,
-        context: 128,
-        tied: true,
-    };
-    let bytes = tiny_gguf(&spec, Arch::Llama, 9, HostFormat::F32).expect("tiny model");
-    GgufSource::from_bytes(bytes).expect("parse")
-}
 
 fn options() -> EngineOptions {
     let load = LoadOptions { format: WeightFormat::F32, context: 64, chunk: 16, ..Default::default() };
@@ -38,7 +23,7 @@ fn greedy(e: &mut Engine) -> wsi::Result<Vec<u32>> {
 
 #[test]
 fn a_destroyed_device_fails_the_generation_and_recover_restores_the_same_output() {
-    let src = tiny();
+    let src = tiny_llama(9);
     // Its own device: destroying the test binary's shared one would break other tests.
     let gpu = pollster::block_on(Gpu::new()).expect("a GPU adapter");
     let mut e = pollster::block_on(Engine::load_checked(gpu, &src, options(), &mut |_, _| {})).expect("loads");
@@ -70,5 +55,5 @@ fn a_buffer_the_gpu_refuses_is_caught_by_the_load_scopes_as_a_coded_error() {
     // Caught by the scope, so the uncaptured-error sink stays empty.
     gpu.take_errors().expect("nothing reached the sink");
     // A load that fits passes its scopes.
-    pollster::block_on(Engine::load_checked(gpu, &tiny(), options(), &mut |_, _| {})).expect("loads");
+    pollster::block_on(Engine::load_checked(gpu, &tiny_llama(9), options(), &mut |_, _| {})).expect("loads");
 }

@@ -5,29 +5,13 @@
 
 mod common;
 
-use common::{gpu, rand_vec, read_u32, require_smollm2};
+use common::{gpu, rand_vec, read_u32, require_smollm2, tiny_llama};
 use wsi::config::{PrefetchStrategy, StreamingConfig};
 use wsi::engine::{Engine, EngineOptions, GenerateParams, Generation};
 use wsi::gpu::{Kernel, KernelKey, WeightFormat};
-use wsi::model::gguf::GgufSource;
-use wsi::model::gguf_write::{TinySpec, tiny_gguf};
+use wsi::model::ModelSource;
 use wsi::model::llama::LoadOptions;
-use wsi::model::{Arch, HostFormat, ModelSource};
 use wsi::sampling::{SampleSettings, sample_reference};
-
-fn tiny(seed: u64) -> GgufSource {
-    let spec = TinySpec {
-        n_layers: 2,
-        d_model: 96,
-        n_heads: 6,
-        n_kv_heads: 2,
-        d_ff: 136,
-        vocab: 300,
-        context: 128,
-        tied: true,
-    };
-    GgufSource::from_bytes(tiny_gguf(&spec, Arch::Llama, seed, HostFormat::F32).expect("tiny model")).expect("parse")
-}
 
 fn engine(src: &dyn ModelSource, strategy: PrefetchStrategy, steps: u32) -> Engine {
     engine_shaped(src, strategy, steps, false)
@@ -121,7 +105,7 @@ fn every_row_sampler_equals_the_one_row_sampler_run_row_by_row() {
 
 #[test]
 fn speculative_decoding_equals_greedy_on_repetitive_and_fresh_prompts() {
-    let src = tiny(21);
+    let src = tiny_llama(21);
     let fresh: Vec<u32> = (0..23).map(|i| (i * 37 + 11) % 290).collect();
     for (strategy, gpu_shaped) in [
         (PrefetchStrategy::Fixed, false),
@@ -146,7 +130,7 @@ fn speculative_decoding_equals_greedy_on_repetitive_and_fresh_prompts() {
 
 #[test]
 fn seeded_sampling_with_prediction_equals_plain_sampling() {
-    let src = tiny(21);
+    let src = tiny_llama(21);
     let mut e = engine(&src, PrefetchStrategy::Fixed, 3);
     let mut accepted = 0;
     for (seed, temperature) in [(7, 0.3), (8, 0.6), (9, 1.0)] {
@@ -169,7 +153,7 @@ fn seeded_sampling_with_prediction_equals_plain_sampling() {
 
 #[test]
 fn prefetch_hit_rate_is_accepted_over_proposed() {
-    let src = tiny(21);
+    let src = tiny_llama(21);
     let mut e = engine(&src, PrefetchStrategy::Fixed, 3);
     let g = run(&mut e, true, &repetitive_prompt(), &greedy(40));
     let s = &g.stats;
@@ -187,7 +171,7 @@ fn prefetch_hit_rate_is_accepted_over_proposed() {
 
 #[test]
 fn stops_act_within_a_verified_batch() {
-    let src = tiny(21);
+    let src = tiny_llama(21);
     let mut e = engine(&src, PrefetchStrategy::Fixed, 3);
     let prompt = repetitive_prompt();
     let plain = run(&mut e, false, &prompt, &greedy(40));
@@ -228,7 +212,7 @@ fn stops_act_within_a_verified_batch() {
 
 #[test]
 fn prefetch_strategies_change_what_is_submitted() {
-    let src = tiny(21);
+    let src = tiny_llama(21);
     let prompt = repetitive_prompt();
     // Token prediction: adaptive lengthens its drafts while they are accepted, so it
     // verifies fewer, longer drafts than fixed for the same ids.

@@ -5,11 +5,30 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use wsi::gpu::{Gpu, KernelKey, Kernels};
+use wsi::model::gguf::GgufSource;
+use wsi::model::gguf_write::{TinySpec, tiny_gguf};
+use wsi::model::{Arch, HostFormat};
 
 /// One device for the whole test binary.
 pub fn gpu() -> Gpu {
     static GPU: OnceLock<Gpu> = OnceLock::new();
     GPU.get_or_init(|| pollster::block_on(Gpu::new()).expect("a GPU adapter (lavapipe in CI)")).clone()
+}
+
+/// A tiny random llama (f32): 2 layers, d_model 96, 6 heads over 2 KV heads of 16, d_ff 136,
+/// vocab 300, tied embeddings. One f32 KV token row is 2 * 2 * 32 * 4 = 512 bytes.
+pub fn tiny_llama(seed: u64) -> GgufSource {
+    let spec = TinySpec {
+        n_layers: 2,
+        d_model: 96,
+        n_heads: 6,
+        n_kv_heads: 2,
+        d_ff: 136,
+        vocab: 300,
+        context: 128,
+        tied: true,
+    };
+    GgufSource::from_bytes(tiny_gguf(&spec, Arch::Llama, seed, HostFormat::F32).expect("tiny model")).expect("parse")
 }
 
 /// Deterministic pseudo-random values in [-scale, scale].
