@@ -68,7 +68,7 @@ rust_parts() {
 cargo_tool() {
     local crate=$1 version=$2 bin=$3 have=""
     if command -v "$bin" >/dev/null; then
-        have="$("$bin" --version 2>/dev/null | head -n1 | grep -oE '[0-9]+\.[0-9]+\.[0-9]+' | head -n1 || true)"
+        have="$("$bin" --version 2>/dev/null | sed -n 1p | grep -oE '[0-9]+\.[0-9]+\.[0-9]+' | head -n1 || true)"
     fi
     if [[ "$have" == "$version" ]]; then
         say "cargo: $crate $version already installed ($(command -v "$bin"))"
@@ -99,7 +99,7 @@ main() {
     cargo_tool wasm-pack "$WASM_PACK_VERSION" wasm-pack
     cargo_tool geckodriver "$GECKODRIVER_VERSION" geckodriver
     command -v chromedriver >/dev/null || die "chromedriver not on PATH after install"
-    say "versions: $(wasm-bindgen --version); $(wasm-pack --version); $(geckodriver --version | head -n1);" \
+    say "versions: $(wasm-bindgen --version); $(wasm-pack --version); $(geckodriver --version | sed -n 1p);" \
         "$(chromedriver --version | cut -d' ' -f1-2); $(firefox-esr --version 2>/dev/null)"
     say "done in $(($(now) - start))s"
 }
