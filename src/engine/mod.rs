@@ -307,13 +307,13 @@ impl Engine {
         Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
 
-    /// Mean negative log-likelihood of `ids[1..]` given their prefixes: `(sum_nll, count)`.
-    pub async fn score(&mut self, ids: &[u32]) -> Result<(f64, usize)> {
+    /// Teacher-forced prefill over `ids` with the logits of every row read back: `each(p0,
+    /// rows)` gets the `[len, vocab]` logits of the chunk starting at position `p0`.
+    pub(crate) async fn each_logits_chunk(&mut self, ids: &[u32], each: &mut dyn FnMut(usize, &[f32])) -> Result<()> {
         self.check_prompt(ids, 0)?;
         self.model.write_tokens(&self.gpu, 0, ids);
         let chunk = self.model.options.chunk;
         let vocab = self.model.config.vocab_size;
-        let (mut sum, mut count) = (0.0f64, 0usize);
         for p0 in (0..ids.len()).step_by(chunk) {
             let len = (ids.len() - p0).min(chunk);
             self.model.write_state(&self.gpu, p0 as u32, len as u32);
@@ -328,18 +328,27 @@ impl Engine {
             let idx = self.gpu.queue.submit([enc.finish()]);
             let rx = start_map(&self.logits_staging, bytes_len);
             let bytes = finish_map(&self.gpu, &self.logits_staging, bytes_len, rx, Some(idx)).await?;
-            let logits: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
-            for r in 0..len {
+            each(p0, &bytemuck::pod_collect_to_vec::<u8, f32>(&bytes));
+        }
+        Ok(())
+    }
+
+    /// Mean negative log-likelihood of `ids[1..]` given their prefixes: `(sum_nll, count)`.
+    pub async fn score(&mut self, ids: &[u32]) -> Result<(f64, usize)> {
+        let vocab = self.model.config.vocab_size;
+        let (mut sum, mut count) = (0.0f64, 0usize);
+        self.each_logits_chunk(ids, &mut |p0, logits| {
+            for (r, row) in logits.chunks_exact(vocab).enumerate() {
                 let Some(&target) = ids.get(p0 + r + 1) else {
                     break;
                 };
-                let row = &logits[r * vocab..(r + 1) * vocab];
                 let mx = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
                 let z: f64 = row.iter().map(|&l| (l as f64 - mx).exp()).sum();
                 sum += z.ln() + mx - row[target as usize] as f64;
                 count += 1;
             }
-        }
+        })
+        .await?;
         Ok((sum, count))
     }
 
