@@ -27,20 +27,6 @@ var<workgroup> red: array<f32, 256>;
 var<workgroup> q_sh: array<vec4<f32>, 64>;     // this head's query, hd <= 256
 var<workgroup> parts: array<vec4<f32>, 256>;   // partial sums of the V phase
 
-fn reduce_max(tid: u32, v: f32) -> f32 {
-    red[tid] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (tid < s) {
-            red[tid] = max(red[tid], red[tid + s]);
-        }
-        workgroupBarrier();
-    }
-    let r = red[0];
-    workgroupBarrier();
-    return r;
-}
-
 fn reduce_sum(tid: u32, v: f32) -> f32 {
     red[tid] = v;
     workgroupBarrier();

@@ -1,6 +1,7 @@
 // KV-cache prelude shared by rope_kv.wgsl and attention.wgsl: the layout, the position ->
 // row mapping of the sliding window and the storage formats. The kernel file declares
-// `p: KvParams`, `k_cache` and `v_cache` (array<u32>, read or read_write).
+// `p: KvParams`, `k_cache` and `v_cache` (array<u32>, read or read_write), and `WG` and a
+// workgroup array `red` of at least WG floats for `reduce_max`.
 //
 // Each cache buffer holds, in u32 words:
 //   ring: [ring_rows, layers, ring_row] (progressive only: the newest positions, RING_FMT)
@@ -102,4 +103,19 @@ fn kv_scale(is_v: bool, s: KvSlot, h: u32) -> f32 {
         return 1.0;
     }
     return bitcast<f32>(kv_word(is_v, s.base + p.n_kv * p.hd / 4u + h));
+}
+
+// Workgroup maximum of `v` (int8 row scales, attention softmax). Uniform control flow.
+fn reduce_max(tid: u32, v: f32) -> f32 {
+    red[tid] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (tid < s) {
+            red[tid] = max(red[tid], red[tid + s]);
+        }
+        workgroupBarrier();
+    }
+    let r = red[0];
+    workgroupBarrier();
+    return r;
 }

@@ -61,20 +61,6 @@ fn head_value(src: u32, e: u32, pos: u32, rotate: bool) -> f32 {
     return y * cs.y + x * cs.x;
 }
 
-fn max_abs(tid: u32, v: f32) -> f32 {
-    red[tid] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (tid < s) {
-            red[tid] = max(red[tid], red[tid + s]);
-        }
-        workgroupBarrier();
-    }
-    let r = red[0];
-    workgroupBarrier();
-    return r;
-}
-
 fn put(is_v: bool, i: u32, w: u32) {
     if (is_v) {
         v_cache[i] = w;
@@ -112,7 +98,7 @@ fn store_head(tid: u32, live: bool, is_v: bool, s: KvSlot, h: u32, x: vec4<f32>)
     var amax = 0.0;
     if (s.fmt == 2u) {
         let a = abs(x);
-        amax = max_abs(tid, select(0.0, max(max(a.x, a.y), max(a.z, a.w)), mine));
+        amax = reduce_max(tid, select(0.0, max(max(a.x, a.y), max(a.z, a.w)), mine));
     }
     if (mine) {
         store4(is_v, s, h, e, x, amax);
