@@ -1,5 +1,5 @@
 // Causal grouped-query attention over the KV cache (after the kv_cache.wgsl prelude), one
-// workgroup per (head, token) at position P = state.pos + t:
+// workgroup per (head, token) at position P = state.pos + t, activation row state.row + t:
 //   out[t, h, :] = softmax_j(q[t,h] . k[j, h / group] * scale) @ v[j, h / group]
 // over the keys j of P: the attention sinks 0..sinks and the `window` positions up to P
 // (every position <= P while the window has not filled).
@@ -20,7 +20,7 @@ override SPLIT: u32 = 1;   // workgroups per (head, token) over the keys
 @group(0) @binding(3) var<storage, read> v_cache: array<u32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 @group(0) @binding(5) var<storage, read_write> scores: array<f32>;
-@group(0) @binding(6) var<storage, read_write> partial: array<f32>;  // [T, n_heads, SPLIT, hd + 2]
+@group(0) @binding(6) var<storage, read_write> partial: array<f32>;  // [rows, n_heads, SPLIT, hd + 2]
 @group(0) @binding(7) var<storage, read> state: array<u32>;
 
 var<workgroup> red: array<f32, 256>;
@@ -65,8 +65,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let j1 = min(j0 + per_split, n_keys);
     let kvh = h / (p.n_heads / p.n_kv);
     let hd4 = p.hd / 4u;
-    let qb = t * p.n_heads * p.hd + h * p.hd;
-    let sb = (t * p.n_heads + h) * p.score_stride;
+    let row = state[2] + t;
+    let qb = row * p.n_heads * p.hd + h * p.hd;
+    let sb = (row * p.n_heads + h) * p.score_stride;
     let is_live = t < n_tok;
 
     for (var d = tid; d < hd4; d += WG) {
@@ -120,7 +121,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             sum += parts[i * hd4 + d4];
         }
         if (SPLIT > 1u) {
-            let pb = ((t * p.n_heads + h) * SPLIT + wid.z) * (p.hd + 2u);
+            let pb = ((row * p.n_heads + h) * SPLIT + wid.z) * (p.hd + 2u);
             if (d4 == 0u) {
                 partial[pb] = mx;
                 partial[pb + 1u] = total;
@@ -149,8 +150,9 @@ fn combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) 
     if (t >= state[1]) {
         return;
     }
+    let row = state[2] + t;
     let stride = p.hd + 2u;
-    let base = (t * p.n_heads + h) * SPLIT * stride;
+    let base = (row * p.n_heads + h) * SPLIT * stride;
     var mx = -3.0e38;
     for (var z = 0u; z < SPLIT; z++) {
         if (partial[base + z * stride + 1u] > 0.0) {
@@ -169,6 +171,6 @@ fn combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) 
                 acc += partial[pz + 2u + d] * w;
             }
         }
-        out[t * p.n_heads * p.hd + h * p.hd + d] = acc / l;
+        out[row * p.n_heads * p.hd + h * p.hd + d] = acc / l;
     }
 }

@@ -1,4 +1,5 @@
-// Token embedding lookup: out[t, :] = E[tokens[state.pos + t], :] for t < state.n_tokens.
+// Token embedding lookup: out[state.row + t, :] = E[tokens[state.pos + t], :] for t < state.n_tokens
+// (state.row: the sequence's first activation row; 0 except for a lane of a batched step).
 // Token ids come from a GPU buffer, so a decode step reads the id the previous step's
 // sampler wrote without a CPU round trip. The weight prelude supplies `load_w4`.
 
@@ -28,5 +29,5 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (id < p.row0 || id >= p.row0 + p.rows) {
         return;  // another shard's row
     }
-    out[t * k4n + gid.x] = load_w4(id - p.row0, gid.x, k4n);
+    out[(state[2] + t) * k4n + gid.x] = load_w4(id - p.row0, gid.x, k4n);
 }

@@ -1,4 +1,5 @@
-// KV-cache writes (after the kv_cache.wgsl prelude). One workgroup per (head, token):
+// KV-cache writes (after the kv_cache.wgsl prelude). One workgroup per (head, token); token t
+// is activation row state.row + t (a lane of a batched step has its own row):
 //   main:    RoPE on Q and K and the KV append for t < state.n_tokens at position state.pos + t;
 //            grid [n_heads + 2 n_kv, T]: Q heads -> q_out (f32), K heads rotated and V heads
 //            copied into this position's slot in the cache's format.
@@ -113,7 +114,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     // No early return: store_head has barriers (int8), so every thread must reach it.
     let live = t < state[1];
     let pos = state[0] + t;
-    let src = t * (p.n_heads + 2u * p.n_kv) * p.hd + hh * p.hd;
+    let row = state[2] + t;
+    let src = row * (p.n_heads + 2u * p.n_kv) * p.hd + hh * p.hd;
     let is_v = hh >= p.n_heads + p.n_kv;
     let e = 4u * tid;
     var x = vec4<f32>(0.0);
@@ -127,7 +129,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     }
     if (hh < p.n_heads) {
         if (live && e < p.hd) {
-            let o = t * p.n_heads * p.hd + hh * p.hd + e;
+            let o = row * p.n_heads * p.hd + hh * p.hd + e;
             q_out[o] = x.x;
             q_out[o + 1u] = x.y;
             q_out[o + 2u] = x.z;

@@ -1,7 +1,8 @@
 // GPU sampling of the next token from the logits of the last position, written straight
 // into the token buffer that the next step's embedding reads; then the step state
 // advances (pos += n_tokens, n_tokens = 1). One workgroup of WG threads.
-//   logits: [rows, vocab], row state.n_tokens - 1 when p.last_row == 1, else row 0
+//   logits: [rows, vocab], row state.row + state.n_tokens - 1 when p.last_row == 1, else row
+//           state.row (0 except for a lane of a batched step)
 //   tokens: [ctx] every id of the sequence so far
 // Every-row mode (p.last_row == 2, grid y = n_tokens, used to verify drafted tokens):
 // workgroup y samples row y as if it were the last, writes tokens[pos + y + 1] and leaves
@@ -64,9 +65,10 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     }
     let pos = state[0];
     let next = pos + n_tok;           // index of the id we write
-    var base = 0u;
+    // state.row: the sequence's first logits row (a lane of a batched step has its own).
+    var base = state[2] * p.vocab;
     if (p.last_row != 0u) {
-        base = (n_tok - 1u) * p.vocab;
+        base += (n_tok - 1u) * p.vocab;
     }
     let vocab = p.vocab;
 

@@ -74,7 +74,7 @@ fn every_strategy_matches_static_within_its_window() {
     ] {
         // Page 8 and a recent ring of 6: growth and re-quantisation both happen in 41 positions.
         let mut e = engine(&src, kv(strategy, compact, None, 8, 6), 8);
-        let plan = &e.model.kv.plan;
+        let plan = &e.model.kv().plan;
         assert!(plan.sinks + plan.window > seq.len(), "{strategy:?}: the window is not reached");
         let g = greedy(&mut e, &PROMPT, 30);
         if !compact && strategy == KvCacheStrategy::Dynamic {
@@ -102,17 +102,17 @@ fn every_strategy_matches_static_within_its_window() {
 fn dynamic_memory_grows_page_by_page() {
     let src = tiny_llama(6);
     let mut e = engine(&src, kv(KvCacheStrategy::Dynamic, true, None, 8, 1), 8);
-    let plan = e.model.kv.plan.clone();
+    let plan = e.model.kv().plan.clone();
     let page_bytes = plan.buffer_bytes(8) * 2;
-    assert_eq!(e.model.kv.bytes(), page_bytes, "one page at load");
-    let mut seen = vec![e.model.kv.bytes()];
+    assert_eq!(e.model.kv().bytes(), page_bytes, "one page at load");
+    let mut seen = vec![e.model.kv().bytes()];
     for n in [3usize, 10, 20, 37] {
         greedy(&mut e, &PROMPT, n);
         // Positions 0 .. prompt + n - 2 hold K/V: whole pages of 8 rows cover them.
         let rows = (PROMPT.len() + n - 1).div_ceil(8) * 8;
-        assert_eq!(e.model.kv.rows, rows, "after {n} tokens");
-        assert_eq!(e.model.kv.bytes(), plan.buffer_bytes(rows) * 2);
-        seen.push(e.model.kv.bytes());
+        assert_eq!(e.model.kv().rows, rows, "after {n} tokens");
+        assert_eq!(e.model.kv().bytes(), plan.buffer_bytes(rows) * 2);
+        seen.push(e.model.kv().bytes());
     }
     assert!(seen.windows(2).all(|w| w[1] > w[0]), "grew at each step: {seen:?}");
     let stats = e.stats_json(&Default::default());
@@ -138,11 +138,11 @@ fn generation_goes_past_the_budget_with_the_window_and_sinks() {
     let src = tiny_llama(7);
     // 24 f32 rows: 4 sinks, chunk 8, a window of 12.
     let mut e = engine(&src, kv(KvCacheStrategy::Dynamic, false, Some(24), 8, 1), 8);
-    let plan = e.model.kv.plan.clone();
+    let plan = e.model.kv().plan.clone();
     assert_eq!((plan.main_rows, plan.sinks, plan.chunk, plan.window), (24, 4, 8, 12));
     let g = greedy(&mut e, &PROMPT, 50);
     assert_eq!(g.ids.len(), 50, "went on well past the 16 positions the window holds");
-    assert!(e.model.kv.bytes() <= 24 * F32_ROW, "within the budget");
+    assert!(e.model.kv().bytes() <= 24 * F32_ROW, "within the budget");
     let want = reference_greedy(&src, &PROMPT, 50, plan.sinks, plan.window);
     assert_eq!(g.ids, want, "the CPU reference with the same sinks and window");
     // Prefill past the window too (chunks of 8 <= the spare rows).
@@ -172,11 +172,11 @@ fn progressive_stays_within_its_budget_and_holds_more_tokens_than_f16() {
     let budget = Some(24);
     let e16 = engine(&src, kv(KvCacheStrategy::Dynamic, true, budget, 8, 1), 8);
     let mut e = engine(&src, kv(KvCacheStrategy::Progressive, true, budget, 8, 6), 8);
-    let (p16, p) = (e16.model.kv.plan.clone(), e.model.kv.plan.clone());
+    let (p16, p) = (e16.model.kv().plan.clone(), e.model.kv().plan.clone());
     assert!(p.main_rows > p16.main_rows, "int8 holds more: {} vs {}", p.main_rows, p16.main_rows);
     let g = greedy(&mut e, &PROMPT, 110);
     assert_eq!(g.ids.len(), 110);
-    assert!(e.model.kv.peak_bytes <= 24 * F32_ROW, "{} > budget", e.model.kv.peak_bytes);
+    assert!(e.model.kv().peak_bytes <= 24 * F32_ROW, "{} > budget", e.model.kv().peak_bytes);
     let ev: Vec<(&str, &str)> = g.memory_events.iter().map(|e| (e.level, e.action)).collect();
     assert_eq!(
         ev,
@@ -198,7 +198,7 @@ fn progressive_stays_within_its_budget_and_holds_more_tokens_than_f16() {
 /// Prefill `ids[p0..p1]` at positions p0.. without touching earlier positions; the logits of
 /// the last row.
 fn prefill_at(e: &mut Engine, ids: &[u32], p0: usize, p1: usize) -> Vec<f32> {
-    assert!(p1 - p0 <= e.model.kv.plan.chunk, "a pass holds at most one chunk");
+    assert!(p1 - p0 <= e.model.kv().plan.chunk, "a pass holds at most one chunk");
     let g = e.gpu.clone();
     e.model.write_tokens(&g, p0, &ids[p0..p1]);
     e.model.write_state(&g, p0 as u32, (p1 - p0) as u32);
@@ -223,7 +223,7 @@ fn rolling_the_position_back_after_a_pass_keeps_the_cache_valid_in_the_window() 
         let mut outs = Vec::new();
         for rejected in [false, true] {
             let mut e = engine(&src, kv(strategy, false, Some(budget), 8, 6), 8);
-            let plan = e.model.kv.plan.clone();
+            let plan = e.model.kv().plan.clone();
             assert!(plan.sinks + plan.window < 44, "{strategy:?}: the window slides before 44");
             for p0 in (0..44).step_by(8) {
                 prefill_at(&mut e, &seq, p0, (p0 + 8).min(44));
@@ -247,7 +247,7 @@ fn rolling_the_position_back_after_a_pass_keeps_the_cache_valid_in_the_window() 
 fn static_cache_ends_with_context_length_exceeded() {
     let src = tiny_llama(10);
     let mut e = engine(&src, kv(KvCacheStrategy::Static, false, Some(32), 1, 1), 8);
-    assert_eq!(e.model.kv.plan.max_positions, 32);
+    assert_eq!(e.model.kv().plan.max_positions, 32);
     let mut streamed = 0;
     let params = GenerateParams { max_tokens: 40, ignore_eos: true, ..Default::default() };
     let err = pollster::block_on(e.generate(&PROMPT, &params, &mut |ev| {
@@ -291,11 +291,11 @@ fn the_config_keys_choose_the_storage_strategy_and_budget() {
             assert_eq!(options.load.kv.budget_bytes, Some(mb * 1_048_576));
         }
         let e = Engine::load(gpu.clone(), &src, options).expect("engine");
-        assert_eq!(e.model.kv.plan.formats, formats, "{json}");
+        assert_eq!(e.model.kv().plan.formats, formats, "{json}");
         let stats = e.stats_json(&Default::default());
         assert_eq!(stats["kv_cache_strategy"], strategy, "{json}");
         assert_eq!(stats["kv_cache_optimized"], formats != KvFormats::plain(KvFormat::F32), "{json}");
-        assert_eq!(stats["kv_cache_mb"].as_f64().unwrap(), e.model.kv.bytes() as f64 / 1_048_576.0);
+        assert_eq!(stats["kv_cache_mb"].as_f64().unwrap(), e.model.kv().bytes() as f64 / 1_048_576.0);
     }
 }
 
@@ -320,21 +320,21 @@ fn smollm2_kv_bytes_at_2048_positions() {
         let cfg = StreamingConfig::from_json_str(json).expect("config");
         let options = EngineOptions::from_config(&cfg, &gpu.caps, src.config()).expect("options");
         let mut e = Engine::load(gpu.clone(), src.as_ref(), options).expect("engine");
-        let at_load = e.model.kv.bytes();
+        let at_load = e.model.kv().bytes();
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         e.model.reserve_kv(&gpu, &mut enc, 2047);
         gpu.queue.submit([enc.finish()]);
-        let plan = &e.model.kv.plan;
+        let plan = &e.model.kv().plan;
         eprintln!(
             "{json}: at load {:.1} MiB, at 2048 positions {:.1} MiB; {} rows ({} sinks + window {}), formats {:?}",
             at_load as f64 / 1_048_576.0,
-            e.model.kv.bytes() as f64 / 1_048_576.0,
+            e.model.kv().bytes() as f64 / 1_048_576.0,
             plan.main_rows,
             plan.sinks,
             plan.window,
             plan.formats
         );
-        mib.push((at_load as f64 / 1_048_576.0, e.model.kv.bytes() as f64 / 1_048_576.0));
+        mib.push((at_load as f64 / 1_048_576.0, e.model.kv().bytes() as f64 / 1_048_576.0));
     }
     let [f32_static, f16_static, dynamic, progressive, dynamic_24, progressive_24] = mib[..] else {
         panic!("six configurations")

@@ -205,7 +205,7 @@ impl Engine {
     /// Bytes on the GPU: weights, KV cache (allocated now), activations and staging.
     pub fn memory_bytes(&self) -> (u64, u64, u64) {
         let staging: u64 = self.id_staging.iter().map(|b| b.size()).sum::<u64>() + self.logits_staging.size();
-        (self.model.weight_bytes, self.model.kv.bytes(), self.model.activation_bytes + staging)
+        (self.model.weight_bytes, self.model.kv_bytes(), self.model.activation_bytes + staging)
     }
 
     /// The KV budget and the memory limit in bytes, where configured.
@@ -228,7 +228,7 @@ impl Engine {
     ) {
         self.model.reserve_kv(&self.gpu, enc, latest);
         let Some((monitor, events)) = watch else { return };
-        let new = monitor.check(&self.model.kv, latest);
+        let new = monitor.check(&self.model.kv(), latest);
         if !new.is_empty() {
             if let Ok(mut q) = self.pressure.lock() {
                 q.extend(new.iter().cloned());
@@ -251,12 +251,12 @@ impl Engine {
         if let Some(bad) = ids.iter().find(|&&i| i as usize >= vocab) {
             return Err(Error::invalid(format!("token id {bad} is outside the vocabulary of {vocab}")));
         }
-        let ctx = self.model.kv.plan.max_positions;
+        let ctx = self.model.kv().plan.max_positions;
         if ids.len() + extra > ctx {
             return Err(Error::ContextLengthExceeded(format!(
                 "the prompt has {} tokens; with {extra} more it exceeds the {} KV cache's {ctx} positions",
                 ids.len(),
-                self.model.kv.plan.strategy.as_str()
+                self.model.kv().plan.strategy.as_str()
             )));
         }
         Ok(())
@@ -287,7 +287,7 @@ impl Engine {
                 self.model.encode_prefill(&mut pass, len as u32, sample && is_last, false);
             }
             if is_last && sample {
-                enc.copy_buffer_to_buffer(&self.model.tokens, ids.len() as u64 * 4, &self.id_staging[0], 0, 4);
+                enc.copy_buffer_to_buffer(&self.model.lane().tokens, ids.len() as u64 * 4, &self.id_staging[0], 0, 4);
             }
             last = Some(self.gpu.queue.submit([enc.finish()]));
         }
@@ -368,7 +368,7 @@ impl Engine {
         }
         // Positions run out at the static cache's context (the windowed strategies go on to
         // MAX_WINDOW_POSITIONS): the generation then ends with context_length_exceeded.
-        let ctx = self.model.kv.plan.max_positions;
+        let ctx = self.model.kv().plan.max_positions;
         let budget = params.max_tokens.min(ctx - prompt.len());
         let runs_out = params.max_tokens > budget;
         let mut monitor = self.monitor();
@@ -456,7 +456,13 @@ impl Engine {
                             }
                         }
                         let from = (prompt.len() + submitted) as u64 * 4;
-                        enc.copy_buffer_to_buffer(&self.model.tokens, from, &self.id_staging[slot], 0, s as u64 * 4);
+                        enc.copy_buffer_to_buffer(
+                            &self.model.lane().tokens,
+                            from,
+                            &self.id_staging[slot],
+                            0,
+                            s as u64 * 4,
+                        );
                         let index = self.gpu.queue.submit([enc.finish()]);
                         let rx = start_map(&self.id_staging[slot], s as u64 * 4);
                         queue.push_back(InFlight { slot, count: s, rx, index });
@@ -559,7 +565,7 @@ impl Engine {
         if runs_out && finish == FinishReason::Length {
             return Err(Error::ContextLengthExceeded(format!(
                 "the {} KV cache is full after {} prompt + {} generated tokens ({} positions); max_tokens was {}",
-                self.model.kv.plan.strategy.as_str(),
+                self.model.kv().plan.strategy.as_str(),
                 prompt.len(),
                 ids.len(),
                 ctx,

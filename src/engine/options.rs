@@ -138,6 +138,8 @@ impl EngineOptions {
                 // The profile's binding cap (Firefox 128 MiB) within the device's limit.
                 max_binding: profile.max_binding_bytes.min(caps.max_storage_binding),
                 kv,
+                // Concurrent generations share decode steps up to max_batch_size lanes.
+                max_lanes: if cfg.adaptive_batch_size { cfg.max_batch_size as usize } else { 1 },
             },
             steps_per_submit: steps,
             in_flight,
@@ -188,7 +190,7 @@ impl Engine {
         let (w, kv, act) = self.memory_bytes();
         let mb = |b: u64| b as f64 / 1_048_576.0;
         let profile = self.options.profile.as_ref();
-        let plan = &self.model.kv.plan;
+        let plan = &self.model.kv().plan;
         let kv_format = if plan.ring_rows > 0 {
             format!("{} + {} recent", plan.formats.main.name(), plan.formats.ring.name())
         } else {
@@ -207,7 +209,7 @@ impl Engine {
             "batch_size_history": [1],
             "kv_cache_mb": mb(kv),
             "model_memory_mb": mb(w),
-            "peak_memory_mb": mb(w + self.model.kv.peak_bytes.max(kv) + act),
+            "peak_memory_mb": mb(w + self.model.kv().peak_bytes.max(kv) + act),
             "quantization": self.model.options.quantization_name(),
             "quantize_ms": self.model.quantize_ms,
             "kv_cache_strategy": plan.strategy.as_str(),

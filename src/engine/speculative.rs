@@ -65,7 +65,7 @@ impl Engine {
             let mut pass = enc.begin_compute_pass(&Default::default());
             self.model.encode_rows(&mut pass, n as u32);
         }
-        enc.copy_buffer_to_buffer(&self.model.tokens, len as u64 * 4, &self.id_staging[0], 0, bytes);
+        enc.copy_buffer_to_buffer(&self.model.lane().tokens, len as u64 * 4, &self.id_staging[0], 0, bytes);
         let index = self.gpu.queue.submit([enc.finish()]);
         let rx = start_map(&self.id_staging[0], bytes);
         let got = finish_map(&self.gpu, &self.id_staging[0], bytes, rx, Some(index)).await?;

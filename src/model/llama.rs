@@ -3,18 +3,21 @@
 //! Nothing here allocates or creates pipelines after `LlamaGpu::load`.
 
 use crate::error::{Error, Result};
-use crate::gpu::params::{EmbedParams, MatParams, SampleParams};
+use crate::gpu::params::{MatParams, SampleParams};
 use crate::gpu::{Gpu, Kernel, KernelKey, Kernels, MatMode, WeightFormat, matmul_tile};
 use crate::model::kv_cache::{KvCache, KvOptions, KvPlan, rope_table};
 use crate::model::upload::{
     GpuMatrix, MatrixShard, Quant, embedding_format, required, required_f32, upload_tensors_sharded, upload_vec,
 };
-use crate::model::{ModelConfig, ModelSource, RopeLayout, WeightName};
+use crate::model::{ModelConfig, ModelSource, WeightName};
 use crate::quant::fit::Quantizer;
 use crate::quant::on_gpu::GpuQuantizer;
 
+mod batch;
+mod lane;
 #[cfg(not(target_arch = "wasm32"))]
 mod profile;
+pub use lane::Lane;
 #[cfg(not(target_arch = "wasm32"))]
 pub use profile::KernelTimes;
 
@@ -50,6 +53,9 @@ pub struct LoadOptions {
     pub attention_split: u32,
     /// KV-cache format, strategy and budget.
     pub kv: KvOptions,
+    /// Most sequences a batched decode step runs (each lane has its own KV cache, built on
+    /// first use).
+    pub max_lanes: usize,
 }
 
 impl LoadOptions {
@@ -75,6 +81,7 @@ impl Default for LoadOptions {
             attention_split: 1,
             max_binding: 0,
             kv: KvOptions::default(),
+            max_lanes: 1,
         }
     }
 }
@@ -119,57 +126,72 @@ struct Layer {
     down: GpuMatrix,
 }
 
-/// The model on the GPU with its activations and dispatch lists.
+/// The weights of the model on the GPU.
+struct Weights {
+    embd: GpuMatrix,
+    lm_head: Option<GpuMatrix>,
+    out_norm: wgpu::Buffer,
+    layers: Vec<Layer>,
+}
+
+/// Activation and scratch buffers shared by every lane, allocated once.
+struct Activations {
+    /// `[chunk, d]`
+    x: wgpu::Buffer,
+    /// `[chunk, (n_heads + 2 n_kv) * hd]`
+    qkv: wgpu::Buffer,
+    /// `[chunk, n_heads * hd]` rotated queries.
+    q: wgpu::Buffer,
+    /// `[chunk, n_heads * hd]` attention output.
+    attn: wgpu::Buffer,
+    /// `[chunk, 2 * d_ff]`
+    gate_up: wgpu::Buffer,
+    /// `[chunk, n_heads, sinks + window]`
+    scores: wgpu::Buffer,
+    /// `[rope_rows + extra, hd / 2]` (cos, sin)
+    rope: wgpu::Buffer,
+    /// Bound where a kernel variant ignores a binding.
+    filler: wgpu::Buffer,
+    /// `[lanes, n_heads, split, hd + 2]` split-attention partials.
+    partial: wgpu::Buffer,
+}
+
+/// Kernel geometry chosen at load.
+struct Geometry {
+    wg: u32,
+    rows: u32,
+    tpr: u32,
+    wide_tpr: u32,
+    split: u32,
+}
+
+/// The model on the GPU: weights, shared activations, and one or more lanes (sequences).
 pub struct LlamaGpu {
     pub config: ModelConfig,
     pub options: LoadOptions,
-    /// `[ctx + 1]` u32: every token id of the sequence; samplers write here.
-    pub tokens: wgpu::Buffer,
-    /// `[4]` u32: (pos, n_tokens, 0, 0) of the step about to run.
-    pub state: wgpu::Buffer,
-    /// `[chunk, vocab]` f32 (row 0 only in last-row mode).
+    /// `[chunk, vocab]` f32 (row 0 only in last-row mode; row r of a batched step's lane r).
     pub logits: wgpu::Buffer,
-    /// Sampler parameters for the current generation.
-    pub sample_params: wgpu::Buffer,
-    /// The same in every-row mode (verification of several rows in one pass).
-    pub sample_rows_params: wgpu::Buffer,
     /// Bytes of weights on the GPU.
     pub weight_bytes: u64,
-    /// The KV cache (its buffers grow under the dynamic and progressive strategies).
-    pub kv: KvCache,
-    /// Bytes of activations and scratch on the GPU.
+    /// Bytes of activations and scratch on the GPU (every lane's token and state buffers included).
     pub activation_bytes: u64,
     /// Milliseconds spent quantising weights at load (measured; 0 when nothing needed it).
     pub quantize_ms: f64,
-    decode: Vec<Dispatch>,
-    prefill: Vec<Dispatch>,
-    prefill_all_logits: Vec<Dispatch>,
-    sample: Dispatch,
-    /// The sampler over every row of a prefill chunk: grid y = rows.
-    sample_rows: Dispatch,
-    /// Dispatches that bind the KV buffers, rebound when they grow.
-    kv_uses: Vec<KvUse>,
-    _keep: Vec<wgpu::Buffer>,
-    _matrices: Vec<GpuMatrix>,
+    weights: Weights,
+    acts: Activations,
+    geo: Geometry,
+    /// The KV geometry every lane's cache follows.
+    plan: KvPlan,
+    /// Lane 0 always exists; more are built when a batch first needs them.
+    lanes: Vec<Lane>,
+    /// The lane the single-sequence methods act on.
+    cur: usize,
+    /// The shared matrix dispatches of a batched step (built on first use).
+    batched: Option<batch::Shared>,
 }
 
-fn u32_of(v: usize, what: &str) -> Result<u32> {
+pub(crate) fn u32_of(v: usize, what: &str) -> Result<u32> {
     u32::try_from(v).map_err(|_| Error::model(format!("{what} {v} is too large")))
-}
-
-/// A binding of a KV-using dispatch: a fixed buffer or the current K / V cache.
-#[derive(Clone)]
-enum KvBind {
-    Buf(wgpu::Buffer),
-    K,
-    V,
-}
-
-/// Where a KV-using dispatch sits (`lists[list][index]`) and what it binds.
-struct KvUse {
-    list: usize,
-    index: usize,
-    entries: Vec<(u32, KvBind)>,
 }
 
 impl LlamaGpu {
@@ -273,205 +295,104 @@ impl LlamaGpu {
         // Activations, allocated once.
         let f = 4u64;
         let c = chunk as u64;
-        let x = gpu.storage("x", c * d as u64 * f); // [chunk, d]
-        let qkv_buf = gpu.storage("qkv", c * qkv_rows as u64 * f); // [chunk, qkv_rows]
-        let q_buf = gpu.storage("q", c * qdim as u64 * f); // [chunk, n_heads*hd]
-        let attn = gpu.storage("attn", c * qdim as u64 * f); // [chunk, n_heads*hd]
-        let gate_up = gpu.storage("gate_up", c * 2 * dff as u64 * f); // [chunk, 2*d_ff]
-        let logits = gpu.storage("logits", c * vocab as u64 * f); // [chunk, vocab]
-        let keys = (plan.sinks + plan.window) as u64;
-        let scores = gpu.storage("scores", c * nh as u64 * keys * f); // [chunk, n_heads, sinks + window]
-        let max_positions = plan.max_positions;
-        let kv = KvCache::new(gpu, plan);
-        let tokens = gpu.storage("tokens", (max_positions as u64 + 1) * 4); // [max_positions + 1] u32
-        let state = gpu.storage("state", 16); // (pos, n_tokens)
-        let rope = gpu.storage_init("rope", bytemuck::cast_slice(&rope_table(&cfg, ctx, max_positions))); // [ctx + ctx/max_positions + 1, hd/2] (cos, sin)
-        let filler = gpu.storage("unused binding", 16); // bound where a kernel variant ignores a binding
+        let lanes_max = options.max_lanes.clamp(1, chunk) as u64;
         let split = options.attention_split.clamp(1, 64);
-        let partial = gpu.storage("attn partial", nh as u64 * u64::from(split) * (hd as u64 + 2) * f); // [1, n_heads, split, hd + 2]
+        let keys = (plan.sinks + plan.window) as u64;
+        let acts = Activations {
+            x: gpu.storage("x", c * d as u64 * f),
+            qkv: gpu.storage("qkv", c * qkv_rows as u64 * f),
+            q: gpu.storage("q", c * qdim as u64 * f),
+            attn: gpu.storage("attn", c * qdim as u64 * f),
+            gate_up: gpu.storage("gate_up", c * 2 * dff as u64 * f),
+            scores: gpu.storage("scores", c * nh as u64 * keys * f),
+            rope: gpu.storage_init("rope", bytemuck::cast_slice(&rope_table(&cfg, ctx, plan.max_positions))),
+            filler: gpu.storage("unused binding", 16),
+            partial: gpu.storage("attn partial", lanes_max * nh as u64 * u64::from(split) * (hd as u64 + 2) * f),
+        };
+        let logits = gpu.storage("logits", c * vocab as u64 * f); // [chunk, vocab]
+        let a = &acts;
         let activation_bytes =
-            [&x, &qkv_buf, &q_buf, &attn, &gate_up, &logits, &scores, &tokens, &state, &rope, &filler, &partial]
+            [&a.x, &a.qkv, &a.q, &a.attn, &a.gate_up, &logits, &a.scores, &a.rope, &a.filler, &a.partial]
                 .iter()
                 .map(|b| b.size())
                 .sum();
-
         let wg = options.workgroup.next_power_of_two().clamp(32, 256);
-        let rows = options.rows.clamp(1, 4);
-        let tpr = options.threads_per_row.clamp(1, wg).next_power_of_two();
-        let wide_tpr = match options.wide_threads_per_row {
-            0 => 0,
-            t => t.clamp(1, wg).next_power_of_two(),
+        let geo = Geometry {
+            wg,
+            rows: options.rows.clamp(1, 4),
+            tpr: options.threads_per_row.clamp(1, wg).next_power_of_two(),
+            wide_tpr: match options.wide_threads_per_row {
+                0 => 0,
+                t => t.clamp(1, wg).next_power_of_two(),
+            },
+            split,
         };
-        let b = Builder { gpu, kernels, wg, rows, tpr, wide_tpr, state: &state, filler: &filler, eps: cfg.rms_eps };
-
-        // One gather per shard of the table; each writes the ids that fall in its rows.
-        let embed = |b: &Builder| -> Result<Vec<Dispatch>> {
-            let pipeline = b.pipeline(Kernel::Embed { format: embd.format })?;
-            embd.shards
-                .iter()
-                .map(|shard| {
-                    let ep = EmbedParams {
-                        d: u32_of(d, "d_model")?,
-                        vocab: u32_of(vocab, "vocab")?,
-                        row0: shard.row0,
-                        rows: shard.rows,
-                    };
-                    let params = gpu.uniform_init("embed params", bytemuck::bytes_of(&ep));
-                    let mut entries = vec![(0, &params), (3, &tokens), (4, &x), (7, &state)];
-                    entries.extend(shard.bindings());
-                    let bind = b.bind(&pipeline, &entries);
-                    let grid = Grid::PerToken((d as u32 / 4).div_ceil(64));
-                    Ok(Dispatch { pipeline: pipeline.clone(), bind, grid, family: "embed" })
-                })
-                .collect()
-        };
-        let rope_heads = u32_of(nh + 2 * nkv, "heads")?;
-        let kv_formats = kv.plan.formats;
-        let mut kv_uses = Vec::new();
-        // Records a dispatch that binds the KV cache (rebuilt when the cache grows).
-        let mut kv_dispatch = |list: &mut Vec<Dispatch>,
-                               li: usize,
-                               pipeline: wgpu::ComputePipeline,
-                               entries: Vec<(u32, KvBind)>,
-                               grid: Grid,
-                               family: &'static str| {
-            let bind = b.bind(&pipeline, &resolve(&entries, &kv.k, &kv.v));
-            kv_uses.push(KvUse { list: li, index: list.len(), entries });
-            list.push(Dispatch { pipeline, bind, grid, family });
-        };
-
-        let mut lists: [Vec<Dispatch>; 3] = [Vec::new(), Vec::new(), Vec::new()];
-        for (li, list) in lists.iter_mut().enumerate() {
-            let tiled = li > 0;
-            list.extend(embed(&b)?);
-            for (l, layer) in layers.iter().enumerate() {
-                let norm_mode = MatMode { fuse_norm: true, bias: layer.qkv_bias.is_some(), ..Default::default() };
-                list.extend(b.matrix(
-                    tiled,
-                    &layer.qkv,
-                    norm_mode,
-                    &x,
-                    &qkv_buf,
-                    Some(&layer.attn_norm),
-                    layer.qkv_bias.as_ref(),
-                    false,
-                )?);
-                let kp = kv.plan.params(&cfg, l, ctx)?;
-                let rp = gpu.uniform_init("kv params", bytemuck::bytes_of(&kp));
-                let buf = |x: &wgpu::Buffer| KvBind::Buf(x.clone());
-                let adjacent = cfg.rope_layout == RopeLayout::Adjacent;
-                let pipeline = b.pipeline(Kernel::RopeKv { adjacent, kv: kv_formats })?;
-                let entries = vec![
-                    (0, buf(&rp)),
-                    (1, buf(&qkv_buf)),
-                    (2, KvBind::K),
-                    (3, KvBind::V),
-                    (4, buf(&q_buf)),
-                    (5, buf(&rope)),
-                    (7, buf(&state)),
-                ];
-                kv_dispatch(list, li, pipeline, entries, Grid::PerToken(rope_heads), "rope_kv");
-                // Progressive: the positions leaving the recent ring move to int8, after the
-                // chunk's own writes (a chunk may hold positions it re-quantises).
-                if kv.plan.ring_rows > 0 {
-                    let pipeline = b.pipeline(Kernel::KvRequant { kv: kv_formats })?;
-                    let entries = vec![(0, buf(&rp)), (2, KvBind::K), (3, KvBind::V), (7, buf(&state))];
-                    let grid = Grid::PerToken(u32_of(2 * nkv, "kv heads")?);
-                    kv_dispatch(list, li, pipeline, entries, grid, "kv_requant");
-                }
-                // Every 4 dimensions of a head need a thread in the V phase.
-                let attn_wg = wg.max(u32_of(hd / 4, "head dim")?.next_power_of_two()).min(256);
-                let heads = u32_of(nh, "heads")?;
-                let list_split = if tiled { 1 } else { split };
-                let key = |kernel| KernelKey { kernel, wg: attn_wg, rows: 1, tpr: 1 };
-                let pipeline =
-                    kernels.get(&gpu.device, key(Kernel::Attention { split: list_split, kv: kv_formats }))?;
-                let entries = vec![
-                    (0, buf(&rp)),
-                    (1, buf(&q_buf)),
-                    (2, KvBind::K),
-                    (3, KvBind::V),
-                    (4, buf(&attn)),
-                    (5, buf(&scores)),
-                    (6, buf(&partial)),
-                    (7, buf(&state)),
-                ];
-                let grid = if list_split > 1 { Grid::Fixed([heads, 1, list_split]) } else { Grid::PerToken(heads) };
-                kv_dispatch(list, li, pipeline, entries, grid, "attention");
-                if list_split > 1 {
-                    let pipeline = kernels.get(&gpu.device, key(Kernel::AttentionCombine { split: list_split }))?;
-                    let bind = b.bind(&pipeline, &[(0, &rp), (4, &attn), (6, &partial), (7, &state)]);
-                    list.push(Dispatch {
-                        pipeline,
-                        bind,
-                        grid: Grid::Fixed([heads, 1, 1]),
-                        family: "attention_combine",
-                    });
-                }
-                let acc = MatMode { accumulate: true, ..Default::default() };
-                list.extend(b.matrix(tiled, &layer.o, acc, &attn, &x, None, None, false)?);
-                let norm = MatMode { fuse_norm: true, ..Default::default() };
-                list.extend(b.matrix(tiled, &layer.gate_up, norm, &x, &gate_up, Some(&layer.ffn_norm), None, false)?);
-                let down = MatMode { swiglu_in: true, accumulate: true, ..Default::default() };
-                list.extend(b.matrix(tiled, &layer.down, down, &gate_up, &x, None, None, false)?);
-            }
-            let head = lm_head.as_ref().unwrap_or(&embd);
-            let norm = MatMode { fuse_norm: true, ..Default::default() };
-            // Decode and plain prefill: logits of the last row only; li == 2: every row.
-            list.extend(b.matrix(li == 2, head, norm, &x, &logits, Some(&out_norm), None, li == 1)?);
-        }
-        let [decode, prefill, prefill_all_logits] = lists;
-
-        let sp = SampleParams {
-            vocab: u32_of(vocab, "vocab")?,
-            temperature: 0.0,
-            top_k: 0,
-            top_p: 1.0,
-            rep_penalty: 1.0,
-            rep_window: 0,
-            seed_lo: 0,
-            seed_hi: 0,
-            last_row: 0,
-            _pad: [0; 3],
-        };
-        let sample_params = gpu.uniform_init("sample params", bytemuck::bytes_of(&sp));
-        let pipeline = b.pipeline(Kernel::Sample)?;
-        let bind = b.bind(&pipeline, &[(0, &sample_params), (1, &logits), (2, &tokens), (3, &state)]);
-        let sample = Dispatch { pipeline: pipeline.clone(), bind, grid: Grid::Fixed([1, 1, 1]), family: "sample" };
-        let sample_rows_params = gpu.uniform_init("sample rows params", bytemuck::bytes_of(&sp));
-        let bind = b.bind(&pipeline, &[(0, &sample_rows_params), (1, &logits), (2, &tokens), (3, &state)]);
-        let sample_rows = Dispatch { pipeline, bind, grid: Grid::PerToken(1), family: "sample" };
-
-        // Bind groups hold their buffers too; keeping them here makes the ownership plain.
-        let mut keep = vec![x, qkv_buf, q_buf, attn, gate_up, scores, rope, filler, partial, out_norm];
-        let mut matrices = vec![embd];
-        matrices.extend(lm_head);
-        for l in layers {
-            keep.extend([l.attn_norm, l.ffn_norm]);
-            keep.extend(l.qkv_bias);
-            matrices.extend([l.qkv, l.o, l.gate_up, l.down]);
-        }
-        Ok(LlamaGpu {
+        let mut model = LlamaGpu {
             config: cfg,
             options,
-            tokens,
-            state,
             logits,
-            sample_params,
-            sample_rows_params,
             weight_bytes,
-            kv,
             activation_bytes,
             quantize_ms: quantize_ms.get(),
-            decode,
-            prefill,
-            prefill_all_logits,
-            sample,
-            sample_rows,
-            kv_uses,
-            _keep: keep,
-            _matrices: matrices,
-        })
+            weights: Weights { embd, lm_head, out_norm, layers },
+            acts,
+            geo,
+            plan,
+            lanes: Vec::new(),
+            cur: 0,
+            batched: None,
+        };
+        let lane = Lane::build(&model, gpu, kernels)?;
+        model.activation_bytes += lane.buffer_bytes();
+        model.lanes.push(lane);
+        Ok(model)
+    }
+
+    /// The lane the single-sequence methods act on.
+    pub fn lane(&self) -> &Lane {
+        &self.lanes[self.cur]
+    }
+
+    /// The current lane's KV cache.
+    pub fn kv(&self) -> &KvCache {
+        &self.lane().kv
+    }
+
+    /// The KV geometry of every lane.
+    pub fn kv_plan(&self) -> &KvPlan {
+        &self.plan
+    }
+
+    /// Lanes built so far.
+    pub fn lane_count(&self) -> usize {
+        self.lanes.len()
+    }
+
+    /// Most lanes a batched step may run (`LoadOptions::max_lanes`, at most the chunk).
+    pub fn max_lanes(&self) -> usize {
+        self.options.max_lanes.clamp(1, self.options.chunk)
+    }
+
+    /// Make lane `i` the one the single-sequence methods act on, building lanes up to it.
+    pub fn select_lane(&mut self, gpu: &Gpu, kernels: &Kernels, i: usize) -> Result<()> {
+        if i >= self.max_lanes() {
+            return Err(Error::internal(format!(
+                "lane {i} is beyond the {} this model was loaded for",
+                self.max_lanes()
+            )));
+        }
+        while self.lanes.len() <= i {
+            let lane = Lane::build(self, gpu, kernels)?;
+            self.activation_bytes += lane.buffer_bytes();
+            self.lanes.push(lane);
+        }
+        self.cur = i;
+        Ok(())
+    }
+
+    /// KV bytes allocated by every lane.
+    pub fn kv_bytes(&self) -> u64 {
+        self.lanes.iter().map(|l| l.kv.bytes()).sum()
     }
 
     /// Before encoding a pass that writes positions up to `latest`: grow the KV cache if its
@@ -479,50 +400,30 @@ impl LlamaGpu {
     /// that read it. Call it for every prefill, decode or verify submission, never between
     /// the passes of one.
     pub fn reserve_kv(&mut self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, latest: usize) {
-        if !self.kv.reserve(gpu, enc, latest) {
-            return;
-        }
-        for u in &self.kv_uses {
-            let list = match u.list {
-                0 => &mut self.decode,
-                1 => &mut self.prefill,
-                _ => &mut self.prefill_all_logits,
-            };
-            let d = &mut list[u.index];
-            let layout = d.pipeline.get_bind_group_layout(0);
-            let entries = resolve(&u.entries, &self.kv.k, &self.kv.v);
-            let entries: Vec<wgpu::BindGroupEntry> = entries
-                .iter()
-                .map(|(binding, buf)| wgpu::BindGroupEntry { binding: *binding, resource: buf.as_entire_binding() })
-                .collect();
-            d.bind = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: None,
-                layout: &layout,
-                entries: &entries,
-            });
-        }
+        let cur = self.cur;
+        self.lanes[cur].reserve_kv(gpu, enc, latest);
     }
 
     /// Dispatches in one decode step (sampler included).
     pub fn dispatches_per_decode_step(&self) -> usize {
-        self.decode.len() + 1
+        self.lane().decode.len() + 1
     }
 
     /// Set the step state (pos, n_tokens) before a submission.
     pub fn write_state(&self, gpu: &Gpu, pos: u32, n_tokens: u32) {
-        gpu.queue.write_buffer(&self.state, 0, bytemuck::cast_slice(&[pos, n_tokens, 0u32, 0u32]));
+        gpu.queue.write_buffer(&self.lane().state, 0, bytemuck::cast_slice(&[pos, n_tokens, 0u32, 0u32]));
     }
 
     /// Write token ids at `pos..` of the token buffer.
     pub fn write_tokens(&self, gpu: &Gpu, pos: usize, ids: &[u32]) {
-        gpu.queue.write_buffer(&self.tokens, pos as u64 * 4, bytemuck::cast_slice(ids));
+        gpu.queue.write_buffer(&self.lane().tokens, pos as u64 * 4, bytemuck::cast_slice(ids));
     }
 
     /// Set the sampler parameters of the next generation: `p` for the one-row sampler,
     /// `rows` (the same settings in every-row mode) for [`LlamaGpu::encode_rows`].
     pub fn write_sample_params(&self, gpu: &Gpu, p: &SampleParams, rows: &SampleParams) {
-        gpu.queue.write_buffer(&self.sample_params, 0, bytemuck::bytes_of(p));
-        gpu.queue.write_buffer(&self.sample_rows_params, 0, bytemuck::bytes_of(rows));
+        gpu.queue.write_buffer(&self.lane().sample_params, 0, bytemuck::bytes_of(p));
+        gpu.queue.write_buffer(&self.lane().sample_rows_params, 0, bytemuck::bytes_of(rows));
     }
 
     /// Encode `n` rows (the ids at `state.pos ..= state.pos + n - 1`, state written
@@ -530,41 +431,28 @@ impl LlamaGpu {
     /// sample each row as if it were the last: row `r` writes the id at `pos + r + 1`.
     /// KV entries of all `n` rows are written; the state is left for the caller to set.
     pub fn encode_rows(&self, pass: &mut wgpu::ComputePass<'_>, n: u32) {
-        run(pass, &self.prefill_all_logits, n);
-        run(pass, std::slice::from_ref(&self.sample_rows), n);
+        let lane = self.lane();
+        run(pass, &lane.prefill_all_logits, n);
+        run(pass, std::slice::from_ref(&lane.sample_rows), n);
     }
 
     /// Encode a prefill chunk of `n` tokens (state written beforehand). With `sample`, the
     /// next token is sampled from the last row; with `all_logits`, every row's logits are kept.
     pub fn encode_prefill(&self, pass: &mut wgpu::ComputePass<'_>, n: u32, sample: bool, all_logits: bool) {
-        let list = if all_logits { &self.prefill_all_logits } else { &self.prefill };
+        let lane = self.lane();
+        let list = if all_logits { &lane.prefill_all_logits } else { &lane.prefill };
         run(pass, list, n);
         if sample {
-            run(pass, std::slice::from_ref(&self.sample), 1);
+            run(pass, std::slice::from_ref(&lane.sample), 1);
         }
     }
 
     /// Encode one decode step: reads the token at `state.pos`, writes the next one, advances.
     pub fn encode_decode_step(&self, pass: &mut wgpu::ComputePass<'_>) {
-        run(pass, &self.decode, 1);
-        run(pass, std::slice::from_ref(&self.sample), 1);
+        let lane = self.lane();
+        run(pass, &lane.decode, 1);
+        run(pass, std::slice::from_ref(&lane.sample), 1);
     }
-}
-
-fn resolve<'a>(entries: &'a [(u32, KvBind)], k: &'a wgpu::Buffer, v: &'a wgpu::Buffer) -> Vec<(u32, &'a wgpu::Buffer)> {
-    entries
-        .iter()
-        .map(|(i, e)| {
-            (
-                *i,
-                match e {
-                    KvBind::Buf(b) => b,
-                    KvBind::K => k,
-                    KvBind::V => v,
-                },
-            )
-        })
-        .collect()
 }
 
 fn run(pass: &mut wgpu::ComputePass<'_>, list: &[Dispatch], tokens: u32) {

@@ -21,13 +21,13 @@ impl LlamaGpu {
     /// `reps` times.
     pub fn profile(&self, gpu: &Gpu, reps: u32, prefill_tokens: u32) -> Result<KernelTimes> {
         let (list, tokens) = if prefill_tokens == 0 {
-            (&self.decode, 1)
+            (&self.lane().decode, 1)
         } else {
             let n = prefill_tokens.min(self.options.chunk as u32);
             self.write_state(gpu, 0, n);
-            (&self.prefill, n)
+            (&self.lane().prefill, n)
         };
-        let step: Vec<&Dispatch> = list.iter().chain(std::iter::once(&self.sample)).collect();
+        let step: Vec<&Dispatch> = list.iter().chain(std::iter::once(&self.lane().sample)).collect();
         let reps = reps.max(1);
         // A query set holds at most 4096 timestamps (WebGPU's limit): two per dispatch.
         if gpu.caps.timestamps && step.len() * 2 <= 4096 {

@@ -1,0 +1,123 @@
+//! A batched decode step: the lanes of several sequences advance one token each in one pass.
+//! The weight-reading matrix dispatches run once over all `B` rows (lane `r` at activation
+//! row `r`, `state.n_tokens = B` in the batch state); each lane's embedding gather, RoPE/KV
+//! append, attention and sampler run on its own buffers (its KV cache, token ids, position).
+//! Order of a step: embed (lanes), then per layer the QKV matrix (shared), RoPE + attention
+//! (lanes), O / gate-up / down (shared), and at the end lm_head (shared) and the samplers
+//! (lanes). Lanes keep their positions on the GPU, so several steps fit in one submission.
+
+use super::{Builder, Dispatch, LlamaGpu, run};
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, Kernels, MatMode};
+
+/// The shared matrix dispatches of a batched step.
+pub(super) struct Shared {
+    /// `segs[i]` runs after lane group `i` (0: the embedding; `i >= 1`: layer `i - 1`'s
+    /// attention): `segs[0]` is layer 0's QKV, `segs[i]` layer `i - 1`'s O, gate-up and down
+    /// then layer `i`'s QKV, and the last ends with lm_head over every row.
+    segs: Vec<Vec<Dispatch>>,
+    /// `[4]` u32: (0, B, 0, 0) for the shared dispatches.
+    state: wgpu::Buffer,
+}
+
+impl Shared {
+    fn build(m: &LlamaGpu, gpu: &Gpu, kernels: &Kernels) -> Result<Shared> {
+        let state = gpu.storage("batch state", 16);
+        let (w, a, g) = (&m.weights, &m.acts, &m.geo);
+        let b = Builder {
+            gpu,
+            kernels,
+            wg: g.wg,
+            rows: g.rows,
+            tpr: g.tpr,
+            wide_tpr: g.wide_tpr,
+            state: &state,
+            filler: &a.filler,
+            eps: m.config.rms_eps,
+        };
+        let mut segs: Vec<Vec<Dispatch>> = (0..=w.layers.len()).map(|_| Vec::new()).collect();
+        for (l, layer) in w.layers.iter().enumerate() {
+            let norm_mode = MatMode { fuse_norm: true, bias: layer.qkv_bias.is_some(), ..Default::default() };
+            let qkv = b.matrix(
+                true,
+                &layer.qkv,
+                norm_mode,
+                &a.x,
+                &a.qkv,
+                Some(&layer.attn_norm),
+                layer.qkv_bias.as_ref(),
+                false,
+            )?;
+            segs[l].extend(qkv);
+            let after = &mut segs[l + 1];
+            let acc = MatMode { accumulate: true, ..Default::default() };
+            after.extend(b.matrix(true, &layer.o, acc, &a.attn, &a.x, None, None, false)?);
+            let norm = MatMode { fuse_norm: true, ..Default::default() };
+            after.extend(b.matrix(true, &layer.gate_up, norm, &a.x, &a.gate_up, Some(&layer.ffn_norm), None, false)?);
+            let down = MatMode { swiglu_in: true, accumulate: true, ..Default::default() };
+            after.extend(b.matrix(true, &layer.down, down, &a.gate_up, &a.x, None, None, false)?);
+        }
+        let head = w.lm_head.as_ref().unwrap_or(&w.embd);
+        let norm = MatMode { fuse_norm: true, ..Default::default() };
+        let last = segs.len() - 1;
+        segs[last].extend(b.matrix(true, head, norm, &a.x, &m.logits, Some(&w.out_norm), None, false)?);
+        Ok(Shared { segs, state })
+    }
+}
+
+impl LlamaGpu {
+    /// Prepare batched steps over `lanes` (lane `lanes[r]` at activation and logits row `r`;
+    /// every lane built and positioned by its prefill): writes each lane's row and the batch
+    /// size, in queue order after everything submitted so far.
+    pub fn begin_batch(&mut self, gpu: &Gpu, kernels: &Kernels, lanes: &[usize]) -> Result<()> {
+        if lanes.is_empty() || lanes.len() > self.max_lanes() || lanes.iter().any(|&l| l >= self.lanes.len()) {
+            return Err(Error::internal(format!("bad batch {lanes:?} for {} lanes", self.lanes.len())));
+        }
+        if self.batched.is_none() {
+            self.batched = Some(Shared::build(self, gpu, kernels)?);
+        }
+        if let Some(s) = &self.batched {
+            gpu.queue.write_buffer(&s.state, 0, bytemuck::cast_slice(&[0u32, lanes.len() as u32, 0, 0]));
+        }
+        for (row, &l) in lanes.iter().enumerate() {
+            gpu.queue.write_buffer(&self.lanes[l].state, 8, bytemuck::cast_slice(&[row as u32]));
+        }
+        Ok(())
+    }
+
+    /// Grow lane `lane`'s KV cache for positions up to `latest` (see [`LlamaGpu::reserve_kv`]).
+    pub fn reserve_lane_kv(&mut self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, lane: usize, latest: usize) {
+        if let Some(l) = self.lanes.get_mut(lane) {
+            l.reserve_kv(gpu, enc, latest);
+        }
+    }
+
+    /// Encode one batched decode step over `lanes` (as passed to [`LlamaGpu::begin_batch`]):
+    /// each lane reads the id at its position, writes the next one and advances.
+    pub fn encode_batch_step(&self, pass: &mut wgpu::ComputePass<'_>, lanes: &[usize]) {
+        let Some(shared) = &self.batched else { return };
+        let b = lanes.len() as u32;
+        for &l in lanes {
+            let lane = &self.lanes[l];
+            run(pass, &lane.decode[..lane.embed_len], 1);
+        }
+        for (i, seg) in shared.segs.iter().enumerate() {
+            run(pass, seg, b);
+            for &l in lanes {
+                let lane = &self.lanes[l];
+                match lane.attn.get(i) {
+                    Some(r) => run(pass, &lane.decode[r.clone()], 1),
+                    None => run(pass, std::slice::from_ref(&lane.sample), 1),
+                }
+            }
+        }
+    }
+
+    /// Dispatches in a batched step of `b` lanes.
+    pub fn dispatches_per_batch_step(&self, b: usize) -> usize {
+        let lane = self.lane();
+        let per_lane = lane.embed_len + lane.attn.iter().map(|r| r.len()).sum::<usize>() + 1;
+        let shared = self.batched.as_ref().map_or(0, |s| s.segs.iter().map(Vec::len).sum());
+        shared + b * per_lane
+    }
+}

@@ -1,0 +1,304 @@
+//! A lane: one sequence's state on the GPU (its token ids, step state, sampler parameters and
+//! KV cache) with the dispatch lists that run it. The single-sequence paths (prefill, decode,
+//! verify) run on the current lane; a batched step runs several lanes together, each at its
+//! own activation row (`state.row`), sharing the weight-reading matrix dispatches.
+
+use std::ops::Range;
+
+use super::{Builder, Dispatch, Grid, LlamaGpu, u32_of};
+use crate::error::Result;
+use crate::gpu::params::{EmbedParams, SampleParams};
+use crate::gpu::{Gpu, Kernel, KernelKey, MatMode};
+use crate::model::RopeLayout;
+use crate::model::kv_cache::KvCache;
+
+/// A binding of a KV-using dispatch: a fixed buffer or the current K / V cache.
+#[derive(Clone)]
+pub(super) enum KvBind {
+    Buf(wgpu::Buffer),
+    K,
+    V,
+}
+
+/// Where a KV-using dispatch sits (`lists[list][index]`) and what it binds.
+pub(super) struct KvUse {
+    list: usize,
+    index: usize,
+    entries: Vec<(u32, KvBind)>,
+}
+
+/// One sequence's buffers and dispatch lists.
+pub struct Lane {
+    /// `[max_positions + 1]` u32: every token id of the sequence; samplers write here.
+    pub tokens: wgpu::Buffer,
+    /// `[4]` u32: (pos, n_tokens, row, 0) of the step about to run; `row` is the lane's first
+    /// activation row (0 outside batched steps).
+    pub state: wgpu::Buffer,
+    /// Sampler parameters for the lane's generation.
+    pub sample_params: wgpu::Buffer,
+    /// The same in every-row mode (verification of several rows in one pass).
+    pub sample_rows_params: wgpu::Buffer,
+    /// The lane's KV cache (its buffers grow under the dynamic and progressive strategies).
+    pub kv: KvCache,
+    pub(super) decode: Vec<Dispatch>,
+    pub(super) prefill: Vec<Dispatch>,
+    pub(super) prefill_all_logits: Vec<Dispatch>,
+    pub(super) sample: Dispatch,
+    /// The sampler over every row of a prefill chunk: grid y = rows.
+    pub(super) sample_rows: Dispatch,
+    /// Dispatches that bind the KV buffers, rebound when they grow.
+    kv_uses: Vec<KvUse>,
+    /// `decode[..embed_len]`: the embedding gather; `decode[attn[l]]`: layer l's RoPE/KV
+    /// append and attention (what a batched step runs per lane).
+    pub(super) embed_len: usize,
+    pub(super) attn: Vec<Range<usize>>,
+}
+
+pub(super) fn resolve<'a>(
+    entries: &'a [(u32, KvBind)],
+    k: &'a wgpu::Buffer,
+    v: &'a wgpu::Buffer,
+) -> Vec<(u32, &'a wgpu::Buffer)> {
+    entries
+        .iter()
+        .map(|(i, e)| {
+            (
+                *i,
+                match e {
+                    KvBind::Buf(b) => b,
+                    KvBind::K => k,
+                    KvBind::V => v,
+                },
+            )
+        })
+        .collect()
+}
+
+impl Lane {
+    /// Build a lane over `m`'s weights and activations: new token, state and sampler buffers,
+    /// a KV cache of `m`'s plan, and the three dispatch lists.
+    pub(super) fn build(m: &LlamaGpu, gpu: &Gpu, kernels: &crate::gpu::Kernels) -> Result<Lane> {
+        let cfg = &m.config;
+        let w = &m.weights;
+        let a = &m.acts;
+        let g = &m.geo;
+        let (d, hd, nh, nkv, vocab) = (cfg.d_model, cfg.head_dim, cfg.n_heads, cfg.n_kv_heads, cfg.vocab_size);
+        let ctx = m.options.context;
+        let kv = KvCache::new(gpu, m.plan.clone());
+        let tokens = gpu.storage("tokens", (m.plan.max_positions as u64 + 1) * 4);
+        let state = gpu.storage("state", 16);
+        let b = Builder {
+            gpu,
+            kernels,
+            wg: g.wg,
+            rows: g.rows,
+            tpr: g.tpr,
+            wide_tpr: g.wide_tpr,
+            state: &state,
+            filler: &a.filler,
+            eps: cfg.rms_eps,
+        };
+        let embd = &w.embd;
+        // One gather per shard of the table; each writes the ids that fall in its rows.
+        let embed = |b: &Builder| -> Result<Vec<Dispatch>> {
+            let pipeline = b.pipeline(Kernel::Embed { format: embd.format })?;
+            embd.shards
+                .iter()
+                .map(|shard| {
+                    let ep = EmbedParams {
+                        d: u32_of(d, "d_model")?,
+                        vocab: u32_of(vocab, "vocab")?,
+                        row0: shard.row0,
+                        rows: shard.rows,
+                    };
+                    let params = gpu.uniform_init("embed params", bytemuck::bytes_of(&ep));
+                    let mut entries = vec![(0, &params), (3, &tokens), (4, &a.x), (7, &state)];
+                    entries.extend(shard.bindings());
+                    let bind = b.bind(&pipeline, &entries);
+                    let grid = Grid::PerToken((d as u32 / 4).div_ceil(64));
+                    Ok(Dispatch { pipeline: pipeline.clone(), bind, grid, family: "embed" })
+                })
+                .collect()
+        };
+        let rope_heads = u32_of(nh + 2 * nkv, "heads")?;
+        let kv_formats = kv.plan.formats;
+        let mut kv_uses = Vec::new();
+        // Records a dispatch that binds the KV cache (rebuilt when the cache grows).
+        let mut kv_dispatch = |list: &mut Vec<Dispatch>,
+                               li: usize,
+                               pipeline: wgpu::ComputePipeline,
+                               entries: Vec<(u32, KvBind)>,
+                               grid: Grid,
+                               family: &'static str| {
+            let bind = b.bind(&pipeline, &resolve(&entries, &kv.k, &kv.v));
+            kv_uses.push(KvUse { list: li, index: list.len(), entries });
+            list.push(Dispatch { pipeline, bind, grid, family });
+        };
+
+        let mut lists: [Vec<Dispatch>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+        let mut embed_len = 0;
+        let mut attn_ranges = Vec::new();
+        for (li, list) in lists.iter_mut().enumerate() {
+            let tiled = li > 0;
+            list.extend(embed(&b)?);
+            if li == 0 {
+                embed_len = list.len();
+            }
+            for (l, layer) in w.layers.iter().enumerate() {
+                let norm_mode = MatMode { fuse_norm: true, bias: layer.qkv_bias.is_some(), ..Default::default() };
+                list.extend(b.matrix(
+                    tiled,
+                    &layer.qkv,
+                    norm_mode,
+                    &a.x,
+                    &a.qkv,
+                    Some(&layer.attn_norm),
+                    layer.qkv_bias.as_ref(),
+                    false,
+                )?);
+                let attn_start = list.len();
+                let kp = kv.plan.params(cfg, l, ctx)?;
+                let rp = gpu.uniform_init("kv params", bytemuck::bytes_of(&kp));
+                let buf = |x: &wgpu::Buffer| KvBind::Buf(x.clone());
+                let adjacent = cfg.rope_layout == RopeLayout::Adjacent;
+                let pipeline = b.pipeline(Kernel::RopeKv { adjacent, kv: kv_formats })?;
+                let entries = vec![
+                    (0, buf(&rp)),
+                    (1, buf(&a.qkv)),
+                    (2, KvBind::K),
+                    (3, KvBind::V),
+                    (4, buf(&a.q)),
+                    (5, buf(&a.rope)),
+                    (7, buf(&state)),
+                ];
+                kv_dispatch(list, li, pipeline, entries, Grid::PerToken(rope_heads), "rope_kv");
+                // Progressive: the positions leaving the recent ring move to int8, after the
+                // chunk's own writes (a chunk may hold positions it re-quantises).
+                if kv.plan.ring_rows > 0 {
+                    let pipeline = b.pipeline(Kernel::KvRequant { kv: kv_formats })?;
+                    let entries = vec![(0, buf(&rp)), (2, KvBind::K), (3, KvBind::V), (7, buf(&state))];
+                    let grid = Grid::PerToken(u32_of(2 * nkv, "kv heads")?);
+                    kv_dispatch(list, li, pipeline, entries, grid, "kv_requant");
+                }
+                // Every 4 dimensions of a head need a thread in the V phase.
+                let attn_wg = g.wg.max(u32_of(hd / 4, "head dim")?.next_power_of_two()).min(256);
+                let heads = u32_of(nh, "heads")?;
+                let list_split = if tiled { 1 } else { g.split };
+                let key = |kernel| KernelKey { kernel, wg: attn_wg, rows: 1, tpr: 1 };
+                let pipeline =
+                    kernels.get(&gpu.device, key(Kernel::Attention { split: list_split, kv: kv_formats }))?;
+                let entries = vec![
+                    (0, buf(&rp)),
+                    (1, buf(&a.q)),
+                    (2, KvBind::K),
+                    (3, KvBind::V),
+                    (4, buf(&a.attn)),
+                    (5, buf(&a.scores)),
+                    (6, buf(&a.partial)),
+                    (7, buf(&state)),
+                ];
+                let grid = if list_split > 1 { Grid::Fixed([heads, 1, list_split]) } else { Grid::PerToken(heads) };
+                kv_dispatch(list, li, pipeline, entries, grid, "attention");
+                if list_split > 1 {
+                    let pipeline = kernels.get(&gpu.device, key(Kernel::AttentionCombine { split: list_split }))?;
+                    let bind = b.bind(&pipeline, &[(0, &rp), (4, &a.attn), (6, &a.partial), (7, &state)]);
+                    list.push(Dispatch {
+                        pipeline,
+                        bind,
+                        grid: Grid::Fixed([heads, 1, 1]),
+                        family: "attention_combine",
+                    });
+                }
+                if li == 0 {
+                    attn_ranges.push(attn_start..list.len());
+                }
+                let acc = MatMode { accumulate: true, ..Default::default() };
+                list.extend(b.matrix(tiled, &layer.o, acc, &a.attn, &a.x, None, None, false)?);
+                let norm = MatMode { fuse_norm: true, ..Default::default() };
+                list.extend(b.matrix(
+                    tiled,
+                    &layer.gate_up,
+                    norm,
+                    &a.x,
+                    &a.gate_up,
+                    Some(&layer.ffn_norm),
+                    None,
+                    false,
+                )?);
+                let down = MatMode { swiglu_in: true, accumulate: true, ..Default::default() };
+                list.extend(b.matrix(tiled, &layer.down, down, &a.gate_up, &a.x, None, None, false)?);
+            }
+            let head = w.lm_head.as_ref().unwrap_or(&w.embd);
+            let norm = MatMode { fuse_norm: true, ..Default::default() };
+            // Decode and plain prefill: logits of the last row only; li == 2: every row.
+            list.extend(b.matrix(li == 2, head, norm, &a.x, &m.logits, Some(&w.out_norm), None, li == 1)?);
+        }
+        let [decode, prefill, prefill_all_logits] = lists;
+
+        let sp = SampleParams {
+            vocab: u32_of(vocab, "vocab")?,
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            rep_penalty: 1.0,
+            rep_window: 0,
+            seed_lo: 0,
+            seed_hi: 0,
+            last_row: 0,
+            _pad: [0; 3],
+        };
+        let sample_params = gpu.uniform_init("sample params", bytemuck::bytes_of(&sp));
+        let pipeline = b.pipeline(Kernel::Sample)?;
+        let bind = b.bind(&pipeline, &[(0, &sample_params), (1, &m.logits), (2, &tokens), (3, &state)]);
+        let sample = Dispatch { pipeline: pipeline.clone(), bind, grid: Grid::Fixed([1, 1, 1]), family: "sample" };
+        let sample_rows_params = gpu.uniform_init("sample rows params", bytemuck::bytes_of(&sp));
+        let bind = b.bind(&pipeline, &[(0, &sample_rows_params), (1, &m.logits), (2, &tokens), (3, &state)]);
+        let sample_rows = Dispatch { pipeline, bind, grid: Grid::PerToken(1), family: "sample" };
+        Ok(Lane {
+            tokens,
+            state,
+            sample_params,
+            sample_rows_params,
+            kv,
+            decode,
+            prefill,
+            prefill_all_logits,
+            sample,
+            sample_rows,
+            kv_uses,
+            embed_len,
+            attn: attn_ranges,
+        })
+    }
+
+    /// Bytes of this lane's token and state buffers (activations in the stats).
+    pub(super) fn buffer_bytes(&self) -> u64 {
+        self.tokens.size() + self.state.size()
+    }
+
+    /// Grow the KV cache for positions up to `latest` (copy in `enc`) and rebind what reads it.
+    pub(super) fn reserve_kv(&mut self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, latest: usize) {
+        if !self.kv.reserve(gpu, enc, latest) {
+            return;
+        }
+        for u in &self.kv_uses {
+            let list = match u.list {
+                0 => &mut self.decode,
+                1 => &mut self.prefill,
+                _ => &mut self.prefill_all_logits,
+            };
+            let d = &mut list[u.index];
+            let layout = d.pipeline.get_bind_group_layout(0);
+            let entries = resolve(&u.entries, &self.kv.k, &self.kv.v);
+            let entries: Vec<wgpu::BindGroupEntry> = entries
+                .iter()
+                .map(|(binding, buf)| wgpu::BindGroupEntry { binding: *binding, resource: buf.as_entire_binding() })
+                .collect();
+            d.bind = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout: &layout,
+                entries: &entries,
+            });
+        }
+    }
+}
