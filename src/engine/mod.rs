@@ -3,7 +3,9 @@
 //! while later steps already run. Written async once: natively driven by pollster, in the
 //! browser by the event loop.
 
+mod batch;
 mod bench;
+mod emit;
 pub mod lookup;
 mod options;
 pub mod prefetch;
@@ -21,6 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use web_time::Instant;
 
+pub use batch::Batch;
 #[cfg(not(target_arch = "wasm32"))]
 pub use bench::profile;
 pub use bench::{BenchReport, REPETITIVE_PROMPT, bench, bench_again, bench_ids, bench_prompt};
@@ -34,7 +37,8 @@ use crate::gpu::{Gpu, Kernels, PendingMap, finish_map, start_map};
 use crate::model::ModelSource;
 use crate::model::llama::{LlamaGpu, LoadOptions};
 use crate::sampling::SampleSettings;
-use crate::tokenizer::{StreamDecoder, Tokenizer};
+use crate::tokenizer::Tokenizer;
+use emit::Emitter;
 use lookup::NgramIndex;
 use prefetch::Prefetch;
 
@@ -228,7 +232,7 @@ impl Engine {
     ) {
         self.model.reserve_kv(&self.gpu, enc, latest);
         let Some((monitor, events)) = watch else { return };
-        let new = monitor.check(&self.model.kv(), latest);
+        let new = monitor.check(self.model.kv(), latest);
         if !new.is_empty() {
             if let Ok(mut q) = self.pressure.lock() {
                 q.extend(new.iter().cloned());
@@ -241,6 +245,12 @@ impl Engine {
         let (w, _, act) = self.memory_bytes();
         let (kv, mem) = self.memory_limits();
         PressureMonitor::new(kv, mem, w + act)
+    }
+
+    /// The single-sequence paths (generate, logits, score) run on lane 0; a batch that is
+    /// alive at the same time must not hold lane 0 (callers use one or the other).
+    fn solo_lane(&mut self) -> Result<()> {
+        self.model.select_lane(&self.gpu, &self.kernels, 0)
     }
 
     fn check_prompt(&self, ids: &[u32], extra: usize) -> Result<()> {
@@ -296,6 +306,7 @@ impl Engine {
 
     /// Logits `[vocab]` for the token after `ids` (teacher-forced prefill, no sampling).
     pub async fn next_logits(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        self.solo_lane()?;
         self.check_prompt(ids, 0)?;
         self.submit_prefill(ids, false, None);
         let vocab = self.model.config.vocab_size as u64;
@@ -310,6 +321,7 @@ impl Engine {
     /// Teacher-forced prefill over `ids` with the logits of every row read back: `each(p0,
     /// rows)` gets the `[len, vocab]` logits of the chunk starting at position `p0`.
     pub(crate) async fn each_logits_chunk(&mut self, ids: &[u32], each: &mut dyn FnMut(usize, &[f32])) -> Result<()> {
+        self.solo_lane()?;
         self.check_prompt(ids, 0)?;
         self.model.write_tokens(&self.gpu, 0, ids);
         let chunk = self.model.options.chunk;
@@ -362,6 +374,7 @@ impl Engine {
     ) -> Result<Generation> {
         let t_start = Instant::now();
         self.cancel.store(false, Ordering::SeqCst);
+        self.solo_lane()?;
         self.check_prompt(prompt, 1)?;
         if let Ok(mut q) = self.pressure.lock() {
             q.clear();
@@ -388,19 +401,16 @@ impl Engine {
         let mut stats = GenerationStats {
             prompt_tokens: prompt.len(),
             dispatches_per_token: self.model.dispatches_per_decode_step(),
+            batch_sizes: vec![1],
             ..Default::default()
         };
-        let mut ids = Vec::new();
-        let mut text = String::new();
-        let mut detok = StreamDecoder::new();
-        let mut stops = StopMatcher::new(&params.stop);
+        let mut em = Emitter::new(&params.stop, params.ignore_eos);
         let mut finish = None;
-        let mut stopped_by_string = false;
         if budget == 0 {
             return Ok(Generation {
-                text,
+                text: String::new(),
                 prompt_ids: prompt.to_vec(),
-                ids,
+                ids: Vec::new(),
                 finish_reason: FinishReason::Length,
                 stats,
                 memory_events: events,
@@ -440,7 +450,7 @@ impl Engine {
                 }
                 draft => {
                     // A pending draft waits for the submissions in flight instead of adding more.
-                    let plan = self.prefetch.plan(stops.holding());
+                    let plan = self.prefetch.plan(em.holding());
                     let depth = plan.depth.min(self.id_staging.len() - 1);
                     while draft.is_none() && finish.is_none() && queue.len() < depth && submitted < budget {
                         let s = plan.steps.min(slot_ids).min(budget - submitted);
@@ -504,28 +514,18 @@ impl Engine {
                 || params.generation_timeout_ms.is_some_and(|ms| (t_batch - t_start).as_secs_f64() * 1e3 > ms as f64);
             t_last_batch = t_batch;
             for id in batch {
-                if !params.ignore_eos && self.tokenizer.eos_ids().contains(&id) {
-                    finish = Some(FinishReason::Stop);
+                if let Some(f) = em.push(&self.tokenizer, id, on_token)? {
+                    finish = Some(f);
                     break;
                 }
-                ids.push(id);
                 if let Some(ix) = lookup.as_mut() {
                     ix.push(id);
                 }
-                let piece = detok.push(&self.tokenizer, id)?;
-                let step = stops.push(&piece);
-                text.push_str(&step.emit);
-                let keep_going = on_token(TokenEvent { id: Some(id), text: &step.emit, tokenizer: &self.tokenizer });
-                if step.stopped {
-                    stopped_by_string = true;
-                    finish = Some(FinishReason::Stop);
-                    break;
-                }
-                if !keep_going || self.cancel.load(Ordering::SeqCst) {
+                if self.cancel.load(Ordering::SeqCst) {
                     finish = Some(FinishReason::Cancelled);
                     break;
                 }
-                if ids.len() >= budget {
+                if em.ids.len() >= budget {
                     finish = Some(FinishReason::Length);
                     break;
                 }
@@ -535,19 +535,9 @@ impl Engine {
             }
         }
         let finish = finish.unwrap_or(FinishReason::Length);
-        self.prefetch.on_finish(ids.len(), matches!(finish, FinishReason::Stop | FinishReason::Cancelled));
-        if !stopped_by_string {
-            let tail = detok.finish(&self.tokenizer)?;
-            let step = stops.push(&tail);
-            let mut rest = step.emit;
-            if !step.stopped {
-                rest.push_str(&stops.finish());
-            }
-            if !rest.is_empty() {
-                text.push_str(&rest);
-                on_token(TokenEvent { id: None, text: &rest, tokenizer: &self.tokenizer });
-            }
-        }
+        self.prefetch.on_finish(em.ids.len(), matches!(finish, FinishReason::Stop | FinishReason::Cancelled));
+        em.flush(&self.tokenizer, on_token)?;
+        let Emitter { ids, text, .. } = em;
         let t_end = Instant::now();
         stats.tokens_generated = ids.len();
         stats.generation_time_ms = (t_end - t_start).as_secs_f64() * 1e3;

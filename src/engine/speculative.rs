@@ -40,7 +40,7 @@ impl Engine {
     /// tokens still to generate (the pass yields up to drafts + 1).
     pub(super) fn max_drafts(&self, len: usize, budget: usize) -> usize {
         let slot = self.id_staging.first().map_or(0, |b| (b.size() / 4) as usize);
-        let ctx = self.model.options.context;
+        let ctx = self.model.kv().plan.max_positions;
         budget
             .saturating_sub(1)
             .min(self.model.options.chunk.saturating_sub(1))

@@ -54,6 +54,8 @@ pub struct GenerationStats {
     /// Decode steps the GPU ran (including steps discarded after a stop).
     pub steps_run: usize,
     pub dispatches_per_token: usize,
+    /// Sizes of the batches this generation was decoded in, each change once (`[1]` alone).
+    pub batch_sizes: Vec<usize>,
     pub finish_reason: Option<FinishReason>,
 }
 

@@ -1,6 +1,9 @@
 //! A batched decode step: the lanes of several sequences advance one token each in one pass.
 //! The weight-reading matrix dispatches run once over all `B` rows (lane `r` at activation
-//! row `r`, `state.n_tokens = B` in the batch state); each lane's embedding gather, RoPE/KV
+//! row `r`, `state.n_tokens = B` in the batch state). They are the decode matvec kernels with
+//! one grid row per lane: each lane's row is computed by exactly the code of a solo decode
+//! step (so greedy ids match bit for bit), and the `B` workgroups that read the same weight
+//! rows run together, so the weights come from DRAM about once. Each lane's embedding gather, RoPE/KV
 //! append, attention and sampler run on its own buffers (its KV cache, token ids, position).
 //! Order of a step: embed (lanes), then per layer the QKV matrix (shared), RoPE + attention
 //! (lanes), O / gate-up / down (shared), and at the end lm_head (shared) and the samplers
@@ -51,16 +54,25 @@ impl Shared {
             segs[l].extend(qkv);
             let after = &mut segs[l + 1];
             let acc = MatMode { accumulate: true, ..Default::default() };
-            after.extend(b.matrix(true, &layer.o, acc, &a.attn, &a.x, None, None, false)?);
+            after.extend(b.matrix(false, &layer.o, acc, &a.attn, &a.x, None, None, false)?);
             let norm = MatMode { fuse_norm: true, ..Default::default() };
-            after.extend(b.matrix(true, &layer.gate_up, norm, &a.x, &a.gate_up, Some(&layer.ffn_norm), None, false)?);
+            after.extend(b.matrix(
+                false,
+                &layer.gate_up,
+                norm,
+                &a.x,
+                &a.gate_up,
+                Some(&layer.ffn_norm),
+                None,
+                false,
+            )?);
             let down = MatMode { swiglu_in: true, accumulate: true, ..Default::default() };
-            after.extend(b.matrix(true, &layer.down, down, &a.gate_up, &a.x, None, None, false)?);
+            after.extend(b.matrix(false, &layer.down, down, &a.gate_up, &a.x, None, None, false)?);
         }
         let head = w.lm_head.as_ref().unwrap_or(&w.embd);
         let norm = MatMode { fuse_norm: true, ..Default::default() };
         let last = segs.len() - 1;
-        segs[last].extend(b.matrix(true, head, norm, &a.x, &m.logits, Some(&w.out_norm), None, false)?);
+        segs[last].extend(b.matrix(false, head, norm, &a.x, &m.logits, Some(&w.out_norm), None, false)?);
         Ok(Shared { segs, state })
     }
 }
@@ -111,6 +123,11 @@ impl LlamaGpu {
                 }
             }
         }
+    }
+
+    /// Lane `lane`'s token-id buffer (`[max_positions + 1]` u32).
+    pub fn lane_tokens(&self, lane: usize) -> &wgpu::Buffer {
+        &self.lanes[lane].tokens
     }
 
     /// Dispatches in a batched step of `b` lanes.
