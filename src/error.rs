@@ -5,7 +5,7 @@
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Every failure the library reports. The message is for humans; `code()` is for programs.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum Error {
     /// A caller's request or configuration is wrong (bad key, bad value, bad prompt).
     #[error("{0}")]

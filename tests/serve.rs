@@ -48,6 +48,8 @@ fn tiny_engine() -> Engine {
         threads_per_row: 64,
         rows: 2,
         attention_split: 1,
+        // Two lanes for three concurrent clients: they are batched and also take turns.
+        max_lanes: 2,
         ..LoadOptions::default()
     };
     let options = EngineOptions { load, steps_per_submit: 3, in_flight: 2, ..Default::default() };
@@ -293,7 +295,7 @@ async fn concurrent_clients_each_get_exactly_their_own_greedy_output() {
             until_end(&mut ws).await
         })
     });
-    let mut turns = 0;
+    let (mut turns, mut widest) = (0, 0);
     for (client, (ids, text)) in clients.collect::<Vec<_>>().into_iter().zip(&want) {
         let frames = client.await.expect("client");
         assert_eq!(&ids_of(&frames), ids);
@@ -301,9 +303,11 @@ async fn concurrent_clients_each_get_exactly_their_own_greedy_output() {
         assert_eq!(c["generated_text"], text.as_str());
         assert_eq!(c["usage"]["completion_tokens"], ids.len());
         turns += c["timing"]["segments"].as_u64().unwrap_or(0);
+        widest = widest.max(c["timing"]["max_batch_size"].as_u64().unwrap_or(0));
     }
     assert!(want.iter().all(|(ids, _)| ids.len() > wsi::serve::TURN_TOKENS), "a reference ended early");
     assert!(turns > 3, "no request gave its turn to another");
+    assert_eq!(widest, 2, "requests were decoded together, two at a time");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,9 +7,9 @@
 //! that a character or a stop string split by a pause comes out whole.
 
 use super::messages::{ModelInfo, Request, Timing, Usage};
-use crate::engine::{Engine, FinishReason, GenerateParams, StopMatcher};
+use crate::engine::{Engine, FinishReason, GenerateParams, GenerationStats, StopMatcher};
 use crate::error::{Error, Result};
-use crate::tokenizer::{ChatMessage, StreamDecoder};
+use crate::tokenizer::{ChatMessage, StreamDecoder, Tokenizer};
 
 /// Token budget when neither the request nor the engine's config gives one.
 pub const DEFAULT_MAX_TOKENS: usize = 256;
@@ -89,7 +89,7 @@ impl Job {
         if prompt_ids.is_empty() {
             return Err(Error::invalid("the prompt encodes to no tokens"));
         }
-        let context = engine.model.options.context;
+        let context = engine.model.kv_plan().max_positions;
         if prompt_ids.len() >= context {
             return Err(Error::ContextLengthExceeded(format!(
                 "the prompt has {} tokens; the context holds {context} (prompt and generated tokens together)",
@@ -132,17 +132,12 @@ impl Job {
         interrupt: &mut dyn FnMut() -> Interrupt,
         on_token: &mut dyn FnMut(&str, u32),
     ) -> Result<SegmentEnd> {
-        let left = self.budget.saturating_sub(self.ids.len());
-        if left == 0 {
+        let Some((context, params)) = self.segment() else {
             return Ok(SegmentEnd::Finished(self.finish(FinishReason::Length)));
-        }
-        let mut context = self.prompt_ids.clone();
-        context.extend_from_slice(&self.ids);
-        let params = GenerateParams { max_tokens: left, ..self.params.clone() };
+        };
         let mut asked: Option<Interrupt> = None;
         let mut stopped_by_string = false;
         let mut failed: Option<Error> = None;
-        let (ids, detok, stops) = (&mut self.ids, &mut self.detok, &mut self.stops);
         let generation = engine
             .generate(&context, &params, &mut |ev| {
                 let Some(id) = ev.id else {
@@ -155,35 +150,22 @@ impl Job {
                         return false;
                     }
                 }
-                ids.push(id);
-                let piece = match detok.push(ev.tokenizer, id) {
-                    Ok(p) => p,
+                match self.accept(ev.tokenizer, id, on_token) {
+                    Ok(stopped) => {
+                        stopped_by_string = stopped;
+                        !stopped
+                    }
                     Err(e) => {
                         failed = Some(e);
-                        return false;
+                        false
                     }
-                };
-                let step = stops.push(&piece);
-                on_token(&step.emit, id);
-                if step.stopped {
-                    stopped_by_string = true;
-                    return false;
                 }
-                true
             })
             .await?;
         if let Some(e) = failed {
             return Err(e);
         }
-        let s = &generation.stats;
-        if self.timing.segments == 0 {
-            self.timing.first_token_latency_ms = s.first_token_latency_ms;
-        }
-        self.timing.segments += 1;
-        self.timing.generation_time_ms += s.generation_time_ms;
-        self.decode_ms += s.decode_ms;
-        self.decoded += s.tokens_generated.saturating_sub(1);
-        self.stopped_by_string = stopped_by_string;
+        self.account(&generation.stats);
         let reason = if stopped_by_string {
             FinishReason::Stop
         } else {
@@ -194,6 +176,47 @@ impl Job {
             }
         };
         Ok(SegmentEnd::Finished(self.finish(reason)))
+    }
+
+    /// The next segment's context (prompt + ids so far) and parameters (the budget left);
+    /// None when the budget is spent.
+    pub fn segment(&self) -> Option<(Vec<u32>, GenerateParams)> {
+        let left = self.budget.saturating_sub(self.ids.len());
+        if left == 0 {
+            return None;
+        }
+        let mut context = self.prompt_ids.clone();
+        context.extend_from_slice(&self.ids);
+        Some((context, GenerateParams { max_tokens: left, ..self.params.clone() }))
+    }
+
+    /// Keeps generated id `id`: decodes it, matches stop strings and reports the text it
+    /// completes. Returns true when a stop string ended the text (the request is over).
+    pub fn accept(&mut self, tok: &Tokenizer, id: u32, on_token: &mut dyn FnMut(&str, u32)) -> Result<bool> {
+        self.ids.push(id);
+        let piece = self.detok.push(tok, id)?;
+        let step = self.stops.push(&piece);
+        on_token(&step.emit, id);
+        self.stopped_by_string |= step.stopped;
+        Ok(step.stopped)
+    }
+
+    /// Whether a stop string ended the text.
+    pub fn stopped_by_string(&self) -> bool {
+        self.stopped_by_string
+    }
+
+    /// Adds a finished segment's measured times to the request's timing.
+    pub fn account(&mut self, s: &GenerationStats) {
+        if self.timing.segments == 0 {
+            self.timing.first_token_latency_ms = s.first_token_latency_ms;
+        }
+        self.timing.segments += 1;
+        self.timing.generation_time_ms += s.generation_time_ms;
+        self.decode_ms += s.decode_ms;
+        self.decoded += s.tokens_generated.saturating_sub(1);
+        let widest = s.batch_sizes.iter().copied().max().unwrap_or(1);
+        self.timing.max_batch_size = self.timing.max_batch_size.max(widest);
     }
 
     /// Ends the request now (also a stop while paused): flushes what is held back.

@@ -228,6 +228,9 @@ pub struct Timing {
     pub tokens_per_second: f64,
     /// Engine calls the request took: 1 plus one per resume or turn given to another request.
     pub segments: usize,
+    /// The most requests it was decoded together with, itself included (continuous batching).
+    #[serde(default)]
+    pub max_batch_size: usize,
 }
 
 /// An engine -> peer frame.
