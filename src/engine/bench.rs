@@ -149,3 +149,62 @@ async fn bench_run(engine: &mut Engine, prompt: &[u32], gen_tokens: usize, warm_
         quantize_ms: engine.model.quantize_ms,
     })
 }
+
+/// Throughput of `b` generations decoded together (continuous batching).
+#[derive(Clone, Debug, Serialize)]
+pub struct BatchBenchReport {
+    pub batch: usize,
+    pub prompt_tokens: usize,
+    pub gen_tokens: usize,
+    /// Decoded tokens of every generation (after each one's first) per second of the
+    /// batched decode (from the last join to the last token).
+    pub aggregate_tokens_per_second: f64,
+    /// The same per generation.
+    pub per_sequence_tokens_per_second: f64,
+    /// Dispatches of one batched step.
+    pub dispatches_per_step: usize,
+    pub kv_cache_mb: f64,
+}
+
+/// Decode `b` generations of `gen_tokens` together from `b` different synthetic prompts of
+/// `prompt_tokens` ids (after a short warm-up that builds the lanes).
+pub async fn bench_batch(engine: &mut Engine, prompt_tokens: usize, gen_tokens: usize, b: usize) -> Result<BatchBenchReport> {
+    let b = b.clamp(1, engine.batch_capacity());
+    let ctx = engine.model.kv_plan().max_positions;
+    let n = prompt_tokens.clamp(1, ctx.saturating_sub(2).max(1));
+    let gen_tokens = gen_tokens.clamp(2, ctx - n);
+    let vocab = engine.model.config.vocab_size;
+    // Different prompts per lane: the synthetic sequence shifted.
+    let all = synthetic_prompt(n + b, vocab);
+    let prompts: Vec<&[u32]> = (0..b).map(|i| &all[i..i + n]).collect();
+    run_batch(engine, &prompts, 4).await?;
+    let (decoded, secs) = run_batch(engine, &prompts, gen_tokens).await?;
+    let aggregate = decoded as f64 / secs.max(1e-9);
+    Ok(BatchBenchReport {
+        batch: b,
+        prompt_tokens: n,
+        gen_tokens,
+        aggregate_tokens_per_second: aggregate,
+        per_sequence_tokens_per_second: aggregate / b as f64,
+        dispatches_per_step: engine.model.dispatches_per_batch_step(b),
+        kv_cache_mb: engine.model.kv_bytes() as f64 / 1_048_576.0,
+    })
+}
+
+/// Join every prompt, then step the batch until all end: (tokens decoded after each
+/// generation's first, seconds from the last join to the end).
+async fn run_batch(engine: &mut Engine, prompts: &[&[u32]], max_tokens: usize) -> Result<(usize, f64)> {
+    let params = GenerateParams { max_tokens, ignore_eos: true, ..Default::default() };
+    let mut batch = super::Batch::default();
+    for (i, p) in prompts.iter().enumerate() {
+        engine.batch_join(&mut batch, i as u64, p, &params, &mut |_| true).await?;
+    }
+    let t0 = web_time::Instant::now();
+    let mut decoded = 0usize;
+    while !batch.is_empty() {
+        for (_, g) in engine.batch_step(&mut batch, &mut |_, _| true).await? {
+            decoded += g.ids.len().saturating_sub(1);
+        }
+    }
+    Ok((decoded, t0.elapsed().as_secs_f64()))
+}

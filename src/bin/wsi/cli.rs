@@ -89,6 +89,10 @@ enum Command {
         /// Also time each kernel family of a decode step (CPU-timed, dispatches run alone).
         #[arg(long)]
         profile: bool,
+        /// Instead: decode this many generations together (continuous batching) and compare
+        /// their aggregate throughput with one generation through the same batched path.
+        #[arg(long)]
+        batch: Option<usize>,
         #[arg(long)]
         json: bool,
     },
@@ -356,8 +360,33 @@ fn run(cli: Cli) -> Result<()> {
             repetitive,
             rounds,
             profile,
+            batch,
             json: as_json,
         } => {
+            if let Some(b) = batch {
+                let mut engine = open_engine(&cli.model, &cfg)?;
+                let one = pollster::block_on(wsi::engine::bench_batch(&mut engine, *prompt_tokens, *gen_tokens, 1))?;
+                let many = pollster::block_on(wsi::engine::bench_batch(&mut engine, *prompt_tokens, *gen_tokens, *b))?;
+                let ratio = many.aggregate_tokens_per_second / one.aggregate_tokens_per_second;
+                if *as_json {
+                    println!("{}", json!({ "batch_1": one, "batch_n": many, "ratio": ratio, "adapter": engine.gpu.caps.adapter_name }));
+                } else {
+                    for r in [&one, &many] {
+                        println!(
+                            "batch {}: {:.1} tok/s aggregate, {:.1} tok/s per generation ({} tokens each, prompt {}), {} dispatches/step, KV {:.1} MiB",
+                            r.batch,
+                            r.aggregate_tokens_per_second,
+                            r.per_sequence_tokens_per_second,
+                            r.gen_tokens,
+                            r.prompt_tokens,
+                            r.dispatches_per_step,
+                            r.kv_cache_mb
+                        );
+                    }
+                    println!("ratio batch {}/1: {ratio:.3} [{}]", many.batch, engine.gpu.caps.adapter_name);
+                }
+                return Ok(());
+            }
             let text = match (prompt_file, repetitive) {
                 (Some(f), _) => Some(
                     std::fs::read_to_string(f)
