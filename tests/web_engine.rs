@@ -251,14 +251,44 @@ async fn stop_ends_the_generation_early() {
     assert_eq!(stats(&l)["tokens_generated"], json!(1));
 }
 
+/// Starts a generation now (the promise runs at once) that records its ids.
+fn start(l: &WebGPUStreamingInference, prompt: &str, max_tokens: usize) -> (Promise, Rc<RefCell<Vec<u32>>>) {
+    let ids = Rc::new(RefCell::new(Vec::new()));
+    let got = ids.clone();
+    let cb = func2(move |_, id| {
+        if let Some(id) = id.as_f64() {
+            got.borrow_mut().push(id as u32);
+        }
+        JsValue::UNDEFINED
+    });
+    (l.generate(prompt.into(), js(json!({ "max_tokens": max_tokens })), cb.into()), ids)
+}
+
 #[wasm_bindgen_test]
-async fn second_generate_while_one_runs_is_busy() {
+async fn two_concurrent_generations_are_batched_and_each_equals_its_solo_output() {
     let l = llm().await;
-    let first = l.generate("Hi".into(), js(json!(2)), JsValue::UNDEFINED);
-    let err = await_promise(l.generate("Hi".into(), js(json!(2)), JsValue::UNDEFINED)).await.unwrap_err();
-    assert_eq!(code(&err), "busy");
-    assert_eq!(get(&err, "recoverable"), JsValue::TRUE);
-    await_promise(first).await.expect("the first one completes");
+    let prompts = [("Once upon a time", 12usize), ("The capital of France is", 9)];
+    let mut solo = Vec::new();
+    for (p, n) in prompts {
+        let (text, ids, _) = generate(&l, p, json!({ "max_tokens": n })).await.expect("solo");
+        solo.push((text, ids));
+    }
+    // The second call arrives while the first runs: the first is interrupted at a token and
+    // both are decoded together from then on.
+    let (pa, ids_a) = start(&l, prompts[0].0, prompts[0].1);
+    let (pb, ids_b) = start(&l, prompts[1].0, prompts[1].1);
+    let text_b = await_promise(pb).await.expect("second");
+    let stats_b = stats(&l);
+    let text_a = await_promise(pa).await.expect("first");
+    let stats_a = stats(&l);
+    assert_eq!((text_a.as_string().unwrap(), ids_a.borrow().clone()), solo[0], "first: its solo text and ids");
+    assert_eq!((text_b.as_string().unwrap(), ids_b.borrow().clone()), solo[1], "second: its solo text and ids");
+    for s in [&stats_a, &stats_b] {
+        let history: Vec<u64> = s["batch_size_history"].as_array().unwrap().iter().filter_map(Value::as_u64).collect();
+        assert!(history.contains(&2), "decoded two at a time: {s}");
+    }
+    assert_eq!(stats_b["tokens_generated"], json!(prompts[1].1));
+    console_log!("batched: first {}, second {}", stats_a["batch_size_history"], stats_b["batch_size_history"]);
 }
 
 #[wasm_bindgen_test]

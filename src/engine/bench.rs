@@ -168,7 +168,12 @@ pub struct BatchBenchReport {
 
 /// Decode `b` generations of `gen_tokens` together from `b` different synthetic prompts of
 /// `prompt_tokens` ids (after a short warm-up that builds the lanes).
-pub async fn bench_batch(engine: &mut Engine, prompt_tokens: usize, gen_tokens: usize, b: usize) -> Result<BatchBenchReport> {
+pub async fn bench_batch(
+    engine: &mut Engine,
+    prompt_tokens: usize,
+    gen_tokens: usize,
+    b: usize,
+) -> Result<BatchBenchReport> {
     let b = b.clamp(1, engine.batch_capacity());
     let ctx = engine.model.kv_plan().max_positions;
     let n = prompt_tokens.clamp(1, ctx.saturating_sub(2).max(1));

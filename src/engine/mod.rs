@@ -26,7 +26,9 @@ use web_time::Instant;
 pub use batch::Batch;
 #[cfg(not(target_arch = "wasm32"))]
 pub use bench::profile;
-pub use bench::{BatchBenchReport, BenchReport, REPETITIVE_PROMPT, bench, bench_again, bench_batch, bench_ids, bench_prompt};
+pub use bench::{
+    BatchBenchReport, BenchReport, REPETITIVE_PROMPT, bench, bench_again, bench_batch, bench_ids, bench_prompt,
+};
 pub use options::weight_format;
 pub use pressure::{MemoryPressureEvent, PressureMonitor};
 pub use stats::{FinishReason, GenerationStats};

@@ -58,6 +58,8 @@ pub struct Job {
     timing: Timing,
     decode_ms: f64,
     decoded: usize,
+    /// The engine's figures over every segment so far (counts of the whole request).
+    stats: Option<GenerationStats>,
 }
 
 /// The model an engine serves, for `init`.
@@ -110,6 +112,7 @@ impl Job {
             timing: Timing::default(),
             decode_ms: 0.0,
             decoded: 0,
+            stats: None,
         })
     }
 
@@ -217,6 +220,38 @@ impl Job {
         self.decoded += s.tokens_generated.saturating_sub(1);
         let widest = s.batch_sizes.iter().copied().max().unwrap_or(1);
         self.timing.max_batch_size = self.timing.max_batch_size.max(widest);
+        let mut merged = s.clone();
+        if let Some(prev) = self.stats.take() {
+            merged.first_token_latency_ms = prev.first_token_latency_ms;
+            merged.prefill_ms = prev.prefill_ms;
+            merged.prefill_tokens_per_second = prev.prefill_tokens_per_second;
+            merged.generation_time_ms += prev.generation_time_ms;
+            merged.submissions += prev.submissions;
+            merged.steps_run += prev.steps_run;
+            merged.verify_passes += prev.verify_passes;
+            merged.proposed += prev.proposed;
+            merged.accepted += prev.accepted;
+            let mut sizes = prev.batch_sizes;
+            for b in s.batch_sizes.iter().copied() {
+                if sizes.last() != Some(&b) {
+                    sizes.push(b);
+                }
+            }
+            merged.batch_sizes = sizes;
+        }
+        merged.prompt_tokens = self.prompt_ids.len();
+        merged.tokens_generated = self.ids.len();
+        if self.decoded > 0 && self.decode_ms > 0.0 {
+            merged.decode_ms = self.decode_ms;
+            merged.tokens_per_second = self.decoded as f64 / (self.decode_ms / 1e3);
+            merged.avg_token_latency_ms = self.decode_ms / self.decoded as f64;
+        }
+        self.stats = Some(merged);
+    }
+
+    /// The engine's figures of the request so far, summed over its segments.
+    pub fn stats(&self) -> GenerationStats {
+        self.stats.clone().unwrap_or_default()
     }
 
     /// Ends the request now (also a stop while paused): flushes what is held back.

@@ -3,8 +3,9 @@
 //! in `generate.rs`.
 //!
 //! State lives in one `Rc<Inner>` shared with the futures behind the returned promises.
-//! A generation takes the engine out of its cell for its duration, so no `RefCell` borrow
-//! is ever held across an `await`; a second request meanwhile gets a `busy` error.
+//! Generations take the engine out of its cell while any runs, so no `RefCell` borrow is
+//! ever held across an `await`; a `generate` meanwhile joins them (batching, `batch.rs`),
+//! other requests get a `busy` error.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -77,6 +78,8 @@ pub(crate) struct Inner {
     pub id: u64,
     /// Set when the GPU device was lost; the engine built on it is dropped.
     pub lost: Cell<bool>,
+    /// `generate` calls waiting for the driver (see `batch.rs`).
+    pub waiting: super::batch::Waiting,
 }
 
 thread_local! {
@@ -253,6 +256,7 @@ impl WebGPUStreamingInference {
             handlers: RefCell::new(Handlers::default()),
             id,
             lost: Cell::new(false),
+            waiting: Default::default(),
         });
         INSTANCES.with(|m| {
             let mut m = m.borrow_mut();

@@ -1,30 +1,23 @@
-//! `generate` and `generateAsync`: prompt (or chat messages) -> ids -> the engine's
-//! streaming loop, with the page's callback called per token, live stats, deadlines
-//! (`onTimeout`) and the engine's memory-pressure events (`onMemoryPressure`).
+//! `generate` and `generateAsync`: the JS entry points. Each call becomes a request for the
+//! instance's driver (`batch.rs`: the page's callback per token, live stats, deadlines and
+//! `onTimeout`, the engine's `onMemoryPressure` events, batching of overlapping calls).
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
 
+use futures_channel::oneshot;
 use js_sys::{Function, Object, Promise};
-use serde_json::Value;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
-use web_time::Instant;
 
+use super::batch::{Sink, Waiter};
 use super::class::{Inner, State, WebGPUStreamingInference};
-use super::error::{describe, set};
-use super::stats::{self, Deadlines, Live};
+use super::error::set;
+use super::stats;
 use crate::config::GenerateOptions;
-use crate::engine::GenerateParams;
 use crate::error::{Error, Result};
-use crate::tokenizer::ChatMessage;
-
-/// Token budget when neither the call nor the config gives one.
-pub const DEFAULT_MAX_TOKENS: usize = 256;
-
-/// Receives each piece: `(piece, tokenId)`; returning `false` stops the generation.
-type Sink = Box<dyn FnMut(&str, Option<u32>) -> std::result::Result<bool, JsValue>>;
+use crate::protocol::{Request, StreamOptions};
 
 /// The second and third arguments of `generate`: `(maxTokens | options, callback)`, or
 /// `(callback)` alone.
@@ -43,106 +36,31 @@ fn split_args(options: JsValue, callback: JsValue) -> Result<(GenerateOptions, O
     Ok((opts, callback))
 }
 
-/// The prompt text the model sees: plain, or through the chat template.
-fn prompt_text(inner: &Inner, prompt: &str, opts: &GenerateOptions) -> Result<String> {
-    if !opts.uses_chat_template() {
-        return Ok(prompt.to_string());
-    }
-    let mut messages: Vec<ChatMessage> = opts.messages.iter().map(|m| ChatMessage::new(&m.role, &m.content)).collect();
-    if !prompt.is_empty() {
-        messages.push(ChatMessage::new("user", prompt));
-    }
-    let engine = inner.engine.borrow();
-    let engine = engine.as_ref().ok_or_else(|| Error::internal("engine missing"))?;
-    engine.tokenizer.apply_chat_template(&messages, true)
-}
-
 impl Inner {
-    /// One generation, start to end. The engine is taken out of its cell while it runs.
-    async fn run(self: &Rc<Self>, prompt: JsValue, opts: GenerateOptions, mut sink: Sink) -> Result<String> {
+    /// One generation, start to end: queued for the instance's driver (`batch.rs`), which
+    /// runs it alone or batched with the others that overlap it.
+    async fn run(self: &Rc<Self>, prompt: JsValue, options: GenerateOptions, sink: Sink) -> Result<String> {
         let prompt = prompt.as_string().ok_or_else(|| Error::invalid("prompt must be a string"))?;
-        if let Some(e) = self.state.get().busy_error() {
-            return Err(e);
+        match self.state.get() {
+            State::Generating if self.batching() => {}
+            state => {
+                if let Some(e) = state.busy_error() {
+                    return Err(e);
+                }
+            }
         }
         if self.lost.get() {
             return Err(Error::Gpu(
                 "the GPU device was lost: it is being recovered (onError reports the outcome); else call load()".into(),
             ));
         }
-        if self.engine.borrow().is_none() {
+        if self.state.get() == State::Idle && self.engine.borrow().is_none() {
             return Err(Error::invalid("the model is not loaded: call load() first"));
         }
-        let text = prompt_text(self, &prompt, &opts)?;
-        let cfg = self.config.borrow().clone();
         let seed = (js_sys::Math::random() * 2f64.powi(53)) as u64;
-        let params = GenerateParams::from_sampling(&opts.resolve(&cfg, DEFAULT_MAX_TOKENS, seed));
-        let Some(mut engine) = self.engine.borrow_mut().take() else {
-            return Err(Error::internal("engine missing"));
-        };
-        let ids = match engine.tokenizer.encode(&text) {
-            Ok(ids) => ids,
-            Err(e) => {
-                *self.engine.borrow_mut() = Some(engine);
-                return Err(e);
-            }
-        };
-        // The engine's memory-pressure events (KV budget, memory limit, sliding window),
-        // fired as they are raised: drained at each token and at the end.
-        let pressure = engine.pressure_handle();
-        let fire_pressure = || {
-            let events: Vec<_> = pressure.lock().map(|mut q| q.drain(..).collect()).unwrap_or_default();
-            for ev in events {
-                self.emit(|h| h.on_memory_pressure.clone(), "onMemoryPressure", &ev.to_value());
-            }
-        };
-        self.state.set(State::Generating);
-        *self.live.borrow_mut() = Some(Live::new(ids.len()));
-        let deadlines = Deadlines { token_ms: cfg.token_timeout_ms, generation_ms: cfg.generation_timeout_ms };
-        let mut timed_out = None;
-        let mut thrown: Option<JsValue> = None;
-        let mut prev = Instant::now();
-        let result = engine
-            .generate(&ids, &params, &mut |ev| {
-                fire_pressure();
-                let id = ev.id;
-                if let (Some(_), Some(live)) = (id, self.live.borrow_mut().as_mut()) {
-                    live.token();
-                    if timed_out.is_none() {
-                        timed_out = deadlines.check(live, prev);
-                    }
-                }
-                prev = Instant::now();
-                match sink(ev.text, id) {
-                    Ok(go_on) => go_on && timed_out.is_none(),
-                    Err(e) => {
-                        thrown = Some(e);
-                        false
-                    }
-                }
-            })
-            .await;
-        *self.live.borrow_mut() = None;
-        fire_pressure();
-        let outcome = result.map(|generation| {
-            let mut stats = engine.stats_json(&generation.stats);
-            if timed_out.is_some() {
-                stats["finish_reason"] = Value::from("timeout");
-            }
-            *self.last_stats.borrow_mut() = Some(stats);
-            generation.text
-        });
-        // Dropped with its lost device; a recovered engine may already hold the cell.
-        if !self.lost.get() && self.engine.borrow().is_none() {
-            *self.engine.borrow_mut() = Some(engine);
-        }
-        self.state.set(State::Idle);
-        if let Some(info) = timed_out {
-            self.emit(|h| h.on_timeout.clone(), "onTimeout", &info.to_value());
-        }
-        if let Some(e) = thrown {
-            return Err(Error::invalid(format!("the token callback threw: {}", describe(&e))));
-        }
-        outcome
+        let req = Request { prompt, options, stream: StreamOptions::default() };
+        let (tx, rx) = oneshot::channel();
+        self.submit(Waiter { req, seed, sink, tx }, rx).await
     }
 }
 

@@ -1,7 +1,8 @@
 //! The browser binding (wasm-bindgen): the `WebGPUStreamingInference` class.
 //!
 //! - `class.rs`: construction, `load`, profile switches, stats, handler properties
-//! - `generate.rs`: `generate` / `generateAsync`, deadlines, live stats
+//! - `generate.rs`: `generate` / `generateAsync`
+//! - `batch.rs`: the driver of an instance's generations: alone, or batched when they overlap
 //! - `fetch.rs`: model download with progress and the Cache API
 //! - `error.rs`: coded JS errors, safe calls of page handlers
 //! - `adapter.rs`: adapter name and software detection from `navigator.gpu`
@@ -11,6 +12,7 @@
 //! - `types.rs`: TypeScript declarations of configs, options, stats and events
 
 mod adapter;
+mod batch;
 mod class;
 pub mod error;
 pub mod fetch;

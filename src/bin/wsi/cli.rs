@@ -369,7 +369,10 @@ fn run(cli: Cli) -> Result<()> {
                 let many = pollster::block_on(wsi::engine::bench_batch(&mut engine, *prompt_tokens, *gen_tokens, *b))?;
                 let ratio = many.aggregate_tokens_per_second / one.aggregate_tokens_per_second;
                 if *as_json {
-                    println!("{}", json!({ "batch_1": one, "batch_n": many, "ratio": ratio, "adapter": engine.gpu.caps.adapter_name }));
+                    println!(
+                        "{}",
+                        json!({ "batch_1": one, "batch_n": many, "ratio": ratio, "adapter": engine.gpu.caps.adapter_name })
+                    );
                 } else {
                     for r in [&one, &many] {
                         println!(
