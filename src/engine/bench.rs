@@ -46,8 +46,23 @@ pub type FamilyTime = (String, usize, f64);
 #[cfg(not(target_arch = "wasm32"))]
 pub fn profile(engine: &Engine, reps: u32, prefill_tokens: u32) -> Result<(Vec<FamilyTime>, bool)> {
     let times = engine.model.profile(&engine.gpu, reps, prefill_tokens)?;
+    Ok((by_family(times.rows), times.gpu_timestamps))
+}
+
+/// Per kernel family, like [`profile`], for a batched step of `b` lanes (built by a
+/// [`bench_batch`] of at least `b` before); None without timestamp queries.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn profile_batch(engine: &mut Engine, b: usize, reps: u32) -> Result<Option<Vec<FamilyTime>>> {
+    let lanes: Vec<usize> = (0..b.min(engine.model.lane_count())).collect();
+    engine.model.begin_batch(&engine.gpu, &engine.kernels, &lanes)?;
+    let Some(times) = engine.model.profile_batch(&engine.gpu, &lanes, reps)? else { return Ok(None) };
+    Ok(Some(by_family(times.rows)))
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn by_family(rows: Vec<(&'static str, f64)>) -> Vec<FamilyTime> {
     let mut agg: Vec<FamilyTime> = Vec::new();
-    for (fam, ms) in times.rows {
+    for (fam, ms) in rows {
         match agg.iter_mut().find(|a| a.0 == fam) {
             Some(a) => {
                 a.1 += 1;
@@ -57,7 +72,7 @@ pub fn profile(engine: &Engine, reps: u32, prefill_tokens: u32) -> Result<(Vec<F
         }
     }
     agg.sort_by(|a, b| b.2.total_cmp(&a.2));
-    Ok((agg, times.gpu_timestamps))
+    agg
 }
 
 /// Deterministic prompt ids spread over the vocabulary (special ids avoided).

@@ -188,6 +188,8 @@ pub struct LlamaGpu {
     cur: usize,
     /// The shared matrix dispatches of a batched step (built on first use).
     batched: Option<batch::Shared>,
+    /// A lane's state was rewritten since the batch rows were last written.
+    rows_stale: std::cell::Cell<bool>,
 }
 
 pub(crate) fn u32_of(v: usize, what: &str) -> Result<u32> {
@@ -341,6 +343,7 @@ impl LlamaGpu {
             lanes: Vec::new(),
             cur: 0,
             batched: None,
+            rows_stale: std::cell::Cell::new(true),
         };
         let lane = Lane::build(&model, gpu, kernels)?;
         model.activation_bytes += lane.buffer_bytes();
@@ -412,6 +415,8 @@ impl LlamaGpu {
     /// Set the step state (pos, n_tokens) before a submission.
     pub fn write_state(&self, gpu: &Gpu, pos: u32, n_tokens: u32) {
         gpu.queue.write_buffer(&self.lane().state, 0, bytemuck::cast_slice(&[pos, n_tokens, 0u32, 0u32]));
+        // The lane's row is 0 again: the next batch rewrites every row.
+        self.rows_stale.set(true);
     }
 
     /// Write token ids at `pos..` of the token buffer.

@@ -114,12 +114,17 @@ impl Inner {
                 let Some(w) = self.waiting.borrow_mut().pop_front() else { break };
                 next_id += 1;
                 let Some(a) = self.start(&engine, w, next_id) else { continue };
+                // Live figures (getPerformanceStats while running): this request's, then the batch's.
+                *self.live.borrow_mut() = Some(Live::new(a.job.prompt_tokens()));
                 if let Some(a) = self.solo(&mut engine, a).await {
                     active.push(a); // interrupted by a new request: batch from here on
                 }
                 continue;
             }
             self.admit(&mut engine, &mut batch, &mut active, &mut next_id).await;
+            if let Some(live) = self.live.borrow_mut().as_mut() {
+                live.batch_size = batch.len().max(1);
+            }
             if batch.is_empty() {
                 continue;
             }

@@ -49,11 +49,13 @@ pub struct Live {
     pub first: Option<Instant>,
     pub last: Option<Instant>,
     pub tokens: usize,
+    /// Generations decoded together now (1 alone).
+    pub batch_size: usize,
 }
 
 impl Live {
     pub fn new(prompt_tokens: usize) -> Self {
-        Live { start: Instant::now(), prompt_tokens, first: None, last: None, tokens: 0 }
+        Live { start: Instant::now(), prompt_tokens, first: None, last: None, tokens: 0, batch_size: 1 }
     }
 
     /// One more id arrived.
@@ -85,6 +87,7 @@ impl Live {
             m.insert("prefill_tokens_per_second".into(), json!(prefill));
             m.insert("generation_time_ms".into(), json!(ms(self.start, now)));
             m.insert("finish_reason".into(), Value::Null);
+            m.insert("current_batch_size".into(), json!(self.batch_size));
         }
         base
     }

@@ -368,10 +368,13 @@ fn run(cli: Cli) -> Result<()> {
                 let one = pollster::block_on(wsi::engine::bench_batch(&mut engine, *prompt_tokens, *gen_tokens, 1))?;
                 let many = pollster::block_on(wsi::engine::bench_batch(&mut engine, *prompt_tokens, *gen_tokens, *b))?;
                 let ratio = many.aggregate_tokens_per_second / one.aggregate_tokens_per_second;
+                // GPU time per kernel family of one batched step (timestamp queries only).
+                let prof = if *profile { wsi::engine::profile_batch(&mut engine, many.batch, 10)? } else { None };
                 if *as_json {
+                    let adapter = &engine.gpu.caps.adapter_name;
                     println!(
                         "{}",
-                        json!({ "batch_1": one, "batch_n": many, "ratio": ratio, "adapter": engine.gpu.caps.adapter_name })
+                        json!({ "batch_1": one, "batch_n": many, "ratio": ratio, "adapter": adapter, "profile": prof })
                     );
                 } else {
                     for r in [&one, &many] {
@@ -387,6 +390,9 @@ fn run(cli: Cli) -> Result<()> {
                         );
                     }
                     println!("ratio batch {}/1: {ratio:.3} [{}]", many.batch, engine.gpu.caps.adapter_name);
+                    for (family, n, ms) in prof.into_iter().flatten() {
+                        println!("batched step {family:18} x{n:<4} {ms:9.3} ms");
+                    }
                 }
                 return Ok(());
             }

@@ -18,9 +18,11 @@ pub(super) struct Shared {
     /// `segs[i]` runs after lane group `i` (0: the embedding; `i >= 1`: layer `i - 1`'s
     /// attention): `segs[0]` is layer 0's QKV, `segs[i]` layer `i - 1`'s O, gate-up and down
     /// then layer `i`'s QKV, and the last ends with lm_head over every row.
-    segs: Vec<Vec<Dispatch>>,
+    pub(super) segs: Vec<Vec<Dispatch>>,
     /// `[4]` u32: (0, B, 0, 0) for the shared dispatches.
     state: wgpu::Buffer,
+    /// The lanes of the rows last written (empty: none).
+    rows: Vec<usize>,
 }
 
 impl Shared {
@@ -42,7 +44,7 @@ impl Shared {
         for (l, layer) in w.layers.iter().enumerate() {
             let norm_mode = MatMode { fuse_norm: true, bias: layer.qkv_bias.is_some(), ..Default::default() };
             let qkv = b.matrix(
-                true,
+                false,
                 &layer.qkv,
                 norm_mode,
                 &a.x,
@@ -73,7 +75,7 @@ impl Shared {
         let norm = MatMode { fuse_norm: true, ..Default::default() };
         let last = segs.len() - 1;
         segs[last].extend(b.matrix(false, head, norm, &a.x, &m.logits, Some(&w.out_norm), None, false)?);
-        Ok(Shared { segs, state })
+        Ok(Shared { segs, state, rows: Vec::new() })
     }
 }
 
@@ -88,11 +90,14 @@ impl LlamaGpu {
         if self.batched.is_none() {
             self.batched = Some(Shared::build(self, gpu, kernels)?);
         }
-        if let Some(s) = &self.batched {
+        // Rows only change when lanes join or leave (a prefill resets its lane's row to 0).
+        let Some(s) = &mut self.batched else { return Ok(()) };
+        if s.rows != lanes || self.rows_stale.replace(false) {
             gpu.queue.write_buffer(&s.state, 0, bytemuck::cast_slice(&[0u32, lanes.len() as u32, 0, 0]));
-        }
-        for (row, &l) in lanes.iter().enumerate() {
-            gpu.queue.write_buffer(&self.lanes[l].state, 8, bytemuck::cast_slice(&[row as u32]));
+            for (row, &l) in lanes.iter().enumerate() {
+                gpu.queue.write_buffer(&self.lanes[l].state, 8, bytemuck::cast_slice(&[row as u32]));
+            }
+            s.rows = lanes.to_vec();
         }
         Ok(())
     }

@@ -31,7 +31,8 @@ impl LlamaGpu {
         let reps = reps.max(1);
         // A query set holds at most 4096 timestamps (WebGPU's limit): two per dispatch.
         if gpu.caps.timestamps && step.len() * 2 <= 4096 {
-            return timestamped(gpu, &step, tokens, reps);
+            let step: Vec<(&Dispatch, u32)> = step.iter().map(|d| (*d, tokens)).collect();
+            return timestamped(gpu, &step, reps);
         }
         let mut rows = Vec::new();
         for d in step {
@@ -51,6 +52,33 @@ impl LlamaGpu {
     }
 }
 
+impl LlamaGpu {
+    /// GPU timestamps of each dispatch of a batched step over `lanes` (after
+    /// [`LlamaGpu::begin_batch`]); None without timestamp queries.
+    pub fn profile_batch(&self, gpu: &Gpu, lanes: &[usize], reps: u32) -> Result<Option<KernelTimes>> {
+        let Some(shared) = &self.batched else { return Ok(None) };
+        let b = lanes.len() as u32;
+        let mut step: Vec<(&Dispatch, u32)> = Vec::new();
+        for &l in lanes {
+            step.extend(self.lanes[l].decode[..self.lanes[l].embed_len].iter().map(|d| (d, 1)));
+        }
+        for (i, seg) in shared.segs.iter().enumerate() {
+            step.extend(seg.iter().map(|d| (d, b)));
+            for &l in lanes {
+                let lane = &self.lanes[l];
+                match lane.attn.get(i) {
+                    Some(r) => step.extend(lane.decode[r.clone()].iter().map(|d| (d, 1))),
+                    None => step.push((&lane.sample, 1)),
+                }
+            }
+        }
+        if !gpu.caps.timestamps || step.len() * 2 > 4096 {
+            return Ok(None);
+        }
+        timestamped(gpu, &step, reps.max(1)).map(Some)
+    }
+}
+
 fn wait(gpu: &Gpu, idx: wgpu::SubmissionIndex) -> Result<()> {
     gpu.device
         .poll(wgpu::PollType::Wait { submission_index: Some(idx), timeout: None })
@@ -60,7 +88,7 @@ fn wait(gpu: &Gpu, idx: wgpu::SubmissionIndex) -> Result<()> {
 
 /// Every dispatch in a pass of its own with begin/end timestamps; the step runs `reps`
 /// times in order, and each dispatch's mean duration is returned.
-fn timestamped(gpu: &Gpu, step: &[&Dispatch], tokens: u32, reps: u32) -> Result<KernelTimes> {
+fn timestamped(gpu: &Gpu, step: &[(&Dispatch, u32)], reps: u32) -> Result<KernelTimes> {
     let n = step.len() as u32 * 2;
     let set = gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
         label: Some("profile timestamps"),
@@ -84,7 +112,7 @@ fn timestamped(gpu: &Gpu, step: &[&Dispatch], tokens: u32, reps: u32) -> Result<
     let mut total = vec![0f64; step.len()];
     for _ in 0..reps {
         let mut enc = gpu.device.create_command_encoder(&Default::default());
-        for (i, d) in step.iter().enumerate() {
+        for (i, (d, tokens)) in step.iter().enumerate() {
             let i = i as u32 * 2;
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some(d.family),
@@ -94,7 +122,7 @@ fn timestamped(gpu: &Gpu, step: &[&Dispatch], tokens: u32, reps: u32) -> Result<
                     end_of_pass_write_index: Some(i + 1),
                 }),
             });
-            run(&mut pass, std::slice::from_ref(*d), tokens);
+            run(&mut pass, std::slice::from_ref(*d), *tokens);
         }
         enc.resolve_query_set(&set, 0..n, &resolve, 0);
         enc.copy_buffer_to_buffer(&resolve, 0, &staging, 0, bytes);
@@ -116,6 +144,6 @@ fn timestamped(gpu: &Gpu, step: &[&Dispatch], tokens: u32, reps: u32) -> Result<
         }
         staging.unmap();
     }
-    let rows = step.iter().zip(total).map(|(d, t)| (d.family, t / f64::from(reps))).collect();
+    let rows = step.iter().zip(total).map(|((d, _), t)| (d.family, t / f64::from(reps))).collect();
     Ok(KernelTimes { rows, gpu_timestamps: true })
 }
