@@ -50,10 +50,11 @@ struct Req {
     params: GenerateParams,
 }
 
-/// Run the requests through one batch, joining each before its step; returns the
+/// Run the requests through one batch (`depth` submissions in flight), joining each before
+/// its step; returns the
 /// generations by request index and the ids each one streamed.
-fn batched(e: &mut Engine, reqs: &[Req]) -> HashMap<u64, (Generation, Vec<u32>)> {
-    let mut batch = Batch::default();
+fn batched(e: &mut Engine, reqs: &[Req], depth: usize) -> HashMap<u64, (Generation, Vec<u32>)> {
+    let mut batch = Batch::with_depth(depth);
     let mut streamed: HashMap<u64, Vec<u32>> = HashMap::new();
     let mut done = HashMap::new();
     let mut step = 0;
@@ -99,7 +100,7 @@ fn check_equal_to_solo(gpu_shaped: bool, kv: KvOptions) {
         Req { at: 2, prompt: (40..60).rev().collect(), params: greedy(10) },
     ];
     let solos: Vec<Generation> = reqs.iter().map(|r| solo(&mut e, &r.prompt, &r.params)).collect();
-    let out = batched(&mut e, &reqs);
+    let out = batched(&mut e, &reqs, 2);
     for (i, s) in solos.iter().enumerate() {
         let (g, streamed) = &out[&(i as u64)];
         assert_eq!(g.ids, s.ids, "request {i}: batched ids equal solo ids");
@@ -133,7 +134,8 @@ fn generations_join_and_leave_between_steps() {
         Req { at: 1, prompt: vec![4, 5, 6], params: greedy(14) },
         Req { at: 4, prompt: vec![7, 8], params: greedy(6) },
     ];
-    let out = batched(&mut e, &reqs);
+    // One submission in flight, so that the batch sizes follow the schedule exactly.
+    let out = batched(&mut e, &reqs, 1);
     assert_eq!(out[&0].0.stats.batch_sizes, vec![1, 2], "request 0 ran alone, then with request 1");
     assert_eq!(out[&1].0.stats.batch_sizes, vec![2, 1, 2, 1], "request 1 saw 0 leave, 2 join and leave");
     assert_eq!(out[&2].0.stats.batch_sizes, vec![2]);
@@ -185,4 +187,42 @@ fn batch_capacity_follows_the_strategy_and_the_memory_limit() {
         1,
         "adaptive_batch_size off: one at a time"
     );
+}
+
+#[test]
+fn a_generation_that_leaves_and_rejoins_with_submissions_in_flight_continues_exactly() {
+    let src = tiny_llama(45);
+    let mut e = engine(&src, false, KvOptions::default(), StreamingConfig::default());
+    let prompt = vec![11, 12, 13, 14];
+    let want = solo(&mut e, &prompt, &greedy(20));
+    let mut batch = Batch::with_depth(3);
+    let mut ids = Vec::new();
+    pollster::block_on(e.batch_join(&mut batch, 1, &prompt, &greedy(20), &mut |ev| {
+        ids.extend(ev.id);
+        true
+    }))
+    .expect("join");
+    pollster::block_on(e.batch_step(&mut batch, &mut |_, ev| {
+        ids.extend(ev.id);
+        true
+    }))
+    .expect("step");
+    // Leave while two more submissions are in flight, then rejoin under the same id from
+    // the prompt and the ids so far (a pause and resume).
+    e.batch_cancel(&mut batch, 1, &mut |_| true).expect("leave");
+    let context: Vec<u32> = prompt.iter().chain(&ids).copied().collect();
+    let rest = greedy(20 - ids.len());
+    pollster::block_on(e.batch_join(&mut batch, 1, &context, &rest, &mut |ev| {
+        ids.extend(ev.id);
+        true
+    }))
+    .expect("rejoin");
+    while !batch.is_empty() {
+        pollster::block_on(e.batch_step(&mut batch, &mut |_, ev| {
+            ids.extend(ev.id);
+            true
+        }))
+        .expect("step");
+    }
+    assert_eq!(ids, want.ids, "nothing of the old lane's in-flight steps reached the rejoined generation");
 }

@@ -10,13 +10,15 @@
 //! At temperature 0 a lane's ids are exactly its solo ids: the rows of a step never mix
 //! (matrix rows are independent dot products, attention reads only the lane's own cache).
 
+use std::collections::VecDeque;
+
 use web_time::Instant;
 
 use super::emit::Emitter;
 use super::{Engine, FinishReason, GenerateParams, Generation, GenerationStats, TokenEvent};
 use crate::config::BatchSizeStrategy;
 use crate::error::{Error, Result};
-use crate::gpu::{finish_map, start_map};
+use crate::gpu::{PendingMap, finish_map, start_map};
 
 /// Most decode steps per batched submission.
 const MAX_STEPS: usize = 64;
@@ -24,6 +26,9 @@ const MAX_STEPS: usize = 64;
 /// One generation in the batch.
 struct Seq {
     id: u64,
+    /// Unique within the batch for each join (a request that leaves and rejoins under the
+    /// same id must not receive what a submission still in flight made for its old lane).
+    key: u64,
     lane: usize,
     prompt: Vec<u32>,
     prompt_len: usize,
@@ -41,15 +46,48 @@ struct Seq {
     runs_out: bool,
 }
 
-/// The generations decoded together and what the batch has done so far.
-#[derive(Default)]
+/// A submission of batched steps whose ids are being read back.
+struct InFlight {
+    /// The [`Seq::key`] of each row.
+    rows: Vec<u64>,
+    steps: usize,
+    slot: usize,
+    rx: PendingMap,
+    index: wgpu::SubmissionIndex,
+}
+
+/// The generations decoded together and the submissions in flight for them.
 pub struct Batch {
     seqs: Vec<Seq>,
-    /// `[max_lanes, MAX_STEPS]` u32 staging for the ids of a batched submission.
-    staging: Option<wgpu::Buffer>,
+    /// Submissions kept in flight: while the CPU reads one back and delivers its ids, the
+    /// GPU runs the next.
+    pub depth: usize,
+    inflight: VecDeque<InFlight>,
+    /// One `[max_lanes, MAX_STEPS]` u32 staging buffer per submission in flight.
+    staging: Vec<wgpu::Buffer>,
+    next_slot: usize,
+    next_key: u64,
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Batch::with_depth(2)
+    }
 }
 
 impl Batch {
+    /// A batch that keeps `depth` submissions in flight (1: each is read back before the next).
+    pub fn with_depth(depth: usize) -> Batch {
+        Batch {
+            seqs: Vec::new(),
+            depth: depth.clamp(1, 8),
+            inflight: VecDeque::new(),
+            staging: Vec::new(),
+            next_slot: 0,
+            next_key: 0,
+        }
+    }
+
     /// Generations in the batch.
     pub fn len(&self) -> usize {
         self.seqs.len()
@@ -126,8 +164,10 @@ impl Engine {
             dispatches_per_token: self.model.dispatches_per_decode_step(),
             ..Default::default()
         };
+        batch.next_key += 1;
         let mut seq = Seq {
             id,
+            key: batch.next_key,
             lane,
             prompt: prompt.to_vec(),
             prompt_len: prompt.len(),
@@ -171,60 +211,37 @@ impl Engine {
         }
     }
 
-    /// Run every generation in the batch up to `steps_per_submit` tokens further in one
-    /// submission of batched steps, deliver the ids (`on_token(id, event)`), and return the
-    /// generations that ended (their lanes are free again).
+    /// Keep up to `batch.depth` submissions of batched steps in flight (each runs every
+    /// generation up to `steps_per_submit` tokens further), read the oldest back, deliver its
+    /// ids (`on_token(id, event)`), and return the generations that ended (their lanes are
+    /// free again). Ids a submission produced for a generation that ended before it was read
+    /// are discarded, as in single-sequence decoding.
     pub async fn batch_step(
         &mut self,
         batch: &mut Batch,
         on_token: &mut dyn FnMut(u64, TokenEvent<'_>) -> bool,
     ) -> Result<Vec<(u64, Generation)>> {
-        if batch.seqs.is_empty() {
-            return Ok(Vec::new());
-        }
-        let lanes: Vec<usize> = batch.seqs.iter().map(|s| s.lane).collect();
-        let b = lanes.len();
-        // No lane runs past its budget: the steps that would are never needed.
-        let left = batch.seqs.iter().map(|s| s.budget - s.submitted).min().unwrap_or(1).max(1);
-        let steps = (self.options.steps_per_submit as usize).min(left).min(MAX_STEPS);
-        let staging = match &batch.staging {
-            Some(s) => s.clone(),
-            None => {
-                let s = self.gpu.staging("batch ids", (self.model.max_lanes() * MAX_STEPS * 4) as u64);
-                batch.staging = Some(s.clone());
-                s
-            }
-        };
-        self.model.begin_batch(&self.gpu, &self.kernels, &lanes)?;
-        let mut enc = self.gpu.device.create_command_encoder(&Default::default());
-        for s in &batch.seqs {
-            self.model.reserve_lane_kv(&self.gpu, &mut enc, s.lane, s.prompt_len + s.submitted + steps - 2);
-        }
-        {
-            let mut pass = enc.begin_compute_pass(&Default::default());
-            for _ in 0..steps {
-                self.model.encode_batch_step(&mut pass, &lanes);
+        while batch.inflight.len() < batch.depth.max(1) {
+            if !self.submit_batch(batch)? {
+                break;
             }
         }
-        let bytes = (steps * 4) as u64;
-        for (r, s) in batch.seqs.iter().enumerate() {
-            let from = (s.prompt_len + s.submitted) as u64 * 4;
-            let tokens = self.model.lane_tokens(s.lane);
-            enc.copy_buffer_to_buffer(tokens, from, &staging, r as u64 * bytes, bytes);
-        }
-        let index = self.gpu.queue.submit([enc.finish()]);
-        let total = b as u64 * bytes;
-        let rx = start_map(&staging, total);
-        let got = finish_map(&self.gpu, &staging, total, rx, Some(index)).await?;
+        let Some(job) = batch.inflight.pop_front() else { return Ok(Vec::new()) };
+        let staging = &batch.staging[job.slot];
+        let total = job.rows.len() as u64 * job.steps as u64 * 4;
+        let got = finish_map(&self.gpu, staging, total, job.rx, Some(job.index)).await?;
         self.gpu.take_errors().map_err(crate::gpu::in_generation)?;
         let ids: Vec<u32> = bytemuck::pod_collect_to_vec(&got);
         let now = Instant::now();
+        let b = job.rows.len();
+        let steps = job.steps;
         let dispatches = self.model.dispatches_per_batch_step(b);
         let cancelled = self.cancel.load(std::sync::atomic::Ordering::SeqCst);
         let mut ended = Vec::new();
-        let mut kept = Vec::with_capacity(b);
-        for (r, mut s) in std::mem::take(&mut batch.seqs).into_iter().enumerate() {
-            s.submitted += steps;
+        for (r, &key) in job.rows.iter().enumerate() {
+            let Some(i) = batch.seqs.iter().position(|s| s.key == key) else { continue };
+            let s = &mut batch.seqs[i];
+            let seq_id = s.id;
             s.stats.submissions += 1;
             s.stats.steps_run += steps;
             s.stats.dispatches_per_token = dispatches.div_ceil(b);
@@ -235,7 +252,6 @@ impl Engine {
             let elapsed_ms = (now - s.t_start).as_secs_f64() * 1e3;
             s.t_last = now;
             let mut finish = None;
-            let seq_id = s.id;
             let mut cb = |e: TokenEvent<'_>| on_token(seq_id, e);
             for &id in &ids[r * steps..(r + 1) * steps] {
                 if let Some(f) = s.em.push(&self.tokenizer, id, &mut cb)? {
@@ -255,13 +271,59 @@ impl Engine {
             if finish.is_none() && timed_out {
                 finish = Some(FinishReason::Timeout);
             }
-            match finish {
-                Some(f) => ended.push((s.id, self.end_seq(s, f, &mut cb)?)),
-                None => kept.push(s),
+            if let Some(f) = finish {
+                let s = batch.seqs.remove(i);
+                ended.push((seq_id, self.end_seq(s, f, &mut cb)?));
             }
         }
-        batch.seqs = kept;
         Ok(ended)
+    }
+
+    /// Encode and submit one submission of batched steps over every generation with budget
+    /// left; false when none has any.
+    fn submit_batch(&mut self, batch: &mut Batch) -> Result<bool> {
+        let runnable: Vec<usize> =
+            (0..batch.seqs.len()).filter(|&i| batch.seqs[i].submitted < batch.seqs[i].budget).collect();
+        if runnable.is_empty() {
+            return Ok(false);
+        }
+        // No lane runs past its budget: the steps that would are never needed.
+        let left = runnable.iter().map(|&i| batch.seqs[i].budget - batch.seqs[i].submitted).min().unwrap_or(1);
+        let steps = (self.options.steps_per_submit as usize).min(left).clamp(1, MAX_STEPS);
+        let slot = batch.next_slot;
+        while batch.staging.len() <= slot {
+            let bytes = (self.model.max_lanes() * MAX_STEPS * 4) as u64;
+            batch.staging.push(self.gpu.staging("batch ids", bytes));
+        }
+        batch.next_slot = (slot + 1) % batch.depth.max(1);
+        let lanes: Vec<usize> = runnable.iter().map(|&i| batch.seqs[i].lane).collect();
+        self.model.begin_batch(&self.gpu, &self.kernels, &lanes)?;
+        let mut enc = self.gpu.device.create_command_encoder(&Default::default());
+        for &i in &runnable {
+            let s = &batch.seqs[i];
+            self.model.reserve_lane_kv(&self.gpu, &mut enc, s.lane, s.prompt_len + s.submitted + steps - 2);
+        }
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            for _ in 0..steps {
+                self.model.encode_batch_step(&mut pass, &lanes);
+            }
+        }
+        let bytes = (steps * 4) as u64;
+        let staging = &batch.staging[slot];
+        for (r, &i) in runnable.iter().enumerate() {
+            let s = &batch.seqs[i];
+            let from = (s.prompt_len + s.submitted) as u64 * 4;
+            enc.copy_buffer_to_buffer(self.model.lane_tokens(s.lane), from, staging, r as u64 * bytes, bytes);
+        }
+        let index = self.gpu.queue.submit([enc.finish()]);
+        let rx = start_map(staging, runnable.len() as u64 * bytes);
+        let rows = runnable.iter().map(|&i| batch.seqs[i].key).collect();
+        for &i in &runnable {
+            batch.seqs[i].submitted += steps;
+        }
+        batch.inflight.push_back(InFlight { rows, steps, slot, rx, index });
+        Ok(true)
     }
 
     /// Take generation `id` out of the batch (its lane is free again), ending it as cancelled.
