@@ -24,6 +24,10 @@ override FUSE_NORM: bool = false;
 override SWIGLU_IN: bool = false;
 override ACCUMULATE: bool = false;
 override HAS_BIAS: bool = false;
+// Input rows per workgroup, 1..=4: with more than 1 (batched decode steps) a workgroup reads
+// its weights once for rows wid.y * BATCH .. + BATCH - 1 (those past state.n_tokens are
+// computed from the last row and not stored); with 1, the row is the grid's y.
+override BATCH: u32 = 1;
 
 @group(0) @binding(0) var<uniform> p: MatParams;
 @group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;
@@ -54,6 +58,75 @@ fn input_row(wid: vec3<u32>) -> u32 {
         return max(state[1], 1u) - 1u;
     }
     return wid.y;
+}
+
+// Input row `i` of a BATCH workgroup (clamped to the last row: a dead row repeats it).
+fn batch_row(wid: vec3<u32>, i: u32) -> u32 {
+    return min(wid.y * BATCH + i, max(state[1], 1u) - 1u);
+}
+
+// Stores the rows of batch input `i` (skipped when that input row is past the count).
+fn finish_batch(wid: vec3<u32>, i: u32, tid: u32, lane: u32, row0: u32, acc: vec4<f32>, ss: f32) {
+    out_row = wid.y * BATCH + i;
+    finish(tid, lane, row0, acc, ss, out_row < state[1]);
+}
+
+// Weights of rows r0..r3 at k4 (one vec4 each): loaded once, dotted with every input row.
+struct W4 {
+    a: vec4<f32>,
+    b: vec4<f32>,
+    c: vec4<f32>,
+    d: vec4<f32>,
+}
+
+fn load_rows4(r0: u32, r1: u32, r2: u32, r3: u32, k4: u32, k4n: u32) -> W4 {
+    var w = W4(load_w4(r0, k4, k4n), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    if (ROWS > 1u) {
+        w.b = load_w4(r1, k4, k4n);
+    }
+    if (ROWS > 2u) {
+        w.c = load_w4(r2, k4, k4n);
+    }
+    if (ROWS > 3u) {
+        w.d = load_w4(r3, k4, k4n);
+    }
+    return w;
+}
+
+fn dot_rows4(w: W4, xv: vec4<f32>) -> vec4<f32> {
+    return vec4<f32>(dot(w.a, xv), dot(w.b, xv), dot(w.c, xv), dot(w.d, xv));
+}
+
+// The (norm-weighted) input elements at vec4 indices ka and kb of input row `base`, with
+// their x^2 added to `ss` in the order `main` and `wide` add them (same rounding).
+struct X2 {
+    a: vec4<f32>,
+    b: vec4<f32>,
+}
+
+fn xin_pair(base: u32, ka: u32, kb: u32, ss: ptr<function, f32>) -> X2 {
+    var xa = xin4(base, ka * 4u);
+    var xb = xin4(base, kb * 4u);
+    if (FUSE_NORM) {
+        *ss += dot(xa, xa) + dot(xb, xb);
+        xa *= aux[ka];
+        xb *= aux[kb];
+    }
+    return X2(xa, xb);
+}
+
+fn xin_one(base: u32, k4: u32, ss: ptr<function, f32>) -> vec4<f32> {
+    var v = xin4(base, k4 * 4u);
+    if (FUSE_NORM) {
+        *ss += dot(v, v);
+        v *= aux[k4];
+    }
+    return v;
+}
+
+// `main`'s two k steps for one input row.
+fn dot_pair4(wa: W4, wb: W4, x: X2) -> vec4<f32> {
+    return dot_rows4(wa, x.a) + dot_rows4(wb, x.b);
 }
 
 // Weights of rows r0..r3 at k4 dotted with the (norm-weighted) input xv.
@@ -114,7 +187,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         }
         acc += rows4(r0, r1, r2, r3, k4, k4n, xa);
     }
-    finish(tid, lane, row0, acc, ss);
+    finish(tid, lane, row0, acc, ss, true);
 }
 
 // Weights 8*k8..8*k8+7 of rows r0..r3 dotted with the (norm-weighted) input xa | xb.
@@ -164,12 +237,147 @@ fn wide(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         }
         acc += rows8(r0, r1, r2, r3, k8, k8n, xa, xb);
     }
-    finish(tid, lane, row0, acc, ss);
+    finish(tid, lane, row0, acc, ss, true);
+}
+
+// Batched decode (BATCH > 1, GPUs): like `main`, each weight loaded once for BATCH input
+// rows, grid y = rows / BATCH rounded up.
+@compute @workgroup_size(WG)
+fn batch(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let tid = lid.x;
+    let lane = tid % TPR;
+    let row0 = (wid.x * (WG / TPR) + tid / TPR) * ROWS;
+    let x0 = batch_row(wid, 0u) * p.x_stride;
+    let x1 = batch_row(wid, 1u) * p.x_stride;
+    let x2 = batch_row(wid, 2u) * p.x_stride;
+    let x3 = batch_row(wid, 3u) * p.x_stride;
+    let k4n = p.k / 4u;
+    let last = p.n - 1u;
+    let r0 = min(row0, last);
+    let r1 = min(row0 + 1u, last);
+    let r2 = min(row0 + 2u, last);
+    let r3 = min(row0 + 3u, last);
+    var a0 = vec4<f32>(0.0);
+    var a1 = vec4<f32>(0.0);
+    var a2 = vec4<f32>(0.0);
+    var a3 = vec4<f32>(0.0);
+    var s0 = 0.0;
+    var s1 = 0.0;
+    var s2 = 0.0;
+    var s3 = 0.0;
+    var k4 = lane;
+    for (; k4 + TPR < k4n; k4 += 2u * TPR) {
+        let wa = load_rows4(r0, r1, r2, r3, k4, k4n);
+        let wb = load_rows4(r0, r1, r2, r3, k4 + TPR, k4n);
+        a0 += dot_pair4(wa, wb, xin_pair(x0, k4, k4 + TPR, &s0));
+        if (BATCH > 1u) {
+            a1 += dot_pair4(wa, wb, xin_pair(x1, k4, k4 + TPR, &s1));
+        }
+        if (BATCH > 2u) {
+            a2 += dot_pair4(wa, wb, xin_pair(x2, k4, k4 + TPR, &s2));
+        }
+        if (BATCH > 3u) {
+            a3 += dot_pair4(wa, wb, xin_pair(x3, k4, k4 + TPR, &s3));
+        }
+    }
+    if (k4 < k4n) {
+        let w = load_rows4(r0, r1, r2, r3, k4, k4n);
+        a0 += dot_rows4(w, xin_one(x0, k4, &s0));
+        if (BATCH > 1u) {
+            a1 += dot_rows4(w, xin_one(x1, k4, &s1));
+        }
+        if (BATCH > 2u) {
+            a2 += dot_rows4(w, xin_one(x2, k4, &s2));
+        }
+        if (BATCH > 3u) {
+            a3 += dot_rows4(w, xin_one(x3, k4, &s3));
+        }
+    }
+    finish_batch(wid, 0u, tid, lane, row0, a0, s0);
+    if (BATCH > 1u) {
+        finish_batch(wid, 1u, tid, lane, row0, a1, s1);
+    }
+    if (BATCH > 2u) {
+        finish_batch(wid, 2u, tid, lane, row0, a2, s2);
+    }
+    if (BATCH > 3u) {
+        finish_batch(wid, 3u, tid, lane, row0, a3, s3);
+    }
+}
+
+// Batched decode with 8 weights per thread (`wide`'s layout, k a multiple of 8).
+@compute @workgroup_size(WG)
+fn batch_wide(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let tid = lid.x;
+    let lane = tid % TPR;
+    let row0 = (wid.x * (WG / TPR) + tid / TPR) * ROWS;
+    let x0 = batch_row(wid, 0u) * p.x_stride;
+    let x1 = batch_row(wid, 1u) * p.x_stride;
+    let x2 = batch_row(wid, 2u) * p.x_stride;
+    let x3 = batch_row(wid, 3u) * p.x_stride;
+    let k8n = p.k / 8u;
+    let last = p.n - 1u;
+    let r0 = min(row0, last);
+    let r1 = min(row0 + 1u, last);
+    let r2 = min(row0 + 2u, last);
+    let r3 = min(row0 + 3u, last);
+    var a0 = vec4<f32>(0.0);
+    var a1 = vec4<f32>(0.0);
+    var a2 = vec4<f32>(0.0);
+    var a3 = vec4<f32>(0.0);
+    var s0 = 0.0;
+    var s1 = 0.0;
+    var s2 = 0.0;
+    var s3 = 0.0;
+    for (var k8 = lane; k8 < k8n; k8 += TPR) {
+        let w0 = load_w8(r0, k8, k8n);
+        var w1 = w0;
+        var w2 = w0;
+        var w3 = w0;
+        if (ROWS > 1u) {
+            w1 = load_w8(r1, k8, k8n);
+        }
+        if (ROWS > 2u) {
+            w2 = load_w8(r2, k8, k8n);
+        }
+        if (ROWS > 3u) {
+            w3 = load_w8(r3, k8, k8n);
+        }
+        a0 += dot_rows8(w0, w1, w2, w3, xin_pair(x0, 2u * k8, 2u * k8 + 1u, &s0));
+        if (BATCH > 1u) {
+            a1 += dot_rows8(w0, w1, w2, w3, xin_pair(x1, 2u * k8, 2u * k8 + 1u, &s1));
+        }
+        if (BATCH > 2u) {
+            a2 += dot_rows8(w0, w1, w2, w3, xin_pair(x2, 2u * k8, 2u * k8 + 1u, &s2));
+        }
+        if (BATCH > 3u) {
+            a3 += dot_rows8(w0, w1, w2, w3, xin_pair(x3, 2u * k8, 2u * k8 + 1u, &s3));
+        }
+    }
+    finish_batch(wid, 0u, tid, lane, row0, a0, s0);
+    if (BATCH > 1u) {
+        finish_batch(wid, 1u, tid, lane, row0, a1, s1);
+    }
+    if (BATCH > 2u) {
+        finish_batch(wid, 2u, tid, lane, row0, a2, s2);
+    }
+    if (BATCH > 3u) {
+        finish_batch(wid, 3u, tid, lane, row0, a3, s3);
+    }
+}
+
+fn dot_rows8(w0: mat2x4<f32>, w1: mat2x4<f32>, w2: mat2x4<f32>, w3: mat2x4<f32>, x: X2) -> vec4<f32> {
+    return vec4<f32>(
+        dot(w0[0], x.a) + dot(w0[1], x.b),
+        dot(w1[0], x.a) + dot(w1[1], x.b),
+        dot(w2[0], x.a) + dot(w2[1], x.b),
+        dot(w3[0], x.a) + dot(w3[1], x.b),
+    );
 }
 
 // Reduce the TPR partial sums (dot products and, with FUSE_NORM, x^2) of each row group and
 // store its rows. Uniform control flow.
-fn finish(tid: u32, lane: u32, row0: u32, partial: vec4<f32>, partial_ss: f32) {
+fn finish(tid: u32, lane: u32, row0: u32, partial: vec4<f32>, partial_ss: f32, live: bool) {
     var acc = partial;
     var ss = partial_ss;
     if (TPR > 1u) {
@@ -191,7 +399,7 @@ fn finish(tid: u32, lane: u32, row0: u32, partial: vec4<f32>, partial_ss: f32) {
     if (FUSE_NORM) {
         acc *= inverseSqrt(ss / f32(p.k) + p.eps);
     }
-    if (lane == 0u) {
+    if (lane == 0u && live) {
         store(row0, acc.x);
         if (ROWS > 1u) {
             store(row0 + 1u, acc.y);

@@ -63,7 +63,7 @@ fn check_matrix_kernel(tiled: bool, format: WeightFormat, mode: MatMode, n: usiz
         if tiled && (tpr == 8 || wide) || wide && !k.is_multiple_of(8) {
             continue;
         }
-        check_matrix_variant(tiled, format, mode, n, k, t, tpr, rows, wide);
+        check_matrix_variant(tiled, format, mode, n, k, t, tpr, rows, wide, 1);
     }
 }
 
@@ -78,9 +78,10 @@ fn check_matrix_variant(
     tpr: u32,
     rows: u32,
     wide: bool,
+    batch: u32,
 ) {
     let kernels = Kernels::default();
-    let (got, want, kernel) = matrix_outputs(&kernels, tiled, format, mode, n, k, t, tpr, rows, wide);
+    let (got, want, kernel) = matrix_outputs(&kernels, tiled, format, mode, n, k, t, tpr, rows, wide, batch);
     let err = max_rel_err(&got[..want.len()], &want, 1.0);
     assert!(err < 1e-4, "{kernel:?} tpr={tpr} rows={rows} n={n} k={k} t={t}: max rel err {err}");
 }
@@ -98,6 +99,7 @@ fn matrix_outputs(
     tpr: u32,
     rows: u32,
     wide: bool,
+    batch: u32,
 ) -> (Vec<f32>, Vec<f32>, Kernel) {
     let gpu = gpu();
     let w = rand_vec(n * k, 1, 0.5);
@@ -130,7 +132,8 @@ fn matrix_outputs(
             (Kernel::Matmul { format, mode, tiled: tpr > 1 }, [n.div_ceil(tile) as u32, t.div_ceil(tile) as u32, 1])
         }
     } else {
-        (Kernel::Matvec { format, mode, wide }, [n.div_ceil((64 / tpr * rows) as usize) as u32, t as u32, 1])
+        let groups = n.div_ceil((64 / tpr * rows) as usize) as u32;
+        (Kernel::Matvec { format, mode, wide, batch }, [groups, (t as u32).div_ceil(batch), 1])
     };
     let mut bindings = vec![(0, &ub), (3, &xb), (4, &yb), (5, &nb), (6, &bb), (7, &state)];
     bindings.extend(m.bindings());
@@ -158,8 +161,8 @@ fn fp16_native_loads_match_the_packed_prelude_where_the_adapter_has_shader_f16()
         (false, 130, 304, 2, 8, 4, true),
         (true, 70, 88, 45, 64, 4, false),
     ] {
-        let (a, want, kernel) = matrix_outputs(&native, tiled, WeightFormat::F16, mode, n, k, t, tpr, rows, wide);
-        let (b, _, _) = matrix_outputs(&packed, tiled, WeightFormat::F16, mode, n, k, t, tpr, rows, wide);
+        let (a, want, kernel) = matrix_outputs(&native, tiled, WeightFormat::F16, mode, n, k, t, tpr, rows, wide, 1);
+        let (b, _, _) = matrix_outputs(&packed, tiled, WeightFormat::F16, mode, n, k, t, tpr, rows, wide, 1);
         // The same f16 values reach the same f32 arithmetic: equal outputs.
         assert_eq!(a, b, "{kernel:?} native vs packed");
         let err = max_rel_err(&a[..want.len()], &want, 1.0);
@@ -195,6 +198,24 @@ fn matvec_matches_cpu_reference_for_every_mode_and_format() {
         for mode in modes() {
             check_matrix_kernel(false, format, mode, 37, 52, 1);
             check_matrix_kernel(false, format, mode, 130, 300, 2);
+        }
+    }
+}
+
+#[test]
+fn batched_matvec_reads_weights_once_for_up_to_four_rows_and_matches_cpu_reference() {
+    // Row counts below, at and past a multiple of the batch; cooperative rows only (GPUs).
+    // Every mode once (f32, int4), the other formats with the fused norm.
+    let norm = MatMode { fuse_norm: true, ..Default::default() };
+    let cases = [WeightFormat::F32, WeightFormat::Int4]
+        .into_iter()
+        .flat_map(|f| modes().into_iter().map(move |m| (f, m)))
+        .chain([(WeightFormat::F16, norm), (WeightFormat::Int3, norm)]);
+    for (format, mode) in cases {
+        for (t, batch) in [(1, 4), (3, 4), (7, 4), (5, 2)] {
+            for (tpr, rows, wide) in [(64u32, 4u32, false), (8, 3, false), (8, 4, true)] {
+                check_matrix_variant(false, format, mode, 37, 192, t, tpr, rows, wide, batch);
+            }
         }
     }
 }

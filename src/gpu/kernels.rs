@@ -115,8 +115,10 @@ pub struct MatMode {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kernel {
     /// Decode matrix-vector product; `wide` takes 8 consecutive weights per thread (entry
-    /// point `wide`, k a multiple of 8), otherwise 4 (`main`).
-    Matvec { format: WeightFormat, mode: MatMode, wide: bool },
+    /// point `wide`, k a multiple of 8), otherwise 4 (`main`). `batch` > 1 (up to 4): each
+    /// workgroup reads its weights once for that many input rows (entry points `batch` and
+    /// `batch_wide`, batched decode steps).
+    Matvec { format: WeightFormat, mode: MatMode, wide: bool, batch: u32 },
     /// Prefill matrix-matrix product; `tiled` stages operands in workgroup memory (GPUs),
     /// otherwise reads them directly (CPU rasterisers).
     Matmul { format: WeightFormat, mode: MatMode, tiled: bool },
@@ -166,6 +168,8 @@ impl KernelKey {
         match self.kernel {
             Kernel::AttentionCombine { .. } => "combine",
             Kernel::KvRequant { .. } => "requant",
+            Kernel::Matvec { wide: true, batch: 2.., .. } => "batch_wide",
+            Kernel::Matvec { batch: 2.., .. } => "batch",
             Kernel::Matvec { wide: true, .. } => "wide",
             _ => "main",
         }
@@ -191,8 +195,9 @@ impl KernelKey {
     fn constants(&self) -> Vec<(&'static str, f64)> {
         let b = |v: bool| if v { 1.0 } else { 0.0 };
         let mut c = match self.kernel {
-            Kernel::Matvec { mode, .. } => vec![
+            Kernel::Matvec { mode, batch, .. } => vec![
                 ("WG", f64::from(self.wg)),
+                ("BATCH", f64::from(batch.clamp(1, 4))),
                 ("TPR", f64::from(self.tpr.clamp(1, self.wg))),
                 ("ROWS", f64::from(self.rows)),
                 ("FUSE_NORM", b(mode.fuse_norm)),
@@ -295,7 +300,7 @@ impl Kernels {
         for format in WeightFormat::ALL {
             let mode = MatMode::default();
             for k in [
-                Kernel::Matvec { format, mode, wide: false },
+                Kernel::Matvec { format, mode, wide: false, batch: 1 },
                 Kernel::Matmul { format, mode, tiled: true },
                 Kernel::Embed { format },
             ] {

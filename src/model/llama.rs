@@ -56,6 +56,9 @@ pub struct LoadOptions {
     /// Most sequences a batched decode step runs (each lane has its own KV cache, built on
     /// first use).
     pub max_lanes: usize,
+    /// Input rows one matvec workgroup of a batched step reads its weights for (1..=4; GPUs
+    /// with cooperative rows only, `threads_per_row` > 1).
+    pub matvec_batch: u32,
 }
 
 impl LoadOptions {
@@ -82,6 +85,7 @@ impl Default for LoadOptions {
             max_binding: 0,
             kv: KvOptions::default(),
             max_lanes: 1,
+            matvec_batch: 4,
         }
     }
 }
@@ -481,6 +485,8 @@ struct Builder<'a> {
     state: &'a wgpu::Buffer,
     filler: &'a wgpu::Buffer,
     eps: f32,
+    /// Input rows per matvec workgroup (`Kernel::Matvec::batch`; 1 but in batched steps).
+    batch: u32,
 }
 
 impl Builder<'_> {
@@ -555,6 +561,7 @@ impl Builder<'_> {
                 format: m.format,
                 mode,
                 wide: self.wide_tpr > 0 && m.format.prefers_wide_matvec() && m.cols.is_multiple_of(8),
+                batch: self.batch,
             }
         };
         let pipeline = self.pipeline(kernel)?;
@@ -574,6 +581,8 @@ impl Builder<'_> {
             Grid::PerTile(shard.rows.div_ceil(tile), tile)
         } else if last_row {
             Grid::Fixed([shard.rows.div_ceil(per_wg), 1, 1])
+        } else if self.batch > 1 {
+            Grid::PerTile(shard.rows.div_ceil(per_wg), self.batch)
         } else {
             Grid::PerToken(shard.rows.div_ceil(per_wg))
         };

@@ -1,9 +1,8 @@
 //! A batched decode step: the lanes of several sequences advance one token each in one pass.
 //! The weight-reading matrix dispatches run once over all `B` rows (lane `r` at activation
-//! row `r`, `state.n_tokens = B` in the batch state). They are the decode matvec kernels with
-//! one grid row per lane: each lane's row is computed by exactly the code of a solo decode
-//! step (so greedy ids match bit for bit), and the `B` workgroups that read the same weight
-//! rows run together, so the weights come from DRAM about once. Each lane's embedding gather, RoPE/KV
+//! row `r`, `state.n_tokens = B` in the batch state). On GPUs they are the matvec's `batch`
+//! entry points: a workgroup reads its weights once for up to 4 lanes' rows, with the same
+//! per-row arithmetic as a solo decode step (so greedy ids match). Each lane's embedding gather, RoPE/KV
 //! append, attention and sampler run on its own buffers (its KV cache, token ids, position).
 //! Order of a step: embed (lanes), then per layer the QKV matrix (shared), RoPE + attention
 //! (lanes), O / gate-up / down (shared), and at the end lm_head (shared) and the samplers
@@ -39,6 +38,9 @@ impl Shared {
             state: &state,
             filler: &a.filler,
             eps: m.config.rms_eps,
+            // Cooperative rows (GPUs): each weight read once for up to 4 lanes. CPU
+            // rasterisers keep one grid row per lane.
+            batch: if g.tpr > 1 { m.options.matvec_batch.clamp(1, 4) } else { 1 },
         };
         let mut segs: Vec<Vec<Dispatch>> = (0..=w.layers.len()).map(|_| Vec::new()).collect();
         for (l, layer) in w.layers.iter().enumerate() {

@@ -97,6 +97,7 @@ impl Lane {
             state: &state,
             filler: &a.filler,
             eps: cfg.rms_eps,
+            batch: 1,
         };
         let embd = &w.embd;
         // One gather per shard of the table; each writes the ids that fall in its rows.
