@@ -104,24 +104,33 @@ struct X2 {
     b: vec4<f32>,
 }
 
-fn xin_pair(base: u32, ka: u32, kb: u32, ss: ptr<function, f32>) -> X2 {
+// `g`: the norm weights at ka and kb (loaded once for every input row).
+fn xin_pair(base: u32, ka: u32, kb: u32, g: X2, ss: ptr<function, f32>) -> X2 {
     var xa = xin4(base, ka * 4u);
     var xb = xin4(base, kb * 4u);
     if (FUSE_NORM) {
         *ss += dot(xa, xa) + dot(xb, xb);
-        xa *= aux[ka];
-        xb *= aux[kb];
+        xa *= g.a;
+        xb *= g.b;
     }
     return X2(xa, xb);
 }
 
-fn xin_one(base: u32, k4: u32, ss: ptr<function, f32>) -> vec4<f32> {
+fn xin_one(base: u32, k4: u32, g: vec4<f32>, ss: ptr<function, f32>) -> vec4<f32> {
     var v = xin4(base, k4 * 4u);
     if (FUSE_NORM) {
         *ss += dot(v, v);
-        v *= aux[k4];
+        v *= g;
     }
     return v;
+}
+
+// The norm weights at ka and kb (zeros without FUSE_NORM, where they are unused).
+fn norm_pair(ka: u32, kb: u32) -> X2 {
+    if (FUSE_NORM) {
+        return X2(aux[ka], aux[kb]);
+    }
+    return X2(vec4<f32>(0.0), vec4<f32>(0.0));
 }
 
 // `main`'s two k steps for one input row.
@@ -269,28 +278,30 @@ fn batch(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) li
     for (; k4 + TPR < k4n; k4 += 2u * TPR) {
         let wa = load_rows4(r0, r1, r2, r3, k4, k4n);
         let wb = load_rows4(r0, r1, r2, r3, k4 + TPR, k4n);
-        a0 += dot_pair4(wa, wb, xin_pair(x0, k4, k4 + TPR, &s0));
+        let g = norm_pair(k4, k4 + TPR);
+        a0 += dot_pair4(wa, wb, xin_pair(x0, k4, k4 + TPR, g, &s0));
         if (BATCH > 1u) {
-            a1 += dot_pair4(wa, wb, xin_pair(x1, k4, k4 + TPR, &s1));
+            a1 += dot_pair4(wa, wb, xin_pair(x1, k4, k4 + TPR, g, &s1));
         }
         if (BATCH > 2u) {
-            a2 += dot_pair4(wa, wb, xin_pair(x2, k4, k4 + TPR, &s2));
+            a2 += dot_pair4(wa, wb, xin_pair(x2, k4, k4 + TPR, g, &s2));
         }
         if (BATCH > 3u) {
-            a3 += dot_pair4(wa, wb, xin_pair(x3, k4, k4 + TPR, &s3));
+            a3 += dot_pair4(wa, wb, xin_pair(x3, k4, k4 + TPR, g, &s3));
         }
     }
     if (k4 < k4n) {
         let w = load_rows4(r0, r1, r2, r3, k4, k4n);
-        a0 += dot_rows4(w, xin_one(x0, k4, &s0));
+        let g = norm_pair(k4, k4).a;
+        a0 += dot_rows4(w, xin_one(x0, k4, g, &s0));
         if (BATCH > 1u) {
-            a1 += dot_rows4(w, xin_one(x1, k4, &s1));
+            a1 += dot_rows4(w, xin_one(x1, k4, g, &s1));
         }
         if (BATCH > 2u) {
-            a2 += dot_rows4(w, xin_one(x2, k4, &s2));
+            a2 += dot_rows4(w, xin_one(x2, k4, g, &s2));
         }
         if (BATCH > 3u) {
-            a3 += dot_rows4(w, xin_one(x3, k4, &s3));
+            a3 += dot_rows4(w, xin_one(x3, k4, g, &s3));
         }
     }
     finish_batch(wid, 0u, tid, lane, row0, a0, s0);
@@ -343,15 +354,16 @@ fn batch_wide(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
         if (ROWS > 3u) {
             w3 = load_w8(r3, k8, k8n);
         }
-        a0 += dot_rows8(w0, w1, w2, w3, xin_pair(x0, 2u * k8, 2u * k8 + 1u, &s0));
+        let g = norm_pair(2u * k8, 2u * k8 + 1u);
+        a0 += dot_rows8(w0, w1, w2, w3, xin_pair(x0, 2u * k8, 2u * k8 + 1u, g, &s0));
         if (BATCH > 1u) {
-            a1 += dot_rows8(w0, w1, w2, w3, xin_pair(x1, 2u * k8, 2u * k8 + 1u, &s1));
+            a1 += dot_rows8(w0, w1, w2, w3, xin_pair(x1, 2u * k8, 2u * k8 + 1u, g, &s1));
         }
         if (BATCH > 2u) {
-            a2 += dot_rows8(w0, w1, w2, w3, xin_pair(x2, 2u * k8, 2u * k8 + 1u, &s2));
+            a2 += dot_rows8(w0, w1, w2, w3, xin_pair(x2, 2u * k8, 2u * k8 + 1u, g, &s2));
         }
         if (BATCH > 3u) {
-            a3 += dot_rows8(w0, w1, w2, w3, xin_pair(x3, 2u * k8, 2u * k8 + 1u, &s3));
+            a3 += dot_rows8(w0, w1, w2, w3, xin_pair(x3, 2u * k8, 2u * k8 + 1u, g, &s3));
         }
     }
     finish_batch(wid, 0u, tid, lane, row0, a0, s0);

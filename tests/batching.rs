@@ -29,6 +29,8 @@ fn engine(src: &dyn ModelSource, gpu_shaped: bool, kv: KvOptions, config: Stream
         attention_split: if gpu_shaped { 5 } else { 1 },
         kv,
         max_lanes: 4,
+        // Every matrix of the tiny model through the batched matvec in steps of 2+ lanes.
+        batch_matvec_min_weights: 1,
         ..Default::default()
     };
     let options = EngineOptions { load, steps_per_submit: 3, in_flight: 2, config, ..Default::default() };

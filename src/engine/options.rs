@@ -141,6 +141,7 @@ impl EngineOptions {
                 // Concurrent generations share decode steps up to max_batch_size lanes.
                 max_lanes: if cfg.adaptive_batch_size { cfg.max_batch_size as usize } else { 1 },
                 matvec_batch: env_u32("WSI_MATVEC_BATCH").unwrap_or(4),
+                batch_matvec_min_weights: 1 << 22,
             },
             steps_per_submit: steps,
             in_flight,

@@ -11,13 +11,17 @@
 use super::{Builder, Dispatch, LlamaGpu, run};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Kernels, MatMode};
+use crate::model::upload::GpuMatrix;
 
 /// The shared matrix dispatches of a batched step.
 pub(super) struct Shared {
     /// `segs[i]` runs after lane group `i` (0: the embedding; `i >= 1`: layer `i - 1`'s
     /// attention): `segs[0]` is layer 0's QKV, `segs[i]` layer `i - 1`'s O, gate-up and down
     /// then layer `i`'s QKV, and the last ends with lm_head over every row.
-    pub(super) segs: Vec<Vec<Dispatch>>,
+    segs: Vec<Vec<Dispatch>>,
+    /// The same for steps of 2 or more lanes, where big matrices use the `batch` matvec
+    /// (None: every step uses `segs`).
+    several: Option<Vec<Vec<Dispatch>>>,
     /// `[4]` u32: (0, B, 0, 0) for the shared dispatches.
     state: wgpu::Buffer,
     /// The lanes of the rows last written (empty: none).
@@ -27,39 +31,57 @@ pub(super) struct Shared {
 impl Shared {
     fn build(m: &LlamaGpu, gpu: &Gpu, kernels: &Kernels) -> Result<Shared> {
         let state = gpu.storage("batch state", 16);
+        // Cooperative rows (GPUs) only: CPU rasterisers keep one grid row per lane.
+        let many = if m.geo.tpr > 1 { m.options.matvec_batch.clamp(1, 4) } else { 1 };
+        let one = Self::segments(m, gpu, kernels, &state, 1)?;
+        let several = if many > 1 { Some(Self::segments(m, gpu, kernels, &state, many)?) } else { None };
+        Ok(Shared { segs: one, several, state, rows: Vec::new() })
+    }
+
+    /// The shared dispatches, big matrices reading their weights once for `batch` rows.
+    fn segments(
+        m: &LlamaGpu,
+        gpu: &Gpu,
+        kernels: &Kernels,
+        state: &wgpu::Buffer,
+        batch: u32,
+    ) -> Result<Vec<Vec<Dispatch>>> {
         let (w, a, g) = (&m.weights, &m.acts, &m.geo);
-        let b = Builder {
+        let builder = |rows_in: u32| Builder {
             gpu,
             kernels,
             wg: g.wg,
             rows: g.rows,
             tpr: g.tpr,
             wide_tpr: g.wide_tpr,
-            state: &state,
+            state,
             filler: &a.filler,
             eps: m.config.rms_eps,
-            // Cooperative rows (GPUs): each weight read once for up to 4 lanes. CPU
-            // rasterisers keep one grid row per lane.
-            batch: if g.tpr > 1 { m.options.matvec_batch.clamp(1, 4) } else { 1 },
+            batch: rows_in,
         };
+        let (small, big) = (builder(1), builder(batch));
+        let min = m.options.batch_matvec_min_weights;
+        let pick = |mat: &GpuMatrix| if mat.rows as usize * mat.cols as usize >= min { &big } else { &small };
         let mut segs: Vec<Vec<Dispatch>> = (0..=w.layers.len()).map(|_| Vec::new()).collect();
         for (l, layer) in w.layers.iter().enumerate() {
             let norm_mode = MatMode { fuse_norm: true, bias: layer.qkv_bias.is_some(), ..Default::default() };
-            let qkv = b.matrix(
+            let b = pick(&layer.qkv);
+            let qkv_bias = layer.qkv_bias.as_ref();
+            segs[l].extend(b.matrix(
                 false,
                 &layer.qkv,
                 norm_mode,
                 &a.x,
                 &a.qkv,
                 Some(&layer.attn_norm),
-                layer.qkv_bias.as_ref(),
+                qkv_bias,
                 false,
-            )?;
-            segs[l].extend(qkv);
+            )?);
             let after = &mut segs[l + 1];
             let acc = MatMode { accumulate: true, ..Default::default() };
-            after.extend(b.matrix(false, &layer.o, acc, &a.attn, &a.x, None, None, false)?);
+            after.extend(pick(&layer.o).matrix(false, &layer.o, acc, &a.attn, &a.x, None, None, false)?);
             let norm = MatMode { fuse_norm: true, ..Default::default() };
+            let b = pick(&layer.gate_up);
             after.extend(b.matrix(
                 false,
                 &layer.gate_up,
@@ -71,13 +93,21 @@ impl Shared {
                 false,
             )?);
             let down = MatMode { swiglu_in: true, accumulate: true, ..Default::default() };
-            after.extend(b.matrix(false, &layer.down, down, &a.gate_up, &a.x, None, None, false)?);
+            after.extend(pick(&layer.down).matrix(false, &layer.down, down, &a.gate_up, &a.x, None, None, false)?);
         }
         let head = w.lm_head.as_ref().unwrap_or(&w.embd);
         let norm = MatMode { fuse_norm: true, ..Default::default() };
         let last = segs.len() - 1;
-        segs[last].extend(b.matrix(false, head, norm, &a.x, &m.logits, Some(&w.out_norm), None, false)?);
-        Ok(Shared { segs, state, rows: Vec::new() })
+        segs[last].extend(pick(head).matrix(false, head, norm, &a.x, &m.logits, Some(&w.out_norm), None, false)?);
+        Ok(segs)
+    }
+
+    /// The segments for a step of `b` lanes.
+    pub(super) fn for_lanes(&self, b: usize) -> &[Vec<Dispatch>] {
+        match &self.several {
+            Some(s) if b > 1 => s,
+            _ => &self.segs,
+        }
     }
 }
 
@@ -120,7 +150,7 @@ impl LlamaGpu {
             let lane = &self.lanes[l];
             run(pass, &lane.decode[..lane.embed_len], 1);
         }
-        for (i, seg) in shared.segs.iter().enumerate() {
+        for (i, seg) in shared.for_lanes(lanes.len()).iter().enumerate() {
             run(pass, seg, b);
             for &l in lanes {
                 let lane = &self.lanes[l];
@@ -141,7 +171,7 @@ impl LlamaGpu {
     pub fn dispatches_per_batch_step(&self, b: usize) -> usize {
         let lane = self.lane();
         let per_lane = lane.embed_len + lane.attn.iter().map(|r| r.len()).sum::<usize>() + 1;
-        let shared = self.batched.as_ref().map_or(0, |s| s.segs.iter().map(Vec::len).sum());
+        let shared = self.batched.as_ref().map_or(0, |s| s.for_lanes(b).iter().map(Vec::len).sum());
         shared + b * per_lane
     }
 }

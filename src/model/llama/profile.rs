@@ -62,7 +62,7 @@ impl LlamaGpu {
         for &l in lanes {
             step.extend(self.lanes[l].decode[..self.lanes[l].embed_len].iter().map(|d| (d, 1)));
         }
-        for (i, seg) in shared.segs.iter().enumerate() {
+        for (i, seg) in shared.for_lanes(lanes.len()).iter().enumerate() {
             step.extend(seg.iter().map(|d| (d, b)));
             for &l in lanes {
                 let lane = &self.lanes[l];
