@@ -2,8 +2,10 @@
 // reference; the steps and their order are the same). One thread per unit: a group of QG
 // weights (asymmetric: BITS 4, 3, 2; scale + min in one u32), or two groups of 32 (int8:
 // their two f16 scales share one u32). The unit's words and scale word belong to it alone.
-//   x: [units * UNIT] f32 rows (a chunk of the matrix, reused staging)
+//   x: [units * UNIT] f32 rows (a chunk of the matrix starting at a row, reused staging)
 //   words[w_off + u * WPU ..]: packed codes; scales[s_off + u]: packed f16 parameters.
+//   imp: [cols] importance of each input column (read when `weighted`): the fit's error
+//   weights, instead of mean|x| + |x_i|.
 // STARTS starting ranges (min/max shrunk by 10% each), ITERS alternations of re-rounding and
 // weighted least-squares refit of (d, m) per start; STARTS = 1, ITERS = 0 is round-to-nearest.
 
@@ -11,7 +13,11 @@ struct QuantParams {
     units: u32,   // units in this chunk
     w_off: u32,   // first word of the chunk in `words`
     s_off: u32,   // first scale word of the chunk in `scales`
-    _pad: u32,
+    cols: u32,    // row width of the matrix (the chunk starts at column 0)
+    weighted: u32,  // 1: error weights imp[column]
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 override BITS: u32 = 4;
@@ -24,6 +30,7 @@ override WG: u32 = 64;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> words: array<u32>;
 @group(0) @binding(3) var<storage, read_write> scales: array<u32>;
+@group(0) @binding(4) var<storage, read> imp: array<f32>;
 
 fn sym() -> bool {
     return BITS == 8u;
@@ -57,7 +64,8 @@ fn fit(base: u32) -> vec2<f32> {
         amax = max(amax, abs(v));
         sa += abs(v);
     }
-    // Error weights av + |x|: the large weights that dominate a product count more.
+    // Error weights imp[column] (the input's mean square), or av + |x|: the large weights
+    // that dominate a product count more.
     let av = sa / f32(QG);
     let hi = qhi();
     var best = vec2<f32>(0.0);
@@ -82,7 +90,10 @@ fn fit(base: u32) -> vec2<f32> {
             var swqx = 0.0;
             for (var i = 0u; i < QG; i++) {
                 let v = x[base + i];
-                let wt = av + abs(v);
+                var wt = av + abs(v);
+                if (p.weighted != 0u) {
+                    wt = imp[(base + i) % p.cols];
+                }
                 let q = code(v, d, m);
                 let e = q * d + m - v;
                 err += wt * e * e;

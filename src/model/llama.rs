@@ -10,6 +10,7 @@ use crate::model::upload::{
     GpuMatrix, MatrixShard, Quant, embedding_format, required, required_f32, upload_tensors_sharded, upload_vec,
 };
 use crate::model::{ModelConfig, ModelSource, WeightName};
+use crate::quant::calibrate::LayerImportance;
 use crate::quant::fit::Quantizer;
 use crate::quant::on_gpu::GpuQuantizer;
 
@@ -235,15 +236,24 @@ impl LlamaGpu {
         let qdim = nh * hd;
         let kvdim = nkv * hd;
         let qkv_rows = qdim + 2 * kvdim;
+        let t0 = web_time::Instant::now();
+        let imps = crate::quant::calibrate::for_load(src, &[attn_fmt, ffn_fmt], options.quantizer)?;
+        let imp = |l: usize, f: fn(&LayerImportance) -> &Vec<f32>| imps.as_ref().map(|v| &f(&v[l])[..]);
         let gpu_quant = GpuQuantizer::new(gpu, kernels, options.quantizer);
-        let quantize_ms = std::cell::Cell::new(0.0);
-        let quant = Quant { gpu: options.gpu_quantize.then_some(&gpu_quant), cpu: options.quantizer, ms: &quantize_ms };
+        let quantize_ms = std::cell::Cell::new(t0.elapsed().as_secs_f64() * 1e3);
+        let quant = Quant {
+            gpu: options.gpu_quantize.then_some(&gpu_quant),
+            cpu: options.quantizer,
+            ms: &quantize_ms,
+            imp: None,
+        };
         // Row-concatenate the named tensors into one GPU matrix of width `cols`.
-        let matrix = |label: String, names: &[(WeightName, usize)], cols: usize, fmt: WeightFormat| {
+        let matrix_imp = |label: String, names: &[(WeightName, usize)], cols: usize, fmt: WeightFormat, imp| {
             let parts = names.iter().map(|&(n, rows)| required(src, n, &[rows, cols])).collect::<Result<Vec<_>>>()?;
             let parts = parts.iter().collect::<Vec<_>>();
-            upload_tensors_sharded(gpu, quant, &label, &parts, cols, fmt, options.max_binding)
+            upload_tensors_sharded(gpu, Quant { imp, ..quant }, &label, &parts, cols, fmt, options.max_binding)
         };
+        let matrix = |label, names: &[(WeightName, usize)], cols, fmt| matrix_imp(label, names, cols, fmt, None);
         let vector = |label: String, name: WeightName, n: usize| -> Result<wgpu::Buffer> {
             Ok(upload_vec(gpu, &label, &required_f32(src, name, &[n])?))
         };
@@ -265,8 +275,8 @@ impl LlamaGpu {
         for l in 0..cfg.n_layers {
             progress(l, cfg.n_layers);
             use WeightName::*;
-            let qkv =
-                matrix(format!("blk.{l}.qkv"), &[(AttnQ(l), qdim), (AttnK(l), kvdim), (AttnV(l), kvdim)], d, attn_fmt)?;
+            let qkv_names = [(AttnQ(l), qdim), (AttnK(l), kvdim), (AttnV(l), kvdim)];
+            let qkv = matrix_imp(format!("blk.{l}.qkv"), &qkv_names, d, attn_fmt, imp(l, |i| &i.qkv))?;
             let qkv_bias = if cfg.qkv_bias {
                 let qb = required_f32(src, AttnQBias(l), &[qdim])?;
                 let kb = required_f32(src, AttnKBias(l), &[kvdim])?;
@@ -280,10 +290,16 @@ impl LlamaGpu {
                 attn_norm: vector(format!("blk.{l}.attn_norm"), AttnNorm(l), d)?,
                 qkv,
                 qkv_bias,
-                o: matrix(format!("blk.{l}.attn_output"), &[(AttnOutput(l), d)], qdim, attn_fmt)?,
+                o: matrix_imp(format!("blk.{l}.attn_output"), &[(AttnOutput(l), d)], qdim, attn_fmt, imp(l, |i| &i.o))?,
                 ffn_norm: vector(format!("blk.{l}.ffn_norm"), FfnNorm(l), d)?,
-                gate_up: matrix(format!("blk.{l}.gate_up"), &[(FfnGate(l), dff), (FfnUp(l), dff)], d, ffn_fmt)?,
-                down: matrix(format!("blk.{l}.ffn_down"), &[(FfnDown(l), d)], dff, ffn_fmt)?,
+                gate_up: matrix_imp(
+                    format!("blk.{l}.gate_up"),
+                    &[(FfnGate(l), dff), (FfnUp(l), dff)],
+                    d,
+                    ffn_fmt,
+                    imp(l, |i| &i.gate_up),
+                )?,
+                down: matrix_imp(format!("blk.{l}.ffn_down"), &[(FfnDown(l), d)], dff, ffn_fmt, imp(l, |i| &i.down))?,
             });
         }
         // Measured from what was allocated.

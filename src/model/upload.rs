@@ -128,7 +128,7 @@ pub fn upload_matrix_with(
 ) -> Result<GpuMatrix> {
     let parts: Vec<Part> = parts.iter().map(|p| Part::F32(p)).collect();
     let ms = Cell::new(0.0);
-    let q = Quant { gpu: quant, cpu: quant.map_or(Quantizer::default(), |q| q.quantizer), ms: &ms };
+    let q = Quant { gpu: quant, cpu: quant.map_or(Quantizer::default(), |q| q.quantizer), ms: &ms, imp: None };
     upload_parts(gpu, q, label, &parts, cols, format, 0)
 }
 
@@ -147,6 +147,8 @@ pub struct Quant<'a, 'b> {
     pub gpu: Option<&'a GpuQuantizer<'b>>,
     pub cpu: Quantizer,
     pub ms: &'a Cell<f64>,
+    /// Importance of each input column (`[cols]`) for the weighted fit; None: uniform.
+    pub imp: Option<&'a [f32]>,
 }
 
 /// Upload row-concatenated tensors `parts` (each `[rows_i, cols]`, any file format) as
@@ -161,7 +163,7 @@ pub fn upload_tensors(
     format: WeightFormat,
 ) -> Result<GpuMatrix> {
     let ms = Cell::new(0.0);
-    let q = Quant { gpu: None, cpu: Quantizer::default(), ms: &ms };
+    let q = Quant { gpu: None, cpu: Quantizer::default(), ms: &ms, imp: None };
     upload_tensors_sharded(gpu, q, label, parts, cols, format, 0)
 }
 
@@ -199,6 +201,8 @@ fn upload_parts(
         return Err(Error::model(format!("{label}: width {cols} is not a multiple of 4")));
     }
     let format = matrix_format(format, cols);
+    // The calibrated weights are for the low-bit formats (quant::calibrate::for_load).
+    let quant = Quant { imp: quant.imp.filter(|_| matches!(format, WeightFormat::Int3 | WeightFormat::Int2)), ..quant };
     let total: usize = parts.iter().map(|p| p.len()).sum();
     if !total.is_multiple_of(cols) {
         return Err(Error::internal(format!("{label}: {total} values do not fill rows of {cols}")));
@@ -245,13 +249,14 @@ fn upload_parts(
                 m
             };
             if let Some(q) = quant.gpu.filter(|_| aligned && !parts.iter().all(passes)) {
-                return timed(upload_quantized_on_gpu(gpu, q, label, parts, rows, cols, format, shard_rows));
+                let imp = quant.imp;
+                return timed(upload_quantized_on_gpu(gpu, q, label, parts, rows, cols, format, shard_rows, imp));
             }
             let mut packer = gpu_formats::Packer::new(format, total)?;
             for p in parts {
                 match p {
                     Part::Host(t) if passes(p) => packer.push_blocks(t.format, &t.bytes)?,
-                    _ => packer.push_f32(&p.to_f32()?, quant.cpu)?,
+                    _ => packer.push_f32_weighted(&p.to_f32()?, quant.imp, quant.cpu)?,
                 }
             }
             let packed = packer.finish();
@@ -295,6 +300,7 @@ fn upload_quantized_on_gpu(
     cols: usize,
     format: WeightFormat,
     shard_rows: usize,
+    imp: Option<&[f32]>,
 ) -> Result<GpuMatrix> {
     let to_u32 = |v: usize| u32::try_from(v).map_err(|_| Error::model(format!("{label}: too many rows")));
     let (wpr, spr) = (code_words(format, cols), scale_words(format, cols));
@@ -335,7 +341,8 @@ fn upload_quantized_on_gpu(
                 let sc = &pk.scales[(a - row) * spr..(b - row) * spr];
                 gpu.queue.write_buffer(scales, (s_off * 4) as u64, bytemuck::cast_slice(sc));
             } else if let Some(v) = &values {
-                q.quantize(format, &v[(a - row) * cols..(b - row) * cols], &s.buf, w_off, scales, s_off)?;
+                let v = &v[(a - row) * cols..(b - row) * cols];
+                q.quantize(format, v, cols, imp, &s.buf, w_off, scales, s_off)?;
             }
         }
         row += prows;

@@ -55,13 +55,15 @@ fn code(x: f32, d: f32, m: f32, lo: f32, hi: f32) -> f32 {
 }
 
 /// Weighted squared error of `x` under `(d, m)` and the weighted sums of the least-squares
-/// refit, each weight `w_i = av + |x_i|` (`av` = mean |x|): large weights, whose errors
-/// move a matrix product most, count more. Returns (err, sum w, sum w q, sum w q^2,
+/// refit. Each weight is the importance `imp[i]` of the element's input column where given
+/// (`quant::calibrate`: the mean square of that input, so the sum is the expected squared
+/// error of the product), else `av + |x_i|` (`av` = mean |x|: large weights, whose errors
+/// move a product most, count more). Returns (err, sum w, sum w q, sum w q^2,
 /// sum w x, sum w q x).
-fn sweep(x: &[f32], av: f32, d: f32, m: f32, lo: f32, hi: f32) -> [f32; 6] {
+fn sweep(x: &[f32], imp: Option<&[f32]>, av: f32, d: f32, m: f32, lo: f32, hi: f32) -> [f32; 6] {
     let mut s = [0f32; 6];
-    for &v in x {
-        let w = av + v.abs();
+    for (i, &v) in x.iter().enumerate() {
+        let w = imp.map_or(av + v.abs(), |c| c[i]);
         let q = code(v, d, m, lo, hi);
         let e = q * d + m - v;
         s[0] += w * e * e;
@@ -76,6 +78,12 @@ fn sweep(x: &[f32], av: f32, d: f32, m: f32, lo: f32, hi: f32) -> [f32; 6] {
 
 /// Fit one group of `x` at `bits` (2, 3, 4 asymmetric; 8 symmetric).
 pub fn fit_group(x: &[f32], bits: u32, quantizer: Quantizer) -> Fit {
+    fit_group_weighted(x, None, bits, quantizer)
+}
+
+/// [`fit_group`] with the importance of each element's input column, `imp` (`[x.len()]`),
+/// as the error weights instead of `mean|x| + |x_i|`.
+pub fn fit_group_weighted(x: &[f32], imp: Option<&[f32]>, bits: u32, quantizer: Quantizer) -> Fit {
     let symmetric = bits == 8;
     let (lo, hi) = if symmetric { (-127.0, 127.0) } else { (0.0, ((1u32 << bits) - 1) as f32) };
     let (mut mn, mut mx, mut amax, mut sa) = (f32::MAX, f32::MIN, 0f32, 0f32);
@@ -96,7 +104,7 @@ pub fn fit_group(x: &[f32], bits: u32, quantizer: Quantizer) -> Fit {
             ((mx - mn) * shrink / hi, mn + (mx - mn) * (1.0 - shrink) * 0.5)
         };
         for it in 0..=iters {
-            let [err, sw, swq, swqq, swx, swqx] = sweep(x, av, d, m, lo, hi);
+            let [err, sw, swq, swqq, swx, swqx] = sweep(x, imp, av, d, m, lo, hi);
             if err < best_err {
                 (best_d, best_m, best_err) = (d, m, err);
             }

@@ -31,7 +31,7 @@ use half::f16;
 use crate::error::{Error, Result};
 use crate::gpu::WeightFormat;
 use crate::model::HostFormat;
-use crate::quant::fit::{Fit, Quantizer, fit_group};
+use crate::quant::fit::{Fit, Quantizer, fit_group_weighted};
 use crate::quant::ggml;
 
 /// Weights per quantisation group (along k) of int8 and int4 (the GGML block size).
@@ -144,12 +144,24 @@ impl Packer {
     /// Append f32 weights quantised per group by `quantizer`. x: `[n]`, n a multiple of
     /// the format's group.
     pub fn push_f32(&mut self, x: &[f32], quantizer: Quantizer) -> Result<()> {
+        self.push_f32_weighted(x, None, quantizer)
+    }
+
+    /// [`Packer::push_f32`] with the importance of each input column, `imp`: `[cols]`
+    /// (x: `[rows, cols]`, cols a multiple of the group).
+    pub fn push_f32_weighted(&mut self, x: &[f32], imp: Option<&[f32]>, quantizer: Quantizer) -> Result<()> {
         let g = group(self.format);
-        if !x.len().is_multiple_of(g) {
-            return Err(Error::internal(format!("{} weights are not whole groups of {g}", x.len())));
+        if !x.len().is_multiple_of(g)
+            || imp.is_some_and(|c| !c.len().is_multiple_of(g) || !x.len().is_multiple_of(c.len()))
+        {
+            return Err(Error::internal(format!("{} weights are not whole groups of {g} and rows", x.len())));
         }
-        for xs in x.chunks_exact(g) {
-            let f = fit_group(xs, bits(self.format), quantizer);
+        for (i, xs) in x.chunks_exact(g).enumerate() {
+            let w = imp.map(|c| {
+                let c0 = i * g % c.len();
+                &c[c0..c0 + g]
+            });
+            let f = fit_group_weighted(xs, w, bits(self.format), quantizer);
             self.push_fit(&f);
         }
         Ok(())

@@ -20,7 +20,9 @@ struct QuantParams {
     units: u32,
     w_off: u32,
     s_off: u32,
-    _pad: u32,
+    cols: u32,
+    weighted: u32,
+    _pad: [u32; 3],
 }
 
 /// Weights per kernel thread: one group, or two groups of 32 for int8 (one scale word).
@@ -59,22 +61,32 @@ impl<'a> GpuQuantizer<'a> {
         GpuQuantizer { gpu, kernels, quantizer, src, params }
     }
 
-    /// Quantise `x` (whole units of `format`) into `words` from word `w_off` and `scales`
-    /// from word `s_off`, then wait for the GPU (so the staging of one matrix at most is
-    /// alive, and the time measured includes the work).
+    /// Quantise `x` (`[rows, cols]`, rows of whole units of `format`) into `words` from word
+    /// `w_off` and `scales` from word `s_off`, with error weights `imp` (`[cols]`, see
+    /// `quant::fit`) where given, then wait for the GPU (so the staging of one matrix at most
+    /// is alive, and the time measured includes the work).
+    #[allow(clippy::too_many_arguments)]
     pub fn quantize(
         &self,
         format: WeightFormat,
         x: &[f32],
+        cols: usize,
+        imp: Option<&[f32]>,
         words: &wgpu::Buffer,
         w_off: usize,
         scales: &wgpu::Buffer,
         s_off: usize,
     ) -> Result<()> {
         let u = unit(format);
-        if !x.len().is_multiple_of(u) {
-            return Err(Error::internal(format!("{} weights are not whole units of {u}", x.len())));
+        if cols == 0 || !cols.is_multiple_of(u) || !x.len().is_multiple_of(cols) || imp.is_some_and(|c| c.len() != cols)
+        {
+            return Err(Error::internal(format!("{} weights are not rows of {cols} in units of {u}", x.len())));
         }
+        // A small placeholder where unweighted: the binding must hold something.
+        let imp_buf = match imp {
+            Some(c) => self.gpu.storage_init("quantize importance", bytemuck::cast_slice(c)),
+            None => self.gpu.storage("quantize importance (unused)", 16),
+        };
         let key = KernelKey { kernel: Kernel::Quantize { format, quantizer: self.quantizer }, wg: WG, rows: 1, tpr: 1 };
         let pipeline = self.kernels.get(&self.gpu.device, key)?;
         let layout = pipeline.get_bind_group_layout(0);
@@ -86,10 +98,12 @@ impl<'a> GpuQuantizer<'a> {
                 wgpu::BindGroupEntry { binding: 1, resource: self.src.as_entire_binding() },
                 wgpu::BindGroupEntry { binding: 2, resource: words.as_entire_binding() },
                 wgpu::BindGroupEntry { binding: 3, resource: scales.as_entire_binding() },
+                wgpu::BindGroupEntry { binding: 4, resource: imp_buf.as_entire_binding() },
             ],
         });
         let to_u32 = |v: usize| u32::try_from(v).map_err(|_| Error::model("matrix too large to quantise"));
-        let per_chunk = CHUNK / u * u;
+        // Whole rows per chunk, so that each chunk starts at column 0.
+        let per_chunk = (CHUNK / cols).max(1) * cols;
         let mut last = None;
         for (i, c) in x.chunks(per_chunk).enumerate() {
             let done = i * per_chunk;
@@ -98,7 +112,9 @@ impl<'a> GpuQuantizer<'a> {
                 units: to_u32(units)?,
                 w_off: to_u32(w_off + code_words(format, done))?,
                 s_off: to_u32(s_off + scale_words(format, done))?,
-                _pad: 0,
+                cols: to_u32(cols)?,
+                weighted: u32::from(imp.is_some()),
+                _pad: [0; 3],
             };
             // Queue writes land before the next submission and after the previous one, so
             // the source buffer and uniform can be reused chunk after chunk.
