@@ -16,7 +16,7 @@ use wsi::model::HostTensor;
 use wsi::model::upload::{GpuMatrix, embedding_format, upload_tensors};
 use wsi::quant::fit::Quantizer;
 use wsi::quant::ggml;
-use wsi::quant::gpu_formats::{Packed, dequantize, pack_f32, quantize_dequantize};
+use wsi::quant::gpu_formats::{Packed, dequantize, pack_f32, quantize_dequantize, quantize_dequantize_weighted};
 use wsi::quant::on_gpu::GpuQuantizer;
 
 fn tensor(name: &str, rows: usize, cols: usize, format: HostFormat, seed: u64) -> HostTensor<'static> {
@@ -202,6 +202,39 @@ fn gpu_quantiser_matches_the_cpu_reference_for_every_format_and_quantiser() {
             assert!(same >= 0.999, "{format:?} {quantizer:?}: only {same} equal");
             assert!(worst <= 0.5, "{format:?} {quantizer:?}: worst difference {worst}");
         }
+    }
+}
+
+#[test]
+fn gpu_quantiser_with_column_weights_matches_the_cpu_reference() {
+    use wsi::quant::gpu_formats::Packer;
+    use wsi::quant::on_gpu::{code_words, scale_words};
+    let gpu = gpu();
+    let kernels = wsi::gpu::Kernels::default();
+    let (rows, k) = (37, 192);
+    let x: Vec<f32> = rand_vec(rows * k, 12, 1.0).iter().map(|v| v * v * v * 0.2).collect();
+    // Importance spread over three decades, like mean squares of activations.
+    let imp: Vec<f32> = rand_vec(k, 13, 1.0).iter().map(|v| 10f32.powf(3.0 * v.abs()) * 1e-2).collect();
+    let q = GpuQuantizer::new(&gpu, &kernels, Quantizer::Refined);
+    for format in [WeightFormat::Int3, WeightFormat::Int2] {
+        let n = x.len();
+        let words = gpu.storage("w", (code_words(format, n) * 4) as u64);
+        let scales = gpu.storage("s", (scale_words(format, n) * 4) as u64);
+        q.quantize(format, &x, k, Some(&imp), &words, 0, &scales, 0).expect("quantize");
+        let got = Packed { words: common::read_u32(&gpu, &words), scales: common::read_u32(&gpu, &scales) };
+        let mut p = Packer::new(format, n).expect("packer");
+        p.push_f32_weighted(&x, Some(&imp), Quantizer::Refined).expect("cpu");
+        let want = p.finish();
+        let unweighted = pack_f32(format, &x, Quantizer::Refined).expect("cpu");
+        let (same, worst) = compare_codes(format, &got, &want, n);
+        eprintln!("{format:?} weighted: {:.4}% of weights equal, worst {worst:.2e} of the range", same * 100.0);
+        assert!(same >= 0.999 && worst <= 0.5, "{format:?}: {same} equal, worst {worst}");
+        // The weights change the fit: the importance-weighted error is lower than unweighted.
+        let werr = |p: &Packed| {
+            let y = dequantize(format, p, n).expect("dequantize");
+            x.iter().zip(&y).enumerate().map(|(i, (a, b))| f64::from(imp[i % k] * (a - b) * (a - b))).sum::<f64>()
+        };
+        assert!(werr(&want) < werr(&unweighted), "{format:?}: {} vs {}", werr(&want), werr(&unweighted));
     }
 }
 
@@ -415,10 +448,12 @@ fn smollm2_int3_top1_agreement_with_fp32_is_measured() {
     assert!(same as f64 >= 0.5 * total as f64, "int3: {same}/{total}");
 }
 
-/// A model whose layer matrices are replaced by their CPU-reference quantised values (f32).
+/// A model whose layer matrices are replaced by their CPU-reference quantised values (f32),
+/// with the calibrated error weights (`quant::calibrate`) the load uses for int3 / int2.
 struct Requantized<'a> {
     inner: &'a dyn wsi::model::ModelSource,
     format: WeightFormat,
+    imp: Vec<wsi::quant::calibrate::LayerImportance>,
 }
 
 impl wsi::model::ModelSource for Requantized<'_> {
@@ -437,7 +472,15 @@ impl wsi::model::ModelSource for Requantized<'_> {
         // The embedding and lm_head take their own format (int8 from an f16 file).
         let format =
             if matches!(name, TokenEmbd | Output) { embedding_format(self.format, t.format) } else { self.format };
-        let q = quantize_dequantize(format, &t.to_f32()?, Quantizer::Refined)?;
+        use wsi::model::WeightName::*;
+        let imp = match name {
+            AttnQ(l) | AttnK(l) | AttnV(l) => Some(&self.imp[l].qkv),
+            AttnOutput(l) => Some(&self.imp[l].o),
+            FfnGate(l) | FfnUp(l) => Some(&self.imp[l].gate_up),
+            FfnDown(l) => Some(&self.imp[l].down),
+            _ => None,
+        };
+        let q = quantize_dequantize_weighted(format, &t.to_f32()?, imp.map(|v| &v[..]), Quantizer::Refined)?;
         let bytes = Cow::Owned(bytemuck::cast_slice(&q).to_vec());
         Ok(Some(HostTensor { name: t.name.clone(), shape: t.shape.clone(), format: HostFormat::F32, bytes }))
     }
@@ -471,7 +514,8 @@ fn int3_and_int2_models_give_the_logits_of_their_cpu_quantised_weights() {
     };
     for format in [WeightFormat::Int3, WeightFormat::Int2] {
         let got = logits(&src, format);
-        let want = logits(&Requantized { inner: &src, format }, WeightFormat::F32);
+        let imp = wsi::quant::calibrate::importance(&src).expect("calibration");
+        let want = logits(&Requantized { inner: &src, format, imp }, WeightFormat::F32);
         let err = common::max_rel_err(&got, &want, 1.0);
         eprintln!("{format:?}: max rel err {err}");
         assert!(err < 1e-4, "{format:?}: max rel err {err}");

@@ -224,3 +224,69 @@ pub fn for_load(
     }
     importance(src).map(Some)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::gguf::GgufSource;
+    use crate::model::gguf_write::{TinySpec, tiny_gguf};
+    use crate::model::{Arch, HostFormat};
+
+    fn tiny(arch: Arch) -> GgufSource {
+        let spec = TinySpec {
+            n_layers: 2,
+            d_model: 64,
+            n_heads: 4,
+            n_kv_heads: 2,
+            d_ff: 96,
+            vocab: 300,
+            context: 64,
+            tied: false,
+        };
+        GgufSource::from_bytes(tiny_gguf(&spec, arch, 3, HostFormat::F32).expect("tiny")).expect("parse")
+    }
+
+    #[test]
+    fn calibration_forward_gives_the_reference_logits() {
+        // Llama (GQA, separate head) and Qwen2 (biases): the batched forward is the plain one.
+        for arch in [Arch::Llama, Arch::Qwen2] {
+            let src = tiny(arch);
+            let c = src.config().clone();
+            let tokens = [5u32, 77, 3, 200, 41, 9, 120];
+            let (hidden, _) = forward(&src, &tokens).expect("forward");
+            let want = crate::model::reference::forward_all(&src, &tokens).expect("reference");
+            let head = required_f32(&src, WeightName::Output, &[c.vocab_size, c.d_model]).expect("head");
+            let norm = required_f32(&src, WeightName::OutputNorm, &[c.d_model]).expect("norm");
+            let h = rmsnorm_rows(&hidden, &norm, c.rms_eps);
+            let got = matmul(&h, &head, c.d_model);
+            let scale = want.iter().flatten().fold(0f32, |m, v| m.max(v.abs()));
+            for (g, w) in got.chunks(c.vocab_size).zip(&want) {
+                for (a, b) in g.iter().zip(w) {
+                    assert!((a - b).abs() <= 1e-4 * scale, "{arch:?}: {a} vs {b}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn importance_has_one_positive_weight_per_input_column_with_mean_one() {
+        let src = tiny(Arch::Llama);
+        let c = src.config().clone();
+        let imp = importance(&src).expect("calibrate");
+        assert_eq!(imp.len(), c.n_layers);
+        for l in &imp {
+            let widths = [c.d_model, c.n_heads * c.head_dim, c.d_model, c.d_ff];
+            for (v, w) in [&l.qkv, &l.o, &l.gate_up, &l.down].into_iter().zip(widths) {
+                assert_eq!(v.len(), w);
+                assert!(v.iter().all(|x| x.is_finite() && *x >= 1e-3));
+                let mean = v.iter().sum::<f32>() / w as f32;
+                assert!((mean - 1.0).abs() < 0.01, "mean {mean}");
+            }
+        }
+        // Calibration runs only where int3 or int2 is quantised by the refined quantiser.
+        let run = |f: &[WeightFormat], q| for_load(&src, f, q).expect("for_load").is_some();
+        assert!(run(&[WeightFormat::Int4, WeightFormat::Int3], Quantizer::Refined));
+        assert!(!run(&[WeightFormat::Int4, WeightFormat::Int8], Quantizer::Refined));
+        assert!(!run(&[WeightFormat::Int2], Quantizer::Rtn));
+    }
+}

@@ -169,6 +169,26 @@ mod tests {
     }
 
     #[test]
+    fn column_weights_lower_the_weighted_error() {
+        // Importance over three decades: the weighted fit trades unimportant columns' error
+        // for the important ones'.
+        let imp: Vec<f32> = values(32, 77).iter().map(|v| 10f32.powf(3.0 * v.abs().min(1.0))).collect();
+        for bits in [2, 3] {
+            let werr = |x: &[f32], f: &Fit| {
+                let (d, m) = (f16::from_bits(f.d).to_f32(), f16::from_bits(f.m).to_f32());
+                x.iter().zip(&f.q).zip(&imp).map(|((v, q), w)| w * (*q as f32 * d + m - v).powi(2)).sum::<f32>()
+            };
+            let (mut plain, mut weighted) = (0f32, 0f32);
+            for g in 0..64 {
+                let x = values(32, g + 100);
+                plain += werr(&x, &fit_group(&x, bits, Quantizer::Refined));
+                weighted += werr(&x, &fit_group_weighted(&x, Some(&imp), bits, Quantizer::Refined));
+            }
+            assert!(weighted < plain * 0.9, "{bits} bits: {weighted} vs {plain}");
+        }
+    }
+
+    #[test]
     fn codes_stay_in_range_and_constant_groups_are_exact() {
         let x = values(32, 9);
         for bits in [2, 3, 4] {

@@ -255,10 +255,25 @@ pub fn dequantize(format: WeightFormat, packed: &Packed, n: usize) -> Result<Vec
 
 /// The weights the CPU reference gives for f32 `x` in `format` (every format).
 pub fn quantize_dequantize(format: WeightFormat, x: &[f32], quantizer: Quantizer) -> Result<Vec<f32>> {
+    quantize_dequantize_weighted(format, x, None, quantizer)
+}
+
+/// [`quantize_dequantize`] with the error weights `imp` of each input column (`[cols]`,
+/// x: `[rows, cols]`) for the integer formats.
+pub fn quantize_dequantize_weighted(
+    format: WeightFormat,
+    x: &[f32],
+    imp: Option<&[f32]>,
+    quantizer: Quantizer,
+) -> Result<Vec<f32>> {
     match format {
         WeightFormat::F32 => Ok(x.to_vec()),
         WeightFormat::F16 => Ok(x.iter().map(|v| f16::from_f32(*v).to_f32()).collect()),
-        _ => dequantize(format, &pack_f32(format, x, quantizer)?, x.len()),
+        _ => {
+            let mut p = Packer::new(format, x.len())?;
+            p.push_f32_weighted(x, imp, quantizer)?;
+            dequantize(format, &p.finish(), x.len())
+        }
     }
 }
 
