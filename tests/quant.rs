@@ -400,6 +400,21 @@ fn group_size_error_table_for_smollm2() {
     }
 }
 
+/// Time of the calibration pass on the real model (README; `--ignored --nocapture`): it runs
+/// at every int3 / int2 / mixed load.
+#[test]
+#[ignore]
+fn calibration_pass_time_on_smollm2() {
+    let Some(path) = common::require_smollm2() else { return };
+    let src = wsi::model::open_path(&path).expect("open model");
+    let tokens = wsi::quant::calibrate::calibration_tokens(src.as_ref());
+    let t0 = std::time::Instant::now();
+    let imp = wsi::quant::calibrate::importance(src.as_ref()).expect("calibrate");
+    let ms = t0.elapsed().as_secs_f64() * 1e3;
+    eprintln!("calibration: {} tokens, {} layers in {ms:.0} ms", tokens.len(), imp.len());
+    assert_eq!(imp.len(), src.config().n_layers);
+}
+
 /// Teacher-forced top-1 agreement with fp32 over the golden prompts: the reference greedy
 /// continuation (fp32's own, `tests/golden.rs`) is fed in, and each position's argmax is
 /// compared with fp32's next id. Returns (same, total), or None without the model.
