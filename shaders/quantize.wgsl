@@ -67,6 +67,8 @@ fn fit(base: u32) -> vec2<f32> {
     // Error weights imp[column] (the input's mean square), or av + |x|: the large weights
     // that dominate a product count more.
     let av = sa / f32(QG);
+    // Column of the group's first weight (a group never straddles rows: cols % QG == 0).
+    let c0 = base % p.cols;
     let hi = qhi();
     var best = vec2<f32>(0.0);
     var best_err = 3.4e38;  // above any group error; 3.4028235e38 rounds past f32 max in Tint
@@ -92,7 +94,7 @@ fn fit(base: u32) -> vec2<f32> {
                 let v = x[base + i];
                 var wt = av + abs(v);
                 if (p.weighted != 0u) {
-                    wt = imp[(base + i) % p.cols];
+                    wt = imp[c0 + i];
                 }
                 let q = code(v, d, m);
                 let e = q * d + m - v;
