@@ -147,7 +147,8 @@ pub struct Quant<'a, 'b> {
     pub gpu: Option<&'a GpuQuantizer<'b>>,
     pub cpu: Quantizer,
     pub ms: &'a Cell<f64>,
-    /// Importance of each input column (`[cols]`) for the weighted fit; None: uniform.
+    /// Error weight of each input column (`[cols]`, `quant::calibrate`) for int3 / int2;
+    /// None: the fit's own weights `mean|x| + |x_i|`.
     pub imp: Option<&'a [f32]>,
 }
 
