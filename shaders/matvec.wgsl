@@ -3,8 +3,9 @@
 // where in(t, k) is x[t, k], optionally RMS-normalised (FUSE_NORM, weight in `aux`) or
 // SwiGLU-combined from [gate | up] halves (SWIGLU_IN). A workgroup owns ROWS output rows;
 // its threads stride over k with vec4 loads and reduce in workgroup memory.
-// The weight prelude (weights/*.wgsl) supplies `load_w4` (4 weights) and `load_w8` (8
-// weights as the columns of a mat2x4, for the `wide` entry point, k a multiple of 8).
+// The weight prelude (weights/*.wgsl) supplies `load_w4` (4 weights), `load_w8` (8
+// weights as the columns of a mat2x4, for the `wide` entry point, k a multiple of 8) and
+// `dot_w32` (32 weights dotted with 32 inputs given their sum, for the `cpu` entry point).
 
 struct MatParams {
     n: u32,         // output rows
@@ -19,7 +20,7 @@ struct MatParams {
 
 override WG: u32 = 64;          // threads per workgroup, power of two
 override TPR: u32 = 64;         // threads sharing one group of rows, power of two <= WG
-override ROWS: u32 = 4;         // rows per thread group, 1..=4
+override ROWS: u32 = 4;         // rows per thread group, 1..=4 (`cpu`: 1..=8)
 override FUSE_NORM: bool = false;
 override SWIGLU_IN: bool = false;
 override ACCUMULATE: bool = false;
@@ -154,8 +155,8 @@ fn rows4(r0: u32, r1: u32, r2: u32, r3: u32, k4: u32, k4n: u32, xv: vec4<f32>) -
 }
 
 // A workgroup owns (WG / TPR) * ROWS rows. TPR = WG suits GPUs (coalesced loads, one
-// reduction); TPR = 1 suits CPU rasterisers (lavapipe, SwiftShader), where a workgroup is a
-// SIMD loop and every barrier is costly: then no barrier runs at all.
+// reduction); TPR = 1 runs no barrier at all (CPU rasterisers, where a workgroup is a SIMD
+// loop, use the `cpu` entry point below instead).
 // RMSNorm needs no pass of its own: sum_k w x g / rms = (sum_k w x g) / rms, and the
 // threads of a row group see every input element once, so they sum x^2 in the same loop and
 // reduce it with the dot products; weight loads start at once instead of after a norm phase.
@@ -438,5 +439,115 @@ fn store(row: u32, v: f32) {
         y[yi] += o;
     } else {
         y[yi] = o;
+    }
+}
+
+// The rows of ROWS (<= 8) rows starting at row0 (clamped to the last row).
+struct Rows8 {
+    a: vec4<u32>,
+    b: vec4<u32>,
+}
+
+fn rows8_from(row0: u32) -> Rows8 {
+    let last = vec4<u32>(p.n - 1u);
+    let r = vec4<u32>(row0) + vec4<u32>(0u, 1u, 2u, 3u);
+    return Rows8(min(r, last), min(r + vec4<u32>(4u), last));
+}
+
+// CPU rasterisers (lavapipe, SwiftShader) run a workgroup as a loop over SIMD vectors of
+// invocations and load storage buffers lane by lane: each scalar loaded costs about the same
+// whatever its address, so the kernel is built to load few scalars. Each invocation owns ROWS
+// whole rows: it reads every input element once for all of them, reads weights 32 at a time
+// with the fewest words the format allows (`dot_w32`), and uses no workgroup memory or
+// barrier. k % 32 != 0 (fp32/fp16 only) ends with a vec4 tail.
+@compute @workgroup_size(WG)
+fn cpu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row0 = (wid.x * WG + lid.x) * ROWS;
+    let xbase = input_row(wid) * p.x_stride;
+    let r = rows8_from(row0);
+    let k4n = p.k / 4u;
+    let gn = p.k / 32u;
+    var acc_a = vec4<f32>(0.0);
+    var acc_b = vec4<f32>(0.0);
+    var ss = 0.0;
+    for (var g = 0u; g < gn; g++) {
+        let kb = g * 32u;
+        var xa = mat4x4<f32>(xin4(xbase, kb), xin4(xbase, kb + 4u), xin4(xbase, kb + 8u), xin4(xbase, kb + 12u));
+        var xb = mat4x4<f32>(
+            xin4(xbase, kb + 16u),
+            xin4(xbase, kb + 20u),
+            xin4(xbase, kb + 24u),
+            xin4(xbase, kb + 28u),
+        );
+        if (FUSE_NORM) {
+            let sq = xa[0] * xa[0] + xa[1] * xa[1] + xa[2] * xa[2] + xa[3] * xa[3] + xb[0] * xb[0] + xb[1] * xb[1]
+                + xb[2] * xb[2] + xb[3] * xb[3];
+            ss += sq.x + sq.y + sq.z + sq.w;
+            let a = g * 8u;
+            xa = mat4x4<f32>(xa[0] * aux[a], xa[1] * aux[a + 1u], xa[2] * aux[a + 2u], xa[3] * aux[a + 3u]);
+            xb = mat4x4<f32>(xb[0] * aux[a + 4u], xb[1] * aux[a + 5u], xb[2] * aux[a + 6u], xb[3] * aux[a + 7u]);
+        }
+        let xs4 = xa[0] + xa[1] + xa[2] + xa[3] + xb[0] + xb[1] + xb[2] + xb[3];
+        let xsum = xs4.x + xs4.y + xs4.z + xs4.w;
+        acc_a.x += dot_w32(r.a.x, g, k4n, xa, xb, xsum);
+        if (ROWS > 1u) {
+            acc_a.y += dot_w32(r.a.y, g, k4n, xa, xb, xsum);
+        }
+        if (ROWS > 2u) {
+            acc_a.z += dot_w32(r.a.z, g, k4n, xa, xb, xsum);
+        }
+        if (ROWS > 3u) {
+            acc_a.w += dot_w32(r.a.w, g, k4n, xa, xb, xsum);
+        }
+        if (ROWS > 4u) {
+            acc_b.x += dot_w32(r.b.x, g, k4n, xa, xb, xsum);
+        }
+        if (ROWS > 5u) {
+            acc_b.y += dot_w32(r.b.y, g, k4n, xa, xb, xsum);
+        }
+        if (ROWS > 6u) {
+            acc_b.z += dot_w32(r.b.z, g, k4n, xa, xb, xsum);
+        }
+        if (ROWS > 7u) {
+            acc_b.w += dot_w32(r.b.w, g, k4n, xa, xb, xsum);
+        }
+    }
+    for (var k4 = gn * 8u; k4 < k4n; k4++) {
+        var xv = xin4(xbase, k4 * 4u);
+        if (FUSE_NORM) {
+            ss += dot(xv, xv);
+            xv *= aux[k4];
+        }
+        acc_a += rows4(r.a.x, r.a.y, r.a.z, r.a.w, k4, k4n, xv);
+        if (ROWS > 4u) {
+            acc_b += rows4(r.b.x, r.b.y, r.b.z, r.b.w, k4, k4n, xv);
+        }
+    }
+    if (FUSE_NORM) {
+        let inv = inverseSqrt(ss / f32(p.k) + p.eps);
+        acc_a *= inv;
+        acc_b *= inv;
+    }
+    store(row0, acc_a.x);
+    if (ROWS > 1u) {
+        store(row0 + 1u, acc_a.y);
+    }
+    if (ROWS > 2u) {
+        store(row0 + 2u, acc_a.z);
+    }
+    if (ROWS > 3u) {
+        store(row0 + 3u, acc_a.w);
+    }
+    if (ROWS > 4u) {
+        store(row0 + 4u, acc_b.x);
+    }
+    if (ROWS > 5u) {
+        store(row0 + 5u, acc_b.y);
+    }
+    if (ROWS > 6u) {
+        store(row0 + 6u, acc_b.z);
+    }
+    if (ROWS > 7u) {
+        store(row0 + 7u, acc_b.w);
     }
 }

@@ -125,6 +125,8 @@ pub struct AdapterCaps {
     pub max_buffer_size: u64,
     /// Adapter description for stats ("SwiftShader", "llvmpipe", ...).
     pub name: String,
+    /// A CPU rasteriser (lavapipe, SwiftShader, WARP): workgroups run as SIMD loops.
+    pub is_cpu: bool,
 }
 
 impl Default for AdapterCaps {
@@ -136,6 +138,7 @@ impl Default for AdapterCaps {
             max_storage_binding: WEBGPU_DEFAULT_MAX_STORAGE_BINDING,
             max_buffer_size: WEBGPU_DEFAULT_MAX_BUFFER_SIZE,
             name: String::new(),
+            is_cpu: false,
         }
     }
 }
@@ -163,7 +166,21 @@ pub struct BrowserProfile {
     pub use_f16: bool,
     /// Use the subgroup kernels (only with `subgroups`).
     pub use_subgroups: bool,
+    /// The adapter is a CPU rasteriser: the matvec gives each invocation whole rows
+    /// (entry point `cpu` of shaders/matvec.wgsl) instead of sharing rows across a workgroup.
+    pub cpu_rasteriser: bool,
+    /// Output rows per matvec thread (GPUs: per row group of a workgroup).
+    pub matvec_rows: u32,
 }
+
+/// CPU rasterisers: threads per workgroup of the matvec and attention kernels. lavapipe,
+/// real SmolLM2 decode (int4): 256 left most matrices to one or two workgroups, i.e. one of
+/// the two cores, and attention was slower too (see `cpu_profile_uses_whole_rows_per_thread`).
+const CPU_WORKGROUP: u32 = 32;
+/// CPU rasterisers: rows per matvec invocation. Each input element is loaded once per
+/// invocation, so more rows amortise it (lavapipe, int4 3072x576: 1 row 0.66 ns/weight,
+/// 2: 0.42, 4: 0.26, 8: 0.23); 8 is the most the `cpu` entry point takes.
+const CPU_MATVEC_ROWS: u32 = 8;
 
 /// Per-browser defaults before feature detection and conservative mode.
 struct Base {
@@ -249,7 +266,12 @@ impl BrowserProfile {
             default_kv_cache_mb: b.kv_cache_mb,
             use_f16: caps.shader_f16,
             use_subgroups: caps.subgroups,
+            cpu_rasteriser: caps.is_cpu,
+            matvec_rows: if caps.is_cpu { CPU_MATVEC_ROWS } else { 4 },
         };
+        if caps.is_cpu {
+            p.workgroup_size = [CPU_WORKGROUP, 1, 1];
+        }
         p.set_conservative(b.conservative);
         p
     }
@@ -350,6 +372,7 @@ mod tests {
             max_storage_binding: 4 * GIB,
             max_buffer_size: 4 * GIB,
             name: "test".into(),
+            is_cpu: false,
         }
     }
 
@@ -425,6 +448,7 @@ mod tests {
             max_storage_binding: GIB,
             max_buffer_size: GIB,
             name: "SwiftShader".into(),
+            is_cpu: true,
         };
         let p = BrowserProfile::detect(Some(HEADLESS_CHROMIUM), &caps);
         assert!(!p.use_f16 && p.use_subgroups);
@@ -440,16 +464,36 @@ mod tests {
             max_storage_binding: 128 * MIB,
             max_buffer_size: 256 * MIB,
             name: "llvmpipe".into(),
+            is_cpu: true,
         };
         let p = BrowserProfile::detect(Some(FIREFOX_LINUX_ESR), &caps);
         assert_eq!(p.browser, BrowserName::Firefox);
-        assert_eq!(p.workgroup_size, [256, 1, 1]);
+        assert_eq!(p.workgroup_size, [CPU_WORKGROUP, 1, 1], "lavapipe is a CPU rasteriser");
         assert_eq!(p.max_binding_bytes, 128 * MIB);
         assert!(p.use_f16 && !p.use_subgroups);
         assert!(p.max_steps_per_submit >= 8, "round trips cost ~100 ms");
         // Even where the adapter allows more, the Firefox profile caps at 128 MiB.
         let p = BrowserProfile::detect(Some(FIREFOX_ANDROID), &caps_all());
         assert_eq!(p.max_binding_bytes, 128 * MIB);
+    }
+
+    #[test]
+    fn cpu_profile_uses_whole_rows_per_thread() {
+        let gpu = caps_all();
+        let cpu = AdapterCaps { is_cpu: true, ..caps_all() };
+        for b in [BrowserName::Chrome, BrowserName::Firefox, BrowserName::Safari, BrowserName::Other] {
+            let g = BrowserProfile::for_browser(b, &gpu);
+            assert!(!g.cpu_rasteriser && g.matvec_rows == 4, "{b}");
+            assert_eq!(g.workgroup_size, base(b).workgroup_size, "{b}: GPUs keep the browser's size");
+            let c = BrowserProfile::for_browser(b, &cpu);
+            assert!(c.cpu_rasteriser, "{b}");
+            assert_eq!((c.workgroup_size, c.matvec_rows), ([CPU_WORKGROUP, 1, 1], CPU_MATVEC_ROWS), "{b}");
+            // The rest of the browser's profile stays.
+            assert_eq!((c.max_steps_per_submit, c.max_binding_bytes), (g.max_steps_per_submit, g.max_binding_bytes));
+        }
+        // The config's workgroup size still wins.
+        let cfg = StreamingConfig::from_json_value(json!({"workgroupSize": [64, 1, 1]})).unwrap();
+        assert_eq!(BrowserProfile::from_config(None, &cpu, &cfg).workgroup_size, [64, 1, 1]);
     }
 
     #[test]

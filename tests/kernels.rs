@@ -261,6 +261,28 @@ fn int3_and_int2_match_cpu_reference_in_matvec_and_matmul() {
 }
 
 #[test]
+fn cpu_matvec_gives_each_thread_up_to_8_whole_rows_in_every_format() {
+    // tpr 1 selects the CPU-rasteriser entry point: 1..=8 rows per thread, 32-weight groups,
+    // a vec4 tail where k % 32 != 0 (fp32/fp16), rows past n clamped and not stored.
+    for (format, k) in [
+        (WeightFormat::F32, 300),
+        (WeightFormat::F16, 300),
+        (WeightFormat::F16, 36),
+        (WeightFormat::Int8, 320),
+        (WeightFormat::Int4, 320),
+        (WeightFormat::Int3, 320),
+        (WeightFormat::Int2, 320),
+    ] {
+        for rows in [5, 8] {
+            check_matrix_variant(false, format, MatMode::default(), 131, k, 2, 1, rows, false, 1);
+        }
+        for mode in modes() {
+            check_matrix_variant(false, format, mode, 37, k, 1, 1, 7, false, 1);
+        }
+    }
+}
+
+#[test]
 fn integer_formats_fall_back_to_fp16_for_widths_not_a_multiple_of_32() {
     let gpu = gpu();
     for format in [WeightFormat::Int8, WeightFormat::Int4, WeightFormat::Int3, WeightFormat::Int2] {

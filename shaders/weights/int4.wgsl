@@ -26,3 +26,26 @@ fn load_w8(row: u32, k8: u32, k8_per_row: u32) -> mat2x4<f32> {
     let word = w[f >> 2u][f & 3u];
     return mat2x4<f32>(nibbles(word) * dm.x + dm.y, nibbles(word >> 16u) * dm.x + dm.y);
 }
+
+// Nibble j (0..7) of each word of q: weights j, 8 + j, 16 + j, 24 + j of a group. Signed
+// conversion: x86 without AVX-512 has no unsigned one, and the values are below 16.
+fn nibble_j(q: vec4<u32>, j: u32) -> vec4<f32> {
+    return vec4<f32>(bitcast<vec4<i32>>((q >> vec4<u32>(4u * j)) & vec4<u32>(15u)));
+}
+
+// 32 weights of a row (one group: one vec4 of words and one scale) dotted with the inputs
+// xa | xb (columns of 4 consecutive k) whose sum is `xsum`:
+// sum_j (q_j d + m) x_j = d sum_j q_j x_j + m sum_j x_j. The inputs are regrouped to match
+// `nibble_j` (free on CPU rasterisers, where each vector component is its own register).
+fn dot_w32(row: u32, g: u32, k4_per_row: u32, xa: mat4x4<f32>, xb: mat4x4<f32>, xsum: f32) -> f32 {
+    let i = (row * k4_per_row) / 8u + g;
+    let q = w[i];
+    let dm = unpack2x16float(s[i]);
+    let ta = transpose(xa);
+    let tb = transpose(xb);
+    let qx = dot(nibble_j(q, 0u), vec4<f32>(ta[0].xz, tb[0].xz)) + dot(nibble_j(q, 1u), vec4<f32>(ta[1].xz, tb[1].xz))
+        + dot(nibble_j(q, 2u), vec4<f32>(ta[2].xz, tb[2].xz)) + dot(nibble_j(q, 3u), vec4<f32>(ta[3].xz, tb[3].xz))
+        + dot(nibble_j(q, 4u), vec4<f32>(ta[0].yw, tb[0].yw)) + dot(nibble_j(q, 5u), vec4<f32>(ta[1].yw, tb[1].yw))
+        + dot(nibble_j(q, 6u), vec4<f32>(ta[2].yw, tb[2].yw)) + dot(nibble_j(q, 7u), vec4<f32>(ta[3].yw, tb[3].yw));
+    return qx * dm.x + xsum * dm.y;
+}

@@ -28,3 +28,15 @@ fn load_w8(row: u32, k8: u32, k8_per_row: u32) -> mat2x4<f32> {
     let h = (f & 1u) * 2u;
     return mat2x4<f32>(bytes4(q[h]) * scale, bytes4(q[h + 1u]) * scale);
 }
+
+// 32 weights of a row (one group: two vec4s of words and one scale) dotted with the inputs
+// xa | xb (columns of 4 consecutive k).
+fn dot_w32(row: u32, g: u32, k4_per_row: u32, xa: mat4x4<f32>, xb: mat4x4<f32>, xsum: f32) -> f32 {
+    let gi = (row * k4_per_row) / 8u + g;
+    let scale = unpack2x16float(s[gi >> 1u])[gi & 1u];
+    let qa = w[2u * gi];
+    let qb = w[2u * gi + 1u];
+    let lo = dot(bytes4(qa.x), xa[0]) + dot(bytes4(qa.y), xa[1]) + dot(bytes4(qa.z), xa[2]) + dot(bytes4(qa.w), xa[3]);
+    let hi = dot(bytes4(qb.x), xb[0]) + dot(bytes4(qb.y), xb[1]) + dot(bytes4(qb.z), xb[2]) + dot(bytes4(qb.w), xb[3]);
+    return (lo + hi) * scale;
+}

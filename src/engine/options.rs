@@ -26,6 +26,7 @@ impl GpuCaps {
             max_storage_binding: self.max_storage_binding,
             max_buffer_size: self.max_buffer_size,
             name: self.adapter_name.clone(),
+            is_cpu: self.is_cpu,
         }
     }
 }
@@ -127,7 +128,7 @@ impl EngineOptions {
                 } else {
                     profile.workgroup_size[0]
                 }),
-                rows: env_u32("WSI_ROWS").unwrap_or(if caps.is_cpu { 2 } else { 4 }),
+                rows: env_u32("WSI_ROWS").unwrap_or(profile.matvec_rows),
                 wide_threads_per_row: env_u32("WSI_WIDE_THREADS_PER_ROW").unwrap_or(if caps.is_cpu {
                     0
                 } else {

@@ -151,10 +151,10 @@ pub struct KernelKey {
     pub kernel: Kernel,
     /// Threads per workgroup (x), for kernels that take it as an override.
     pub wg: u32,
-    /// Rows per thread group (matvec).
+    /// Rows per thread group (matvec): 1..=4, or 1..=8 with `tpr` 1.
     pub rows: u32,
-    /// Threads sharing a group of rows (matvec): the workgroup size on GPUs, 1 on CPU
-    /// rasterisers.
+    /// Threads sharing a group of rows (matvec): the workgroup size on GPUs; 1 on CPU
+    /// rasterisers, which selects the `cpu` entry point (whole rows per thread).
     pub tpr: u32,
 }
 
@@ -170,14 +170,36 @@ impl KernelKey {
             Kernel::KvRequant { .. } => "requant",
             Kernel::Matvec { wide: true, batch: 2.., .. } => "batch_wide",
             Kernel::Matvec { batch: 2.., .. } => "batch",
+            Kernel::Matvec { .. } if self.cpu_rows() => "cpu",
             Kernel::Matvec { wide: true, .. } => "wide",
             _ => "main",
         }
     }
 
+    /// A matvec with one row group per thread: the `cpu` entry point (CPU rasterisers).
+    fn cpu_rows(&self) -> bool {
+        matches!(self.kernel, Kernel::Matvec { batch: 0 | 1, .. }) && self.tpr <= 1
+    }
+
     fn source(&self, native_f16: bool) -> String {
         let (prelude, body) = match self.kernel {
-            Kernel::Matvec { format, .. } => (format.prelude(native_f16), include_str!("../../shaders/matvec.wgsl")),
+            Kernel::Matvec { format, .. } => {
+                let fallback = match format {
+                    WeightFormat::Int3 | WeightFormat::Int2 => {
+                        include_str!("../../shaders/weights/dot_w32_from_w8.wgsl")
+                    }
+                    _ => "",
+                };
+                // `cpu` reads fp16 as packed u32 pairs even with shader-f16: CPU rasterisers
+                // load storage lane by lane, one scalar at a time, and 16-bit scalars halve
+                // what each load brings (lavapipe, 3072x576: 0.47 vs 0.88 ns/weight).
+                let native = native_f16 && !self.cpu_rows();
+                return format!(
+                    "{}\n{fallback}\n{}",
+                    format.prelude(native),
+                    include_str!("../../shaders/matvec.wgsl")
+                );
+            }
             Kernel::Matmul { format, .. } => (format.prelude(native_f16), include_str!("../../shaders/matmul.wgsl")),
             Kernel::Embed { format } => (format.prelude(native_f16), include_str!("../../shaders/embed.wgsl")),
             Kernel::RopeKv { .. } | Kernel::KvRequant { .. } => {

@@ -345,10 +345,12 @@ impl LlamaGpu {
                 .map(|b| b.size())
                 .sum();
         let wg = options.workgroup.next_power_of_two().clamp(32, 256);
+        let tpr = options.threads_per_row.clamp(1, wg).next_power_of_two();
         let geo = Geometry {
             wg,
-            rows: options.rows.clamp(1, 4),
-            tpr: options.threads_per_row.clamp(1, wg).next_power_of_two(),
+            // The CPU rasterisers' matvec (entry point `cpu`, tpr 1) takes up to 8 rows per thread.
+            rows: options.rows.clamp(1, if tpr == 1 { 8 } else { 4 }),
+            tpr,
             wide_tpr: match options.wide_threads_per_row {
                 0 => 0,
                 t => t.clamp(1, wg).next_power_of_two(),

@@ -1,0 +1,139 @@
+//! Times matvec variants on the native adapter (lavapipe, or SwiftShader through
+//! `VK_DRIVER_FILES`), alternating them in one process so that load from elsewhere hits
+//! every variant alike. A development tool for picking CPU-rasteriser layouts:
+//!
+//!   cargo run --release --example matvec_bench -- int4 3072x576 main:256:1:2 cpu:32:1:8
+//!
+//! Each variant is `entry:WG:TPR:ROWS[:norm|swiglu|plain[:prelude.wgsl]]`; the matrix is `NxK`. Prints the median
+//! time per dispatch and per weight over rounds of 20 dispatches.
+
+use std::time::Instant;
+
+use wsi::gpu::params::MatParams;
+use wsi::gpu::{Gpu, WeightFormat};
+use wsi::model::upload::upload_matrix;
+
+fn prelude(format: WeightFormat, native_f16: bool) -> &'static str {
+    match format {
+        WeightFormat::F16 if native_f16 => include_str!("../shaders/weights/f16_native.wgsl"),
+        WeightFormat::F32 => include_str!("../shaders/weights/f32.wgsl"),
+        WeightFormat::F16 => include_str!("../shaders/weights/f16.wgsl"),
+        WeightFormat::Int8 => include_str!("../shaders/weights/int8.wgsl"),
+        _ => include_str!("../shaders/weights/int4.wgsl"),
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let format = match args.first().map(String::as_str) {
+        Some("fp32") => WeightFormat::F32,
+        Some("fp16") | Some("fp16n") => WeightFormat::F16,
+        Some("int8") => WeightFormat::Int8,
+        _ => WeightFormat::Int4,
+    };
+    let (n, k) = args
+        .get(1)
+        .and_then(|s| s.split_once('x'))
+        .map(|(a, b)| (a.parse::<usize>().unwrap(), b.parse::<usize>().unwrap()))
+        .unwrap_or((3072, 576));
+    let variants: Vec<&String> = args.iter().skip(2).collect();
+    let gpu: Gpu = pollster::block_on(Gpu::new()).expect("adapter");
+    println!("{} {:?} {n}x{k}", gpu.caps.adapter_name, format);
+    let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 1000) as f32 / 1000.0 - 0.5) * 0.1).collect();
+    let m = upload_matrix(&gpu, "w", &[&w], k, format).expect("upload");
+    let x = gpu.storage_init("x", bytemuck::cast_slice(&vec![0.5f32; 2 * k]));
+    let y = gpu.storage("y", n as u64 * 4);
+    let aux = gpu.storage_init("aux", bytemuck::cast_slice(&vec![1.0f32; k]));
+    let filler = gpu.storage("filler", 16);
+    let state = gpu.storage_init("state", bytemuck::cast_slice(&[0u32, 1, 0, 0]));
+    let mut built = Vec::new();
+    for v in &variants {
+        let f: Vec<&str> = v.split(':').collect();
+        // An optional 6th field: a prelude file read at run time (A/B of shader edits).
+        let prelude_text = match f.get(5) {
+            Some(path) => std::fs::read_to_string(path).expect("prelude file"),
+            None => prelude(m.format, args[0] == "fp16n").to_string(),
+        };
+        let source = format!("{prelude_text}\n{}", include_str!("../shaders/matvec.wgsl"));
+        let module = gpu.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: None,
+            source: wgpu::ShaderSource::Wgsl(source.into()),
+        });
+        let (entry, wg, tpr, rows) =
+            (f[0], f[1].parse::<u32>().unwrap(), f[2].parse::<u32>().unwrap(), f[3].parse::<u32>().unwrap());
+        let mode = f.get(4).copied().unwrap_or("");
+        let c = [
+            ("WG", f64::from(wg)),
+            ("TPR", f64::from(tpr)),
+            ("ROWS", f64::from(rows)),
+            ("FUSE_NORM", if mode == "norm" { 1.0 } else { 0.0 }),
+            ("SWIGLU_IN", if mode == "swiglu" { 1.0 } else { 0.0 }),
+        ];
+        let pipeline = gpu.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: None,
+            layout: None,
+            module: &module,
+            entry_point: Some(entry),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: &c,
+                zero_initialize_workgroup_memory: true,
+            },
+            cache: None,
+        });
+        let params = MatParams {
+            n: n as u32,
+            k: k as u32,
+            x_stride: if mode == "swiglu" { 2 * k as u32 } else { k as u32 },
+            y_stride: n as u32,
+            eps: 1e-5,
+            last_row: 0,
+            y_off: 0,
+            _pad: 0,
+        };
+        let ub = gpu.uniform_init("p", bytemuck::bytes_of(&params));
+        let mut entries = vec![(0, &ub), (3, &x), (4, &y), (5, &aux), (6, &filler), (7, &state)];
+        entries.extend(m.shards[0].bindings());
+        let layout = pipeline.get_bind_group_layout(0);
+        let e: Vec<_> = entries
+            .iter()
+            .map(|(b, buf)| wgpu::BindGroupEntry { binding: *b, resource: buf.as_entire_binding() })
+            .collect();
+        let bind =
+            gpu.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &layout, entries: &e });
+        let per_wg = wg / tpr * rows;
+        built.push((v.to_string(), pipeline, bind, (n as u32).div_ceil(per_wg), Vec::new()));
+    }
+    let reps = 20;
+    for round in 0..12 {
+        for b in built.iter_mut() {
+            let mut enc = gpu.device.create_command_encoder(&Default::default());
+            {
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                pass.set_pipeline(&b.1);
+                pass.set_bind_group(0, &b.2, &[]);
+                for _ in 0..reps {
+                    pass.dispatch_workgroups(b.3, 1, 1);
+                }
+            }
+            let t = Instant::now();
+            gpu.queue.submit([enc.finish()]);
+            gpu.device.poll(wgpu::PollType::wait_indefinitely()).expect("poll");
+            if round > 0 {
+                b.4.push(t.elapsed().as_secs_f64() * 1e3 / f64::from(reps));
+            }
+        }
+    }
+    for b in built.iter_mut() {
+        b.4.sort_by(f64::total_cmp);
+        let (min, med) = (b.4[0], b.4[b.4.len() / 2]);
+        let per_w = |ms: f64| ms * 1e6 / (n * k) as f64;
+        println!(
+            "{:40} min {:7.3} ms {:6.3} ns/weight   median {:7.3} ms {:6.3} ns/weight",
+            b.0,
+            min,
+            per_w(min),
+            med,
+            per_w(med)
+        );
+    }
+}
