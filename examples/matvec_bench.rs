@@ -4,7 +4,7 @@
 //!
 //!   cargo run --release --example matvec_bench -- int4 3072x576 main:256:1:2 cpu:32:1:8
 //!
-//! Each variant is `entry:WG:TPR:ROWS[:norm|swiglu|plain[:prelude.wgsl]]`; the matrix is `NxK`. Prints the median
+//! Each variant is `entry:WG:TPR:ROWS[:norm|swiglu|plain[:prelude.wgsl[:matvec.wgsl]]]`; the matrix is `NxK`. Prints the median
 //! time per dispatch and per weight over rounds of 20 dispatches.
 
 use std::time::Instant;
@@ -50,11 +50,16 @@ fn main() {
     for v in &variants {
         let f: Vec<&str> = v.split(':').collect();
         // An optional 6th field: a prelude file read at run time (A/B of shader edits).
-        let prelude_text = match f.get(5) {
+        let prelude_text = match f.get(5).filter(|p| !p.is_empty()) {
             Some(path) => std::fs::read_to_string(path).expect("prelude file"),
             None => prelude(m.format, args[0] == "fp16n").to_string(),
         };
-        let source = format!("{prelude_text}\n{}", include_str!("../shaders/matvec.wgsl"));
+        // An optional 7th: a matvec.wgsl to use instead of the built-in one.
+        let body = match f.get(6) {
+            Some(path) => std::fs::read_to_string(path).expect("matvec file"),
+            None => include_str!("../shaders/matvec.wgsl").to_string(),
+        };
+        let source = format!("{prelude_text}\n{body}");
         let module = gpu.device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: None,
             source: wgpu::ShaderSource::Wgsl(source.into()),
