@@ -582,7 +582,12 @@ async fn optimize_for_browser_rebuilds_with_the_profile() {
     assert!(l.optimize_for_browser(JsValue::from_str(other)).unwrap());
     let s = stats(&l);
     assert_eq!(s["browser"], json!(other));
-    let want_wg = if other == "firefox" { 256 } else { 128 };
+    // CPU rasterisers (SwiftShader, lavapipe: "fallback adapter") get the CPU workgroup in
+    // every profile; GPUs the browser's own.
+    let adapter = s["adapter"].as_str().unwrap_or("").to_ascii_lowercase();
+    let is_cpu = ["fallback", "swiftshader", "llvmpipe", "lavapipe"].iter().any(|k| adapter.contains(k));
+    let caps = AdapterCaps { is_cpu, ..AdapterCaps::default() };
+    let want_wg = BrowserProfile::for_browser(BrowserName::parse_forced("b", other).unwrap(), &caps).workgroup_size[0];
     assert_eq!(s["workgroup_size"][0], json!(want_wg), "pipelines rebuilt with the {other} workgroup");
     // Still the reference ids after the rebuild.
     let fx = fixture();
