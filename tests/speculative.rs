@@ -214,8 +214,9 @@ fn stops_act_within_a_verified_batch() {
 fn prefetch_strategies_change_what_is_submitted() {
     let src = tiny_llama(21);
     let prompt = repetitive_prompt();
-    // Token prediction: adaptive lengthens its drafts while they are accepted, so it
-    // verifies fewer, longer drafts than fixed for the same ids.
+    // Token prediction: adaptive lengthens its drafts while they are accepted (and stops
+    // drafting where verification measured slower than decoding, which depends on the
+    // machine's timing), so it verifies fewer drafts, never shorter ones, than fixed.
     let mut fixed = engine(&src, PrefetchStrategy::Fixed, 8);
     let mut adaptive = engine(&src, PrefetchStrategy::Adaptive, 8);
     let f = run(&mut fixed, true, &prompt, &greedy(60));
@@ -226,7 +227,7 @@ fn prefetch_strategies_change_what_is_submitted() {
     let (fp, fv) = (f.stats.proposed, f.stats.verify_passes);
     assert!(fp <= 4 * fv && fp > 4 * (fv - 1), "fixed: {fp} drafts in {fv} passes");
     let (ap, av) = (a.stats.proposed, a.stats.verify_passes);
-    assert!(av < fv && ap > 4 * av, "adaptive: {ap} drafts in {av} passes; fixed {fp} in {fv}");
+    assert!(av < fv && ap >= 4 * av, "adaptive: {ap} drafts in {av} passes; fixed {fp} in {fv}");
     // Plain decoding: after generations that were stopped early, adaptive submits fewer
     // steps at a time (less work to discard at a stop), fixed keeps 8.
     let fresh: Vec<u32> = (0..23).map(|i| (i * 37 + 11) % 290).collect();
