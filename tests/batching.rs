@@ -228,3 +228,13 @@ fn a_generation_that_leaves_and_rejoins_with_submissions_in_flight_continues_exa
     }
     assert_eq!(ids, want.ids, "nothing of the old lane's in-flight steps reached the rejoined generation");
 }
+
+#[test]
+fn initial_batch_size_builds_that_many_lanes_at_load() {
+    let src = tiny_llama(46);
+    let one = engine(&src, false, KvOptions::default(), StreamingConfig::default());
+    let config = StreamingConfig { initial_batch_size: 3, ..Default::default() };
+    let three = engine(&src, false, KvOptions::default(), config);
+    assert_eq!((one.model.lane_count(), three.model.lane_count()), (1, 3));
+    assert_eq!(three.model.kv_bytes(), 3 * one.model.kv_bytes(), "each lane has its own KV cache");
+}

@@ -165,7 +165,12 @@ impl Engine {
         let t0 = Instant::now();
         let tokenizer = src.tokenizer()?;
         let kernels = Kernels::default();
-        let model = LlamaGpu::load(&gpu, &kernels, src, options.load.clone(), progress)?;
+        let mut model = LlamaGpu::load(&gpu, &kernels, src, options.load.clone(), progress)?;
+        // initial_batch_size: lanes (KV cache, token buffer, dispatch lists) built now, so
+        // the first concurrent generations do not build theirs; more come when needed.
+        let initial = (options.config.initial_batch_size as usize).clamp(1, model.max_lanes());
+        model.select_lane(&gpu, &kernels, initial - 1)?;
+        model.select_lane(&gpu, &kernels, 0)?;
         gpu.take_errors()?;
         let mut options = options;
         options.load = model.options.clone();
