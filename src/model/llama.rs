@@ -199,8 +199,6 @@ pub struct LlamaGpu {
     cur: usize,
     /// The shared matrix dispatches of a batched step (built on first use).
     batched: Option<batch::Shared>,
-    /// A lane's state was rewritten since the batch rows were last written.
-    rows_stale: std::cell::Cell<bool>,
 }
 
 pub(crate) fn u32_of(v: usize, what: &str) -> Result<u32> {
@@ -371,12 +369,29 @@ impl LlamaGpu {
             lanes: Vec::new(),
             cur: 0,
             batched: None,
-            rows_stale: std::cell::Cell::new(true),
         };
         let lane = Lane::build(&model, gpu, kernels)?;
         model.activation_bytes += lane.buffer_bytes();
         model.lanes.push(lane);
         Ok(model)
+    }
+
+    /// A dispatch builder with this model's kernel geometry, binding `state` as the step
+    /// state and reading `batch` input rows per matvec workgroup.
+    fn builder<'a>(&'a self, gpu: &'a Gpu, kernels: &'a Kernels, state: &'a wgpu::Buffer, batch: u32) -> Builder<'a> {
+        let g = &self.geo;
+        Builder {
+            gpu,
+            kernels,
+            wg: g.wg,
+            rows: g.rows,
+            tpr: g.tpr,
+            wide_tpr: g.wide_tpr,
+            state,
+            filler: &self.acts.filler,
+            eps: self.config.rms_eps,
+            batch,
+        }
     }
 
     /// The lane the single-sequence methods act on.
@@ -443,8 +458,6 @@ impl LlamaGpu {
     /// Set the step state (pos, n_tokens) before a submission.
     pub fn write_state(&self, gpu: &Gpu, pos: u32, n_tokens: u32) {
         gpu.queue.write_buffer(&self.lane().state, 0, bytemuck::cast_slice(&[pos, n_tokens, 0u32, 0u32]));
-        // The lane's row is 0 again: the next batch rewrites every row.
-        self.rows_stale.set(true);
     }
 
     /// Write token ids at `pos..` of the token buffer.

@@ -8,7 +8,7 @@
 //! (lanes), O / gate-up / down (shared), and at the end lm_head (shared) and the samplers
 //! (lanes). Lanes keep their positions on the GPU, so several steps fit in one submission.
 
-use super::{Builder, Dispatch, LlamaGpu, run};
+use super::{Dispatch, LlamaGpu, run};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Kernels, MatMode};
 use crate::model::upload::GpuMatrix;
@@ -24,8 +24,6 @@ pub(super) struct Shared {
     several: Option<Vec<Vec<Dispatch>>>,
     /// `[4]` u32: (0, B, 0, 0) for the shared dispatches.
     state: wgpu::Buffer,
-    /// The lanes of the rows last written (empty: none).
-    rows: Vec<usize>,
 }
 
 impl Shared {
@@ -35,7 +33,7 @@ impl Shared {
         let many = if m.geo.tpr > 1 { m.options.matvec_batch.clamp(1, 4) } else { 1 };
         let one = Self::segments(m, gpu, kernels, &state, 1)?;
         let several = if many > 1 { Some(Self::segments(m, gpu, kernels, &state, many)?) } else { None };
-        Ok(Shared { segs: one, several, state, rows: Vec::new() })
+        Ok(Shared { segs: one, several, state })
     }
 
     /// The shared dispatches, big matrices reading their weights once for `batch` rows.
@@ -46,20 +44,8 @@ impl Shared {
         state: &wgpu::Buffer,
         batch: u32,
     ) -> Result<Vec<Vec<Dispatch>>> {
-        let (w, a, g) = (&m.weights, &m.acts, &m.geo);
-        let builder = |rows_in: u32| Builder {
-            gpu,
-            kernels,
-            wg: g.wg,
-            rows: g.rows,
-            tpr: g.tpr,
-            wide_tpr: g.wide_tpr,
-            state,
-            filler: &a.filler,
-            eps: m.config.rms_eps,
-            batch: rows_in,
-        };
-        let (small, big) = (builder(1), builder(batch));
+        let (w, a) = (&m.weights, &m.acts);
+        let (small, big) = (m.builder(gpu, kernels, state, 1), m.builder(gpu, kernels, state, batch));
         let min = m.options.batch_matvec_min_weights;
         let pick = |mat: &GpuMatrix| if mat.rows as usize * mat.cols as usize >= min { &big } else { &small };
         let mut segs: Vec<Vec<Dispatch>> = (0..=w.layers.len()).map(|_| Vec::new()).collect();
@@ -122,14 +108,12 @@ impl LlamaGpu {
         if self.batched.is_none() {
             self.batched = Some(Shared::build(self, gpu, kernels)?);
         }
-        // Rows only change when lanes join or leave (a prefill resets its lane's row to 0).
-        let Some(s) = &mut self.batched else { return Ok(()) };
-        if s.rows != lanes || self.rows_stale.replace(false) {
-            gpu.queue.write_buffer(&s.state, 0, bytemuck::cast_slice(&[0u32, lanes.len() as u32, 0, 0]));
-            for (row, &l) in lanes.iter().enumerate() {
-                gpu.queue.write_buffer(&self.lanes[l].state, 8, bytemuck::cast_slice(&[row as u32]));
-            }
-            s.rows = lanes.to_vec();
+        // A few bytes per submission: cheaper to write than to track (a prefill resets its
+        // lane's row to 0).
+        let Some(s) = &self.batched else { return Ok(()) };
+        gpu.queue.write_buffer(&s.state, 0, bytemuck::cast_slice(&[0u32, lanes.len() as u32, 0, 0]));
+        for (row, &l) in lanes.iter().enumerate() {
+            gpu.queue.write_buffer(&self.lanes[l].state, 8, bytemuck::cast_slice(&[row as u32]));
         }
         Ok(())
     }

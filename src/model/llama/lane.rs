@@ -87,18 +87,7 @@ impl Lane {
         let kv = KvCache::new(gpu, m.plan.clone());
         let tokens = gpu.storage("tokens", (m.plan.max_positions as u64 + 1) * 4);
         let state = gpu.storage("state", 16);
-        let b = Builder {
-            gpu,
-            kernels,
-            wg: g.wg,
-            rows: g.rows,
-            tpr: g.tpr,
-            wide_tpr: g.wide_tpr,
-            state: &state,
-            filler: &a.filler,
-            eps: cfg.rms_eps,
-            batch: 1,
-        };
+        let b = m.builder(gpu, kernels, &state, 1);
         let embd = &w.embd;
         // One gather per shard of the table; each writes the ids that fall in its rows.
         let embed = |b: &Builder| -> Result<Vec<Dispatch>> {
