@@ -250,6 +250,41 @@ fn wide(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     finish(tid, lane, row0, acc, ss, true);
 }
 
+// Accumulators of a batched workgroup: dot products and x^2 sums of its 4 input rows (kept
+// in locals while accumulating: naga 30 cannot write pointers to struct members here).
+struct BatchAcc {
+    a0: vec4<f32>,
+    a1: vec4<f32>,
+    a2: vec4<f32>,
+    a3: vec4<f32>,
+    s0: f32,
+    s1: f32,
+    s2: f32,
+    s3: f32,
+}
+
+// Start of each input row of a batched workgroup, and its ROWS weight rows (clamped).
+fn batch_inputs(wid: vec3<u32>) -> vec4<u32> {
+    return vec4<u32>(batch_row(wid, 0u), batch_row(wid, 1u), batch_row(wid, 2u), batch_row(wid, 3u)) * p.x_stride;
+}
+
+fn clamped_rows(row0: u32) -> vec4<u32> {
+    return min(vec4<u32>(row0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(p.n - 1u));
+}
+
+fn finish_batch4(wid: vec3<u32>, tid: u32, lane: u32, row0: u32, acc: BatchAcc) {
+    finish_batch(wid, 0u, tid, lane, row0, acc.a0, acc.s0);
+    if (BATCH > 1u) {
+        finish_batch(wid, 1u, tid, lane, row0, acc.a1, acc.s1);
+    }
+    if (BATCH > 2u) {
+        finish_batch(wid, 2u, tid, lane, row0, acc.a2, acc.s2);
+    }
+    if (BATCH > 3u) {
+        finish_batch(wid, 3u, tid, lane, row0, acc.a3, acc.s3);
+    }
+}
+
 // Batched decode (BATCH > 1, GPUs): like `main`, each weight loaded once for BATCH input
 // rows, grid y = rows / BATCH rounded up.
 @compute @workgroup_size(WG)
@@ -257,16 +292,9 @@ fn batch(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) li
     let tid = lid.x;
     let lane = tid % TPR;
     let row0 = (wid.x * (WG / TPR) + tid / TPR) * ROWS;
-    let x0 = batch_row(wid, 0u) * p.x_stride;
-    let x1 = batch_row(wid, 1u) * p.x_stride;
-    let x2 = batch_row(wid, 2u) * p.x_stride;
-    let x3 = batch_row(wid, 3u) * p.x_stride;
+    let x = batch_inputs(wid);
+    let r = clamped_rows(row0);
     let k4n = p.k / 4u;
-    let last = p.n - 1u;
-    let r0 = min(row0, last);
-    let r1 = min(row0 + 1u, last);
-    let r2 = min(row0 + 2u, last);
-    let r3 = min(row0 + 3u, last);
     var a0 = vec4<f32>(0.0);
     var a1 = vec4<f32>(0.0);
     var a2 = vec4<f32>(0.0);
@@ -277,44 +305,35 @@ fn batch(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) li
     var s3 = 0.0;
     var k4 = lane;
     for (; k4 + TPR < k4n; k4 += 2u * TPR) {
-        let wa = load_rows4(r0, r1, r2, r3, k4, k4n);
-        let wb = load_rows4(r0, r1, r2, r3, k4 + TPR, k4n);
+        let wa = load_rows4(r.x, r.y, r.z, r.w, k4, k4n);
+        let wb = load_rows4(r.x, r.y, r.z, r.w, k4 + TPR, k4n);
         let g = norm_pair(k4, k4 + TPR);
-        a0 += dot_pair4(wa, wb, xin_pair(x0, k4, k4 + TPR, g, &s0));
+        a0 += dot_pair4(wa, wb, xin_pair(x.x, k4, k4 + TPR, g, &s0));
         if (BATCH > 1u) {
-            a1 += dot_pair4(wa, wb, xin_pair(x1, k4, k4 + TPR, g, &s1));
+            a1 += dot_pair4(wa, wb, xin_pair(x.y, k4, k4 + TPR, g, &s1));
         }
         if (BATCH > 2u) {
-            a2 += dot_pair4(wa, wb, xin_pair(x2, k4, k4 + TPR, g, &s2));
+            a2 += dot_pair4(wa, wb, xin_pair(x.z, k4, k4 + TPR, g, &s2));
         }
         if (BATCH > 3u) {
-            a3 += dot_pair4(wa, wb, xin_pair(x3, k4, k4 + TPR, g, &s3));
+            a3 += dot_pair4(wa, wb, xin_pair(x.w, k4, k4 + TPR, g, &s3));
         }
     }
     if (k4 < k4n) {
-        let w = load_rows4(r0, r1, r2, r3, k4, k4n);
+        let w = load_rows4(r.x, r.y, r.z, r.w, k4, k4n);
         let g = norm_pair(k4, k4).a;
-        a0 += dot_rows4(w, xin_one(x0, k4, g, &s0));
+        a0 += dot_rows4(w, xin_one(x.x, k4, g, &s0));
         if (BATCH > 1u) {
-            a1 += dot_rows4(w, xin_one(x1, k4, g, &s1));
+            a1 += dot_rows4(w, xin_one(x.y, k4, g, &s1));
         }
         if (BATCH > 2u) {
-            a2 += dot_rows4(w, xin_one(x2, k4, g, &s2));
+            a2 += dot_rows4(w, xin_one(x.z, k4, g, &s2));
         }
         if (BATCH > 3u) {
-            a3 += dot_rows4(w, xin_one(x3, k4, g, &s3));
+            a3 += dot_rows4(w, xin_one(x.w, k4, g, &s3));
         }
     }
-    finish_batch(wid, 0u, tid, lane, row0, a0, s0);
-    if (BATCH > 1u) {
-        finish_batch(wid, 1u, tid, lane, row0, a1, s1);
-    }
-    if (BATCH > 2u) {
-        finish_batch(wid, 2u, tid, lane, row0, a2, s2);
-    }
-    if (BATCH > 3u) {
-        finish_batch(wid, 3u, tid, lane, row0, a3, s3);
-    }
+    finish_batch4(wid, tid, lane, row0, BatchAcc(a0, a1, a2, a3, s0, s1, s2, s3));
 }
 
 // Batched decode with 8 weights per thread (`wide`'s layout, k a multiple of 8).
@@ -323,16 +342,9 @@ fn batch_wide(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
     let tid = lid.x;
     let lane = tid % TPR;
     let row0 = (wid.x * (WG / TPR) + tid / TPR) * ROWS;
-    let x0 = batch_row(wid, 0u) * p.x_stride;
-    let x1 = batch_row(wid, 1u) * p.x_stride;
-    let x2 = batch_row(wid, 2u) * p.x_stride;
-    let x3 = batch_row(wid, 3u) * p.x_stride;
+    let x = batch_inputs(wid);
+    let r = clamped_rows(row0);
     let k8n = p.k / 8u;
-    let last = p.n - 1u;
-    let r0 = min(row0, last);
-    let r1 = min(row0 + 1u, last);
-    let r2 = min(row0 + 2u, last);
-    let r3 = min(row0 + 3u, last);
     var a0 = vec4<f32>(0.0);
     var a1 = vec4<f32>(0.0);
     var a2 = vec4<f32>(0.0);
@@ -342,41 +354,34 @@ fn batch_wide(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
     var s2 = 0.0;
     var s3 = 0.0;
     for (var k8 = lane; k8 < k8n; k8 += TPR) {
-        let w0 = load_w8(r0, k8, k8n);
+        let w0 = load_w8(r.x, k8, k8n);
         var w1 = w0;
         var w2 = w0;
         var w3 = w0;
         if (ROWS > 1u) {
-            w1 = load_w8(r1, k8, k8n);
+            w1 = load_w8(r.y, k8, k8n);
         }
         if (ROWS > 2u) {
-            w2 = load_w8(r2, k8, k8n);
+            w2 = load_w8(r.z, k8, k8n);
         }
         if (ROWS > 3u) {
-            w3 = load_w8(r3, k8, k8n);
+            w3 = load_w8(r.w, k8, k8n);
         }
-        let g = norm_pair(2u * k8, 2u * k8 + 1u);
-        a0 += dot_rows8(w0, w1, w2, w3, xin_pair(x0, 2u * k8, 2u * k8 + 1u, g, &s0));
+        let ka = 2u * k8;
+        let kb = ka + 1u;
+        let g = norm_pair(ka, kb);
+        a0 += dot_rows8(w0, w1, w2, w3, xin_pair(x.x, ka, kb, g, &s0));
         if (BATCH > 1u) {
-            a1 += dot_rows8(w0, w1, w2, w3, xin_pair(x1, 2u * k8, 2u * k8 + 1u, g, &s1));
+            a1 += dot_rows8(w0, w1, w2, w3, xin_pair(x.y, ka, kb, g, &s1));
         }
         if (BATCH > 2u) {
-            a2 += dot_rows8(w0, w1, w2, w3, xin_pair(x2, 2u * k8, 2u * k8 + 1u, g, &s2));
+            a2 += dot_rows8(w0, w1, w2, w3, xin_pair(x.z, ka, kb, g, &s2));
         }
         if (BATCH > 3u) {
-            a3 += dot_rows8(w0, w1, w2, w3, xin_pair(x3, 2u * k8, 2u * k8 + 1u, g, &s3));
+            a3 += dot_rows8(w0, w1, w2, w3, xin_pair(x.w, ka, kb, g, &s3));
         }
     }
-    finish_batch(wid, 0u, tid, lane, row0, a0, s0);
-    if (BATCH > 1u) {
-        finish_batch(wid, 1u, tid, lane, row0, a1, s1);
-    }
-    if (BATCH > 2u) {
-        finish_batch(wid, 2u, tid, lane, row0, a2, s2);
-    }
-    if (BATCH > 3u) {
-        finish_batch(wid, 3u, tid, lane, row0, a3, s3);
-    }
+    finish_batch4(wid, tid, lane, row0, BatchAcc(a0, a1, a2, a3, s0, s1, s2, s3));
 }
 
 fn dot_rows8(w0: mat2x4<f32>, w1: mat2x4<f32>, w2: mat2x4<f32>, w3: mat2x4<f32>, x: X2) -> vec4<f32> {
