@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use common::{gpu, tiny_llama};
 use wsi::config::{BatchSizeStrategy, KvCacheStrategy, StreamingConfig};
 use wsi::engine::{Batch, Engine, EngineOptions, GenerateParams, Generation};
-use wsi::gpu::WeightFormat;
 use wsi::model::ModelSource;
 use wsi::model::kv_cache::KvOptions;
 use wsi::model::llama::LoadOptions;
@@ -19,19 +18,11 @@ use wsi::sampling::SampleSettings;
 /// `gpu_shaped`: cooperative matvec rows and split decode attention, as GPUs get them.
 fn engine(src: &dyn ModelSource, gpu_shaped: bool, kv: KvOptions, config: StreamingConfig) -> Engine {
     let load = LoadOptions {
-        format: WeightFormat::F32,
-        context: 128,
-        chunk: 16,
-        workgroup: 64,
-        threads_per_row: if gpu_shaped { 64 } else { 1 },
-        wide_threads_per_row: if gpu_shaped { 8 } else { 0 },
-        rows: 2,
-        attention_split: if gpu_shaped { 5 } else { 1 },
         kv,
         max_lanes: 4,
         // Every matrix of the tiny model through the batched matvec in steps of 2+ lanes.
         batch_matvec_min_weights: 1,
-        ..Default::default()
+        ..common::tiny_load_options(gpu_shaped)
     };
     let options = EngineOptions { load, steps_per_submit: 3, in_flight: 2, config, ..Default::default() };
     Engine::load(gpu(), src, options).expect("engine loads")

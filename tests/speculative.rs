@@ -20,18 +20,7 @@ fn engine(src: &dyn ModelSource, strategy: PrefetchStrategy, steps: u32) -> Engi
 /// `gpu_shaped`: the kernel shapes GPUs get (cooperative matvec rows, tiled matmul, split
 /// decode attention), whose sums differ more from the verification's prefill kernels.
 fn engine_shaped(src: &dyn ModelSource, strategy: PrefetchStrategy, steps: u32, gpu_shaped: bool) -> Engine {
-    let load = LoadOptions {
-        format: WeightFormat::F32,
-        context: 128,
-        chunk: 16,
-        workgroup: 64,
-        threads_per_row: if gpu_shaped { 64 } else { 1 },
-        wide_threads_per_row: if gpu_shaped { 8 } else { 0 },
-        rows: 2,
-        attention_split: if gpu_shaped { 5 } else { 1 },
-        max_binding: 0,
-        ..Default::default()
-    };
+    let load = common::tiny_load_options(gpu_shaped);
     let config = StreamingConfig { prefetch_strategy: strategy, ..Default::default() };
     let options = EngineOptions { load, steps_per_submit: steps, in_flight: 2, config, ..Default::default() };
     Engine::load(gpu(), src, options).expect("engine loads")

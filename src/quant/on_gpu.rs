@@ -82,7 +82,7 @@ impl<'a> GpuQuantizer<'a> {
         {
             return Err(Error::internal(format!("{} weights are not rows of {cols} in units of {u}", x.len())));
         }
-        // A small placeholder where unweighted: the binding must hold something.
+        // Unweighted: the kernel ignores binding 4, but WebGPU needs a buffer bound there.
         let imp_buf = match imp {
             Some(c) => self.gpu.storage_init("quantize importance", bytemuck::cast_slice(c)),
             None => self.gpu.storage("quantize importance (unused)", 16),

@@ -31,6 +31,25 @@ pub fn tiny_llama(seed: u64) -> GgufSource {
     GgufSource::from_bytes(tiny_gguf(&spec, Arch::Llama, seed, HostFormat::F32).expect("tiny model")).expect("parse")
 }
 
+/// Load options for [`tiny_llama`] engines: f32 weights, 128 positions, 16-token chunks.
+/// `gpu_shaped`: the kernel shapes GPUs get (cooperative matvec rows, the wide matvec, split
+/// decode attention), whose sums differ more from the prefill kernels'; otherwise those of
+/// CPU rasterisers.
+pub fn tiny_load_options(gpu_shaped: bool) -> wsi::model::llama::LoadOptions {
+    wsi::model::llama::LoadOptions {
+        format: wsi::gpu::WeightFormat::F32,
+        context: 128,
+        chunk: 16,
+        workgroup: 64,
+        threads_per_row: if gpu_shaped { 64 } else { 1 },
+        wide_threads_per_row: if gpu_shaped { 8 } else { 0 },
+        rows: 2,
+        attention_split: if gpu_shaped { 5 } else { 1 },
+        max_binding: 0,
+        ..Default::default()
+    }
+}
+
 /// Deterministic pseudo-random values in [-scale, scale].
 pub fn rand_vec(n: usize, seed: u64, scale: f32) -> Vec<f32> {
     let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
