@@ -38,7 +38,7 @@ fn main() {
         .unwrap_or((3072, 576));
     let variants: Vec<&String> = args.iter().skip(2).collect();
     let gpu: Gpu = pollster::block_on(Gpu::new()).expect("adapter");
-    println!("{} {:?} {n}x{k}", gpu.caps.adapter_name, format);
+    println!("{} {:?} {n}x{k} subgroups {}", gpu.caps.adapter_name, format, gpu.caps.subgroups);
     let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 1000) as f32 / 1000.0 - 0.5) * 0.1).collect();
     let m = upload_matrix(&gpu, "w", &[&w], k, format).expect("upload");
     let x = gpu.storage_init("x", bytemuck::cast_slice(&vec![0.5f32; 2 * k]));
@@ -60,6 +60,7 @@ fn main() {
             None => include_str!("../shaders/matvec.wgsl").to_string(),
         };
         let source = format!("{prelude_text}\n{body}");
+        let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let module = gpu.device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: None,
             source: wgpu::ShaderSource::Wgsl(source.into()),
@@ -85,6 +86,9 @@ fn main() {
             },
             cache: None,
         });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            println!("{v}: {e}");
+        }
         let params = MatParams {
             n: n as u32,
             k: k as u32,
@@ -108,6 +112,34 @@ fn main() {
         let per_wg = wg / tpr * rows;
         built.push((v.to_string(), pipeline, bind, (n as u32).div_ceil(per_wg), Vec::new()));
     }
+    // Each variant's output against the first variant's (max relative difference), so that a
+    // variant that fails to compile or computes something else shows.
+    let staging = gpu.staging("y readback", n as u64 * 4);
+    let mut outputs: Vec<Vec<f32>> = Vec::new();
+    for b in &built {
+        gpu.queue.write_buffer(&y, 0, bytemuck::cast_slice(&vec![f32::NAN; n]));
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            pass.set_pipeline(&b.1);
+            pass.set_bind_group(0, &b.2, &[]);
+            pass.dispatch_workgroups(b.3, 1, 1);
+        }
+        enc.copy_buffer_to_buffer(&y, 0, &staging, 0, n as u64 * 4);
+        gpu.queue.submit([enc.finish()]);
+        let bytes = pollster::block_on(wsi::gpu::read_buffer(&gpu, &staging, n as u64 * 4)).expect("readback");
+        outputs.push(bytemuck::pod_collect_to_vec(&bytes));
+    }
+    let errors: Vec<f64> = outputs
+        .iter()
+        .map(|o| {
+            let scale = outputs[0].iter().fold(0f64, |m, v| m.max(f64::from(v.abs())));
+            o.iter().zip(&outputs[0]).fold(0f64, |m, (a, b)| {
+                let d = f64::from((a - b).abs());
+                if d.is_nan() { f64::INFINITY } else { m.max(d / scale.max(1e-30)) }
+            })
+        })
+        .collect();
     let reps = 20;
     for round in 0..12 {
         for b in built.iter_mut() {
@@ -128,17 +160,20 @@ fn main() {
             }
         }
     }
-    for b in built.iter_mut() {
+    let bytes = (n * k) as f64 * m.format.bytes_per_weight();
+    for (b, err) in built.iter_mut().zip(&errors) {
         b.4.sort_by(f64::total_cmp);
         let (min, med) = (b.4[0], b.4[b.4.len() / 2]);
         let per_w = |ms: f64| ms * 1e6 / (n * k) as f64;
         println!(
-            "{:40} min {:7.3} ms {:6.3} ns/weight   median {:7.3} ms {:6.3} ns/weight",
+            "{:40} min {:7.3} ms {:6.3} ns/weight {:7.1} GB/s   median {:7.3} ms {:6.3} ns/weight   max rel diff {:.1e}",
             b.0,
             min,
             per_w(min),
+            bytes / min / 1e6,
             med,
-            per_w(med)
+            per_w(med),
+            err
         );
     }
 }

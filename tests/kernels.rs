@@ -81,7 +81,7 @@ fn check_matrix_variant(
     batch: u32,
 ) {
     let kernels = Kernels::default();
-    let (got, want, kernel) = matrix_outputs(&kernels, tiled, format, mode, n, k, t, tpr, rows, wide, batch);
+    let (got, want, kernel) = matrix_outputs(&kernels, tiled, format, mode, n, k, t, tpr, rows, wide, batch, None);
     let err = max_rel_err(&got[..want.len()], &want, 1.0);
     assert!(err < 1e-4, "{kernel:?} tpr={tpr} rows={rows} n={n} k={k} t={t}: max rel err {err}");
 }
@@ -100,6 +100,7 @@ fn matrix_outputs(
     rows: u32,
     wide: bool,
     batch: u32,
+    sg_wg: Option<u32>,
 ) -> (Vec<f32>, Vec<f32>, Kernel) {
     let gpu = gpu();
     let w = rand_vec(n * k, 1, 0.5);
@@ -132,12 +133,13 @@ fn matrix_outputs(
             (Kernel::Matmul { format, mode, tiled: tpr > 1 }, [n.div_ceil(tile) as u32, t.div_ceil(tile) as u32, 1])
         }
     } else {
-        let groups = n.div_ceil((64 / tpr * rows) as usize) as u32;
-        (Kernel::Matvec { format, mode, wide, batch }, [groups, (t as u32).div_ceil(batch), 1])
+        let groups = n.div_ceil((sg_wg.unwrap_or(64) / tpr * rows) as usize) as u32;
+        let subgroup = sg_wg.is_some();
+        (Kernel::Matvec { format, mode, wide, batch, subgroup }, [groups, (t as u32).div_ceil(batch), 1])
     };
     let mut bindings = vec![(0, &ub), (3, &xb), (4, &yb), (5, &nb), (6, &bb), (7, &state)];
     bindings.extend(m.bindings());
-    run_with(&gpu, kernels, KernelKey { kernel, wg: 64, rows, tpr }, &bindings, grid);
+    run_with(&gpu, kernels, KernelKey { kernel, wg: sg_wg.unwrap_or(64), rows, tpr }, &bindings, grid);
     let got = read_f32(&gpu, &yb);
     // The weights as stored on the GPU (rounded to f16, or quantised and dequantised).
     let wr = stored_weights(&gpu, &m, &w);
@@ -161,8 +163,9 @@ fn fp16_native_loads_match_the_packed_prelude_where_the_adapter_has_shader_f16()
         (false, 130, 304, 2, 8, 4, true),
         (true, 70, 88, 45, 64, 4, false),
     ] {
-        let (a, want, kernel) = matrix_outputs(&native, tiled, WeightFormat::F16, mode, n, k, t, tpr, rows, wide, 1);
-        let (b, _, _) = matrix_outputs(&packed, tiled, WeightFormat::F16, mode, n, k, t, tpr, rows, wide, 1);
+        let (a, want, kernel) =
+            matrix_outputs(&native, tiled, WeightFormat::F16, mode, n, k, t, tpr, rows, wide, 1, None);
+        let (b, _, _) = matrix_outputs(&packed, tiled, WeightFormat::F16, mode, n, k, t, tpr, rows, wide, 1, None);
         // The same f16 values reach the same f32 arithmetic: equal outputs.
         assert_eq!(a, b, "{kernel:?} native vs packed");
         let err = max_rel_err(&a[..want.len()], &want, 1.0);
@@ -216,6 +219,34 @@ fn batched_matvec_reads_weights_once_for_up_to_four_rows_and_matches_cpu_referen
             for (tpr, rows, wide) in [(64u32, 4u32, false), (8, 3, false), (8, 4, true)] {
                 check_matrix_variant(false, format, mode, 37, 192, t, tpr, rows, wide, batch);
             }
+        }
+    }
+}
+
+#[test]
+fn subgroup_matvec_stages_input_tiles_reduces_by_shuffles_and_matches_cpu_reference() {
+    let gpu = gpu();
+    if !gpu.caps.subgroups {
+        eprintln!("{}: no subgroups, the subgroup matvec is not built here", gpu.caps.adapter_name);
+        return;
+    }
+    // Lane groups as wide as the smallest subgroup (lavapipe: 8); k past one 2048-element
+    // input tile and ragged against the lanes; rows past the workgroup's.
+    let tpr = gpu.caps.subgroup_min_size.min(32);
+    let kernels = Kernels::default();
+    let cases = [WeightFormat::F32, WeightFormat::Int4]
+        .into_iter()
+        .flat_map(|f| modes().into_iter().map(move |m| (f, m)))
+        .chain([WeightFormat::F16, WeightFormat::Int8, WeightFormat::Int3, WeightFormat::Int2].map(|f| {
+            let norm = MatMode { fuse_norm: true, ..Default::default() };
+            (f, norm)
+        }));
+    for (format, mode) in cases {
+        for (n, k, t, wg, rows) in [(37, 4160, 2, 4 * tpr, 4), (130, 264, 1, 2 * tpr, 1), (9, 96, 1, tpr, 3)] {
+            let (got, want, kernel) =
+                matrix_outputs(&kernels, false, format, mode, n, k, t, tpr, rows, true, 1, Some(wg));
+            let err = max_rel_err(&got[..want.len()], &want, 1.0);
+            assert!(err < 1e-4, "{kernel:?} tpr={tpr} wg={wg} rows={rows} n={n} k={k} t={t}: max rel err {err}");
         }
     }
 }

@@ -118,8 +118,12 @@ fn check_passthrough(format: WeightFormat, host: HostFormat) {
     assert!((file + extra..=file + extra + 2).contains(&(m.bytes() as usize)), "{} bytes", m.bytes());
     assert_same_values(&rows_through_embed(&gpu, &m), &want, &format!("{host:?} embed"));
     for (tpr, wide) in [(64, false), (1, false), (8, false), (8, true), (1, true)] {
-        let got =
-            columns_through_kernel(&gpu, &m, Kernel::Matvec { format, mode: MatMode::default(), wide, batch: 1 }, tpr);
+        let got = columns_through_kernel(
+            &gpu,
+            &m,
+            Kernel::Matvec { format, mode: MatMode::default(), wide, batch: 1, subgroup: false },
+            tpr,
+        );
         assert_same_values(&got, &want, &format!("{host:?} matvec tpr={tpr} wide={wide}"));
     }
     for tiled in [true, false] {

@@ -34,6 +34,12 @@ pub struct BenchReport {
     pub load_ms: f64,
     /// Of which quantising weights (ms).
     pub quantize_ms: f64,
+    /// CPU time to encode one decode step into a command buffer (µs; 64 steps encoded and
+    /// finished, not submitted): a floor on the time per token where the GPU is faster.
+    pub encode_us_per_step: f64,
+    /// GPU time per decode step (µs) with 64 steps in one submission, timed from the submit
+    /// to its completion (native only): what decode would cost without CPU or readback.
+    pub gpu_us_per_step: Option<f64>,
 }
 
 /// One kernel family's share of a step: (family, dispatches, total ms).
@@ -162,7 +168,55 @@ async fn bench_run(engine: &mut Engine, prompt: &[u32], gen_tokens: usize, warm_
         kv_cache_mb: kv as f64 / 1048576.0,
         load_ms: engine.load_ms,
         quantize_ms: engine.model.quantize_ms,
+        encode_us_per_step: encode_us_per_step(engine, 64),
+        gpu_us_per_step: gpu_us_per_step(engine, prompt_tokens + g.ids.len(), 64),
     })
+}
+
+/// GPU µs per decode step: `steps` steps from position `pos` in one submission (run twice,
+/// the second timed). The ids written are past the generation and never read.
+#[cfg(not(target_arch = "wasm32"))]
+fn gpu_us_per_step(engine: &mut Engine, pos: usize, steps: u32) -> Option<f64> {
+    if pos + steps as usize + 1 >= engine.model.kv_plan().max_positions {
+        return None;
+    }
+    let mut us = None;
+    for _ in 0..2 {
+        let mut enc = engine.gpu.device.create_command_encoder(&Default::default());
+        engine.model.reserve_kv(&engine.gpu, &mut enc, pos + steps as usize);
+        engine.model.write_state(&engine.gpu, pos as u32, 1);
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            for _ in 0..steps {
+                engine.model.encode_decode_step(&mut pass);
+            }
+        }
+        let cb = enc.finish();
+        let t = web_time::Instant::now();
+        engine.gpu.queue.submit([cb]);
+        engine.gpu.device.poll(wgpu::PollType::wait_indefinitely()).ok()?;
+        us = Some(t.elapsed().as_secs_f64() * 1e6 / f64::from(steps));
+    }
+    us
+}
+
+#[cfg(target_arch = "wasm32")]
+fn gpu_us_per_step(_: &mut Engine, _: usize, _: u32) -> Option<f64> {
+    None
+}
+
+/// CPU µs per decode step to encode `steps` steps and finish the command buffer.
+fn encode_us_per_step(engine: &Engine, steps: u32) -> f64 {
+    let t = web_time::Instant::now();
+    let mut enc = engine.gpu.device.create_command_encoder(&Default::default());
+    {
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        for _ in 0..steps {
+            engine.model.encode_decode_step(&mut pass);
+        }
+    }
+    drop(enc.finish());
+    t.elapsed().as_secs_f64() * 1e6 / f64::from(steps)
 }
 
 /// Throughput of `b` generations decoded together (continuous batching).

@@ -144,6 +144,14 @@ impl EngineOptions {
                 // Concurrent generations share decode steps up to max_batch_size lanes.
                 max_lanes: if cfg.adaptive_batch_size { cfg.max_batch_size as usize } else { 1 },
                 matvec_batch: env_u32("WSI_MATVEC_BATCH").unwrap_or(4),
+                // The subgroup matvec is opt-in (WSI_SUBGROUP_THREADS=32, capped by the
+                // adapter's smallest subgroup): faster alone on large matrices but slower in
+                // the model on the H100 (int4 decode, off -> on: 135M 740 -> 693, 1.1B
+                // 700 -> 614, 7B 220 -> 199 tok/s), where matrices are short enough that
+                // staging the input before the first weight load costs more than it saves.
+                subgroup_threads: env_u32("WSI_SUBGROUP_THREADS")
+                    .map_or(0, |t| if caps.is_cpu { 0 } else { t.min(caps.subgroup_min_size) }),
+                subgroup_shape: env_u32("WSI_SG_WG").zip(env_u32("WSI_SG_ROWS")),
                 batch_matvec_min_weights: 1 << 22,
             },
             steps_per_submit: steps,

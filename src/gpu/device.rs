@@ -12,6 +12,8 @@ pub struct GpuCaps {
     pub backend: String,
     pub shader_f16: bool,
     pub subgroups: bool,
+    /// The adapter's smallest subgroup (lanes; 0 without subgroups).
+    pub subgroup_min_size: u32,
     pub timestamps: bool,
     pub max_storage_binding: u64,
     pub max_buffer_size: u64,
@@ -81,6 +83,7 @@ impl Gpu {
             backend: format!("{:?}", info.backend),
             shader_f16: wanted.contains(wgpu::Features::SHADER_F16),
             subgroups: wanted.contains(wgpu::Features::SUBGROUP),
+            subgroup_min_size: if wanted.contains(wgpu::Features::SUBGROUP) { info.subgroup_min_size } else { 0 },
             timestamps: wanted.contains(wgpu::Features::TIMESTAMP_QUERY),
             max_storage_binding: limits.max_storage_buffer_binding_size,
             max_buffer_size: limits.max_buffer_size,

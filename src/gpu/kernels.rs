@@ -118,7 +118,9 @@ pub enum Kernel {
     /// point `wide`, k a multiple of 8), otherwise 4 (`main`). `batch` > 1 (up to 4): each
     /// workgroup reads its weights once for that many input rows (entry points `batch` and
     /// `batch_wide`, batched decode steps).
-    Matvec { format: WeightFormat, mode: MatMode, wide: bool, batch: u32 },
+    /// `subgroup` (k a multiple of 8, single-row steps, devices with subgroups): entry
+    /// point `subgroup` of `matvec_subgroup.wgsl`, shuffle reductions over `tpr` lanes.
+    Matvec { format: WeightFormat, mode: MatMode, wide: bool, batch: u32, subgroup: bool },
     /// Prefill matrix-matrix product; `tiled` stages operands in workgroup memory (GPUs),
     /// otherwise reads them directly (CPU rasterisers).
     Matmul { format: WeightFormat, mode: MatMode, tiled: bool },
@@ -168,6 +170,7 @@ impl KernelKey {
         match self.kernel {
             Kernel::AttentionCombine { .. } => "combine",
             Kernel::KvRequant { .. } => "requant",
+            Kernel::Matvec { subgroup: true, batch: 0 | 1, .. } => "subgroup",
             Kernel::Matvec { wide: true, batch: 2.., .. } => "batch_wide",
             Kernel::Matvec { batch: 2.., .. } => "batch",
             Kernel::Matvec { .. } if self.cpu_rows() => "cpu",
@@ -178,12 +181,12 @@ impl KernelKey {
 
     /// A matvec with one row group per thread: the `cpu` entry point (CPU rasterisers).
     fn cpu_rows(&self) -> bool {
-        matches!(self.kernel, Kernel::Matvec { batch: 0 | 1, .. }) && self.tpr <= 1
+        matches!(self.kernel, Kernel::Matvec { batch: 0 | 1, subgroup: false, .. }) && self.tpr <= 1
     }
 
     fn source(&self, native_f16: bool) -> String {
         let (prelude, body) = match self.kernel {
-            Kernel::Matvec { format, .. } => {
+            Kernel::Matvec { format, subgroup, .. } => {
                 let fallback = match format {
                     WeightFormat::Int3 | WeightFormat::Int2 => {
                         include_str!("../../shaders/weights/dot_w32_from_w8.wgsl")
@@ -194,8 +197,16 @@ impl KernelKey {
                 // load storage lane by lane, one scalar at a time, and 16-bit scalars halve
                 // what each load brings (lavapipe, 3072x576: 0.47 vs 0.88 ns/weight).
                 let native = native_f16 && !self.cpu_rows();
+                let (enable, entry) = if subgroup {
+                    // Browsers' WGSL compilers want the extension named; naga takes the
+                    // device feature instead and rejects the directive.
+                    let enable = if cfg!(target_arch = "wasm32") { "enable subgroups;\n" } else { "" };
+                    (enable, include_str!("../../shaders/matvec_subgroup.wgsl"))
+                } else {
+                    ("", "")
+                };
                 return format!(
-                    "{}\n{fallback}\n{}",
+                    "{enable}{}\n{fallback}\n{}\n{entry}",
                     format.prelude(native),
                     include_str!("../../shaders/matvec.wgsl")
                 );
@@ -289,10 +300,11 @@ impl Kernels {
             return Ok(p.clone());
         }
         let label = format!("{:?}", key.kernel);
-        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        let desc = wgpu::ShaderModuleDescriptor {
             label: Some(&label),
             source: wgpu::ShaderSource::Wgsl(key.source(self.native_f16(device)).into()),
-        });
+        };
+        let module = device.create_shader_module(desc);
         let constants = key.constants();
         let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(&label),
@@ -322,7 +334,7 @@ impl Kernels {
         for format in WeightFormat::ALL {
             let mode = MatMode::default();
             for k in [
-                Kernel::Matvec { format, mode, wide: false, batch: 1 },
+                Kernel::Matvec { format, mode, wide: false, batch: 1, subgroup: false },
                 Kernel::Matmul { format, mode, tiled: true },
                 Kernel::Embed { format },
             ] {

@@ -60,6 +60,13 @@ pub struct LoadOptions {
     /// Input rows one matvec workgroup of a batched step reads its weights for (1..=4; GPUs
     /// with cooperative rows only, `threads_per_row` > 1).
     pub matvec_batch: u32,
+    /// Lanes per row group of the subgroup matvec (0 = off; a power of two no larger than the
+    /// adapter's smallest subgroup): used for single-row steps of matrices whose k is a
+    /// multiple of 8, on devices with subgroups.
+    pub subgroup_threads: u32,
+    /// (workgroup, rows per lane group) of the subgroup matvec for every matrix (None: chosen
+    /// per matrix size).
+    pub subgroup_shape: Option<(u32, u32)>,
     /// Matrices with at least this many weights use that batched matvec in steps of 2 or
     /// more lanes; smaller ones, bound by dispatch count, keep one grid row per lane (H100,
     /// int4, 4 lanes: 7B 272 -> 341 tok/s and 1.1B 865 -> 942 with it, 135M 998 without
@@ -92,6 +99,8 @@ impl Default for LoadOptions {
             kv: KvOptions::default(),
             max_lanes: 1,
             matvec_batch: 4,
+            subgroup_threads: 0,
+            subgroup_shape: None,
             batch_matvec_min_weights: 1 << 22,
         }
     }
@@ -173,6 +182,8 @@ struct Geometry {
     rows: u32,
     tpr: u32,
     wide_tpr: u32,
+    /// Lanes per row group of the subgroup matvec (0 = not used).
+    sg_tpr: u32,
     split: u32,
 }
 
@@ -353,6 +364,11 @@ impl LlamaGpu {
                 0 => 0,
                 t => t.clamp(1, wg).next_power_of_two(),
             },
+            sg_tpr: if gpu.caps.subgroups && options.subgroup_threads.is_power_of_two() {
+                options.subgroup_threads.min(wg)
+            } else {
+                0
+            },
             split,
         };
         let mut model = LlamaGpu {
@@ -387,6 +403,8 @@ impl LlamaGpu {
             rows: g.rows,
             tpr: g.tpr,
             wide_tpr: g.wide_tpr,
+            sg_tpr: g.sg_tpr,
+            sg_shape: self.options.subgroup_shape,
             state,
             filler: &self.acts.filler,
             eps: self.config.rms_eps,
@@ -519,6 +537,9 @@ struct Builder<'a> {
     tpr: u32,
     /// Threads per row group of the wide matvec; 0 = not used.
     wide_tpr: u32,
+    /// Lanes per row group of the subgroup matvec; 0 = not used.
+    sg_tpr: u32,
+    sg_shape: Option<(u32, u32)>,
     state: &'a wgpu::Buffer,
     filler: &'a wgpu::Buffer,
     eps: f32,
@@ -534,6 +555,25 @@ impl Builder<'_> {
     fn key(&self, kernel: Kernel) -> KernelKey {
         let tpr = if matches!(kernel, Kernel::Matvec { wide: true, .. }) { self.wide_tpr } else { self.tpr };
         KernelKey { kernel, wg: self.wg, rows: self.rows, tpr }
+    }
+
+    /// The subgroup matvec's geometry for `n` rows: 128 threads on 4 rows per lane group,
+    /// fewer rows per workgroup while that leaves under 256 workgroups (small matrices want
+    /// the whole GPU busy more than they want the staged input shared by more rows).
+    fn subgroup_key(&self, kernel: Kernel, n: u32) -> KernelKey {
+        let tpr = self.sg_tpr;
+        if let Some((wg, rows)) = self.sg_shape {
+            return KernelKey { kernel, wg: wg.max(tpr), rows: rows.clamp(1, 4), tpr };
+        }
+        let (mut wg, mut rows) = (128u32.max(tpr), 4);
+        while n.div_ceil(wg / tpr * rows) < 256 && (rows > 1 || wg > 2 * tpr) {
+            if rows > 1 {
+                rows /= 2;
+            } else {
+                wg /= 2;
+            }
+        }
+        KernelKey { kernel, wg, rows, tpr }
     }
 
     fn bind(&self, pipeline: &wgpu::ComputePipeline, entries: &[(u32, &wgpu::Buffer)]) -> wgpu::BindGroup {
@@ -591,6 +631,7 @@ impl Builder<'_> {
             _pad: 0,
         };
         let ub = self.gpu.uniform_init("mat params", bytemuck::bytes_of(&params));
+        let subgroup = !tiled && self.sg_tpr > 0 && self.batch <= 1 && m.cols.is_multiple_of(8);
         let kernel = if tiled {
             Kernel::Matmul { format: m.format, mode, tiled: self.tpr > 1 }
         } else {
@@ -599,9 +640,11 @@ impl Builder<'_> {
                 mode,
                 wide: self.wide_tpr > 0 && m.format.prefers_wide_matvec() && m.cols.is_multiple_of(8),
                 batch: self.batch,
+                subgroup,
             }
         };
-        let pipeline = self.pipeline(kernel)?;
+        let key = if subgroup { self.subgroup_key(kernel, shard.rows) } else { self.key(kernel) };
+        let pipeline = self.kernels.get(&self.gpu.device, key)?;
         let mut entries = vec![
             (0, &ub),
             (3, x),
@@ -612,7 +655,7 @@ impl Builder<'_> {
         ];
         entries.extend(shard.bindings());
         let bind = self.bind(&pipeline, &entries);
-        let per_wg = self.key(kernel).rows_per_workgroup();
+        let per_wg = key.rows_per_workgroup();
         let grid = if tiled {
             let tile = matmul_tile(self.tpr > 1);
             Grid::PerTile(shard.rows.div_ceil(tile), tile)

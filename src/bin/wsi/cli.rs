@@ -485,7 +485,7 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 for (name, r) in std::iter::once(("base", &base)).chain(other.as_ref().map(|o| ("compare", o))) {
                     println!(
-                        "{name:8} {} [{}] {}: prefill {:.1} tok/s ({} tokens), decode {:.1} tok/s ({} tokens), first token {:.1} ms, {} dispatches/token, {:.3} submits/token, prefetch {} x {} steps ({}), prediction {}: {} verifications, hit rate {:.3}",
+                        "{name:8} {} [{}] {}: prefill {:.1} tok/s ({} tokens), decode {:.1} tok/s ({} tokens), first token {:.1} ms, {} dispatches/token ({:.0} µs CPU encode, {:.0} µs GPU per step), {:.3} submits/token, prefetch {} x {} steps ({}), prediction {}: {} verifications, hit rate {:.3}",
                         r.adapter,
                         r.backend,
                         r.quantization,
@@ -495,6 +495,8 @@ fn run(cli: Cli) -> Result<()> {
                         r.gen_tokens,
                         r.first_token_latency_ms,
                         r.dispatches_per_token,
+                        r.encode_us_per_step,
+                        r.gpu_us_per_step.unwrap_or(f64::NAN),
                         r.submissions_per_token,
                         r.in_flight,
                         r.steps_per_submit,
