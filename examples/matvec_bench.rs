@@ -97,7 +97,7 @@ fn main() {
             eps: 1e-5,
             last_row: 0,
             y_off: 0,
-            _pad: 0,
+            head_dim: 0,
         };
         let ub = gpu.uniform_init("p", bytemuck::bytes_of(&params));
         let mut entries = vec![(0, &ub), (3, &x), (4, &y), (5, &aux), (6, &filler), (7, &state)];

@@ -20,7 +20,9 @@ override SPLIT: u32 = 1;   // workgroups per (head, token) over the keys
 @group(0) @binding(3) var<storage, read> v_cache: array<u32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 @group(0) @binding(5) var<storage, read_write> scores: array<f32>;
-@group(0) @binding(6) var<storage, read_write> partial: array<f32>;  // [rows, n_heads, SPLIT, hd + 2]
+// [rows, n_heads, SPLIT, 4 + hd]: (max, sum, 0, 0) then the unnormalised sums, vec4-aligned
+// so that the o projection can merge them as it loads its input (matvec COMBINE_SPLIT).
+@group(0) @binding(6) var<storage, read_write> partial: array<f32>;
 @group(0) @binding(7) var<storage, read> state: array<u32>;
 
 var<workgroup> red: array<f32, 256>;
@@ -121,12 +123,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             sum += parts[i * hd4 + d4];
         }
         if (SPLIT > 1u) {
-            let pb = ((row * p.n_heads + h) * SPLIT + wid.z) * (p.hd + 2u);
+            let pb = ((row * p.n_heads + h) * SPLIT + wid.z) * (p.hd + 4u);
             if (d4 == 0u) {
                 partial[pb] = mx;
                 partial[pb + 1u] = total;
             }
-            let o = pb + 2u + d4 * 4u;
+            let o = pb + 4u + d4 * 4u;
             partial[o] = sum.x;
             partial[o + 1u] = sum.y;
             partial[o + 2u] = sum.z;
@@ -151,7 +153,7 @@ fn combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) 
         return;
     }
     let row = state[2] + t;
-    let stride = p.hd + 2u;
+    let stride = p.hd + 4u;
     let base = (row * p.n_heads + h) * SPLIT * stride;
     var mx = -3.0e38;
     for (var z = 0u; z < SPLIT; z++) {
@@ -168,7 +170,7 @@ fn combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) 
             if (lz > 0.0) {
                 let w = exp(partial[pz] - mx);
                 l += lz * w;
-                acc += partial[pz + 2u + d] * w;
+                acc += partial[pz + 4u + d] * w;
             }
         }
         out[row * p.n_heads * p.hd + h * p.hd + d] = acc / l;

@@ -15,7 +15,7 @@ struct MatParams {
     eps: f32,       // RMSNorm epsilon
     last_row: u32,  // 1: read only input row state.n_tokens - 1 (lm_head after prefill)
     y_off: u32,     // first output row of this weight shard
-    _pad0: u32,
+    head_dim: u32,  // COMBINE_SPLIT: attention head size of the partials
 }
 
 override WG: u32 = 64;          // threads per workgroup, power of two
@@ -29,6 +29,10 @@ override HAS_BIAS: bool = false;
 // its weights once for rows wid.y * BATCH .. + BATCH - 1 (those past state.n_tokens are
 // computed from the last row and not stored); with 1, the row is the grid's y.
 override BATCH: u32 = 1;
+// > 0: the input `x` is the split decode attention's partials over this many key splits
+// ([rows, n_heads, SPLIT, 4 + hd] f32: max, sum, 0, 0, then hd sums), merged per
+// element as the combine kernel would (the o projection then needs no combine dispatch).
+override COMBINE_SPLIT: u32 = 0u;
 
 @group(0) @binding(0) var<uniform> p: MatParams;
 @group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;
@@ -44,12 +48,43 @@ var<private> out_row: u32;
 // Input elements kb..kb+3 of the row at `base` (kb a multiple of 4), SwiGLU-combined when
 // the variant asks; RMSNorm is applied in two parts (the weight `aux` here, 1/rms at the end).
 fn xin4(base: u32, kb: u32) -> vec4<f32> {
+    if (COMBINE_SPLIT > 0u) {
+        return combined4(base / p.x_stride, kb);
+    }
     var v = x[(base + kb) / 4u];
     if (SWIGLU_IN) {
         let u = x[(base + p.k + kb) / 4u];
         v = v / (1.0 + exp(-v)) * u;
     }
     return v;
+}
+
+// Attention output elements kb..kb+3 (one head: hd is a multiple of 4) of activation row
+// `row`, from the partials: the same arithmetic, per element, as attention.wgsl's `combine`.
+fn combined4(row: u32, kb: u32) -> vec4<f32> {
+    let hd = p.head_dim;
+    let stride = hd / 4u + 1u;
+    let h = kb / hd;
+    let d4 = (kb % hd) / 4u;
+    let b = (row * (p.k / hd) + h) * COMBINE_SPLIT * stride;
+    var mx = -3.0e38;
+    for (var z = 0u; z < COMBINE_SPLIT; z++) {
+        let ml = x[b + z * stride];
+        if (ml.y > 0.0) {
+            mx = max(mx, ml.x);
+        }
+    }
+    var l = 0.0;
+    var acc = vec4<f32>(0.0);
+    for (var z = 0u; z < COMBINE_SPLIT; z++) {
+        let ml = x[b + z * stride];
+        if (ml.y > 0.0) {
+            let w = exp(ml.x - mx);
+            l += ml.y * w;
+            acc += x[b + z * stride + 1u + d4] * w;
+        }
+    }
+    return acc / l;
 }
 
 // The input row of this workgroup: the grid's y, or the last prefill token (lm_head).

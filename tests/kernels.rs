@@ -118,7 +118,7 @@ fn matrix_outputs(
         eps: 1e-5,
         last_row: 0,
         y_off: 0,
-        _pad: 0,
+        head_dim: 0,
     };
     let ub = gpu.uniform_init("p", bytemuck::bytes_of(&params));
     let xb = gpu.storage_init("x", bytemuck::cast_slice(&x));
@@ -630,7 +630,7 @@ fn check_attention(wg: u32, hd: usize, split: u32, f: KvFormats, window: Option<
     let out = gpu.storage("out", (t * nh * hd * 4) as u64);
     let scores = gpu.storage("scores", (t * nh * (sinks + win) * 4) as u64);
     let state = gpu.storage_init("state", bytemuck::cast_slice(&[pos0 as u32, t as u32, 0, 0]));
-    let partial = gpu.storage("partial", (t * nh * split as usize * (hd + 2) * 4) as u64);
+    let partial = gpu.storage("partial", (t * nh * split as usize * (hd + 4) * 4) as u64);
     run(
         &gpu,
         KernelKey { kernel: Kernel::Attention { split, kv: f }, wg, rows: 1, tpr: 1 },

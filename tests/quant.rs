@@ -46,7 +46,7 @@ fn columns_through_kernel(gpu: &Gpu, m: &GpuMatrix, kernel: Kernel, tpr: u32) ->
         eps: 0.0,
         last_row: 0,
         y_off: 0,
-        _pad: 0,
+        head_dim: 0,
     };
     let ub = gpu.uniform_init("p", bytemuck::bytes_of(&params));
     let xb = gpu.storage_init("x", bytemuck::cast_slice(&eye));

@@ -55,6 +55,17 @@ pub fn profile(engine: &Engine, reps: u32, prefill_tokens: u32) -> Result<(Vec<F
     Ok((by_family(times.rows), times.gpu_timestamps))
 }
 
+/// In-stream cost of each decode kernel family (µs per step saved without it, see
+/// `LlamaGpu::ablate`) after a bench run that left the sequence at `pos`, and the whole step.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn ablate(engine: &mut Engine, pos: usize, steps: u32) -> Result<(Vec<FamilyTime>, f64)> {
+    let mut enc = engine.gpu.device.create_command_encoder(&Default::default());
+    engine.model.reserve_kv(&engine.gpu, &mut enc, pos + 1);
+    engine.gpu.queue.submit([enc.finish()]);
+    let (rows, whole) = engine.model.ablate(&engine.gpu, pos as u32, steps)?;
+    Ok((rows.into_iter().map(|(f, n, us)| (f.to_string(), n, us / 1e3)).collect(), whole / 1e3))
+}
+
 /// Per kernel family, like [`profile`], for a batched step of `b` lanes (built by a
 /// [`bench_batch`] of at least `b` before); None without timestamp queries.
 #[cfg(not(target_arch = "wasm32"))]

@@ -28,7 +28,7 @@ pub use bench::{
     BatchBenchReport, BenchReport, REPETITIVE_PROMPT, bench, bench_again, bench_batch, bench_ids, bench_prompt,
 };
 #[cfg(not(target_arch = "wasm32"))]
-pub use bench::{profile, profile_batch};
+pub use bench::{ablate, profile, profile_batch};
 pub use options::weight_format;
 pub use pressure::{MemoryPressureEvent, PressureMonitor};
 pub use stats::{FinishReason, GenerationStats};

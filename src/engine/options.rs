@@ -152,6 +152,7 @@ impl EngineOptions {
                 subgroup_threads: env_u32("WSI_SUBGROUP_THREADS")
                     .map_or(0, |t| if caps.is_cpu { 0 } else { t.min(caps.subgroup_min_size) }),
                 subgroup_shape: env_u32("WSI_SG_WG").zip(env_u32("WSI_SG_ROWS")),
+                combine_in_o_max: env_u32("WSI_COMBINE_IN_O_MAX").map_or(8192, |v| v as usize),
                 batch_matvec_min_weights: 1 << 22,
             },
             steps_per_submit: steps,

@@ -109,6 +109,10 @@ pub struct MatMode {
     pub accumulate: bool,
     /// Add a bias vector.
     pub bias: bool,
+    /// The input is the decode attention's partials over this many key splits
+    /// (`[rows, n_heads, split, 4 + head_dim]`), merged as they are loaded instead of
+    /// by a combine dispatch; 0 = a plain input.
+    pub combine_split: u32,
 }
 
 /// A kernel family.
@@ -237,6 +241,7 @@ impl KernelKey {
                 ("SWIGLU_IN", b(mode.swiglu_in)),
                 ("ACCUMULATE", b(mode.accumulate)),
                 ("HAS_BIAS", b(mode.bias)),
+                ("COMBINE_SPLIT", f64::from(mode.combine_split)),
             ],
             Kernel::Matmul { mode, tiled, .. } => vec![
                 ("TILED", b(tiled)),

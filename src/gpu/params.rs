@@ -12,7 +12,8 @@ pub struct MatParams {
     pub last_row: u32,
     /// First output row this dispatch writes (row shards).
     pub y_off: u32,
-    pub _pad: u32,
+    /// Head size of the attention partials a `combine_split` matvec merges (0 otherwise).
+    pub head_dim: u32,
 }
 
 /// Uniform mirrored by `EmbedParams` in embed.wgsl.

@@ -67,6 +67,10 @@ pub struct LoadOptions {
     /// (workgroup, rows per lane group) of the subgroup matvec for every matrix (None: chosen
     /// per matrix size).
     pub subgroup_shape: Option<(u32, u32)>,
+    /// Decode steps merge the split attention's partials in the o projection's input loads
+    /// (no combine dispatch) when `n_heads * head_dim * split` is at most this; each o
+    /// workgroup then re-reads every partial, which only pays on small models.
+    pub combine_in_o_max: usize,
     /// Matrices with at least this many weights use that batched matvec in steps of 2 or
     /// more lanes; smaller ones, bound by dispatch count, keep one grid row per lane (H100,
     /// int4, 4 lanes: 7B 272 -> 341 tok/s and 1.1B 865 -> 942 with it, 135M 998 without
@@ -101,6 +105,7 @@ impl Default for LoadOptions {
             matvec_batch: 4,
             subgroup_threads: 0,
             subgroup_shape: None,
+            combine_in_o_max: 8192,
             batch_matvec_min_weights: 1 << 22,
         }
     }
@@ -172,7 +177,7 @@ struct Activations {
     rope: wgpu::Buffer,
     /// Bound where a kernel variant ignores a binding.
     filler: wgpu::Buffer,
-    /// `[lanes, n_heads, split, hd + 2]` split-attention partials.
+    /// `[lanes, n_heads, split, 4 + hd]` split-attention partials (max, sum, 0, 0, sums).
     partial: wgpu::Buffer,
 }
 
@@ -185,6 +190,9 @@ struct Geometry {
     /// Lanes per row group of the subgroup matvec (0 = not used).
     sg_tpr: u32,
     split: u32,
+    /// Key splits the decode o projection merges as it loads its input (0: a combine
+    /// dispatch merges them first).
+    combine_in_o: u32,
 }
 
 /// The model on the GPU: weights, shared activations, and one or more lanes (sequences).
@@ -344,7 +352,7 @@ impl LlamaGpu {
             scores: gpu.storage("scores", c * nh as u64 * keys * f),
             rope: gpu.storage_init("rope", bytemuck::cast_slice(&rope_table(&cfg, ctx, plan.max_positions))),
             filler: gpu.storage("unused binding", 16),
-            partial: gpu.storage("attn partial", lanes_max * nh as u64 * u64::from(split) * (hd as u64 + 2) * f),
+            partial: gpu.storage("attn partial", lanes_max * nh as u64 * u64::from(split) * (hd as u64 + 4) * f),
         };
         let logits = gpu.storage("logits", c * vocab as u64 * f); // [chunk, vocab]
         let a = &acts;
@@ -370,6 +378,7 @@ impl LlamaGpu {
                 0
             },
             split,
+            combine_in_o: if split > 1 && qdim * split as usize <= options.combine_in_o_max { split } else { 0 },
         };
         let mut model = LlamaGpu {
             config: cfg,
@@ -405,10 +414,21 @@ impl LlamaGpu {
             wide_tpr: g.wide_tpr,
             sg_tpr: g.sg_tpr,
             sg_shape: self.options.subgroup_shape,
+            head_dim: self.config.head_dim as u32,
             state,
             filler: &self.acts.filler,
             eps: self.config.rms_eps,
             batch,
+        }
+    }
+
+    /// The decode o projection's mode and input: the attention partials merged as they
+    /// load, or the combined attention output.
+    fn decode_o_input(&self) -> (MatMode, &wgpu::Buffer) {
+        let acc = MatMode { accumulate: true, ..Default::default() };
+        match self.geo.combine_in_o {
+            0 => (acc, &self.acts.attn),
+            s => (MatMode { combine_split: s, ..acc }, &self.acts.partial),
         }
     }
 
@@ -540,6 +560,8 @@ struct Builder<'a> {
     /// Lanes per row group of the subgroup matvec; 0 = not used.
     sg_tpr: u32,
     sg_shape: Option<(u32, u32)>,
+    /// Attention head size (the partials a combining matvec reads).
+    head_dim: u32,
     state: &'a wgpu::Buffer,
     filler: &'a wgpu::Buffer,
     eps: f32,
@@ -628,7 +650,7 @@ impl Builder<'_> {
             eps: self.eps,
             last_row: u32::from(last_row),
             y_off: shard.row0,
-            _pad: 0,
+            head_dim: if mode.combine_split > 0 { self.head_dim } else { 0 },
         };
         let ub = self.gpu.uniform_init("mat params", bytemuck::bytes_of(&params));
         let subgroup = !tiled && self.sg_tpr > 0 && self.batch <= 1 && m.cols.is_multiple_of(8);

@@ -64,8 +64,8 @@ impl Shared {
                 false,
             )?);
             let after = &mut segs[l + 1];
-            let acc = MatMode { accumulate: true, ..Default::default() };
-            after.extend(pick(&layer.o).matrix(false, &layer.o, acc, &a.attn, &a.x, None, None, false)?);
+            let (o_mode, o_in) = m.decode_o_input();
+            after.extend(pick(&layer.o).matrix(false, &layer.o, o_mode, o_in, &a.x, None, None, false)?);
             let norm = MatMode { fuse_norm: true, ..Default::default() };
             let b = pick(&layer.gate_up);
             after.extend(b.matrix(

@@ -189,7 +189,7 @@ impl Lane {
                 ];
                 let grid = if list_split > 1 { Grid::Fixed([heads, 1, list_split]) } else { Grid::PerToken(heads) };
                 kv_dispatch(list, li, pipeline, entries, grid, "attention");
-                if list_split > 1 {
+                if list_split > 1 && g.combine_in_o == 0 {
                     let pipeline = kernels.get(&gpu.device, key(Kernel::AttentionCombine { split: list_split }))?;
                     let bind = b.bind(&pipeline, &[(0, &rp), (4, &a.attn), (6, &a.partial), (7, &state)]);
                     list.push(Dispatch {
@@ -202,8 +202,12 @@ impl Lane {
                 if li == 0 {
                     attn_ranges.push(attn_start..list.len());
                 }
-                let acc = MatMode { accumulate: true, ..Default::default() };
-                list.extend(b.matrix(tiled, &layer.o, acc, &a.attn, &a.x, None, None, false)?);
+                let (o_mode, o_in) = if tiled {
+                    (MatMode { accumulate: true, ..Default::default() }, &a.attn)
+                } else {
+                    m.decode_o_input()
+                };
+                list.extend(b.matrix(tiled, &layer.o, o_mode, o_in, &a.x, None, None, false)?);
                 let norm = MatMode { fuse_norm: true, ..Default::default() };
                 list.extend(b.matrix(
                     tiled,

@@ -147,3 +147,51 @@ fn timestamped(gpu: &Gpu, step: &[(&Dispatch, u32)], reps: u32) -> Result<Kernel
     let rows = step.iter().zip(total).map(|((d, _), t)| (d.family, t / f64::from(reps))).collect();
     Ok(KernelTimes { rows, gpu_timestamps: true })
 }
+
+impl LlamaGpu {
+    /// In-stream cost of each kernel family of a decode step, in µs per step: the GPU time of
+    /// `steps` steps in one submission from position `pos` (the KV cache reserved beforehand),
+    /// whole and then with each family's dispatches left out. Per-dispatch passes (above)
+    /// add each pass's own overhead; this measures what a family adds to the real stream.
+    /// Left-out kernels leave stale inputs for the others, which changes no kernel's cost.
+    /// Returns `(family, dispatches per step, µs saved without it)` and the whole step's µs.
+    pub fn ablate(&self, gpu: &Gpu, pos: u32, steps: u32) -> Result<(Vec<(&'static str, usize, f64)>, f64)> {
+        let lane = self.lane();
+        let step: Vec<&Dispatch> = lane.decode.iter().chain(std::iter::once(&lane.sample)).collect();
+        let mut families: Vec<(&'static str, usize)> = Vec::new();
+        for d in &step {
+            match families.iter_mut().find(|f| f.0 == d.family) {
+                Some(f) => f.1 += 1,
+                None => families.push((d.family, 1)),
+            }
+        }
+        let time = |skip: Option<&str>| -> Result<f64> {
+            let mut best = f64::MAX;
+            for _ in 0..3 {
+                self.write_state(gpu, pos, 1);
+                let mut enc = gpu.device.create_command_encoder(&Default::default());
+                {
+                    let mut pass = enc.begin_compute_pass(&Default::default());
+                    for _ in 0..steps {
+                        for d in step.iter().filter(|d| Some(d.family) != skip) {
+                            run(&mut pass, std::slice::from_ref(*d), 1);
+                        }
+                    }
+                }
+                let cb = enc.finish();
+                let t0 = web_time::Instant::now();
+                let idx = gpu.queue.submit([cb]);
+                wait(gpu, idx)?;
+                best = best.min(t0.elapsed().as_secs_f64() * 1e6 / f64::from(steps));
+            }
+            Ok(best)
+        };
+        let whole = time(None)?;
+        let mut rows = Vec::new();
+        for (family, n) in families {
+            rows.push((family, n, whole - time(Some(family))?));
+        }
+        rows.sort_by(|a, b| b.2.total_cmp(&a.2));
+        Ok((rows, whole))
+    }
+}
