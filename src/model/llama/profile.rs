@@ -148,6 +148,9 @@ fn timestamped(gpu: &Gpu, step: &[(&Dispatch, u32)], reps: u32) -> Result<Kernel
     Ok(KernelTimes { rows, gpu_timestamps: true })
 }
 
+/// `(kernel family, dispatches per step, µs per step)`.
+pub type FamilyShare = (&'static str, usize, f64);
+
 impl LlamaGpu {
     /// In-stream cost of each kernel family of a decode step, in µs per step: the GPU time of
     /// `steps` steps in one submission from position `pos` (the KV cache reserved beforehand),
@@ -155,7 +158,7 @@ impl LlamaGpu {
     /// add each pass's own overhead; this measures what a family adds to the real stream.
     /// Left-out kernels leave stale inputs for the others, which changes no kernel's cost.
     /// Returns `(family, dispatches per step, µs saved without it)` and the whole step's µs.
-    pub fn ablate(&self, gpu: &Gpu, pos: u32, steps: u32) -> Result<(Vec<(&'static str, usize, f64)>, f64)> {
+    pub fn ablate(&self, gpu: &Gpu, pos: u32, steps: u32) -> Result<(Vec<FamilyShare>, f64)> {
         let lane = self.lane();
         let step: Vec<&Dispatch> = lane.decode.iter().chain(std::iter::once(&lane.sample)).collect();
         let mut families: Vec<(&'static str, usize)> = Vec::new();
