@@ -1,10 +1,17 @@
-// Causal grouped-query attention over the KV cache (after the kv_cache.wgsl prelude), one
-// workgroup per (head, token) at position P = state.pos + t, activation row state.row + t:
+// Causal grouped-query attention over the KV cache (after the kv_cache.wgsl and kv_write.wgsl
+// preludes), one workgroup per (head, token) at position P = state.pos + t, activation row
+// state.row + t:
 //   out[t, h, :] = softmax_j(q[t,h] . k[j, h / group] * scale) @ v[j, h / group]
 // over the keys j of P: the attention sinks 0..sinks and the `window` positions up to P
 // (every position <= P while the window has not filled).
+//   main:    q rotated by rope_kv.wgsl, every key read from the cache (prefill chunks).
+//   decode:  one token (t = 0), RoPE and KV append fused in: each workgroup rotates its query
+//            head from qkv; the workgroups whose keys hold P compute P's key and value from
+//            qkv, use them as the cache will store them, and one per KV head writes them to
+//            the cache (the others of the dispatch cannot read that slot back in time).
 //   q, out:  [T, n_heads * hd]
-//   caches:  see kv_cache.wgsl (any storage format; read here, written by rope_kv.wgsl)
+//   qkv:     [T, (n_heads + 2 n_kv) * hd]  (decode: Q heads, then K heads, then V heads)
+//   caches:  see kv_cache.wgsl (any storage format; written by rope_kv.wgsl and `decode`)
 //   scores:  [T, n_heads, score_stride] scratch
 // Scores go through a scratch buffer so that any context length fits (workgroup memory
 // would cap it). With SPLIT > 1 (decode on GPUs) the keys are split over SPLIT workgroups
@@ -16,18 +23,24 @@ override SPLIT: u32 = 1;   // workgroups per (head, token) over the keys
 
 @group(0) @binding(0) var<uniform> p: KvParams;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
-@group(0) @binding(2) var<storage, read> k_cache: array<u32>;
-@group(0) @binding(3) var<storage, read> v_cache: array<u32>;
+@group(0) @binding(2) var<storage, read_write> k_cache: array<u32>;
+@group(0) @binding(3) var<storage, read_write> v_cache: array<u32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 @group(0) @binding(5) var<storage, read_write> scores: array<f32>;
 // [rows, n_heads, SPLIT, 4 + hd]: (max, sum, 0, 0) then the unnormalised sums, vec4-aligned
 // so that the o projection can merge them as it loads its input (matvec COMBINE_SPLIT).
 @group(0) @binding(6) var<storage, read_write> partial: array<f32>;
 @group(0) @binding(7) var<storage, read> state: array<u32>;
+@group(0) @binding(8) var<storage, read> qkv: array<f32>;
+@group(0) @binding(9) var<storage, read> rope: array<vec2<f32>>;
 
 var<workgroup> red: array<f32, 256>;
 var<workgroup> q_sh: array<vec4<f32>, 64>;     // this head's query, hd <= 256
 var<workgroup> parts: array<vec4<f32>, 256>;   // partial sums of the V phase
+var<workgroup> k_new: array<vec4<f32>, 64>;    // decode: P's key and value as stored (int8:
+var<workgroup> v_new: array<vec4<f32>, 64>;    // codes, the scale apart)
+
+const NO_KEY: u32 = 0xffffffffu;
 
 fn reduce_sum(tid: u32, v: f32) -> f32 {
     red[tid] = v;
@@ -43,57 +56,69 @@ fn reduce_sum(tid: u32, v: f32) -> f32 {
     return r;
 }
 
-// Position of key j: the sinks first, then the window.
-fn key_pos(j: u32, n_sink: u32, first: u32) -> u32 {
-    return select(first + (j - n_sink), j, j < n_sink);
+// The keys of position `pos`: n_sink sinks (positions 0..n_sink), then positions first..=pos.
+struct Keys {
+    n_sink: u32,
+    first: u32,
+    n: u32,
 }
 
-// Threads split the keys for the scores; for the weighted sum of V each thread owns 4
-// dimensions of one of WG / (hd / 4) key subsets, and the subsets are added at the end.
-@compute @workgroup_size(WG)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let tid = lid.x;
-    let h = wid.x;
-    let t = wid.y;
-    let n_tok = state[1];
-    let pos = state[0] + t;
-    let latest = state[0] + max(n_tok, 1u) - 1u;
-    // Keys: positions 0..n_sink, then first..=pos.
+fn keys_of(pos: u32) -> Keys {
     let n_sink = min(p.sinks, pos + 1u);
     let first = max(p.sinks, pos + 1u - min(pos + 1u, p.window));
-    let n_keys = n_sink + select(0u, pos + 1u - first, pos + 1u > first);
-    let per_split = (n_keys + SPLIT - 1u) / SPLIT;
-    let j0 = min(wid.z * per_split, n_keys);
-    let j1 = min(j0 + per_split, n_keys);
+    return Keys(n_sink, first, n_sink + select(0u, pos + 1u - first, pos + 1u > first));
+}
+
+// Position of key j: the sinks first, then the window (so P itself is the last key).
+fn key_pos(j: u32, kk: Keys) -> u32 {
+    return select(kk.first + (j - kk.n_sink), j, j < kk.n_sink);
+}
+
+// Keys j0..j1 of split z.
+fn split_range(n: u32, z: u32) -> vec2<u32> {
+    let per_split = (n + SPLIT - 1u) / SPLIT;
+    let j0 = min(z * per_split, n);
+    return vec2<u32>(j0, min(j0 + per_split, n));
+}
+
+// The query in q_sh (and k_new / v_new) loaded and a barrier passed: attention of head h,
+// activation row `row`, over split z of the keys `kk` (`latest`: the newest position
+// written). Key `jn` (NO_KEY: none) is k_new / v_new with int8 scales k_sc / v_sc instead
+// of a cache row. Threads split the keys for the scores; for the weighted sum of V each
+// thread owns 4 dimensions of one of WG / (hd / 4) key subsets, added at the end. Every
+// thread calls it (barriers); nothing is computed unless `live`.
+fn attend(tid: u32, h: u32, z: u32, row: u32, live: bool, latest: u32, kk: Keys, jn: u32, k_sc: f32, v_sc: f32) {
+    let r = split_range(kk.n, z);
+    let j0 = r.x;
+    let j1 = r.y;
     let kvh = h / (p.n_heads / p.n_kv);
     let hd4 = p.hd / 4u;
-    let row = state[2] + t;
-    let qb = row * p.n_heads * p.hd + h * p.hd;
     let sb = (row * p.n_heads + h) * p.score_stride;
-    let is_live = t < n_tok;
-
-    for (var d = tid; d < hd4; d += WG) {
-        let o = qb + d * 4u;
-        q_sh[d] = vec4<f32>(q[o], q[o + 1u], q[o + 2u], q[o + 3u]);
-    }
-    workgroupBarrier();
 
     var m = -3.0e38;
-    if (is_live) {
+    if (live) {
         for (var j = j0 + tid; j < j1; j += WG) {
-            let ks = kv_slot(key_pos(j, n_sink, first), latest);
             var s = 0.0;
-            for (var d = 0u; d < hd4; d++) {
-                s += dot(q_sh[d], kv_load4(false, ks, kvh * p.hd + 4u * d));
+            var sc = k_sc;
+            if (j == jn) {
+                for (var d = 0u; d < hd4; d++) {
+                    s += dot(q_sh[d], k_new[d]);
+                }
+            } else {
+                let ks = kv_slot(key_pos(j, kk), latest);
+                for (var d = 0u; d < hd4; d++) {
+                    s += dot(q_sh[d], kv_load4(false, ks, kvh * p.hd + 4u * d));
+                }
+                sc = kv_scale(false, ks, kvh);
             }
-            s *= p.scale * kv_scale(false, ks, kvh);
+            s *= p.scale * sc;
             scores[sb + j] = s;
             m = max(m, s);
         }
     }
     let mx = reduce_max(tid, m);
     var l = 0.0;
-    if (is_live) {
+    if (live) {
         for (var j = j0 + tid; j < j1; j += WG) {
             let e = exp(scores[sb + j] - mx);
             scores[sb + j] = e;
@@ -108,22 +133,26 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let d4 = tid % hd4;
     let part = tid / hd4;
     var acc = vec4<f32>(0.0);
-    if (is_live && part < n_parts) {
+    if (live && part < n_parts) {
         for (var j = j0 + part; j < j1; j += n_parts) {
-            let vs = kv_slot(key_pos(j, n_sink, first), latest);
-            acc += scores[sb + j] * kv_scale(true, vs, kvh) * kv_load4(true, vs, kvh * p.hd + 4u * d4);
+            if (j == jn) {
+                acc += scores[sb + j] * v_sc * v_new[d4];
+            } else {
+                let vs = kv_slot(key_pos(j, kk), latest);
+                acc += scores[sb + j] * kv_scale(true, vs, kvh) * kv_load4(true, vs, kvh * p.hd + 4u * d4);
+            }
         }
     }
     parts[tid] = acc;
     workgroupBarrier();
-    if (is_live && part == 0u) {
+    if (live && part == 0u) {
         // hd4 > WG would leave dimensions without a thread: the host keeps hd <= 4 * WG.
         var sum = vec4<f32>(0.0);
         for (var i = 0u; i < n_parts; i++) {
             sum += parts[i * hd4 + d4];
         }
         if (SPLIT > 1u) {
-            let pb = ((row * p.n_heads + h) * SPLIT + wid.z) * (p.hd + 4u);
+            let pb = ((row * p.n_heads + h) * SPLIT + z) * (p.hd + 4u);
             if (d4 == 0u) {
                 partial[pb] = mx;
                 partial[pb + 1u] = total;
@@ -134,7 +163,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             partial[o + 2u] = sum.z;
             partial[o + 3u] = sum.w;
         } else {
-            let o = qb + d4 * 4u;
+            let o = (row * p.n_heads + h) * p.hd + d4 * 4u;
             let inv = 1.0 / total;
             out[o] = sum.x * inv;
             out[o + 1u] = sum.y * inv;
@@ -142,6 +171,69 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             out[o + 3u] = sum.w * inv;
         }
     }
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let tid = lid.x;
+    let h = wid.x;
+    let t = wid.y;
+    let n_tok = state[1];
+    let pos = state[0] + t;
+    let latest = state[0] + max(n_tok, 1u) - 1u;
+    let row = state[2] + t;
+    let qb = (row * p.n_heads + h) * p.hd;
+    for (var d = tid; d < p.hd / 4u; d += WG) {
+        let o = qb + d * 4u;
+        q_sh[d] = vec4<f32>(q[o], q[o + 1u], q[o + 2u], q[o + 3u]);
+    }
+    workgroupBarrier();
+    attend(tid, h, wid.z, row, t < n_tok, latest, keys_of(pos), NO_KEY, 1.0, 1.0);
+}
+
+// A decode step's token (grid [n_heads, 1, SPLIT], state.n_tokens = 1): RoPE on its query
+// and key, its K/V append and its attention in one dispatch.
+@compute @workgroup_size(WG)
+fn decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let tid = lid.x;
+    let h = wid.x;
+    let live = state[1] > 0u;
+    let pos = state[0];
+    let row = state[2];
+    let group = p.n_heads / p.n_kv;
+    let kvh = h / group;
+    let src = row * (p.n_heads + 2u * p.n_kv) * p.hd;
+    for (var d = tid; d < p.hd / 4u; d += WG) {
+        q_sh[d] = head_value4(src + h * p.hd, 4u * d, pos, true);
+    }
+    // P is the last key: the split holding it makes P's key and value itself.
+    let kk = keys_of(pos);
+    let r = split_range(kk.n, wid.z);
+    let holds = live && r.x < r.y && r.y == kk.n;
+    let slot = kv_write_slot(pos);
+    let e = 4u * tid;
+    let mine = holds && e < p.hd;
+    var kx = vec4<f32>(0.0);
+    var vx = vec4<f32>(0.0);
+    if (mine) {
+        kx = head_value4(src + (p.n_heads + kvh) * p.hd, e, pos, true);
+        vx = head_value4(src + (p.n_heads + p.n_kv + kvh) * p.hd, e, pos, false);
+    }
+    let k_amax = head_amax(tid, mine, slot.fmt, kx);
+    let v_amax = head_amax(tid, mine, slot.fmt, vx);
+    if (mine) {
+        k_new[tid] = stored4(slot.fmt, kx, k_amax);
+        v_new[tid] = stored4(slot.fmt, vx, v_amax);
+        // One writer per KV head: the split of its group's first query head.
+        if (h % group == 0u) {
+            store4(false, slot, kvh, e, kx, k_amax);
+            store4(true, slot, kvh, e, vx, v_amax);
+        }
+    }
+    workgroupBarrier();
+    let int8 = slot.fmt == 2u;
+    let jn = select(NO_KEY, kk.n - 1u, holds);
+    attend(tid, h, wid.z, row, live, pos, kk, jn, select(1.0, k_amax, int8), select(1.0, v_amax, int8));
 }
 
 // Merge the SPLIT partials of one (head, token): one workgroup, a thread per dimension.

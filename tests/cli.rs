@@ -102,9 +102,10 @@ fn synth_then_generate_logits_and_bench_on_a_tiny_model() {
     assert_eq!(v["profile"]["timing"], "gpu timestamps", "{v}");
     let decode = v["profile"]["decode"].as_array().expect("decode rows");
     let count = |fam: &str| decode.iter().find(|r| r[0] == fam).and_then(|r| r[1].as_u64());
-    for fam in ["embed", "matvec_norm", "rope_kv", "attention", "matvec", "matvec_swiglu", "sample"] {
+    for fam in ["embed", "matvec_norm", "attention", "matvec", "matvec_swiglu", "sample"] {
         assert!(count(fam).is_some(), "{fam} missing from {decode:?}");
     }
+    assert_eq!(count("rope_kv"), None, "decode attention does the RoPE and KV append: {decode:?}");
     let dispatches: u64 = decode.iter().filter_map(|r| r[1].as_u64()).sum();
     assert_eq!(dispatches as f64, v["base"]["dispatches_per_token"].as_f64().expect("dispatches"), "{v}");
     assert!(decode.iter().all(|r| r[2].as_f64().is_some_and(|ms| ms >= 0.0)), "{decode:?}");

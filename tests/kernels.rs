@@ -673,6 +673,154 @@ fn check_attention(wg: u32, hd: usize, split: u32, f: KvFormats, window: Option<
     assert!(err < 1e-4, "attention wg={wg} hd={hd} split={split} {f:?} {window:?}: max rel err {err}");
 }
 
+#[test]
+fn fused_decode_attention_rotates_appends_and_attends_in_every_format_with_gqa() {
+    let (f16, int8) = (KvFormats::plain(KvFormat::F16), KvFormats::plain(KvFormat::Int8));
+    let progressive = KvFormats { main: KvFormat::Int8, ring: KvFormat::F16 };
+    let (adj, half) = (RopeLayout::Adjacent, RopeLayout::HalfSplit);
+    for (f, window, split, pos0, layout) in [
+        (f16, None, 1u32, 190usize, adj),
+        (int8, None, 5, 190, half),
+        // 10 keys over 8 splits of 2: the fifth holds the new key, the last three none.
+        (KvFormats::plain(KvFormat::F32), None, 8, 9, adj),
+        (f16, Some((4usize, 100usize)), 5, 190, half),
+        (progressive, Some((4, 100)), 1, 190, adj),
+        (progressive, Some((4, 100)), 7, 190, half),
+        (int8, Some((3, 150)), 3, 2, adj),
+    ] {
+        check_decode_attention(split, f, window, pos0, layout);
+    }
+}
+
+/// Positions 0..pos0 with random K/V stored in `f` (as in [`check_attention`]) and a lane
+/// at activation row 1 decoding position pos0 from random QKV activations: the fused kernel
+/// writes pos0's row (rotated K, V) in the cache's format and nothing else, and its output
+/// equals the CPU's attention of the rotated query over the cache as read back afterwards
+/// (so the new key is used as stored) and the unfused rope_kv + attention path's.
+fn check_decode_attention(split: u32, f: KvFormats, window: Option<(usize, usize)>, pos0: usize, layout: RopeLayout) {
+    let gpu = gpu();
+    let (nh, nkv, hd, layers, layer, wg) = (6usize, 2usize, 64usize, 2usize, 1usize, 64u32);
+    let (kv_row, qkv_row, rope_rows) = (nkv * hd, (nh + 2 * nkv) * hd, 64usize);
+    let (sinks, win, rows) = match window {
+        Some((s, w)) => (s, w, s + w + 4),
+        None => (0, 300, 300),
+    };
+    let ring = if f.ring != f.main { (41, 40) } else { (0, 0) };
+    let kp = kv_params(nh, nkv, hd, layers, layer, f, rows, sinks, win, ring, rope_rows);
+    let words = kp.main_off as usize + rows * layers * kp.main_row as usize;
+    let (mut kw, mut vw) = (vec![0u32; words], vec![0u32; words]);
+    let mut stored: Vec<(Vec<f32>, Vec<f32>)> = Vec::new();
+    for pos in 0..pos0 {
+        let (k, v) = (rand_vec(kv_row, 1000 + pos as u64, 1.0), rand_vec(kv_row, 5000 + pos as u64, 1.0));
+        let in_ring = ring.0 > 0 && pos + ring.1 > pos0;
+        let (base, fmt, n) = if in_ring {
+            ((((pos % ring.0) * layers) + layer) * kp.ring_row as usize, f.ring, kp.ring_row as usize)
+        } else {
+            let r = if pos < sinks { pos } else { sinks + (pos - sinks) % (rows - sinks) };
+            (kp.main_off as usize + (r * layers + layer) * kp.main_row as usize, f.main, kp.main_row as usize)
+        };
+        let (ek, ev) = (encode_row(fmt, &k, nkv, hd), encode_row(fmt, &v, nkv, hd));
+        kw[base..base + n].copy_from_slice(&ek);
+        vw[base..base + n].copy_from_slice(&ev);
+        stored.push((decode_row(fmt, &ek, nkv, hd), decode_row(fmt, &ev, nkv, hd)));
+    }
+    let cfg = ModelConfig { head_dim: hd, n_heads: nh, n_kv_heads: nkv, rope_layout: layout, ..tiny_config() };
+    let table = rope_table(&cfg, rope_rows, 256);
+    let qkv = rand_vec(2 * qkv_row, 33 + pos0 as u64, 1.0);
+    let ub = gpu.uniform_init("p", bytemuck::bytes_of(&kp));
+    let qkv_b = gpu.storage_init("qkv", bytemuck::cast_slice(&qkv));
+    let rope_b = gpu.storage_init("rope", bytemuck::cast_slice(&table));
+    let state = gpu.storage_init("state", bytemuck::cast_slice(&[pos0 as u32, 1, 1, 0]));
+    let scores = gpu.storage("scores", (2 * nh * (sinks + win) * 4) as u64);
+    let partial = gpu.storage("partial", (2 * nh * split as usize * (hd + 4) * 4) as u64);
+    let key = |kernel| KernelKey { kernel, wg, rows: 1, tpr: 1 };
+    let combine = |out: &wgpu::Buffer| {
+        if split > 1 {
+            let bindings = [(0, &ub), (4, out), (6, &partial), (7, &state)];
+            run(&gpu, key(Kernel::AttentionCombine { split }), &bindings, [nh as u32, 1, 1]);
+        }
+    };
+    let adjacent = layout == RopeLayout::Adjacent;
+    // Fused.
+    let (kb, vb) = (gpu.storage_init("k", bytemuck::cast_slice(&kw)), gpu.storage_init("v", bytemuck::cast_slice(&vw)));
+    let out = gpu.storage("out", (2 * nh * hd * 4) as u64);
+    run(
+        &gpu,
+        key(Kernel::AttentionDecode { split, adjacent, kv: f }),
+        &[(0, &ub), (2, &kb), (3, &vb), (4, &out), (5, &scores), (6, &partial), (7, &state), (8, &qkv_b), (9, &rope_b)],
+        [nh as u32, 1, split],
+    );
+    combine(&out);
+    let (got, gk, gv) = (read_f32(&gpu, &out), read_u32(&gpu, &kb), read_u32(&gpu, &vb));
+    // Unfused: rope_kv then attention over the rotated query.
+    let (kb2, vb2) =
+        (gpu.storage_init("k", bytemuck::cast_slice(&kw)), gpu.storage_init("v", bytemuck::cast_slice(&vw)));
+    let (q_rot, out2) = (gpu.storage("q", (2 * nh * hd * 4) as u64), gpu.storage("out", (2 * nh * hd * 4) as u64));
+    let bindings = [(0, &ub), (1, &qkv_b), (2, &kb2), (3, &vb2), (4, &q_rot), (5, &rope_b), (7, &state)];
+    run(&gpu, key(Kernel::RopeKv { adjacent, kv: f }), &bindings, [(nh + 2 * nkv) as u32, 1, 1]);
+    run(
+        &gpu,
+        key(Kernel::Attention { split, kv: f }),
+        &[(0, &ub), (1, &q_rot), (2, &kb2), (3, &vb2), (4, &out2), (5, &scores), (6, &partial), (7, &state)],
+        [nh as u32, 1, split],
+    );
+    combine(&out2);
+    let unfused = read_f32(&gpu, &out2);
+    let case = format!("split={split} {f:?} {window:?} pos={pos0} {layout:?}");
+    assert_eq!((&gk, &gv), (&read_u32(&gpu, &kb2), &read_u32(&gpu, &vb2)), "{case}: caches differ from rope_kv's");
+    let err = max_rel_err(&got, &unfused, 0.1);
+    assert!(err < 1e-5, "{case}: fused vs unfused max rel err {err}");
+
+    // The new row: rotated K and V of row 1 in the write format; every other word unchanged.
+    let src = &qkv[qkv_row..];
+    let in_ring = ring.0 > 0;
+    let (wfmt, wbase, wn) = if in_ring {
+        (f.ring, ((pos0 % ring.0) * layers + layer) * kp.ring_row as usize, kp.ring_row as usize)
+    } else {
+        let r = if pos0 < sinks { pos0 } else { sinks + (pos0 - sinks) % (rows - sinks) };
+        (f.main, kp.main_off as usize + (r * layers + layer) * kp.main_row as usize, kp.main_row as usize)
+    };
+    for (cache, before) in [(&gk, &kw), (&gv, &vw)] {
+        assert_eq!(cache[..wbase], before[..wbase], "{case}: words before the new row");
+        assert_eq!(cache[wbase + wn..], before[wbase + wn..], "{case}: words after the new row");
+    }
+    let (new_k, new_v) =
+        (decode_row(wfmt, &gk[wbase..wbase + wn], nkv, hd), decode_row(wfmt, &gv[wbase..wbase + wn], nkv, hd));
+    for kh in 0..nkv {
+        let mut k = src[(nh + kh) * hd..][..hd].to_vec();
+        rope_head(&mut k, pos0, 10000.0, RopeScaling::None, layout);
+        let v = &src[(nh + nkv + kh) * hd..][..hd];
+        for (got, exact, what) in [(&new_k[kh * hd..][..hd], &k[..], "k"), (&new_v[kh * hd..][..hd], v, "v")] {
+            let amax = exact.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+            let err = got.iter().zip(exact).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            assert!(err <= kv_tolerance(wfmt, amax), "{case}: {what} head {kh}: err {err}");
+        }
+    }
+    stored.push((new_k, new_v));
+
+    let scale = kp.scale as f64;
+    let keys: Vec<usize> = (0..=pos0).filter(|&j| j < sinks || pos0 - j < win).collect();
+    let mut want = vec![0.0f32; nh * hd];
+    for h in 0..nh {
+        let kvh = h / (nh / nkv);
+        let mut qh = src[h * hd..][..hd].to_vec();
+        rope_head(&mut qh, pos0, 10000.0, RopeScaling::None, layout);
+        let s: Vec<f64> = keys
+            .iter()
+            .map(|&j| qh.iter().zip(&stored[j].0[kvh * hd..][..hd]).map(|(a, b)| (a * b) as f64).sum::<f64>() * scale)
+            .collect();
+        let mx = s.iter().copied().fold(f64::MIN, f64::max);
+        let e: Vec<f64> = s.iter().map(|x| (x - mx).exp()).collect();
+        let z: f64 = e.iter().sum();
+        for dd in 0..hd {
+            let acc: f64 = keys.iter().zip(&e).map(|(&j, e)| e * stored[j].1[kvh * hd + dd] as f64).sum();
+            want[h * hd + dd] = (acc / z) as f32;
+        }
+    }
+    let err = max_rel_err(&got[nh * hd..], &want, 0.1);
+    assert!(err < 1e-4, "{case}: max rel err {err} against the CPU");
+}
+
 fn gpu_sample(logits: &[f32], history: &[u32], s: &SampleSettings) -> (u32, Vec<u32>) {
     let gpu = gpu();
     let vocab = logits.len() as u32;

@@ -166,6 +166,21 @@ fn generation_goes_past_the_budget_with_the_window_and_sinks() {
     assert_eq!(e.pressure_handle().lock().unwrap().len(), 3);
 }
 
+/// A decode step: per layer the QKV matvec, attention with RoPE and the KV append fused in,
+/// the split-attention combine, O, gate/up and down (progressive: the requant before
+/// attention too), plus the embedding gather, lm_head and sampler.
+#[test]
+fn a_decode_step_runs_six_dispatches_per_layer_plus_three() {
+    let src = tiny_llama(11);
+    let layers = src.config().n_layers;
+    for (strategy, per_layer) in [(KvCacheStrategy::Static, 6), (KvCacheStrategy::Progressive, 7)] {
+        let mut e = engine(&src, kv(strategy, false, None, 8, 4), 8);
+        assert_eq!(e.model.dispatches_per_decode_step(), per_layer * layers + 3, "{strategy:?}");
+        let g = greedy(&mut e, &PROMPT, 4);
+        assert_eq!(g.stats.dispatches_per_token, per_layer * layers + 3, "{strategy:?}: stats");
+    }
+}
+
 #[test]
 fn progressive_stays_within_its_budget_and_holds_more_tokens_than_f16() {
     let src = tiny_llama(8);

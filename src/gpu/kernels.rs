@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use super::kv::{KV_PRELUDE, KvFormat, KvFormats};
+use super::kv::{KV_PRELUDE, KV_WRITE, KvFormat, KvFormats};
 use crate::error::{Error, Result};
 
 /// How a weight matrix is stored on the GPU.
@@ -140,6 +140,10 @@ pub enum Kernel {
     Attention { split: u32, kv: KvFormats },
     /// Merge of the attention partials.
     AttentionCombine { split: u32 },
+    /// A decode step's attention with its RoPE and KV append fused in (entry point
+    /// `decode`): reads the QKV activations instead of the rotated query; partials for
+    /// [`Kernel::AttentionCombine`] with `split > 1`.
+    AttentionDecode { split: u32, adjacent: bool, kv: KvFormats },
     /// Sampling + step advance.
     Sample,
     /// Load-time quantisation of f32 rows into an integer format.
@@ -174,6 +178,7 @@ impl KernelKey {
         match self.kernel {
             Kernel::AttentionCombine { .. } => "combine",
             Kernel::KvRequant { .. } => "requant",
+            Kernel::AttentionDecode { .. } => "decode",
             Kernel::Matvec { subgroup: true, batch: 0 | 1, .. } => "subgroup",
             Kernel::Matvec { wide: true, batch: 2.., .. } => "batch_wide",
             Kernel::Matvec { batch: 2.., .. } => "batch",
@@ -218,10 +223,10 @@ impl KernelKey {
             Kernel::Matmul { format, .. } => (format.prelude(native_f16), include_str!("../../shaders/matmul.wgsl")),
             Kernel::Embed { format } => (format.prelude(native_f16), include_str!("../../shaders/embed.wgsl")),
             Kernel::RopeKv { .. } | Kernel::KvRequant { .. } => {
-                (KV_PRELUDE, include_str!("../../shaders/rope_kv.wgsl"))
+                return format!("{KV_PRELUDE}\n{KV_WRITE}\n{}", include_str!("../../shaders/rope_kv.wgsl"));
             }
-            Kernel::Attention { .. } | Kernel::AttentionCombine { .. } => {
-                (KV_PRELUDE, include_str!("../../shaders/attention.wgsl"))
+            Kernel::Attention { .. } | Kernel::AttentionCombine { .. } | Kernel::AttentionDecode { .. } => {
+                return format!("{KV_PRELUDE}\n{KV_WRITE}\n{}", include_str!("../../shaders/attention.wgsl"));
             }
             Kernel::Sample => ("", include_str!("../../shaders/sample.wgsl")),
             Kernel::Quantize { .. } => ("", include_str!("../../shaders/quantize.wgsl")),
@@ -255,6 +260,13 @@ impl KernelKey {
             Kernel::Attention { split, kv } => vec![
                 ("WG", f64::from(self.wg)),
                 ("SPLIT", f64::from(split.max(1))),
+                kv.main_constant(),
+                kv.ring_constant(),
+            ],
+            Kernel::AttentionDecode { split, adjacent, kv } => vec![
+                ("WG", f64::from(self.wg)),
+                ("SPLIT", f64::from(split.max(1))),
+                ("ADJACENT", b(adjacent)),
                 kv.main_constant(),
                 kv.ring_constant(),
             ],
@@ -356,6 +368,7 @@ impl Kernels {
             Kernel::RopeKv { adjacent: true, kv },
             Kernel::KvRequant { kv },
             Kernel::Attention { split: 1, kv },
+            Kernel::AttentionDecode { split: 4, adjacent: false, kv },
             Kernel::Sample,
             q,
         ] {

@@ -3,6 +3,8 @@
 
 /// The prelude of the kernels that read or write the KV cache.
 pub(crate) const KV_PRELUDE: &str = include_str!("../../shaders/kv_cache.wgsl");
+/// RoPE and the cache-format stores (after [`KV_PRELUDE`]), for the kernels that write the cache.
+pub(crate) const KV_WRITE: &str = include_str!("../../shaders/kv_write.wgsl");
 
 /// Storage of a KV row on the GPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -2,10 +2,10 @@
 //! The weight-reading matrix dispatches run once over all `B` rows (lane `r` at activation
 //! row `r`, `state.n_tokens = B` in the batch state). On GPUs they are the matvec's `batch`
 //! entry points: a workgroup reads its weights once for up to 4 lanes' rows, with the same
-//! per-row arithmetic as a solo decode step (so greedy ids match). Each lane's embedding gather, RoPE/KV
-//! append, attention and sampler run on its own buffers (its KV cache, token ids, position).
-//! Order of a step: embed (lanes), then per layer the QKV matrix (shared), RoPE + attention
-//! (lanes), O / gate-up / down (shared), and at the end lm_head (shared) and the samplers
+//! per-row arithmetic as a solo decode step (so greedy ids match). Each lane's embedding gather,
+//! attention (with its RoPE/KV append) and sampler run on its own buffers (its KV cache, token
+//! ids, position). Order of a step: embed (lanes), then per layer the QKV matrix (shared),
+//! attention (lanes), O / gate-up / down (shared), and at the end lm_head (shared) and the samplers
 //! (lanes). Lanes keep their positions on the GPU, so several steps fit in one submission.
 
 use super::{Dispatch, LlamaGpu, run};

@@ -48,8 +48,9 @@ pub struct Lane {
     pub(super) sample_rows: Dispatch,
     /// Dispatches that bind the KV buffers, rebound when they grow.
     kv_uses: Vec<KvUse>,
-    /// `decode[..embed_len]`: the embedding gather; `decode[attn[l]]`: layer l's RoPE/KV
-    /// append and attention (what a batched step runs per lane).
+    /// `decode[..embed_len]`: the embedding gather; `decode[attn[l]]`: layer l's attention
+    /// with its RoPE/KV append fused in (and the progressive requant before it): what a
+    /// batched step runs per lane.
     pub(super) embed_len: usize,
     pub(super) attn: Vec<Range<usize>>,
 }
@@ -151,19 +152,24 @@ impl Lane {
                 let rp = gpu.uniform_init("kv params", bytemuck::bytes_of(&kp));
                 let buf = |x: &wgpu::Buffer| KvBind::Buf(x.clone());
                 let adjacent = cfg.rope_layout == RopeLayout::Adjacent;
-                let pipeline = b.pipeline(Kernel::RopeKv { adjacent, kv: kv_formats })?;
-                let entries = vec![
-                    (0, buf(&rp)),
-                    (1, buf(&a.qkv)),
-                    (2, KvBind::K),
-                    (3, KvBind::V),
-                    (4, buf(&a.q)),
-                    (5, buf(&a.rope)),
-                    (7, buf(&state)),
-                ];
-                kv_dispatch(list, li, pipeline, entries, Grid::PerToken(rope_heads), "rope_kv");
+                // Decode: the attention kernel does the RoPE and KV append itself.
+                if tiled {
+                    let pipeline = b.pipeline(Kernel::RopeKv { adjacent, kv: kv_formats })?;
+                    let entries = vec![
+                        (0, buf(&rp)),
+                        (1, buf(&a.qkv)),
+                        (2, KvBind::K),
+                        (3, KvBind::V),
+                        (4, buf(&a.q)),
+                        (5, buf(&a.rope)),
+                        (7, buf(&state)),
+                    ];
+                    kv_dispatch(list, li, pipeline, entries, Grid::PerToken(rope_heads), "rope_kv");
+                }
                 // Progressive: the positions leaving the recent ring move to int8, after the
-                // chunk's own writes (a chunk may hold positions it re-quantises).
+                // chunk's own writes (a chunk may hold positions it re-quantises) and before
+                // attention reads them from the main store (a decode step's requant only
+                // reads rows of earlier steps).
                 if kv.plan.ring_rows > 0 {
                     let pipeline = b.pipeline(Kernel::KvRequant { kv: kv_formats })?;
                     let entries = vec![(0, buf(&rp)), (2, KvBind::K), (3, KvBind::V), (7, buf(&state))];
@@ -175,11 +181,14 @@ impl Lane {
                 let heads = u32_of(nh, "heads")?;
                 let list_split = if tiled { 1 } else { g.split };
                 let key = |kernel| KernelKey { kernel, wg: attn_wg, rows: 1, tpr: 1 };
-                let pipeline =
-                    kernels.get(&gpu.device, key(Kernel::Attention { split: list_split, kv: kv_formats }))?;
-                let entries = vec![
+                let kernel = if tiled {
+                    Kernel::Attention { split: list_split, kv: kv_formats }
+                } else {
+                    Kernel::AttentionDecode { split: list_split, adjacent, kv: kv_formats }
+                };
+                let pipeline = kernels.get(&gpu.device, key(kernel))?;
+                let mut entries = vec![
                     (0, buf(&rp)),
-                    (1, buf(&a.q)),
                     (2, KvBind::K),
                     (3, KvBind::V),
                     (4, buf(&a.attn)),
@@ -187,6 +196,11 @@ impl Lane {
                     (6, buf(&a.partial)),
                     (7, buf(&state)),
                 ];
+                if tiled {
+                    entries.push((1, buf(&a.q)));
+                } else {
+                    entries.extend([(8, buf(&a.qkv)), (9, buf(&a.rope))]);
+                }
                 let grid = if list_split > 1 { Grid::Fixed([heads, 1, list_split]) } else { Grid::PerToken(heads) };
                 kv_dispatch(list, li, pipeline, entries, grid, "attention");
                 if list_split > 1 && g.combine_in_o == 0 {
