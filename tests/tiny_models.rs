@@ -87,6 +87,10 @@ fn decode_steps_equal_teacher_forced_greedy() {
         greedy_equals_teacher_forced(&src, &mut e);
     }
     assert_eq!(dispatches[0] - dispatches[1], 2, "one combine dispatch per layer removed");
+    // Qwen2: q/k/v biases and half-split RoPE through the decode attention's own RoPE.
+    let bytes = tiny_gguf(&spec(false), Arch::Qwen2, 5, HostFormat::F32).expect("tiny model");
+    let src = GgufSource::from_bytes(bytes).expect("parse");
+    greedy_equals_teacher_forced(&src, &mut engine(&src, WeightFormat::F32, 64, 8));
 }
 
 fn greedy_equals_teacher_forced(src: &GgufSource, e: &mut Engine) {
