@@ -102,10 +102,10 @@ fn check_equal_to_solo(gpu_shaped: bool, kv: KvOptions) {
     }
     let widest = out.values().flat_map(|(g, _)| g.stats.batch_sizes.clone()).max();
     assert_eq!(widest, Some(4), "all four ran together at some step");
-    // Shared: QKV, O, gate/up, down per layer and lm_head; per lane: the embedding, each
-    // layer's attention (RoPE and KV append fused in; + combine when split) and the sampler.
+    // Shared: QKV, O (merging split partials), gate/up, down per layer and lm_head; per
+    // lane: the embedding, each layer's attention (RoPE and KV append fused in), the sampler.
     let layers = src.config().n_layers;
-    let per_lane = 2 + layers * if gpu_shaped { 2 } else { 1 };
+    let per_lane = 2 + layers;
     assert_eq!(e.model.dispatches_per_batch_step(3), 4 * layers + 1 + 3 * per_lane, "dispatches of a 3-lane step");
 }
 
