@@ -152,7 +152,11 @@ impl EngineOptions {
                 subgroup_threads: env_u32("WSI_SUBGROUP_THREADS")
                     .map_or(0, |t| if caps.is_cpu { 0 } else { t.min(caps.subgroup_min_size) }),
                 subgroup_shape: env_u32("WSI_SG_WG").zip(env_u32("WSI_SG_ROWS")),
-                combine_in_o_max: env_u32("WSI_COMBINE_IN_O_MAX").map_or(8192, |v| v as usize),
+                // Merging the attention partials in the o projection's loads pays with the
+                // `wide` matvec (int4) and costs with `main` (H100, 135M, combine dispatch vs
+                // merged: int4 751 -> 770 tok/s; int8 728 -> 656, fp16 748 -> 671).
+                combine_in_o_max: env_u32("WSI_COMBINE_IN_O_MAX")
+                    .map_or(if attn.prefers_wide_matvec() { 8192 } else { 0 }, |v| v as usize),
                 batch_matvec_min_weights: 1 << 22,
             },
             steps_per_submit: steps,
