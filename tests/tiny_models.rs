@@ -91,6 +91,12 @@ fn decode_steps_equal_teacher_forced_greedy() {
     let bytes = tiny_gguf(&spec(false), Arch::Qwen2, 5, HostFormat::F32).expect("tiny model");
     let src = GgufSource::from_bytes(bytes).expect("parse");
     greedy_equals_teacher_forced(&src, &mut engine(&src, WeightFormat::F32, 64, 8));
+    // int4 from whole Q4_0 blocks (the reference runs on the file's weights exactly): the
+    // o projection's `wide` matvec merges the attention partials as it loads them.
+    let exact = TinySpec { d_ff: 160, ..spec(false) };
+    let bytes = tiny_gguf(&exact, Arch::Llama, 5, HostFormat::Q4_0).expect("tiny model");
+    let src = GgufSource::from_bytes(bytes).expect("parse");
+    greedy_equals_teacher_forced(&src, &mut engine(&src, WeightFormat::Int4, 64, 8));
 }
 
 fn greedy_equals_teacher_forced(src: &GgufSource, e: &mut Engine) {
