@@ -81,6 +81,36 @@ fn split_range(n: u32, z: u32) -> vec2<u32> {
     return vec2<u32>(j0, min(j0 + per_split, n));
 }
 
+// q . k for the key in slot `ks` (head elements from `e0`; the query in q_sh): 8 vec4 loads
+// issued before any is used (named values, not an array, which could land in local memory),
+// the additions in the same order as one vec4 at a time.
+fn key_dot(ks: KvSlot, e0: u32, hd4: u32) -> f32 {
+    var s = 0.0;
+    var d = 0u;
+    for (; d + 8u <= hd4; d += 8u) {
+        let k0 = kv_load4(false, ks, e0 + 4u * d);
+        let k1 = kv_load4(false, ks, e0 + 4u * d + 4u);
+        let k2 = kv_load4(false, ks, e0 + 4u * d + 8u);
+        let k3 = kv_load4(false, ks, e0 + 4u * d + 12u);
+        let k4 = kv_load4(false, ks, e0 + 4u * d + 16u);
+        let k5 = kv_load4(false, ks, e0 + 4u * d + 20u);
+        let k6 = kv_load4(false, ks, e0 + 4u * d + 24u);
+        let k7 = kv_load4(false, ks, e0 + 4u * d + 28u);
+        s += dot(q_sh[d], k0);
+        s += dot(q_sh[d + 1u], k1);
+        s += dot(q_sh[d + 2u], k2);
+        s += dot(q_sh[d + 3u], k3);
+        s += dot(q_sh[d + 4u], k4);
+        s += dot(q_sh[d + 5u], k5);
+        s += dot(q_sh[d + 6u], k6);
+        s += dot(q_sh[d + 7u], k7);
+    }
+    for (; d < hd4; d++) {
+        s += dot(q_sh[d], kv_load4(false, ks, e0 + 4u * d));
+    }
+    return s;
+}
+
 // The query in q_sh (and k_new / v_new) loaded and a barrier passed: attention of head h,
 // activation row `row`, over split z of the keys `kk` (`latest`: the newest position
 // written). Key `jn` (NO_KEY: none) is k_new / v_new with int8 scales k_sc / v_sc instead
@@ -106,9 +136,7 @@ fn attend(tid: u32, h: u32, z: u32, row: u32, live: bool, latest: u32, kk: Keys,
                 }
             } else {
                 let ks = kv_slot(key_pos(j, kk), latest);
-                for (var d = 0u; d < hd4; d++) {
-                    s += dot(q_sh[d], kv_load4(false, ks, kvh * p.hd + 4u * d));
-                }
+                s = key_dot(ks, kvh * p.hd, hd4);
                 sc = kv_scale(false, ks, kvh);
             }
             s *= p.scale * sc;
