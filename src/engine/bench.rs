@@ -1,11 +1,12 @@
 //! The benchmark behind `wsi bench` and the browser bench page: prefill a synthetic prompt
 //! (or a given one, e.g. [`REPETITIVE_PROMPT`] for token prediction), decode a fixed number
-//! of tokens greedily (EOS ignored), report measured rates.
+//! of tokens (EOS ignored; greedy unless sampling settings are given), report measured rates.
 
 use serde::Serialize;
 
 use super::{Engine, GenerateParams};
 use crate::error::Result;
+use crate::sampling::SampleSettings;
 
 /// Measured figures of one benchmark run.
 #[derive(Clone, Debug, Serialize)]
@@ -124,7 +125,7 @@ pub const REPETITIVE_PROMPT: &str = concat!(
 
 /// Run the benchmark on a synthetic prompt of `prompt_tokens` ids.
 pub async fn bench(engine: &mut Engine, prompt_tokens: usize, gen_tokens: usize) -> Result<BenchReport> {
-    bench_prompt(engine, &bench_ids(engine, prompt_tokens), gen_tokens).await
+    bench_prompt(engine, &bench_ids(engine, prompt_tokens), gen_tokens, &SampleSettings::greedy()).await
 }
 
 /// The synthetic prompt of [`bench`]: `prompt_tokens` ids within the context.
@@ -133,23 +134,40 @@ pub fn bench_ids(engine: &Engine, prompt_tokens: usize) -> Vec<u32> {
     synthetic_prompt(prompt_tokens.clamp(1, ctx.saturating_sub(2).max(1)), engine.model.config.vocab_size)
 }
 
-/// Run the benchmark on `prompt` (cut to leave room for a token): one warm-up generation,
-/// then the measured one.
-pub async fn bench_prompt(engine: &mut Engine, prompt: &[u32], gen_tokens: usize) -> Result<BenchReport> {
-    bench_run(engine, prompt, gen_tokens, true).await
+/// Run the benchmark on `prompt` (cut to leave room for a token) with the sampling settings
+/// `sample` (seeded, so runs repeat): one warm-up generation, then the measured one.
+pub async fn bench_prompt(
+    engine: &mut Engine,
+    prompt: &[u32],
+    gen_tokens: usize,
+    sample: &SampleSettings,
+) -> Result<BenchReport> {
+    bench_run(engine, prompt, gen_tokens, sample, true).await
 }
 
 /// One measured run without the warm-up (for repeated rounds on a warm engine).
-pub async fn bench_again(engine: &mut Engine, prompt: &[u32], gen_tokens: usize) -> Result<BenchReport> {
-    bench_run(engine, prompt, gen_tokens, false).await
+pub async fn bench_again(
+    engine: &mut Engine,
+    prompt: &[u32],
+    gen_tokens: usize,
+    sample: &SampleSettings,
+) -> Result<BenchReport> {
+    bench_run(engine, prompt, gen_tokens, sample, false).await
 }
 
-async fn bench_run(engine: &mut Engine, prompt: &[u32], gen_tokens: usize, warm_up: bool) -> Result<BenchReport> {
+async fn bench_run(
+    engine: &mut Engine,
+    prompt: &[u32],
+    gen_tokens: usize,
+    sample: &SampleSettings,
+    warm_up: bool,
+) -> Result<BenchReport> {
     let ctx = engine.model.options.context;
     let prompt = &prompt[..prompt.len().min(ctx.saturating_sub(2).max(1))];
     let prompt_tokens = prompt.len();
     let gen_tokens = gen_tokens.clamp(1, ctx - prompt_tokens);
-    let params = GenerateParams { max_tokens: gen_tokens, ignore_eos: true, ..Default::default() };
+    let params =
+        GenerateParams { max_tokens: gen_tokens, ignore_eos: true, sample: sample.clone(), ..Default::default() };
     if warm_up {
         let warm = GenerateParams { max_tokens: 4.min(gen_tokens), ..params.clone() };
         engine.generate(prompt, &warm, &mut |_| true).await?;

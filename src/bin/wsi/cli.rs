@@ -93,6 +93,18 @@ enum Command {
         /// their aggregate throughput with one generation through the same batched path.
         #[arg(long)]
         batch: Option<usize>,
+        /// Decode with sampling at this temperature instead of greedily (seeded: runs repeat).
+        #[arg(long, default_value_t = 0.0, conflicts_with = "batch")]
+        temperature: f32,
+        /// With --temperature: nucleus (top-p) sampling.
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f32,
+        /// With --temperature: top-k sampling (0 = off).
+        #[arg(long, default_value_t = 0)]
+        top_k: u32,
+        /// Seed of the sampler's random numbers.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
         #[arg(long)]
         json: bool,
     },
@@ -361,8 +373,19 @@ fn run(cli: Cli) -> Result<()> {
             rounds,
             profile,
             batch,
+            temperature,
+            top_p,
+            top_k,
+            seed,
             json: as_json,
         } => {
+            let sample = wsi::sampling::SampleSettings {
+                temperature: *temperature,
+                top_p: *top_p,
+                top_k: *top_k,
+                seed: *seed,
+                ..Default::default()
+            };
             if let Some(b) = batch {
                 let mut engine = open_engine(&cli.model, &cfg)?;
                 let one = pollster::block_on(wsi::engine::bench_batch(&mut engine, *prompt_tokens, *gen_tokens, 1))?;
@@ -412,7 +435,7 @@ fn run(cli: Cli) -> Result<()> {
             };
             let run_bench = |engine: &mut Engine| -> Result<wsi::engine::BenchReport> {
                 let ids = prompt_of(engine)?;
-                pollster::block_on(wsi::engine::bench_prompt(engine, &ids, *gen_tokens))
+                pollster::block_on(wsi::engine::bench_prompt(engine, &ids, *gen_tokens, &sample))
             };
             let mut engine = open_engine(&cli.model, &cfg)?;
             let base = run_bench(&mut engine)?;
@@ -472,8 +495,8 @@ fn run(cli: Cli) -> Result<()> {
                         // Alternate, so that load from elsewhere hits both sides alike.
                         let (p1, p2) = (prompt_of(e1)?, prompt_of(&e2)?);
                         for _ in 1..*rounds {
-                            let b = pollster::block_on(wsi::engine::bench_again(e1, &p1, *gen_tokens))?;
-                            let c = pollster::block_on(wsi::engine::bench_again(&mut e2, &p2, *gen_tokens))?;
+                            let b = pollster::block_on(wsi::engine::bench_again(e1, &p1, *gen_tokens, &sample))?;
+                            let c = pollster::block_on(wsi::engine::bench_again(&mut e2, &p2, *gen_tokens, &sample))?;
                             decode_rounds.push([b.decode_tokens_per_second, c.decode_tokens_per_second]);
                         }
                     }
