@@ -12,9 +12,10 @@
 // Order of operations (mirrored exactly by sampling.rs, the CPU reference):
 //   repetition penalty over the last `rep_window` ids (each distinct id once),
 //   temperature 0 -> argmax (lowest id on ties);
-//   else p_i = exp((l_i - max) / T), thresholds for top-k and top-p found by bisection on
-//   the logit value, then inverse-CDF sampling over the kept ids with a counter-based RNG
-//   keyed by (seed, position).
+//   else p_i = exp((l_i - max) / T), thresholds for top-k and top-p found by a 16-way
+//   search on the logit value (8 passes over the logits for 2^-32 of the initial interval,
+//   where halving took 32), then inverse-CDF sampling over the kept ids with a
+//   counter-based RNG keyed by (seed, position).
 
 struct SampleParams {
     vocab: u32,
@@ -32,7 +33,11 @@ struct SampleParams {
 }
 
 const WG: u32 = 256u;
-const BISECT_STEPS: u32 = 32u;
+// Threshold search: each pass splits [lo, hi] into GRID equal parts and tests the GRID - 1
+// inner points at once; SEARCH_PASSES passes narrow it by GRID^SEARCH_PASSES = 2^32.
+const GRID: u32 = 16u;
+const PTS: u32 = 15u;             // GRID - 1 inner points
+const SEARCH_PASSES: u32 = 8u;
 
 @group(0) @binding(0) var<uniform> p: SampleParams;
 @group(0) @binding(1) var<storage, read_write> logits: array<f32>;
@@ -43,6 +48,36 @@ var<workgroup> red_f: array<f32, 256>;
 var<workgroup> red_u: array<u32, 256>;
 var<workgroup> red_f2: array<f32, 256>;
 var<workgroup> chosen: u32;
+// Per-point masses handed down the reduction tree: 128 threads x PTS.
+var<workgroup> red_m: array<f32, 1920>;
+// Per-point counts, two sets used by alternate passes (one is cleared while the other fills).
+var<workgroup> cnt_acc: array<atomic<u32>, 32>;
+
+// This thread's grid points (ascending) and its counts and masses at them.
+var<private> gk: array<f32, 15>;
+var<private> gp: array<f32, 15>;
+var<private> cnt: array<u32, 15>;
+var<private> mass: array<f32, 15>;
+
+// One logit into this thread's counts (top-k) and masses (top-p); most logits lie below
+// every point and cost two compares.
+fn tally(l: f32, mx: f32, inv_t: f32, use_k: bool, use_p: bool) {
+    if (use_k && l >= gk[0]) {
+        for (var j = 0u; j < PTS; j++) {
+            if (l >= gk[j]) {
+                cnt[j] += 1u;
+            }
+        }
+    }
+    if (use_p && l >= gp[0]) {
+        let e = exp((l - mx) * inv_t);
+        for (var j = 0u; j < PTS; j++) {
+            if (l >= gp[j]) {
+                mass[j] += e;
+            }
+        }
+    }
+}
 
 fn pcg(v: u32) -> u32 {
     let s = v * 747796405u + 2891336453u;
@@ -145,9 +180,18 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
         }
     } else {
         let inv_t = 1.0 / p.temperature;
-        // Total mass.
+        // Total mass (four loads in flight, added in the same order as one at a time).
         var z = 0.0;
-        for (var i = tid; i < vocab; i += WG) {
+        var i = tid;
+        for (; i + 3u * WG < vocab; i += 4u * WG) {
+            let l = vec4<f32>(logits[base + i], logits[base + i + WG], logits[base + i + 2u * WG], logits[base + i + 3u * WG]);
+            let e = exp((l - vec4<f32>(mx)) * inv_t);
+            z += e.x;
+            z += e.y;
+            z += e.z;
+            z += e.w;
+        }
+        for (; i < vocab; i += WG) {
             z += exp((logits[base + i] - mx) * inv_t);
         }
         red_f[tid] = z;
@@ -161,8 +205,9 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
         let total = red_f[0];
         workgroupBarrier();
 
-        // Bisection on the logit threshold: largest v with count(l >= v) >= top_k and
+        // Threshold search on the logit value: largest v with count(l >= v) >= top_k and
         // largest v with mass(l >= v) >= top_p * total. Below mx - 60 T the mass is nil.
+        // lo only moves to a point that passes, hi to one that fails.
         let floor_v = mx - 60.0 * p.temperature;
         var lo_k = floor_v;
         var hi_k = mx;
@@ -171,42 +216,95 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
         let use_k = p.top_k > 0u && p.top_k < vocab;
         let use_p = p.top_p < 1.0;
         if (use_k || use_p) {
-            for (var it = 0u; it < BISECT_STEPS; it++) {
-                let mid_k = 0.5 * (lo_k + hi_k);
-                let mid_p = 0.5 * (lo_p + hi_p);
-                var c = 0u;
-                var m = 0.0;
-                for (var i = tid; i < vocab; i += WG) {
-                    let l = logits[base + i];
-                    if (l >= mid_k) {
-                        c += 1u;
-                    }
-                    if (l >= mid_p) {
-                        m += exp((l - mx) * inv_t);
+            if (tid < 32u) {
+                atomicStore(&cnt_acc[tid], 0u);
+            }
+            workgroupBarrier();
+            let target_mass = p.top_p * total;
+            for (var it = 0u; it < SEARCH_PASSES; it++) {
+                let half = (it & 1u) * 16u;
+                // Points by repeated addition (no multiply an FMA could fuse: the CPU
+                // reference makes the same roundings), capped at hi.
+                let sk = (hi_k - lo_k) * (1.0 / f32(GRID));
+                let sp = (hi_p - lo_p) * (1.0 / f32(GRID));
+                var vk = lo_k;
+                var vp = lo_p;
+                for (var j = 0u; j < PTS; j++) {
+                    vk = min(vk + sk, hi_k);
+                    vp = min(vp + sp, hi_p);
+                    gk[j] = vk;
+                    gp[j] = vp;
+                    cnt[j] = 0u;
+                    mass[j] = 0.0;
+                }
+                var i = tid;
+                for (; i + 3u * WG < vocab; i += 4u * WG) {
+                    let l = vec4<f32>(logits[base + i], logits[base + i + WG], logits[base + i + 2u * WG], logits[base + i + 3u * WG]);
+                    tally(l.x, mx, inv_t, use_k, use_p);
+                    tally(l.y, mx, inv_t, use_k, use_p);
+                    tally(l.z, mx, inv_t, use_k, use_p);
+                    tally(l.w, mx, inv_t, use_k, use_p);
+                }
+                for (; i < vocab; i += WG) {
+                    tally(logits[base + i], mx, inv_t, use_k, use_p);
+                }
+                // Counts: integer sums, any order. The other set was read last pass (and a
+                // barrier followed); clear it for the next.
+                for (var j = 0u; j < PTS; j++) {
+                    if (cnt[j] > 0u) {
+                        atomicAdd(&cnt_acc[half + j], cnt[j]);
                     }
                 }
-                red_u[tid] = c;
-                red_f[tid] = m;
-                workgroupBarrier();
+                if (tid == 0u) {
+                    for (var j = 0u; j < PTS; j++) {
+                        atomicStore(&cnt_acc[16u - half + j], 0u);
+                    }
+                }
+                // Masses: the same tree as a one-value reduction (level s: thread t < s adds
+                // thread t + s's sums), through half the threads' worth of memory.
                 for (var s = WG / 2u; s > 0u; s >>= 1u) {
+                    if (tid >= s && tid < 2u * s) {
+                        for (var j = 0u; j < PTS; j++) {
+                            red_m[(tid - s) * PTS + j] = mass[j];
+                        }
+                    }
+                    workgroupBarrier();
                     if (tid < s) {
-                        red_u[tid] += red_u[tid + s];
-                        red_f[tid] += red_f[tid + s];
+                        for (var j = 0u; j < PTS; j++) {
+                            mass[j] += red_m[tid * PTS + j];
+                        }
                     }
                     workgroupBarrier();
                 }
-                let cnt = red_u[0];
-                let mass = red_f[0];
-                workgroupBarrier();
-                if (cnt >= p.top_k) {
-                    lo_k = mid_k;
-                } else {
-                    hi_k = mid_k;
+                if (tid == 0u) {
+                    for (var j = 0u; j < PTS; j++) {
+                        red_m[j] = mass[j];
+                    }
                 }
-                if (mass >= p.top_p * total) {
-                    lo_p = mid_p;
-                } else {
-                    hi_p = mid_p;
+                workgroupBarrier();
+                // Every thread takes the same decision: the highest passing point.
+                var jk = 0u;
+                var jp = 0u;
+                for (var j = 0u; j < PTS; j++) {
+                    if (atomicLoad(&cnt_acc[half + j]) >= p.top_k) {
+                        jk = j + 1u;
+                    }
+                    if (red_m[j] >= target_mass) {
+                        jp = j + 1u;
+                    }
+                }
+                workgroupBarrier();
+                if (jk < PTS) {
+                    hi_k = gk[jk];
+                }
+                if (jk > 0u) {
+                    lo_k = gk[jk - 1u];
+                }
+                if (jp < PTS) {
+                    hi_p = gp[jp];
+                }
+                if (jp > 0u) {
+                    lo_p = gp[jp - 1u];
                 }
             }
         }
@@ -223,8 +321,17 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
         let c0 = min(tid * chunk, vocab);
         let c1 = min(c0 + chunk, vocab);
         var part = 0.0;
-        for (var i = c0; i < c1; i++) {
-            let l = logits[base + i];
+        var k = c0;
+        for (; k + 3u < c1; k += 4u) {
+            let l = vec4<f32>(logits[base + k], logits[base + k + 1u], logits[base + k + 2u], logits[base + k + 3u]);
+            for (var j = 0u; j < 4u; j++) {
+                if (l[j] >= thr) {
+                    part += exp((l[j] - mx) * inv_t);
+                }
+            }
+        }
+        for (; k < c1; k++) {
+            let l = logits[base + k];
             if (l >= thr) {
                 part += exp((l - mx) * inv_t);
             }

@@ -1,6 +1,7 @@
 //! Sampling settings and the CPU reference of the GPU sampler (shaders/sample.wgsl).
-//! The reference follows the kernel step by step (same penalty rule, same bisection,
-//! same chunked inverse CDF, same counter-based RNG) so that tests can compare picks.
+//! The reference follows the kernel step by step (same penalty rule, same threshold search
+//! with the same grid points and the same order of additions, same chunked inverse CDF,
+//! same counter-based RNG) so that tests can compare picks.
 
 use crate::gpu::params::SampleParams;
 
@@ -70,7 +71,49 @@ impl SampleSettings {
 pub const SAMPLE_EVERY_ROW: u32 = 2;
 
 const WG: usize = 256;
-const BISECT_STEPS: usize = 32;
+/// The threshold search splits [lo, hi] into GRID parts per pass (GRID - 1 inner points).
+const GRID: usize = 16;
+const PTS: usize = GRID - 1;
+const SEARCH_PASSES: usize = 8;
+
+/// `f` summed over ids `0..n` as the kernel's workgroup does: thread t adds ids t, t + WG,
+/// ... in order, then a tree (level s: thread t < s adds thread t + s) combines the threads.
+fn workgroup_sum<const N: usize>(n: usize, f: impl Fn(usize, &mut [f32; N])) -> [f32; N] {
+    let mut per_thread = vec![[0.0f32; N]; WG];
+    for (t, acc) in per_thread.iter_mut().enumerate() {
+        for i in (t..n).step_by(WG) {
+            f(i, acc);
+        }
+    }
+    let mut s = WG / 2;
+    while s > 0 {
+        for t in 0..s {
+            for j in 0..N {
+                per_thread[t][j] += per_thread[t + s][j];
+            }
+        }
+        s /= 2;
+    }
+    per_thread[0]
+}
+
+/// The kernel's grid points of `[lo, hi]`: repeated additions of (hi - lo) / GRID, capped at hi.
+fn grid_points(lo: f32, hi: f32) -> [f32; PTS] {
+    let step = (hi - lo) * (1.0 / GRID as f32);
+    let mut v = lo;
+    std::array::from_fn(|_| {
+        v = (v + step).min(hi);
+        v
+    })
+}
+
+/// The new (lo, hi) of a search pass: the highest passing point and the one above it.
+fn narrow(lo: f32, hi: f32, g: &[f32; PTS], pass: impl Fn(usize) -> bool) -> (f32, f32) {
+    let j = (0..PTS).rev().find(|&j| pass(j)).map_or(0, |j| j + 1);
+    let new_lo = if j > 0 { g[j - 1] } else { lo };
+    let new_hi = if j < PTS { g[j] } else { hi };
+    (new_lo, new_hi)
+}
 
 fn pcg(v: u32) -> u32 {
     let s = v.wrapping_mul(747_796_405).wrapping_add(2_891_336_453);
@@ -112,28 +155,37 @@ pub fn sample_reference(logits: &mut [f32], history: &[u32], s: &SampleSettings)
     let mx = logits[argmax];
     let inv_t = 1.0 / s.temperature;
     let p = |l: f32| ((l - mx) * inv_t).exp();
-    let total: f32 = logits.iter().map(|&l| p(l)).sum();
+    let [total] = workgroup_sum(vocab, |i, z: &mut [f32; 1]| z[0] += p(logits[i]));
     let floor_v = mx - 60.0 * s.temperature;
     let (mut lo_k, mut hi_k, mut lo_p, mut hi_p) = (floor_v, mx, floor_v, mx);
     let top_p = if s.top_p > 0.0 && s.top_p < 1.0 { s.top_p } else { 1.0 };
     let use_k = s.top_k > 0 && (s.top_k as usize) < vocab;
     let use_p = top_p < 1.0;
     if use_k || use_p {
-        for _ in 0..BISECT_STEPS {
-            let mid_k = 0.5 * (lo_k + hi_k);
-            let mid_p = 0.5 * (lo_p + hi_p);
-            let cnt = logits.iter().filter(|&&l| l >= mid_k).count();
-            let mass: f32 = logits.iter().filter(|&&l| l >= mid_p).map(|&l| p(l)).sum();
-            if cnt >= s.top_k as usize {
-                lo_k = mid_k;
-            } else {
-                hi_k = mid_k;
+        let target_mass = top_p * total;
+        for _ in 0..SEARCH_PASSES {
+            let (gk, gp) = (grid_points(lo_k, hi_k), grid_points(lo_p, hi_p));
+            let mut cnt = [0usize; PTS];
+            if use_k {
+                for &l in logits.iter() {
+                    for j in 0..PTS {
+                        cnt[j] += usize::from(l >= gk[j]);
+                    }
+                }
             }
-            if mass >= top_p * total {
-                lo_p = mid_p;
-            } else {
-                hi_p = mid_p;
-            }
+            let mass = workgroup_sum(vocab, |i, m: &mut [f32; PTS]| {
+                let l = logits[i];
+                if use_p && l >= gp[0] {
+                    let e = p(l);
+                    for j in 0..PTS {
+                        if l >= gp[j] {
+                            m[j] += e;
+                        }
+                    }
+                }
+            });
+            (lo_k, hi_k) = narrow(lo_k, hi_k, &gk, |j| cnt[j] >= s.top_k as usize);
+            (lo_p, hi_p) = narrow(lo_p, hi_p, &gp, |j| mass[j] >= target_mass);
         }
     }
     let mut thr = floor_v;

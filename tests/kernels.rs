@@ -882,3 +882,63 @@ fn gpu_sampler_matches_cpu_reference_and_advances_the_state() {
     // Float exp() may differ in the last bit between CPU and GPU; picks near a boundary can flip.
     assert!(agree * 10 >= total * 9, "only {agree}/{total} sampled picks agree with the CPU reference");
 }
+
+/// The ids top-k and top-p keep, from their definitions in f64: every id at or above the
+/// k-th largest value, and every id at or above the largest value whose mass reaches top_p.
+fn kept_ids(logits: &[f32], s: &SampleSettings) -> Vec<usize> {
+    let mut sorted: Vec<f32> = logits.to_vec();
+    sorted.sort_by(|a, b| b.total_cmp(a));
+    let mut thr = f32::MIN;
+    if s.top_k > 0 && (s.top_k as usize) < logits.len() {
+        thr = thr.max(sorted[s.top_k as usize - 1]);
+    }
+    if s.top_p < 1.0 {
+        let mx = sorted[0] as f64;
+        let w = |l: f32| ((l as f64 - mx) / s.temperature as f64).exp();
+        let total: f64 = logits.iter().map(|&l| w(l)).sum();
+        let mut mass = 0.0;
+        let v = sorted.iter().copied().find(|&v| {
+            mass = logits.iter().filter(|&&l| l >= v).map(|&l| w(l)).sum::<f64>();
+            mass >= s.top_p as f64 * total
+        });
+        thr = thr.max(v.unwrap_or(f32::MIN));
+    }
+    (0..logits.len()).filter(|&i| logits[i] >= thr).collect()
+}
+
+#[test]
+fn gpu_sampler_top_k_and_top_p_keep_ties_at_the_threshold_like_the_cpu_reference() {
+    // 3001 ids (not a multiple of the workgroup): ten distinct leaders, seven ids tied at
+    // 4.5 (ranks 11-17) and five just below it at 4.499. The mass of the leaders is ~18% of
+    // the total, with the tie ~23%, with the ones below ~26%: top_p 0.2 ends in the tie,
+    // 0.25 in the group below.
+    let vocab = 3001;
+    let mut logits = rand_vec(vocab, 41, 3.0);
+    for i in 0..10 {
+        logits[100 + 37 * i] = 5.0 + 0.1 * i as f32;
+    }
+    for i in 0..7 {
+        logits[2000 + 131 * i] = 4.5;
+    }
+    for i in 0..5 {
+        logits[7 + 590 * i] = 4.499;
+    }
+    let history: Vec<u32> = vec![3, 9];
+    let t = |top_k, top_p| SampleSettings { temperature: 1.0, top_k, top_p, ..Default::default() };
+    let cases = [t(12, 1.0), t(17, 1.0), t(18, 1.0), t(0, 0.2), t(0, 0.25), t(0, 0.9), t(12, 0.9), t(200, 0.2)];
+    let (mut agree, mut total) = (0, 0);
+    for s in &cases {
+        let kept = kept_ids(&logits, s);
+        for seed in 0..12u64 {
+            let s = SampleSettings { seed, ..s.clone() };
+            let want = sample_reference(&mut logits.clone(), &history, &s);
+            let (got, _) = gpu_sample(&logits, &history, &s);
+            assert!(kept.contains(&(want as usize)), "{s:?}: CPU pick {want} outside the kept ids {kept:?}");
+            assert!(kept.contains(&(got as usize)), "{s:?}: GPU pick {got} outside the kept ids {kept:?}");
+            total += 1;
+            agree += usize::from(got == want);
+        }
+    }
+    // As in the test above: exp() may differ in the last bit between CPU and GPU.
+    assert!(agree * 10 >= total * 9, "only {agree}/{total} sampled picks agree with the CPU reference");
+}
