@@ -79,7 +79,7 @@ const SEARCH_PASSES: usize = 8;
 /// `f` summed over ids `0..n` as the kernel's workgroup does: thread t adds ids t, t + WG,
 /// ... in order, then a tree (level s: thread t < s adds thread t + s) combines the threads.
 fn workgroup_sum<const N: usize>(n: usize, f: impl Fn(usize, &mut [f32; N])) -> [f32; N] {
-    let mut per_thread = vec![[0.0f32; N]; WG];
+    let mut per_thread = [[0.0f32; N]; WG];
     for (t, acc) in per_thread.iter_mut().enumerate() {
         for i in (t..n).step_by(WG) {
             f(i, acc);
@@ -87,9 +87,10 @@ fn workgroup_sum<const N: usize>(n: usize, f: impl Fn(usize, &mut [f32; N])) -> 
     }
     let mut s = WG / 2;
     while s > 0 {
-        for t in 0..s {
-            for j in 0..N {
-                per_thread[t][j] += per_thread[t + s][j];
+        let (low, high) = per_thread.split_at_mut(s);
+        for (a, b) in low.iter_mut().zip(high.iter()) {
+            for (x, y) in a.iter_mut().zip(b) {
+                *x += *y;
             }
         }
         s /= 2;

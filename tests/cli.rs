@@ -109,6 +109,28 @@ fn synth_then_generate_logits_and_bench_on_a_tiny_model() {
     let dispatches: u64 = decode.iter().filter_map(|r| r[1].as_u64()).sum();
     assert_eq!(dispatches as f64, v["base"]["dispatches_per_token"].as_f64().expect("dispatches"), "{v}");
     assert!(decode.iter().all(|r| r[2].as_f64().is_some_and(|ms| ms >= 0.0)), "{decode:?}");
+    // Sampled decoding (seeded top-k + top-p) through the bench.
+    let (rc, out, err) = wsi(&[
+        "--model",
+        m,
+        "bench",
+        "--prompt-tokens",
+        "8",
+        "--gen-tokens",
+        "8",
+        "--temperature",
+        "0.8",
+        "--top-k",
+        "5",
+        "--top-p",
+        "0.9",
+        "--seed",
+        "3",
+        "--json",
+    ]);
+    assert_eq!(rc, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
+    assert!(v["base"]["decode_tokens_per_second"].as_f64().unwrap_or(0.0) > 0.0, "{v}");
     let text = dir.join("t.txt");
     std::fs::write(&text, "the cat sat on the mat and the dog sat on the log").expect("write");
     let t = text.to_str().expect("path");
