@@ -590,39 +590,56 @@ fn attention_reads_every_storage_format_window_and_ring() {
     }
 }
 
-/// Positions 0..=pos0+t-1 with random K/V, stored in `f` (sinks + window ring when
-/// `window`, a 40-position ring of recent rows at f.ring when the formats differ); the
-/// GPU's attention against the CPU's over the decoded stored values.
-fn check_attention(wg: u32, hd: usize, split: u32, f: KvFormats, window: Option<(usize, usize)>) {
-    let gpu = gpu();
-    let (nh, nkv, t, pos0, layers, layer) = (6usize, 2usize, 5usize, 190usize, 2usize, 1usize);
+/// Cache words (K, V) holding random K/V rows for positions 0..n of layer `layer` (of
+/// `layers`, `rows` main rows after `sinks` sinks) in `f`, positions newer than
+/// `latest - ring.1` in the ring of `ring.0` rows when there is one; oldest first, so that
+/// ring rows end up holding the newest positions. Also each position's (K, V) as stored.
+#[allow(clippy::type_complexity)]
+fn fill_cache(
+    kp: &KvParams,
+    f: KvFormats,
+    (layers, layer, rows, sinks): (usize, usize, usize, usize),
+    ring: (usize, usize),
+    n: usize,
+    latest: usize,
+) -> (Vec<u32>, Vec<u32>, Vec<(Vec<f32>, Vec<f32>)>) {
+    let (nkv, hd) = (kp.n_kv as usize, kp.hd as usize);
     let kv_row = nkv * hd;
-    let (sinks, win, rows) = match window {
-        Some((s, w)) => (s, w, s + w + t + 3),
-        None => (0, 300, 300),
-    };
-    let ring = if f.ring != f.main { (40 + t, 40) } else { (0, 0) };
-    let kp = kv_params(nh, nkv, hd, layers, layer, f, rows, sinks, win, ring, 64);
     let words = kp.main_off as usize + rows * layers * kp.main_row as usize;
-    let latest = pos0 + t - 1;
-    let q = rand_vec(t * nh * hd, 21, 1.0);
     let (mut kw, mut vw) = (vec![0u32; words], vec![0u32; words]);
     let mut stored: Vec<(Vec<f32>, Vec<f32>)> = Vec::new();
-    // Oldest first, so that ring rows end up holding the newest positions.
-    for pos in 0..=latest {
+    for pos in 0..n {
         let (k, v) = (rand_vec(kv_row, 1000 + pos as u64, 1.0), rand_vec(kv_row, 5000 + pos as u64, 1.0));
         let in_ring = ring.0 > 0 && pos + ring.1 > latest;
-        let (base, fmt, n) = if in_ring {
+        let (base, fmt, len) = if in_ring {
             ((((pos % ring.0) * layers) + layer) * kp.ring_row as usize, f.ring, kp.ring_row as usize)
         } else {
             let r = if pos < sinks { pos } else { sinks + (pos - sinks) % (rows - sinks) };
             (kp.main_off as usize + (r * layers + layer) * kp.main_row as usize, f.main, kp.main_row as usize)
         };
         let (ek, ev) = (encode_row(fmt, &k, nkv, hd), encode_row(fmt, &v, nkv, hd));
-        kw[base..base + n].copy_from_slice(&ek);
-        vw[base..base + n].copy_from_slice(&ev);
+        kw[base..base + len].copy_from_slice(&ek);
+        vw[base..base + len].copy_from_slice(&ev);
         stored.push((decode_row(fmt, &ek, nkv, hd), decode_row(fmt, &ev, nkv, hd)));
     }
+    (kw, vw, stored)
+}
+
+/// Positions 0..=pos0+t-1 with random K/V, stored in `f` (sinks + window ring when
+/// `window`, a 40-position ring of recent rows at f.ring when the formats differ); the
+/// GPU's attention against the CPU's over the decoded stored values.
+fn check_attention(wg: u32, hd: usize, split: u32, f: KvFormats, window: Option<(usize, usize)>) {
+    let gpu = gpu();
+    let (nh, nkv, t, pos0, layers, layer) = (6usize, 2usize, 5usize, 190usize, 2usize, 1usize);
+    let (sinks, win, rows) = match window {
+        Some((s, w)) => (s, w, s + w + t + 3),
+        None => (0, 300, 300),
+    };
+    let ring = if f.ring != f.main { (40 + t, 40) } else { (0, 0) };
+    let kp = kv_params(nh, nkv, hd, layers, layer, f, rows, sinks, win, ring, 64);
+    let latest = pos0 + t - 1;
+    let q = rand_vec(t * nh * hd, 21, 1.0);
+    let (kw, vw, stored) = fill_cache(&kp, f, (layers, layer, rows, sinks), ring, latest + 1, latest);
     let ub = gpu.uniform_init("p", bytemuck::bytes_of(&kp));
     let qb = gpu.storage_init("q", bytemuck::cast_slice(&q));
     let kb = gpu.storage_init("k", bytemuck::cast_slice(&kw));
@@ -700,30 +717,14 @@ fn fused_decode_attention_rotates_appends_and_attends_in_every_format_with_gqa()
 fn check_decode_attention(split: u32, f: KvFormats, window: Option<(usize, usize)>, pos0: usize, layout: RopeLayout) {
     let gpu = gpu();
     let (nh, nkv, hd, layers, layer, wg) = (6usize, 2usize, 64usize, 2usize, 1usize, 64u32);
-    let (kv_row, qkv_row, rope_rows) = (nkv * hd, (nh + 2 * nkv) * hd, 64usize);
+    let (qkv_row, rope_rows) = ((nh + 2 * nkv) * hd, 64usize);
     let (sinks, win, rows) = match window {
         Some((s, w)) => (s, w, s + w + 4),
         None => (0, 300, 300),
     };
     let ring = if f.ring != f.main { (41, 40) } else { (0, 0) };
     let kp = kv_params(nh, nkv, hd, layers, layer, f, rows, sinks, win, ring, rope_rows);
-    let words = kp.main_off as usize + rows * layers * kp.main_row as usize;
-    let (mut kw, mut vw) = (vec![0u32; words], vec![0u32; words]);
-    let mut stored: Vec<(Vec<f32>, Vec<f32>)> = Vec::new();
-    for pos in 0..pos0 {
-        let (k, v) = (rand_vec(kv_row, 1000 + pos as u64, 1.0), rand_vec(kv_row, 5000 + pos as u64, 1.0));
-        let in_ring = ring.0 > 0 && pos + ring.1 > pos0;
-        let (base, fmt, n) = if in_ring {
-            ((((pos % ring.0) * layers) + layer) * kp.ring_row as usize, f.ring, kp.ring_row as usize)
-        } else {
-            let r = if pos < sinks { pos } else { sinks + (pos - sinks) % (rows - sinks) };
-            (kp.main_off as usize + (r * layers + layer) * kp.main_row as usize, f.main, kp.main_row as usize)
-        };
-        let (ek, ev) = (encode_row(fmt, &k, nkv, hd), encode_row(fmt, &v, nkv, hd));
-        kw[base..base + n].copy_from_slice(&ek);
-        vw[base..base + n].copy_from_slice(&ev);
-        stored.push((decode_row(fmt, &ek, nkv, hd), decode_row(fmt, &ev, nkv, hd)));
-    }
+    let (kw, vw, mut stored) = fill_cache(&kp, f, (layers, layer, rows, sinks), ring, pos0, pos0);
     let cfg = ModelConfig { head_dim: hd, n_heads: nh, n_kv_heads: nkv, rope_layout: layout, ..tiny_config() };
     let table = rope_table(&cfg, rope_rows, 256);
     let qkv = rand_vec(2 * qkv_row, 33 + pos0 as u64, 1.0);
