@@ -453,16 +453,22 @@ fn finish(tid: u32, lane: u32, row0: u32, partial: vec4<f32>, partial_ss: f32, l
         acc *= inverseSqrt(ss / f32(p.k) + p.eps);
     }
     if (lane == 0u && live) {
-        store(row0, acc.x);
-        if (ROWS > 1u) {
-            store(row0 + 1u, acc.y);
-        }
-        if (ROWS > 2u) {
-            store(row0 + 2u, acc.z);
-        }
-        if (ROWS > 3u) {
-            store(row0 + 3u, acc.w);
-        }
+        store4(row0, 0u, acc);
+    }
+}
+
+// Rows row0 + i of a thread group's ROWS rows from acc[i], for the rows first + i < ROWS
+// (`first`: the place of row0 among them; 4 for the `cpu` entry point's second vec4).
+fn store4(row0: u32, first: u32, acc: vec4<f32>) {
+    store(row0, acc.x);
+    if (ROWS > first + 1u) {
+        store(row0 + 1u, acc.y);
+    }
+    if (ROWS > first + 2u) {
+        store(row0 + 2u, acc.z);
+    }
+    if (ROWS > first + 3u) {
+        store(row0 + 3u, acc.w);
     }
 }
 
@@ -570,26 +576,8 @@ fn cpu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid:
         acc_a *= inv;
         acc_b *= inv;
     }
-    store(row0, acc_a.x);
-    if (ROWS > 1u) {
-        store(row0 + 1u, acc_a.y);
-    }
-    if (ROWS > 2u) {
-        store(row0 + 2u, acc_a.z);
-    }
-    if (ROWS > 3u) {
-        store(row0 + 3u, acc_a.w);
-    }
+    store4(row0, 0u, acc_a);
     if (ROWS > 4u) {
-        store(row0 + 4u, acc_b.x);
-    }
-    if (ROWS > 5u) {
-        store(row0 + 5u, acc_b.y);
-    }
-    if (ROWS > 6u) {
-        store(row0 + 6u, acc_b.z);
-    }
-    if (ROWS > 7u) {
-        store(row0 + 7u, acc_b.w);
+        store4(row0 + 4u, 4u, acc_b);
     }
 }

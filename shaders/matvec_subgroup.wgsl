@@ -21,11 +21,7 @@ fn shuffle_sum4(v: vec4<f32>) -> vec4<f32> {
 }
 
 fn shuffle_sum(v: f32) -> f32 {
-    var a = v;
-    for (var o = TPR / 2u; o > 0u; o >>= 1u) {
-        a += subgroupShuffleXor(a, o);
-    }
-    return a;
+    return shuffle_sum4(vec4<f32>(v, 0.0, 0.0, 0.0)).x;
 }
 
 @compute @workgroup_size(WG)
@@ -79,15 +75,6 @@ fn subgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id)
         acc *= inverseSqrt(total / f32(p.k) + p.eps);
     }
     if (lane == 0u) {
-        store(row0, acc.x);
-        if (ROWS > 1u) {
-            store(row0 + 1u, acc.y);
-        }
-        if (ROWS > 2u) {
-            store(row0 + 2u, acc.z);
-        }
-        if (ROWS > 3u) {
-            store(row0 + 3u, acc.w);
-        }
+        store4(row0, 0u, acc);
     }
 }
