@@ -590,6 +590,25 @@ fn attention_reads_every_storage_format_window_and_ring() {
     }
 }
 
+/// CPU reference of one head's attention in f64: softmax over `keys` of q . K[j] * scale,
+/// applied to V[j], with K/V head `kvh` of each position's stored (K, V).
+fn attend_ref(q: &[f32], keys: &[usize], stored: &[(Vec<f32>, Vec<f32>)], kvh: usize, scale: f64) -> Vec<f32> {
+    let hd = q.len();
+    let s: Vec<f64> = keys
+        .iter()
+        .map(|&j| q.iter().zip(&stored[j].0[kvh * hd..][..hd]).map(|(a, b)| (a * b) as f64).sum::<f64>() * scale)
+        .collect();
+    let mx = s.iter().copied().fold(f64::MIN, f64::max);
+    let e: Vec<f64> = s.iter().map(|x| (x - mx).exp()).collect();
+    let z: f64 = e.iter().sum();
+    (0..hd)
+        .map(|dd| {
+            let acc: f64 = keys.iter().zip(&e).map(|(&j, e)| e * stored[j].1[kvh * hd + dd] as f64).sum();
+            (acc / z) as f32
+        })
+        .collect()
+}
+
 /// Cache words (K, V) holding random K/V rows for positions 0..n of layer `layer` (of
 /// `layers`, `rows` main rows after `sinks` sinks) in `f`, positions newer than
 /// `latest - ring.1` in the ring of `ring.0` rows when there is one; oldest first, so that
@@ -671,19 +690,7 @@ fn check_attention(wg: u32, hd: usize, split: u32, f: KvFormats, window: Option<
         for h in 0..nh {
             let kvh = h / (nh / nkv);
             let qh = &q[ti * nh * hd + h * hd..][..hd];
-            let s: Vec<f64> = keys
-                .iter()
-                .map(|&j| {
-                    qh.iter().zip(&stored[j].0[kvh * hd..][..hd]).map(|(a, b)| (a * b) as f64).sum::<f64>() * scale
-                })
-                .collect();
-            let mx = s.iter().copied().fold(f64::MIN, f64::max);
-            let e: Vec<f64> = s.iter().map(|x| (x - mx).exp()).collect();
-            let z: f64 = e.iter().sum();
-            for dd in 0..hd {
-                let acc: f64 = keys.iter().zip(&e).map(|(&j, e)| e * stored[j].1[kvh * hd + dd] as f64).sum();
-                want[ti * nh * hd + h * hd + dd] = (acc / z) as f32;
-            }
+            want[ti * nh * hd + h * hd..][..hd].copy_from_slice(&attend_ref(qh, &keys, &stored, kvh, scale));
         }
     }
     let err = max_rel_err(&got, &want, 0.1);
@@ -806,17 +813,7 @@ fn check_decode_attention(split: u32, f: KvFormats, window: Option<(usize, usize
         let kvh = h / (nh / nkv);
         let mut qh = src[h * hd..][..hd].to_vec();
         rope_head(&mut qh, pos0, 10000.0, RopeScaling::None, layout);
-        let s: Vec<f64> = keys
-            .iter()
-            .map(|&j| qh.iter().zip(&stored[j].0[kvh * hd..][..hd]).map(|(a, b)| (a * b) as f64).sum::<f64>() * scale)
-            .collect();
-        let mx = s.iter().copied().fold(f64::MIN, f64::max);
-        let e: Vec<f64> = s.iter().map(|x| (x - mx).exp()).collect();
-        let z: f64 = e.iter().sum();
-        for dd in 0..hd {
-            let acc: f64 = keys.iter().zip(&e).map(|(&j, e)| e * stored[j].1[kvh * hd + dd] as f64).sum();
-            want[h * hd + dd] = (acc / z) as f32;
-        }
+        want[h * hd..][..hd].copy_from_slice(&attend_ref(&qh, &keys, &stored, kvh, scale));
     }
     let err = max_rel_err(&got[nh * hd..], &want, 0.1);
     assert!(err < 1e-4, "{case}: max rel err {err} against the CPU");
