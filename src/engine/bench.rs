@@ -214,12 +214,7 @@ fn gpu_us_per_step(engine: &mut Engine, pos: usize, steps: u32) -> Option<f64> {
         let mut enc = engine.gpu.device.create_command_encoder(&Default::default());
         engine.model.reserve_kv(&engine.gpu, &mut enc, pos + steps as usize);
         engine.model.write_state(&engine.gpu, pos as u32, 1);
-        {
-            let mut pass = enc.begin_compute_pass(&Default::default());
-            for _ in 0..steps {
-                engine.model.encode_decode_step(&mut pass);
-            }
-        }
+        engine.model.encode_decode_steps(&mut enc, steps as usize);
         let cb = enc.finish();
         let t = web_time::Instant::now();
         engine.gpu.queue.submit([cb]);
@@ -238,12 +233,7 @@ fn gpu_us_per_step(_: &mut Engine, _: usize, _: u32) -> Option<f64> {
 fn encode_us_per_step(engine: &Engine, steps: u32) -> f64 {
     let t = web_time::Instant::now();
     let mut enc = engine.gpu.device.create_command_encoder(&Default::default());
-    {
-        let mut pass = enc.begin_compute_pass(&Default::default());
-        for _ in 0..steps {
-            engine.model.encode_decode_step(&mut pass);
-        }
-    }
+    engine.model.encode_decode_steps(&mut enc, steps as usize);
     drop(enc.finish());
     t.elapsed().as_secs_f64() * 1e6 / f64::from(steps)
 }

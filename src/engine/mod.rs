@@ -466,12 +466,7 @@ impl Engine {
                         let mut enc = self.gpu.device.create_command_encoder(&Default::default());
                         let latest = prompt.len() + submitted + s - 2;
                         self.reserve_kv(&mut enc, latest, Some((&mut monitor, &mut events)));
-                        {
-                            let mut pass = enc.begin_compute_pass(&Default::default());
-                            for _ in 0..s {
-                                self.model.encode_decode_step(&mut pass);
-                            }
-                        }
+                        self.model.encode_decode_steps(&mut enc, s);
                         let from = (prompt.len() + submitted) as u64 * 4;
                         enc.copy_buffer_to_buffer(
                             &self.model.lane().tokens,

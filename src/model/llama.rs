@@ -537,6 +537,14 @@ impl LlamaGpu {
         run(pass, &lane.decode, 1);
         run(pass, std::slice::from_ref(&lane.sample), 1);
     }
+
+    /// Encode `steps` decode steps in one compute pass of `enc`.
+    pub fn encode_decode_steps(&self, enc: &mut wgpu::CommandEncoder, steps: usize) {
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        for _ in 0..steps {
+            self.encode_decode_step(&mut pass);
+        }
+    }
 }
 
 fn run(pass: &mut wgpu::ComputePass<'_>, list: &[Dispatch], tokens: u32) {
