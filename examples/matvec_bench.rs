@@ -13,14 +13,18 @@ use wsi::gpu::params::MatParams;
 use wsi::gpu::{Gpu, WeightFormat};
 use wsi::model::upload::upload_matrix;
 
-fn prelude(format: WeightFormat, native_f16: bool) -> &'static str {
-    match format {
+fn prelude(format: WeightFormat, native_f16: bool) -> String {
+    let own = match format {
         WeightFormat::F16 if native_f16 => include_str!("../shaders/weights/f16_native.wgsl"),
         WeightFormat::F32 => include_str!("../shaders/weights/f32.wgsl"),
         WeightFormat::F16 => include_str!("../shaders/weights/f16.wgsl"),
         WeightFormat::Int8 => include_str!("../shaders/weights/int8.wgsl"),
         _ => include_str!("../shaders/weights/int4.wgsl"),
-    }
+    };
+    // Every format but int4 takes `wide`'s dot_w8 from its load_w8 (as src/gpu/kernels.rs).
+    let w8 =
+        if matches!(format, WeightFormat::Int4) { "" } else { include_str!("../shaders/weights/dot_w8_from_w8.wgsl") };
+    format!("{own}\n{w8}")
 }
 
 fn main() {
@@ -40,7 +44,11 @@ fn main() {
     let gpu: Gpu = pollster::block_on(Gpu::new()).expect("adapter");
     println!("{} {:?} {n}x{k} subgroups {}", gpu.caps.adapter_name, format, gpu.caps.subgroups);
     let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 1000) as f32 / 1000.0 - 0.5) * 0.1).collect();
-    let m = upload_matrix(&gpu, "w", &[&w], k, format).expect("upload");
+    // COPIES > 1: that many copies of the matrix, used in turn, so that a large total
+    // defeats the L2 cache (H100: 50 MB) and the figures show HBM bandwidth.
+    let copies: usize = std::env::var("COPIES").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    let mats: Vec<_> = (0..copies).map(|_| upload_matrix(&gpu, "w", &[&w], k, format).expect("upload")).collect();
+    let m = &mats[0];
     let x = gpu.storage_init("x", bytemuck::cast_slice(&vec![0.5f32; 2 * k]));
     let y = gpu.storage("y", n as u64 * 4);
     let aux = gpu.storage_init("aux", bytemuck::cast_slice(&vec![1.0f32; k]));
@@ -52,7 +60,7 @@ fn main() {
         // An optional 6th field: a prelude file read at run time (A/B of shader edits).
         let prelude_text = match f.get(5).filter(|p| !p.is_empty()) {
             Some(path) => std::fs::read_to_string(path).expect("prelude file"),
-            None => prelude(m.format, args[0] == "fp16n").to_string(),
+            None => prelude(m.format, args[0] == "fp16n"),
         };
         // An optional 7th: a matvec.wgsl to use instead of the built-in one.
         let body = match f.get(6) {
@@ -100,17 +108,21 @@ fn main() {
             head_dim: 0,
         };
         let ub = gpu.uniform_init("p", bytemuck::bytes_of(&params));
-        let mut entries = vec![(0, &ub), (3, &x), (4, &y), (5, &aux), (6, &filler), (7, &state)];
-        entries.extend(m.shards[0].bindings());
         let layout = pipeline.get_bind_group_layout(0);
-        let e: Vec<_> = entries
+        let binds: Vec<_> = mats
             .iter()
-            .map(|(b, buf)| wgpu::BindGroupEntry { binding: *b, resource: buf.as_entire_binding() })
+            .map(|m| {
+                let mut entries = vec![(0, &ub), (3, &x), (4, &y), (5, &aux), (6, &filler), (7, &state)];
+                entries.extend(m.shards[0].bindings());
+                let e: Vec<_> = entries
+                    .iter()
+                    .map(|(b, buf)| wgpu::BindGroupEntry { binding: *b, resource: buf.as_entire_binding() })
+                    .collect();
+                gpu.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &layout, entries: &e })
+            })
             .collect();
-        let bind =
-            gpu.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &layout, entries: &e });
         let per_wg = wg / tpr * rows;
-        built.push((v.to_string(), pipeline, bind, (n as u32).div_ceil(per_wg), Vec::new()));
+        built.push((v.to_string(), pipeline, binds, (n as u32).div_ceil(per_wg), Vec::new()));
     }
     // Each variant's output against the first variant's (max relative difference), so that a
     // variant that fails to compile or computes something else shows.
@@ -122,7 +134,7 @@ fn main() {
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
             pass.set_pipeline(&b.1);
-            pass.set_bind_group(0, &b.2, &[]);
+            pass.set_bind_group(0, &b.2[0], &[]);
             pass.dispatch_workgroups(b.3, 1, 1);
         }
         enc.copy_buffer_to_buffer(&y, 0, &staging, 0, n as u64 * 4);
@@ -140,15 +152,15 @@ fn main() {
             })
         })
         .collect();
-    let reps = 20;
+    let reps: usize = std::env::var("REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
     for round in 0..12 {
         for b in built.iter_mut() {
             let mut enc = gpu.device.create_command_encoder(&Default::default());
             {
                 let mut pass = enc.begin_compute_pass(&Default::default());
                 pass.set_pipeline(&b.1);
-                pass.set_bind_group(0, &b.2, &[]);
-                for _ in 0..reps {
+                for i in 0..reps {
+                    pass.set_bind_group(0, &b.2[i % b.2.len()], &[]);
                     pass.dispatch_workgroups(b.3, 1, 1);
                 }
             }
@@ -156,7 +168,7 @@ fn main() {
             gpu.queue.submit([enc.finish()]);
             gpu.device.poll(wgpu::PollType::wait_indefinitely()).expect("poll");
             if round > 0 {
-                b.4.push(t.elapsed().as_secs_f64() * 1e3 / f64::from(reps));
+                b.4.push(t.elapsed().as_secs_f64() * 1e3 / reps as f64);
             }
         }
     }

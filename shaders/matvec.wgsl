@@ -4,8 +4,9 @@
 // SwiGLU-combined from [gate | up] halves (SWIGLU_IN). A workgroup owns ROWS output rows;
 // its threads stride over k with vec4 loads and reduce in workgroup memory.
 // The weight prelude (weights/*.wgsl) supplies `load_w4` (4 weights), `load_w8` (8
-// weights as the columns of a mat2x4, for the `wide` entry point, k a multiple of 8) and
-// `dot_w32` (32 weights dotted with 32 inputs given their sum, for the `cpu` entry point).
+// weights as the columns of a mat2x4, k a multiple of 8), `dot_w8` (8 weights dotted with 8
+// inputs given their sum, for the `wide` entry point) and `dot_w32` (the same for 32, for the
+// `cpu` entry point); weights/dot_w*_from_w8.wgsl make the last two from `load_w8`.
 
 struct MatParams {
     n: u32,         // output rows
@@ -235,21 +236,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     finish(tid, lane, row0, acc, ss, true);
 }
 
-// Weights 8*k8..8*k8+7 of rows r0..r3 dotted with the (norm-weighted) input xa | xb.
-fn rows8(r0: u32, r1: u32, r2: u32, r3: u32, k8: u32, k8n: u32, xa: vec4<f32>, xb: vec4<f32>) -> vec4<f32> {
-    let w0 = load_w8(r0, k8, k8n);
-    var d = vec4<f32>(dot(w0[0], xa) + dot(w0[1], xb), 0.0, 0.0, 0.0);
+// Weights 8*k8..8*k8+7 of rows r0..r3 dotted with the (norm-weighted) input xa | xb, whose
+// sum `xsum` lets int4's `dot_w8` apply each row's scale and minimum once per 8 weights.
+fn rows8(r0: u32, r1: u32, r2: u32, r3: u32, k8: u32, k8n: u32, xa: vec4<f32>, xb: vec4<f32>, xsum: f32) -> vec4<f32> {
+    var d = vec4<f32>(dot_w8(r0, k8, k8n, xa, xb, xsum), 0.0, 0.0, 0.0);
     if (ROWS > 1u) {
-        let w1 = load_w8(r1, k8, k8n);
-        d.y = dot(w1[0], xa) + dot(w1[1], xb);
+        d.y = dot_w8(r1, k8, k8n, xa, xb, xsum);
     }
     if (ROWS > 2u) {
-        let w2 = load_w8(r2, k8, k8n);
-        d.z = dot(w2[0], xa) + dot(w2[1], xb);
+        d.z = dot_w8(r2, k8, k8n, xa, xb, xsum);
     }
     if (ROWS > 3u) {
-        let w3 = load_w8(r3, k8, k8n);
-        d.w = dot(w3[0], xa) + dot(w3[1], xb);
+        d.w = dot_w8(r3, k8, k8n, xa, xb, xsum);
     }
     return d;
 }
@@ -280,7 +278,8 @@ fn wide(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             xa *= aux[2u * k8];
             xb *= aux[2u * k8 + 1u];
         }
-        acc += rows8(r0, r1, r2, r3, k8, k8n, xa, xb);
+        let xs = xa + xb;
+        acc += rows8(r0, r1, r2, r3, k8, k8n, xa, xb, xs.x + xs.y + xs.z + xs.w);
     }
     finish(tid, lane, row0, acc, ss, true);
 }
@@ -488,6 +487,31 @@ fn store(row: u32, v: f32) {
     }
 }
 
+// The 32 (norm-weighted) input elements of weight group `g` of the row at `base`, as the
+// columns of two mat4x4 (4 consecutive k each), with their sum for `dot_w32`; their x^2 is
+// added to `ss` under FUSE_NORM.
+struct X32 {
+    a: mat4x4<f32>,
+    b: mat4x4<f32>,
+    sum: f32,
+}
+
+fn x32(base: u32, g: u32, ss: ptr<function, f32>) -> X32 {
+    let kb = g * 32u;
+    var xa = mat4x4<f32>(xin4(base, kb), xin4(base, kb + 4u), xin4(base, kb + 8u), xin4(base, kb + 12u));
+    var xb = mat4x4<f32>(xin4(base, kb + 16u), xin4(base, kb + 20u), xin4(base, kb + 24u), xin4(base, kb + 28u));
+    if (FUSE_NORM) {
+        let sq = xa[0] * xa[0] + xa[1] * xa[1] + xa[2] * xa[2] + xa[3] * xa[3] + xb[0] * xb[0] + xb[1] * xb[1]
+            + xb[2] * xb[2] + xb[3] * xb[3];
+        *ss += sq.x + sq.y + sq.z + sq.w;
+        let a = g * 8u;
+        xa = mat4x4<f32>(xa[0] * aux[a], xa[1] * aux[a + 1u], xa[2] * aux[a + 2u], xa[3] * aux[a + 3u]);
+        xb = mat4x4<f32>(xb[0] * aux[a + 4u], xb[1] * aux[a + 5u], xb[2] * aux[a + 6u], xb[3] * aux[a + 7u]);
+    }
+    let xs4 = xa[0] + xa[1] + xa[2] + xa[3] + xb[0] + xb[1] + xb[2] + xb[3];
+    return X32(xa, xb, xs4.x + xs4.y + xs4.z + xs4.w);
+}
+
 // The rows of ROWS (<= 8) rows starting at row0 (clamped to the last row).
 struct Rows8 {
     a: vec4<u32>,
@@ -519,24 +543,10 @@ fn cpu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid:
     var acc_b = vec4<f32>(0.0);
     var ss = 0.0;
     for (var g = 0u; g < gn; g++) {
-        let kb = g * 32u;
-        var xa = mat4x4<f32>(xin4(xbase, kb), xin4(xbase, kb + 4u), xin4(xbase, kb + 8u), xin4(xbase, kb + 12u));
-        var xb = mat4x4<f32>(
-            xin4(xbase, kb + 16u),
-            xin4(xbase, kb + 20u),
-            xin4(xbase, kb + 24u),
-            xin4(xbase, kb + 28u),
-        );
-        if (FUSE_NORM) {
-            let sq = xa[0] * xa[0] + xa[1] * xa[1] + xa[2] * xa[2] + xa[3] * xa[3] + xb[0] * xb[0] + xb[1] * xb[1]
-                + xb[2] * xb[2] + xb[3] * xb[3];
-            ss += sq.x + sq.y + sq.z + sq.w;
-            let a = g * 8u;
-            xa = mat4x4<f32>(xa[0] * aux[a], xa[1] * aux[a + 1u], xa[2] * aux[a + 2u], xa[3] * aux[a + 3u]);
-            xb = mat4x4<f32>(xb[0] * aux[a + 4u], xb[1] * aux[a + 5u], xb[2] * aux[a + 6u], xb[3] * aux[a + 7u]);
-        }
-        let xs4 = xa[0] + xa[1] + xa[2] + xa[3] + xb[0] + xb[1] + xb[2] + xb[3];
-        let xsum = xs4.x + xs4.y + xs4.z + xs4.w;
+        let xg = x32(xbase, g, &ss);
+        let xa = xg.a;
+        let xb = xg.b;
+        let xsum = xg.sum;
         acc_a.x += dot_w32(r.a.x, g, k4n, xa, xb, xsum);
         if (ROWS > 1u) {
             acc_a.y += dot_w32(r.a.y, g, k4n, xa, xb, xsum);

@@ -574,6 +574,14 @@ fn attention_matches_cpu_reference_with_gqa_and_causal_mask() {
     }
 }
 
+/// A context longer than 1024 keys, in one workgroup per head and split in two.
+#[test]
+fn attention_over_more_than_1024_keys_matches_cpu_reference() {
+    for split in [1u32, 2] {
+        check_attention_at(64, 16, split, KvFormats::plain(KvFormat::F16), None, 1100);
+    }
+}
+
 #[test]
 fn attention_reads_every_storage_format_window_and_ring() {
     let progressive = KvFormats { main: KvFormat::Int8, ring: KvFormat::F16 };
@@ -648,11 +656,16 @@ fn fill_cache(
 /// `window`, a 40-position ring of recent rows at f.ring when the formats differ); the
 /// GPU's attention against the CPU's over the decoded stored values.
 fn check_attention(wg: u32, hd: usize, split: u32, f: KvFormats, window: Option<(usize, usize)>) {
+    check_attention_at(wg, hd, split, f, window, 190);
+}
+
+/// `check_attention` with the chunk's first position `pos0`.
+fn check_attention_at(wg: u32, hd: usize, split: u32, f: KvFormats, window: Option<(usize, usize)>, pos0: usize) {
     let gpu = gpu();
-    let (nh, nkv, t, pos0, layers, layer) = (6usize, 2usize, 5usize, 190usize, 2usize, 1usize);
+    let (nh, nkv, t, layers, layer) = (6usize, 2usize, 5usize, 2usize, 1usize);
     let (sinks, win, rows) = match window {
         Some((s, w)) => (s, w, s + w + t + 3),
-        None => (0, 300, 300),
+        None => (0, pos0 + 110, pos0 + 110),
     };
     let ring = if f.ring != f.main { (40 + t, 40) } else { (0, 0) };
     let kp = kv_params(nh, nkv, hd, layers, layer, f, rows, sinks, win, ring, 64);

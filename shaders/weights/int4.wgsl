@@ -27,6 +27,17 @@ fn load_w8(row: u32, k8: u32, k8_per_row: u32) -> mat2x4<f32> {
     return mat2x4<f32>(nibbles(word) * dm.x + dm.y, nibbles(word >> 16u) * dm.x + dm.y);
 }
 
+// Weights 8*k8..8*k8+7 of a row dotted with xa | xb whose sum is `xsum`: the codes' dot
+// product first, then the group's scale and minimum once, sum_j (q_j d + m) x_j =
+// d sum_j q_j x_j + m sum_j x_j (two FMAs per weight fewer than dequantising each; H100,
+// 12288x4096 with norm: 1183 -> 1273 GB/s).
+fn dot_w8(row: u32, k8: u32, k8_per_row: u32, xa: vec4<f32>, xb: vec4<f32>, xsum: f32) -> f32 {
+    let f = row * k8_per_row + k8;
+    let dm = unpack2x16float(s[f >> 2u]);
+    let word = w[f >> 2u][f & 3u];
+    return (dot(nibbles(word), xa) + dot(nibbles(word >> 16u), xb)) * dm.x + xsum * dm.y;
+}
+
 // Nibble j (0..7) of each word of q: weights j, 8 + j, 16 + j, 24 + j of a group. Signed
 // conversion: x86 without AVX-512 has no unsigned one, and the values are below 16.
 fn nibble_j(q: vec4<u32>, j: u32) -> vec4<f32> {

@@ -196,11 +196,12 @@ impl KernelKey {
     fn source(&self, native_f16: bool) -> String {
         let (prelude, body) = match self.kernel {
             Kernel::Matvec { format, subgroup, .. } => {
+                let w32 = include_str!("../../shaders/weights/dot_w32_from_w8.wgsl");
+                let w8 = include_str!("../../shaders/weights/dot_w8_from_w8.wgsl");
                 let fallback = match format {
-                    WeightFormat::Int3 | WeightFormat::Int2 => {
-                        include_str!("../../shaders/weights/dot_w32_from_w8.wgsl")
-                    }
-                    _ => "",
+                    WeightFormat::Int4 => String::new(),
+                    WeightFormat::Int3 | WeightFormat::Int2 => format!("{w32}\n{w8}"),
+                    _ => w8.to_string(),
                 };
                 // `cpu` reads fp16 as packed u32 pairs even with shader-f16: CPU rasterisers
                 // load storage lane by lane, one scalar at a time, and 16-bit scalars halve
