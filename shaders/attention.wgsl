@@ -264,7 +264,10 @@ fn decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
     attend(tid, h, wid.z, row, live, pos, kk, jn, select(1.0, k_amax, int8), select(1.0, v_amax, int8));
 }
 
-// Merge the SPLIT partials of one (head, token): one workgroup, a thread per dimension.
+// Merge the SPLIT partials of one (head, token): one workgroup, a thread per dimension. No
+// load waits behind a branch or on the maximum, so a thread's loads are all in flight at
+// once (an empty split adds zeros: the same sums; H100 1.1B int4: 7.9 -> 7.1 µs per layer in
+// the stream, decode GPU time per step 1375 -> 1353 µs).
 @compute @workgroup_size(WG)
 fn combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let h = wid.x;
@@ -277,9 +280,8 @@ fn combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) 
     let base = (row * p.n_heads + h) * SPLIT * stride;
     var mx = -3.0e38;
     for (var z = 0u; z < SPLIT; z++) {
-        if (partial[base + z * stride + 1u] > 0.0) {
-            mx = max(mx, partial[base + z * stride]);
-        }
+        let pz = base + z * stride;
+        mx = max(mx, select(-3.0e38, partial[pz], partial[pz + 1u] > 0.0));
     }
     for (var d = lid.x; d < p.hd; d += WG) {
         var l = 0.0;
@@ -287,11 +289,9 @@ fn combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) 
         for (var z = 0u; z < SPLIT; z++) {
             let pz = base + z * stride;
             let lz = partial[pz + 1u];
-            if (lz > 0.0) {
-                let w = exp(partial[pz] - mx);
-                l += lz * w;
-                acc += partial[pz + 4u + d] * w;
-            }
+            let w = select(0.0, exp(partial[pz] - mx), lz > 0.0);
+            l += lz * w;
+            acc += partial[pz + 4u + d] * w;
         }
         out[row * p.n_heads * p.hd + h * p.hd + d] = acc / l;
     }

@@ -98,9 +98,9 @@ fn xin8(base: u32, kb: u32) -> X2 {
 
 // `combined4` for elements kb..kb+7 of one head (hd a multiple of 8), with every load issued
 // before any is used: no load depends on the maximum or sits behind a branch, and the split
-// weights serve both vec4 (H100, 135M int4: the o projection in-stream 10.2 -> 8.9 µs per layer, decode GPU time per
-// step 1241 -> 1203 µs).
-// The sums are the same as `combined4`'s (an empty split adds zeros).
+// weights serve both vec4. The sums are `combined4`'s (an empty split adds zeros). H100,
+// 135M int4: the o projection 10.2 -> 8.9 µs per layer in the stream, decode GPU time per
+// step 1241 -> 1203 µs.
 fn combined8(row: u32, kb: u32) -> X2 {
     let hd = p.head_dim;
     let stride = hd / 4u + 1u;
