@@ -62,10 +62,15 @@ fn main() {
             Some(path) => std::fs::read_to_string(path).expect("prelude file"),
             None => prelude(m.format, args[0] == "fp16n"),
         };
-        // An optional 7th: a matvec.wgsl to use instead of the built-in one.
+        // An optional 7th: a matvec.wgsl to use instead of the built-in one, or with a
+        // leading `+` a file appended to it (examples/matvec_probes.wgsl).
+        let builtin = include_str!("../shaders/matvec.wgsl");
         let body = match f.get(6) {
+            Some(path) if path.starts_with('+') => {
+                format!("{builtin}\n{}", std::fs::read_to_string(&path[1..]).expect("appended file"))
+            }
             Some(path) => std::fs::read_to_string(path).expect("matvec file"),
-            None => include_str!("../shaders/matvec.wgsl").to_string(),
+            None => builtin.to_string(),
         };
         let source = format!("{prelude_text}\n{body}");
         let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
