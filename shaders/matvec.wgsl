@@ -50,7 +50,7 @@ var<private> out_row: u32;
 // the variant asks; RMSNorm is applied in two parts (the weight `aux` here, 1/rms at the end).
 fn xin4(base: u32, kb: u32) -> vec4<f32> {
     if (COMBINE_SPLIT > 0u) {
-        return combined4(base / p.x_stride, kb);
+        return combined(base / p.x_stride, kb, false).a;
     }
     var v = x[(base + kb) / 4u];
     if (SWIGLU_IN) {
@@ -60,48 +60,22 @@ fn xin4(base: u32, kb: u32) -> vec4<f32> {
     return v;
 }
 
-// Attention output elements kb..kb+3 (one head: hd is a multiple of 4) of activation row
-// `row`, from the partials: the same arithmetic, per element, as attention.wgsl's `combine`.
-fn combined4(row: u32, kb: u32) -> vec4<f32> {
-    let hd = p.head_dim;
-    let stride = hd / 4u + 1u;
-    let h = kb / hd;
-    let d4 = (kb % hd) / 4u;
-    let b = (row * (p.k / hd) + h) * COMBINE_SPLIT * stride;
-    var mx = -3.0e38;
-    for (var z = 0u; z < COMBINE_SPLIT; z++) {
-        let ml = x[b + z * stride];
-        if (ml.y > 0.0) {
-            mx = max(mx, ml.x);
-        }
-    }
-    var l = 0.0;
-    var acc = vec4<f32>(0.0);
-    for (var z = 0u; z < COMBINE_SPLIT; z++) {
-        let ml = x[b + z * stride];
-        if (ml.y > 0.0) {
-            let w = exp(ml.x - mx);
-            l += ml.y * w;
-            acc += x[b + z * stride + 1u + d4] * w;
-        }
-    }
-    return acc / l;
-}
-
 // Input elements kb..kb+7 (kb a multiple of 8) of the row at `base`, as `xin4` gives them.
 fn xin8(base: u32, kb: u32) -> X2 {
     if (COMBINE_SPLIT > 0u && p.head_dim % 8u == 0u) {
-        return combined8(base / p.x_stride, kb);
+        return combined(base / p.x_stride, kb, true);
     }
     return X2(xin4(base, kb), xin4(base, kb + 4u));
 }
 
-// `combined4` for elements kb..kb+7 of one head (hd a multiple of 8), with every load issued
-// before any is used: no load depends on the maximum or sits behind a branch, and the split
-// weights serve both vec4. The sums are `combined4`'s (an empty split adds zeros). H100,
-// 135M int4: the o projection 10.2 -> 8.9 µs per layer in the stream, decode GPU time per
-// step 1241 -> 1203 µs.
-fn combined8(row: u32, kb: u32) -> X2 {
+// Attention output elements of activation row `row` from the partials: kb..kb+3 in `a`, and
+// with `eight` kb+4..kb+7 in `b` (one head: hd a multiple of 4, of 8 with `eight`); per
+// element the arithmetic of attention.wgsl's `combine`. Every load is issued before any is
+// used: none depends on the maximum or sits behind a branch (an empty split adds zeros, the
+// same sums), and the split weights serve both vec4. H100, 135M int4 (`wide`, eight at a
+// time): the o projection 10.2 -> 8.9 µs per layer in the stream, GPU time per decode step
+// 1241 -> 1203 µs.
+fn combined(row: u32, kb: u32, eight: bool) -> X2 {
     let hd = p.head_dim;
     let stride = hd / 4u + 1u;
     let h = kb / hd;
@@ -113,17 +87,19 @@ fn combined8(row: u32, kb: u32) -> X2 {
         mx = max(mx, select(-3.0e38, ml.x, ml.y > 0.0));
     }
     var l = 0.0;
-    var a = vec4<f32>(0.0);
-    var c = vec4<f32>(0.0);
+    var lo = vec4<f32>(0.0);
+    var hi = vec4<f32>(0.0);
     for (var z = 0u; z < COMBINE_SPLIT; z++) {
         let o = b + z * stride;
         let ml = x[o];
         let w = select(0.0, exp(ml.x - mx), ml.y > 0.0);
         l += ml.y * w;
-        a += x[o + 1u + d4] * w;
-        c += x[o + 2u + d4] * w;
+        lo += x[o + 1u + d4] * w;
+        if (eight) {
+            hi += x[o + 2u + d4] * w;
+        }
     }
-    return X2(a / l, c / l);
+    return X2(lo / l, hi / l);
 }
 
 // The input row of this workgroup: the grid's y, or the last prefill token (lm_head).
