@@ -1,7 +1,7 @@
 // KV-cache prelude shared by rope_kv.wgsl and attention.wgsl (then kv_write.wgsl): the
-// layout, the position -> row mapping of the sliding window and the storage formats. The kernel file declares
-// `p: KvParams`, `k_cache` and `v_cache` (array<u32>, read or read_write), and `WG` and a
-// workgroup array `red` of at least WG floats for `reduce_max`.
+// layout, the position -> row mapping of the sliding window and the storage formats. The
+// kernel file declares `p: KvParams`, `k_cache` and `v_cache` (array<u32>, read or
+// read_write), and `WG` and a workgroup array `red` of at least WG floats for `reduce_max`.
 //
 // Each cache buffer holds, in u32 words:
 //   ring: [ring_rows, layers, ring_row] (progressive only: the newest positions, RING_FMT)

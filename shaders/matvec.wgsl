@@ -250,9 +250,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     finish(tid, lane, row0, acc, ss, true);
 }
 
-// Weights 8*k8..8*k8+7 of rows r0..r3 dotted with the (norm-weighted) input xa | xb, whose
-// sum `xsum` lets int4's `dot_w8` apply each row's scale and minimum once per 8 weights.
-fn rows8(r0: u32, r1: u32, r2: u32, r3: u32, k8: u32, k8n: u32, xa: vec4<f32>, xb: vec4<f32>, xsum: f32) -> vec4<f32> {
+// Weights 8*k8..8*k8+7 of rows r0..r3 dotted with the (norm-weighted) input xa | xb; the
+// inputs' sum lets int4's `dot_w8` apply each row's scale and minimum once per 8 weights.
+fn rows8(r0: u32, r1: u32, r2: u32, r3: u32, k8: u32, k8n: u32, xa: vec4<f32>, xb: vec4<f32>) -> vec4<f32> {
+    let xs = xa + xb;
+    let xsum = xs.x + xs.y + xs.z + xs.w;
     var d = vec4<f32>(dot_w8(r0, k8, k8n, xa, xb, xsum), 0.0, 0.0, 0.0);
     if (ROWS > 1u) {
         d.y = dot_w8(r1, k8, k8n, xa, xb, xsum);
@@ -293,8 +295,7 @@ fn wide(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             xa *= aux[2u * k8];
             xb *= aux[2u * k8 + 1u];
         }
-        let xs = xa + xb;
-        acc += rows8(r0, r1, r2, r3, k8, k8n, xa, xb, xs.x + xs.y + xs.z + xs.w);
+        acc += rows8(r0, r1, r2, r3, k8, k8n, xa, xb);
     }
     finish(tid, lane, row0, acc, ss, true);
 }

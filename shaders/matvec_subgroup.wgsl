@@ -53,11 +53,11 @@ fn subgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id)
         var j = lane;
         for (; j + TPR < n8; j += 2u * TPR) {
             let j2 = j + TPR;
-            acc += tile_rows8(r, k8_0 + j, k8n, x_tile[2u * j], x_tile[2u * j + 1u])
-                + tile_rows8(r, k8_0 + j2, k8n, x_tile[2u * j2], x_tile[2u * j2 + 1u]);
+            acc += rows8(r.x, r.y, r.z, r.w, k8_0 + j, k8n, x_tile[2u * j], x_tile[2u * j + 1u])
+                + rows8(r.x, r.y, r.z, r.w, k8_0 + j2, k8n, x_tile[2u * j2], x_tile[2u * j2 + 1u]);
         }
         if (j < n8) {
-            acc += tile_rows8(r, k8_0 + j, k8n, x_tile[2u * j], x_tile[2u * j + 1u]);
+            acc += rows8(r.x, r.y, r.z, r.w, k8_0 + j, k8n, x_tile[2u * j], x_tile[2u * j + 1u]);
         }
     }
     acc = shuffle_sum4(acc);
@@ -77,10 +77,4 @@ fn subgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id)
     if (lane == 0u) {
         store4(row0, 0u, acc);
     }
-}
-
-// `rows8` of rows r for the staged inputs xa | xb (their sum for `dot_w8`).
-fn tile_rows8(r: vec4<u32>, k8: u32, k8n: u32, xa: vec4<f32>, xb: vec4<f32>) -> vec4<f32> {
-    let xs = xa + xb;
-    return rows8(r.x, r.y, r.z, r.w, k8, k8n, xa, xb, xs.x + xs.y + xs.z + xs.w);
 }
