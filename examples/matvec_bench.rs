@@ -4,28 +4,15 @@
 //!
 //!   cargo run --release --example matvec_bench -- int4 3072x576 main:256:1:2 cpu:32:1:8
 //!
-//! Each variant is `entry:WG:TPR:ROWS[:norm|swiglu|plain[:prelude.wgsl[:matvec.wgsl]]]`; the matrix is `NxK`. Prints the median
-//! time per dispatch and per weight over rounds of 20 dispatches.
+//! Each variant is `entry:WG:TPR:ROWS[:norm|swiglu|plain[:prelude.wgsl[:matvec.wgsl|+appended.wgsl]]]`;
+//! the matrix is `NxK`. Prints the median time per dispatch and per weight over rounds of
+//! `REPS` (default 20) dispatches; `COPIES=N` cycles N copies of the matrix (past the L2).
 
 use std::time::Instant;
 
 use wsi::gpu::params::MatParams;
 use wsi::gpu::{Gpu, WeightFormat};
 use wsi::model::upload::upload_matrix;
-
-fn prelude(format: WeightFormat, native_f16: bool) -> String {
-    let own = match format {
-        WeightFormat::F16 if native_f16 => include_str!("../shaders/weights/f16_native.wgsl"),
-        WeightFormat::F32 => include_str!("../shaders/weights/f32.wgsl"),
-        WeightFormat::F16 => include_str!("../shaders/weights/f16.wgsl"),
-        WeightFormat::Int8 => include_str!("../shaders/weights/int8.wgsl"),
-        _ => include_str!("../shaders/weights/int4.wgsl"),
-    };
-    // Every format but int4 takes `wide`'s dot_w8 from its load_w8 (as src/gpu/kernels.rs).
-    let w8 =
-        if matches!(format, WeightFormat::Int4) { "" } else { include_str!("../shaders/weights/dot_w8_from_w8.wgsl") };
-    format!("{own}\n{w8}")
-}
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -60,7 +47,7 @@ fn main() {
         // An optional 6th field: a prelude file read at run time (A/B of shader edits).
         let prelude_text = match f.get(5).filter(|p| !p.is_empty()) {
             Some(path) => std::fs::read_to_string(path).expect("prelude file"),
-            None => prelude(m.format, args[0] == "fp16n"),
+            None => m.format.matvec_prelude(args[0] == "fp16n"),
         };
         // An optional 7th: a matvec.wgsl to use instead of the built-in one, or with a
         // leading `+` a file appended to it (examples/matvec_probes.wgsl).

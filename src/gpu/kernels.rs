@@ -51,6 +51,20 @@ impl WeightFormat {
         }
     }
 
+    /// The matvec's weight prelude: [`Self::prelude`] plus `dot_w8` / `dot_w32` made from
+    /// `load_w8` for the formats without their own (int4 has both; int8, fp16 and fp32 have
+    /// `dot_w32`).
+    pub fn matvec_prelude(self, native_f16: bool) -> String {
+        let w32 = include_str!("../../shaders/weights/dot_w32_from_w8.wgsl");
+        let w8 = include_str!("../../shaders/weights/dot_w8_from_w8.wgsl");
+        let fallback = match self {
+            WeightFormat::Int4 => String::new(),
+            WeightFormat::Int3 | WeightFormat::Int2 => format!("{w32}\n{w8}"),
+            _ => w8.to_string(),
+        };
+        format!("{}\n{fallback}", self.prelude(native_f16))
+    }
+
     /// Bytes per weight, scales included.
     pub fn bytes_per_weight(self) -> f64 {
         match self {
@@ -196,13 +210,6 @@ impl KernelKey {
     fn source(&self, native_f16: bool) -> String {
         let (prelude, body) = match self.kernel {
             Kernel::Matvec { format, subgroup, .. } => {
-                let w32 = include_str!("../../shaders/weights/dot_w32_from_w8.wgsl");
-                let w8 = include_str!("../../shaders/weights/dot_w8_from_w8.wgsl");
-                let fallback = match format {
-                    WeightFormat::Int4 => String::new(),
-                    WeightFormat::Int3 | WeightFormat::Int2 => format!("{w32}\n{w8}"),
-                    _ => w8.to_string(),
-                };
                 // `cpu` reads fp16 as packed u32 pairs even with shader-f16: CPU rasterisers
                 // load storage lane by lane, one scalar at a time, and 16-bit scalars halve
                 // what each load brings (lavapipe, 3072x576: 0.47 vs 0.88 ns/weight).
@@ -216,8 +223,8 @@ impl KernelKey {
                     ("", "")
                 };
                 return format!(
-                    "{enable}{}\n{fallback}\n{}\n{entry}",
-                    format.prelude(native),
+                    "{enable}{}\n{}\n{entry}",
+                    format.matvec_prelude(native),
                     include_str!("../../shaders/matvec.wgsl")
                 );
             }
