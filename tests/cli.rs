@@ -15,6 +15,13 @@ fn wsi(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// `wsi args`, which must succeed and print one JSON object.
+fn wsi_json(args: &[&str]) -> serde_json::Value {
+    let (rc, out, err) = wsi(args);
+    assert_eq!(rc, 0, "{args:?}: {err}");
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{args:?}: one JSON object ({e}): {out}"))
+}
+
 fn assert_one_line_error(args: &[&str], code: &str) {
     let (rc, _, err) = wsi(args);
     assert_ne!(rc, 0, "{args:?} must fail");
@@ -68,7 +75,7 @@ fn synth_then_generate_logits_and_bench_on_a_tiny_model() {
         m,
     ]);
     assert_eq!(rc, 0, "{err}");
-    let (rc, out, err) = wsi(&[
+    let v = wsi_json(&[
         "--model",
         m,
         "--quantization",
@@ -82,20 +89,13 @@ fn synth_then_generate_logits_and_bench_on_a_tiny_model() {
         "0",
         "--json",
     ]);
-    assert_eq!(rc, 0, "{err}");
-    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON object");
     for key in ["text", "prompt_token_ids", "token_ids", "finish_reason", "stats"] {
-        assert!(v.get(key).is_some(), "missing {key} in {out}");
+        assert!(v.get(key).is_some(), "missing {key} in {v}");
     }
     assert!(v["stats"]["tokens_per_second"].is_number());
-    let (rc, out, err) = wsi(&["--model", m, "logits", "--prompt", "the", "--json"]);
-    assert_eq!(rc, 0, "{err}");
-    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
+    let v = wsi_json(&["--model", m, "logits", "--prompt", "the", "--json"]);
     assert_eq!(v["top"].as_array().map(|a| a.len()), Some(10));
-    let (rc, out, err) =
-        wsi(&["--model", m, "bench", "--prompt-tokens", "8", "--gen-tokens", "8", "--profile", "--json"]);
-    assert_eq!(rc, 0, "{err}");
-    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
+    let v = wsi_json(&["--model", m, "bench", "--prompt-tokens", "8", "--gen-tokens", "8", "--profile", "--json"]);
     assert!(v["base"]["decode_tokens_per_second"].as_f64().unwrap_or(0.0) > 0.0);
     // The profile: every kernel family of a decode step with its dispatch count and time
     // (lavapipe has timestamp queries, so these are GPU times).
@@ -110,7 +110,7 @@ fn synth_then_generate_logits_and_bench_on_a_tiny_model() {
     assert_eq!(dispatches as f64, v["base"]["dispatches_per_token"].as_f64().expect("dispatches"), "{v}");
     assert!(decode.iter().all(|r| r[2].as_f64().is_some_and(|ms| ms >= 0.0)), "{decode:?}");
     // Sampled decoding (seeded top-k + top-p) through the bench.
-    let (rc, out, err) = wsi(&[
+    let v = wsi_json(&[
         "--model",
         m,
         "bench",
@@ -128,21 +128,17 @@ fn synth_then_generate_logits_and_bench_on_a_tiny_model() {
         "3",
         "--json",
     ]);
-    assert_eq!(rc, 0, "{err}");
-    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
     assert!(v["base"]["decode_tokens_per_second"].as_f64().unwrap_or(0.0) > 0.0, "{v}");
     let text = dir.join("t.txt");
     std::fs::write(&text, "the cat sat on the mat and the dog sat on the log").expect("write");
     let t = text.to_str().expect("path");
-    let (rc, out, err) = wsi(&["--model", m, "--quantization", "int3", "perplexity", "--file", t, "--json"]);
-    assert_eq!(rc, 0, "{err}");
-    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
+    let v = wsi_json(&["--model", m, "--quantization", "int3", "perplexity", "--file", t, "--json"]);
     assert!(v["perplexity"].as_f64().unwrap_or(0.0) > 1.0);
     // The Q8_0 file's matrices were quantised to int3 at load, and that took measured time.
     assert_eq!(v["quantization"], "int3");
-    assert!(v["quantize_ms"].as_f64().unwrap_or(0.0) > 0.0 && v["model_memory_mb"].as_f64().is_some(), "{out}");
+    assert!(v["quantize_ms"].as_f64().unwrap_or(0.0) > 0.0 && v["model_memory_mb"].as_f64().is_some(), "{v}");
     // Token prediction A/B on a prompt file, alternating rounds in one process.
-    let (rc, out, err) = wsi(&[
+    let v = wsi_json(&[
         "--model",
         m,
         "bench",
@@ -156,8 +152,6 @@ fn synth_then_generate_logits_and_bench_on_a_tiny_model() {
         r#"{"token_prediction_enabled": true}"#,
         "--json",
     ]);
-    assert_eq!(rc, 0, "{err}");
-    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
     assert_eq!((&v["base"]["token_prediction"], &v["compare"]["token_prediction"]), (&json!(false), &json!(true)));
     assert_eq!(v["ratio"]["decode_rounds"].as_array().map(Vec::len), Some(2));
     assert!(v["compare"]["prefetch_hit_rate"].is_number());
