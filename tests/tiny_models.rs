@@ -31,6 +31,9 @@ fn engine_sharded(src: &dyn ModelSource, format: WeightFormat, tpr: u32, chunk: 
         // GPUs' wide matvec (k a multiple of 8: d_model 96, d_ff 136).
         wide_threads_per_row: if tpr == 1 { 0 } else { 8 },
         attention_split: if tpr == 1 { 1 } else { 5 },
+        // Decoding after an 11-token prompt (12 to 30 keys) runs split 4 (up to 23 keys) and
+        // then the full 5, switching dispatch lists inside a submission.
+        attention_keys_per_split: 3,
         max_binding,
         ..Default::default()
     };
@@ -83,10 +86,16 @@ fn decode_steps_equal_teacher_forced_greedy() {
         let mut e = engine(&src, WeightFormat::F32, 64, 8);
         let load = LoadOptions { combine_in_o_max, ..e.model.options.clone() };
         e = Engine::load(gpu(), &src, EngineOptions { load, ..e.options.clone() }).expect("engine loads");
-        dispatches.push(e.model.dispatches_per_decode_step());
+        // Position 40: the full split; position 11: split 4, whose partials are merged by
+        // the combine dispatch or in the o projection alike.
+        dispatches.push([40, 11].map(|pos| e.model.dispatches_per_decode_step(pos)));
         greedy_equals_teacher_forced(&src, &mut e);
     }
-    assert_eq!(dispatches[0] - dispatches[1], 2, "one combine dispatch per layer removed");
+    assert_eq!(dispatches[0][0] - dispatches[1][0], 2, "one combine dispatch per layer removed");
+    assert_eq!(dispatches[0][1] - dispatches[1][1], 2, "the same at a smaller split");
+    let e = engine(&src, WeightFormat::F32, 64, 8);
+    let splits = [1, 5, 10, 11, 22, 23, 40].map(|pos| e.model.decode_split(pos));
+    assert_eq!(splits, [1, 2, 2, 4, 4, 5, 5], "the largest power of two with 3 keys each, then the model's");
     // Qwen2: q/k/v biases and half-split RoPE through the decode attention's own RoPE.
     let bytes = tiny_gguf(&spec(false), Arch::Qwen2, 5, HostFormat::F32).expect("tiny model");
     let src = GgufSource::from_bytes(bytes).expect("parse");

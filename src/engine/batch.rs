@@ -161,7 +161,7 @@ impl Engine {
         let budget = params.max_tokens.min(ctx - prompt.len());
         let mut stats = GenerationStats {
             prompt_tokens: prompt.len(),
-            dispatches_per_token: self.model.dispatches_per_decode_step(),
+            dispatches_per_token: self.model.dispatches_per_decode_step(prompt.len()),
             ..Default::default()
         };
         batch.next_key += 1;

@@ -197,7 +197,7 @@ async fn bench_run(
         kv_cache_mb: kv as f64 / 1048576.0,
         load_ms: engine.load_ms,
         quantize_ms: engine.model.quantize_ms,
-        encode_us_per_step: encode_us_per_step(engine, 64),
+        encode_us_per_step: encode_us_per_step(engine, prompt_tokens + g.ids.len(), 64),
         gpu_us_per_step: gpu_us_per_step(engine, prompt_tokens + g.ids.len(), 64),
     })
 }
@@ -214,7 +214,7 @@ fn gpu_us_per_step(engine: &mut Engine, pos: usize, steps: u32) -> Option<f64> {
         let mut enc = engine.gpu.device.create_command_encoder(&Default::default());
         engine.model.reserve_kv(&engine.gpu, &mut enc, pos + steps as usize);
         engine.model.write_state(&engine.gpu, pos as u32, 1);
-        engine.model.encode_decode_steps(&mut enc, steps as usize);
+        engine.model.encode_decode_steps(&mut enc, pos, steps as usize);
         let cb = enc.finish();
         let t = web_time::Instant::now();
         engine.gpu.queue.submit([cb]);
@@ -230,10 +230,10 @@ fn gpu_us_per_step(_: &mut Engine, _: usize, _: u32) -> Option<f64> {
 }
 
 /// CPU µs per decode step to encode `steps` steps and finish the command buffer.
-fn encode_us_per_step(engine: &Engine, steps: u32) -> f64 {
+fn encode_us_per_step(engine: &Engine, pos: usize, steps: u32) -> f64 {
     let t = web_time::Instant::now();
     let mut enc = engine.gpu.device.create_command_encoder(&Default::default());
-    engine.model.encode_decode_steps(&mut enc, steps as usize);
+    engine.model.encode_decode_steps(&mut enc, pos, steps as usize);
     drop(enc.finish());
     t.elapsed().as_secs_f64() * 1e6 / f64::from(steps)
 }

@@ -405,9 +405,10 @@ impl Engine {
         // Token prediction: the context (prompt + kept ids) indexed for prompt lookup.
         let mut lookup = self.options.config.token_prediction_enabled.then(|| NgramIndex::new(prompt));
 
+        let (mut decode_dispatches, mut decode_steps) = (0usize, 0usize);
         let mut stats = GenerationStats {
             prompt_tokens: prompt.len(),
-            dispatches_per_token: self.model.dispatches_per_decode_step(),
+            dispatches_per_token: self.model.dispatches_per_decode_step(prompt.len()),
             batch_sizes: vec![1],
             ..Default::default()
         };
@@ -466,7 +467,8 @@ impl Engine {
                         let mut enc = self.gpu.device.create_command_encoder(&Default::default());
                         let latest = prompt.len() + submitted + s - 2;
                         self.reserve_kv(&mut enc, latest, Some((&mut monitor, &mut events)));
-                        self.model.encode_decode_steps(&mut enc, s);
+                        decode_dispatches += self.model.encode_decode_steps(&mut enc, latest + 2 - s, s);
+                        decode_steps += s;
                         let from = (prompt.len() + submitted) as u64 * 4;
                         enc.copy_buffer_to_buffer(
                             &self.model.lane().tokens,
@@ -551,6 +553,10 @@ impl Engine {
         if decoded > 0 && stats.decode_ms > 0.0 {
             stats.tokens_per_second = decoded as f64 / (stats.decode_ms / 1e3);
             stats.avg_token_latency_ms = stats.decode_ms / decoded as f64;
+        }
+        if decode_steps > 0 {
+            // The attention split, and with it the dispatch count, follows the context length.
+            stats.dispatches_per_token = (decode_dispatches as f64 / decode_steps as f64).round() as usize;
         }
         stats.finish_reason = Some(finish);
         self.gpu.take_errors().map_err(crate::gpu::in_generation)?;

@@ -138,6 +138,10 @@ impl EngineOptions {
                 // GPUs: 8 workgroups per head (H100, int4, 640 positions: 135M 704 -> 739,
                 // 1.1B 673 -> 699, 7B 220 -> 221 tok/s against 16; 4 and 32 slower).
                 attention_split: env_u32("WSI_ATTENTION_SPLIT").unwrap_or(if caps.is_cpu { 1 } else { 8 }),
+                // Short contexts take fewer splits (H100 int4, 128 tokens from an empty
+                // context: see `model::KEYS_PER_SPLIT`).
+                attention_keys_per_split: env_u32("WSI_KEYS_PER_SPLIT")
+                    .map_or(crate::model::llama::KEYS_PER_SPLIT, |v| v as usize),
                 // The profile's binding cap (Firefox 128 MiB) within the device's limit.
                 max_binding: profile.max_binding_bytes.min(caps.max_storage_binding),
                 kv,

@@ -18,7 +18,7 @@ mod batch;
 mod lane;
 #[cfg(not(target_arch = "wasm32"))]
 mod profile;
-pub use lane::Lane;
+pub use lane::{KEYS_PER_SPLIT, Lane};
 #[cfg(not(target_arch = "wasm32"))]
 pub use profile::KernelTimes;
 
@@ -52,6 +52,10 @@ pub struct LoadOptions {
     /// Workgroups per head over the keys in decode attention (1 = one workgroup per head,
     /// best where dispatches are costly; GPUs want more).
     pub attention_split: u32,
+    /// Fewest keys per split: a decode step over fewer than `attention_split` times this many
+    /// keys runs the largest power-of-two split that leaves each at least this many (a
+    /// dispatch list per split is built at load). See `lane::KEYS_PER_SPLIT`.
+    pub attention_keys_per_split: usize,
     /// KV-cache format, strategy and budget.
     pub kv: KvOptions,
     /// Most sequences a batched decode step runs (each lane has its own KV cache, built on
@@ -99,6 +103,7 @@ impl Default for LoadOptions {
             rows: 4,
             wide_threads_per_row: 0,
             attention_split: 1,
+            attention_keys_per_split: KEYS_PER_SPLIT,
             max_binding: 0,
             kv: KvOptions::default(),
             max_lanes: 1,
@@ -189,10 +194,9 @@ struct Geometry {
     wide_tpr: u32,
     /// Lanes per row group of the subgroup matvec (0 = not used).
     sg_tpr: u32,
+    /// Key splits of decode attention at long contexts (short ones use fewer:
+    /// `lane::decode_split`).
     split: u32,
-    /// Key splits the decode o projection merges as it loads its input (0: a combine
-    /// dispatch merges them first).
-    combine_in_o: u32,
 }
 
 /// The model on the GPU: weights, shared activations, and one or more lanes (sequences).
@@ -378,7 +382,6 @@ impl LlamaGpu {
                 0
             },
             split,
-            combine_in_o: if split > 1 && qdim * split as usize <= options.combine_in_o_max { split } else { 0 },
         };
         let mut model = LlamaGpu {
             config: cfg,
@@ -422,11 +425,18 @@ impl LlamaGpu {
         }
     }
 
-    /// The decode o projection's mode and input: the attention partials merged as they
-    /// load, or the combined attention output.
-    fn decode_o_input(&self) -> (MatMode, &wgpu::Buffer) {
+    /// Key splits the decode o projection merges as it loads its input when attention runs
+    /// with `split` of them (0: a combine dispatch merges them first).
+    fn combine_in_o(&self, split: u32) -> u32 {
+        let qdim = self.config.n_heads * self.config.head_dim;
+        if split > 1 && qdim * split as usize <= self.options.combine_in_o_max { split } else { 0 }
+    }
+
+    /// The decode o projection's mode and input after attention with `split` key splits:
+    /// the attention partials merged as they load, or the combined attention output.
+    fn decode_o_input(&self, split: u32) -> (MatMode, &wgpu::Buffer) {
         let acc = MatMode { accumulate: true, ..Default::default() };
-        match self.geo.combine_in_o {
+        match self.combine_in_o(split) {
             0 => (acc, &self.acts.attn),
             s => (MatMode { combine_split: s, ..acc }, &self.acts.partial),
         }
@@ -488,9 +498,22 @@ impl LlamaGpu {
         self.lanes[cur].reserve_kv(gpu, enc, latest);
     }
 
-    /// Dispatches in one decode step (sampler included).
-    pub fn dispatches_per_decode_step(&self) -> usize {
-        self.lane().decode.len() + 1
+    /// Dispatches in the decode step at position `pos` (sampler included).
+    pub fn dispatches_per_decode_step(&self, pos: usize) -> usize {
+        self.decode_list(pos).len() + 1
+    }
+
+    /// The key splits of the decode step at position `pos` (`pos + 1` keys): the largest
+    /// power of two that leaves each split `attention_keys_per_split` keys, at least 1. At or
+    /// above the model's split, the model's split.
+    pub fn decode_split(&self, pos: usize) -> u32 {
+        let s = ((pos + 1) / self.options.attention_keys_per_split.max(1)).max(1);
+        (1u32 << s.ilog2().min(16)).min(self.geo.split)
+    }
+
+    /// The current lane's decode list for the step at position `pos`.
+    fn decode_list(&self, pos: usize) -> &[Dispatch] {
+        self.lane().decode_list(self.decode_split(pos))
     }
 
     /// Set the step state (pos, n_tokens) before a submission.
@@ -531,19 +554,23 @@ impl LlamaGpu {
         }
     }
 
-    /// Encode one decode step: reads the token at `state.pos`, writes the next one, advances.
-    pub fn encode_decode_step(&self, pass: &mut wgpu::ComputePass<'_>) {
-        let lane = self.lane();
-        run(pass, &lane.decode, 1);
-        run(pass, std::slice::from_ref(&lane.sample), 1);
+    /// Encode one decode step at position `pos` (`state.pos` when it runs): reads the token
+    /// there, writes the next one, advances. `pos` picks the attention split.
+    pub fn encode_decode_step(&self, pass: &mut wgpu::ComputePass<'_>, pos: usize) {
+        run(pass, self.decode_list(pos), 1);
+        run(pass, std::slice::from_ref(&self.lane().sample), 1);
     }
 
-    /// Encode `steps` decode steps in one compute pass of `enc`.
-    pub fn encode_decode_steps(&self, enc: &mut wgpu::CommandEncoder, steps: usize) {
+    /// Encode `steps` decode steps from position `pos` in one compute pass of `enc`; returns
+    /// the dispatches encoded.
+    pub fn encode_decode_steps(&self, enc: &mut wgpu::CommandEncoder, pos: usize, steps: usize) -> usize {
         let mut pass = enc.begin_compute_pass(&Default::default());
-        for _ in 0..steps {
-            self.encode_decode_step(&mut pass);
-        }
+        (pos..pos + steps)
+            .map(|p| {
+                self.encode_decode_step(&mut pass, p);
+                self.dispatches_per_decode_step(p)
+            })
+            .sum()
     }
 }
 

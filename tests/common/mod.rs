@@ -45,6 +45,9 @@ pub fn tiny_load_options(gpu_shaped: bool) -> wsi::model::llama::LoadOptions {
         wide_threads_per_row: if gpu_shaped { 8 } else { 0 },
         rows: 2,
         attention_split: if gpu_shaped { 5 } else { 1 },
+        // The full split from 8 keys on (the short contexts of these tests would run split
+        // 1 at the default 32 keys per split).
+        attention_keys_per_split: 1,
         max_binding: 0,
         ..Default::default()
     }

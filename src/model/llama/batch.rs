@@ -64,7 +64,7 @@ impl Shared {
                 false,
             )?);
             let after = &mut segs[l + 1];
-            let (o_mode, o_in) = m.decode_o_input();
+            let (o_mode, o_in) = m.decode_o_input(m.geo.split);
             after.extend(pick(&layer.o).matrix(false, &layer.o, o_mode, o_in, &a.x, None, None, false)?);
             let norm = MatMode { fuse_norm: true, ..Default::default() };
             let b = pick(&layer.gate_up);

@@ -40,7 +40,12 @@ pub struct Lane {
     pub sample_rows_params: wgpu::Buffer,
     /// The lane's KV cache (its buffers grow under the dynamic and progressive strategies).
     pub kv: KvCache,
+    /// A decode step at the model's full attention split (what batched steps and the
+    /// profiler run).
     pub(super) decode: Vec<Dispatch>,
+    /// The same step at each power-of-two split below the model's, `(split, list)`: short
+    /// contexts (`LlamaGpu::decode_split`).
+    pub(super) decode_short: Vec<(u32, Vec<Dispatch>)>,
     pub(super) prefill: Vec<Dispatch>,
     pub(super) prefill_all_logits: Vec<Dispatch>,
     pub(super) sample: Dispatch,
@@ -75,7 +80,23 @@ pub(super) fn resolve<'a>(
         .collect()
 }
 
+/// Default fewest keys per attention split of a decode step (`LoadOptions::
+/// attention_keys_per_split`). Splitting a short context costs more than it saves: every
+/// workgroup pays the query and reduction latency, and the partials must be merged (a
+/// combine dispatch, or more loads in the o projection). GPU µs per step over the 64 steps
+/// after position P (H100, int4, splits 1 / 2 / 4 / 8): tinyllama-1.1b P=1: 1042 / 1063 /
+/// 1093 / 1145, P=64: 1148 / 1115 / 1125 / 1161, P=128: 1303 / 1175 / 1147 / 1178, P=512:
+/// 2114 / 1611 / 1380 / 1275; smollm2-135m P=1: 930 / 930 / 939 / 984, P=128: 1305 / 1077 /
+/// 1012 / 1030, P=256: 1659 / 1298 / 1094 / 1065.
+pub const KEYS_PER_SPLIT: usize = 32;
+
 impl Lane {
+    /// The decode dispatch list whose attention runs `split` key splits (the full list for
+    /// the model's split or any split without a list of its own).
+    pub(super) fn decode_list(&self, split: u32) -> &[Dispatch] {
+        self.decode_short.iter().find(|(s, _)| *s == split).map_or(&self.decode, |(_, list)| list)
+    }
+
     /// Build a lane over `m`'s weights and activations: new token, state and sampler buffers,
     /// a KV cache of `m`'s plan, and the three dispatch lists.
     pub(super) fn build(m: &LlamaGpu, gpu: &Gpu, kernels: &crate::gpu::Kernels) -> Result<Lane> {
@@ -126,11 +147,19 @@ impl Lane {
             list.push(Dispatch { pipeline, bind, grid, family });
         };
 
-        let mut lists: [Vec<Dispatch>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+        // Lists 0 (decode at the full split), 1 (prefill), 2 (prefill keeping every row's
+        // logits), then a decode list per smaller split (1, 2, 4, ... below g.split).
+        let short_splits: Vec<u32> = (0..16).map(|i| 1u32 << i).take_while(|&s| s < g.split).collect();
+        let mut lists: Vec<Vec<Dispatch>> = (0..3 + short_splits.len()).map(|_| Vec::new()).collect();
         let mut embed_len = 0;
         let mut attn_ranges = Vec::new();
         for (li, list) in lists.iter_mut().enumerate() {
-            let tiled = li > 0;
+            let tiled = li == 1 || li == 2;
+            let list_split = match li {
+                0 => g.split,
+                1 | 2 => 1,
+                _ => short_splits[li - 3],
+            };
             list.extend(embed(&b)?);
             if li == 0 {
                 embed_len = list.len();
@@ -179,7 +208,6 @@ impl Lane {
                 // Every 4 dimensions of a head need a thread in the V phase.
                 let attn_wg = g.wg.max(u32_of(hd / 4, "head dim")?.next_power_of_two()).min(256);
                 let heads = u32_of(nh, "heads")?;
-                let list_split = if tiled { 1 } else { g.split };
                 let key = |kernel| KernelKey { kernel, wg: attn_wg, rows: 1, tpr: 1 };
                 let kernel = if tiled {
                     Kernel::Attention { split: list_split, kv: kv_formats }
@@ -203,7 +231,7 @@ impl Lane {
                 }
                 let grid = if list_split > 1 { Grid::Fixed([heads, 1, list_split]) } else { Grid::PerToken(heads) };
                 kv_dispatch(list, li, pipeline, entries, grid, "attention");
-                if list_split > 1 && g.combine_in_o == 0 {
+                if list_split > 1 && m.combine_in_o(list_split) == 0 {
                     let pipeline = kernels.get(&gpu.device, key(Kernel::AttentionCombine { split: list_split }))?;
                     let bind = b.bind(&pipeline, &[(0, &rp), (4, &a.attn), (6, &a.partial), (7, &state)]);
                     list.push(Dispatch {
@@ -219,7 +247,7 @@ impl Lane {
                 let (o_mode, o_in) = if tiled {
                     (MatMode { accumulate: true, ..Default::default() }, &a.attn)
                 } else {
-                    m.decode_o_input()
+                    m.decode_o_input(list_split)
                 };
                 list.extend(b.matrix(tiled, &layer.o, o_mode, o_in, &a.x, None, None, false)?);
                 let norm = MatMode { fuse_norm: true, ..Default::default() };
@@ -241,7 +269,10 @@ impl Lane {
             // Decode and plain prefill: logits of the last row only; li == 2: every row.
             list.extend(b.matrix(li == 2, head, norm, &a.x, &m.logits, Some(&w.out_norm), None, li == 1)?);
         }
-        let [decode, prefill, prefill_all_logits] = lists;
+        let mut lists = lists.into_iter();
+        let (decode, prefill, prefill_all_logits) =
+            (lists.next().unwrap_or_default(), lists.next().unwrap_or_default(), lists.next().unwrap_or_default());
+        let decode_short = short_splits.into_iter().zip(lists).collect();
 
         let sp = SampleParams {
             vocab: u32_of(vocab, "vocab")?,
@@ -269,6 +300,7 @@ impl Lane {
             sample_rows_params,
             kv,
             decode,
+            decode_short,
             prefill,
             prefill_all_logits,
             sample,
@@ -293,7 +325,8 @@ impl Lane {
             let list = match u.list {
                 0 => &mut self.decode,
                 1 => &mut self.prefill,
-                _ => &mut self.prefill_all_logits,
+                2 => &mut self.prefill_all_logits,
+                i => &mut self.decode_short[i - 3].1,
             };
             let d = &mut list[u.index];
             let layout = d.pipeline.get_bind_group_layout(0);

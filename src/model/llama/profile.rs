@@ -160,7 +160,10 @@ impl LlamaGpu {
     /// Returns `(family, dispatches per step, µs saved without it)` and the whole step's µs.
     pub fn ablate(&self, gpu: &Gpu, pos: u32, steps: u32) -> Result<(Vec<FamilyShare>, f64)> {
         let lane = self.lane();
-        let step: Vec<&Dispatch> = lane.decode.iter().chain(std::iter::once(&lane.sample)).collect();
+        // The list of the first step's attention split (steps that cross to another split
+        // still run this one).
+        let list = lane.decode_list(self.decode_split(pos as usize));
+        let step: Vec<&Dispatch> = list.iter().chain(std::iter::once(&lane.sample)).collect();
         let mut families: Vec<(&'static str, usize)> = Vec::new();
         for d in &step {
             match families.iter_mut().find(|f| f.0 == d.family) {
