@@ -112,3 +112,75 @@ fn wprobe(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
         y[row0] = 1.0;
     }
 }
+
+// int4 weights against int8-quantised inputs through dot4I8Packed (what a q8-activation
+// path would run; the inputs here are stand-in bit patterns and the per-group input scale
+// and sum come from `aux`, so only the cost is meaningful). `dp4w`: the `wide` layout (a
+// lane per 8 weights); `dp4g`: a lane per 32-weight group. H100, GB/s from HBM
+// (README "Session 6"): 22016x4096 `wide` 1,708 (with the norm 1,533) -> `dp4g:128:128`
+// 2,356; 12288x4096 1,469 -> `dp4g:128:32` 1,939.
+
+fn dp_row(row: u32, k8: u32, k8n: u32, xe: u32, xo: u32, bs: vec4<f32>) -> f32 {
+    let f = row * k8n + k8;
+    let dm = unpack2x16float(s[f >> 2u]);
+    let wq = w[f >> 2u][f & 3u];
+    let lo = wq & 0x0F0F0F0Fu;
+    let hi = (wq >> 4u) & 0x0F0F0F0Fu;
+    let isum = dot4I8Packed(lo, xe) + dot4I8Packed(hi, xo);
+    return f32(isum) * (dm.x * bs.x) + dm.y * bs.y;
+}
+
+@compute @workgroup_size(WG)
+fn dp4w(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    touch_all();
+    let tid = lid.x;
+    let lane = tid % TPR;
+    let row0 = (wid.x * (WG / TPR) + tid / TPR) * ROWS;
+    let r = clamped_rows(row0);
+    let k8n = p.k / 8u;
+    var acc = vec4<f32>(0.0);
+    for (var k8 = lane; k8 < k8n; k8 += TPR) {
+        let xw = bitcast<vec4<u32>>(x[k8 / 2u]);
+        let odd = (k8 & 1u) == 1u;
+        let xe = select(xw.x, xw.z, odd);
+        let xo = select(xw.y, xw.w, odd);
+        let bs = aux[k8 / 4u];
+        acc.x += dp_row(r.x, k8, k8n, xe, xo, bs);
+        acc.y += dp_row(r.y, k8, k8n, xe, xo, bs);
+        acc.z += dp_row(r.z, k8, k8n, xe, xo, bs);
+        acc.w += dp_row(r.w, k8, k8n, xe, xo, bs);
+    }
+    finish(tid, lane, row0, acc, 0.0, true);
+}
+
+fn dp_group(i: u32, x0: vec4<u32>, x1: vec4<u32>, bs: vec4<f32>) -> f32 {
+    let q = w[i];
+    let dm = unpack2x16float(s[i]);
+    let lo = q & vec4<u32>(0x0F0F0F0Fu);
+    let hi = (q >> vec4<u32>(4u)) & vec4<u32>(0x0F0F0F0Fu);
+    let isum = dot4I8Packed(lo.x, x0.x) + dot4I8Packed(hi.x, x0.y) + dot4I8Packed(lo.y, x0.z)
+        + dot4I8Packed(hi.y, x0.w) + dot4I8Packed(lo.z, x1.x) + dot4I8Packed(hi.z, x1.y)
+        + dot4I8Packed(lo.w, x1.z) + dot4I8Packed(hi.w, x1.w);
+    return f32(isum) * (dm.x * bs.x) + dm.y * bs.y;
+}
+
+@compute @workgroup_size(WG)
+fn dp4g(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    touch_all();
+    let tid = lid.x;
+    let lane = tid % TPR;
+    let row0 = (wid.x * (WG / TPR) + tid / TPR) * ROWS;
+    let r = clamped_rows(row0);
+    let gn = p.k / 32u;
+    var acc = vec4<f32>(0.0);
+    for (var g = lane; g < gn; g += TPR) {
+        let x0 = bitcast<vec4<u32>>(x[2u * g]);
+        let x1 = bitcast<vec4<u32>>(x[2u * g + 1u]);
+        let bs = aux[g];
+        acc.x += dp_group(r.x * gn + g, x0, x1, bs);
+        acc.y += dp_group(r.y * gn + g, x0, x1, bs);
+        acc.z += dp_group(r.z * gn + g, x0, x1, bs);
+        acc.w += dp_group(r.w * gn + g, x0, x1, bs);
+    }
+    finish(tid, lane, row0, acc, 0.0, true);
+}
