@@ -892,6 +892,15 @@ fn gpu_sampler_matches_cpu_reference_and_advances_the_state() {
     }
     // Float exp() may differ in the last bit between CPU and GPU; picks near a boundary can flip.
     assert!(agree * 10 >= total * 9, "only {agree}/{total} sampled picks agree with the CPU reference");
+    // Greedy ties go to the lowest id, whichever thread and unrolled load holds each copy.
+    for ids in [vec![4000usize, 300, 2900], vec![4999, 17], vec![256, 255]] {
+        let mut tied = logits.clone();
+        for &i in &ids {
+            tied[i] = 9.0;
+        }
+        let (got, _) = gpu_sample(&tied, &history, &SampleSettings::greedy());
+        assert_eq!(got as usize, *ids.iter().min().expect("ids"), "tie among {ids:?}");
+    }
 }
 
 /// The ids top-k and top-p keep, from their definitions in f64: every id at or above the
