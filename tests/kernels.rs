@@ -81,9 +81,20 @@ fn check_matrix_variant(
     batch: u32,
 ) {
     let kernels = Kernels::default();
-    let (got, want, kernel) = matrix_outputs(&kernels, tiled, format, mode, n, k, t, tpr, rows, wide, batch, None);
+    let (got, want, kernel) =
+        matrix_outputs(&kernels, tiled, format, mode, n, k, t, tpr, rows, wide, batch, Entry::Plain);
     let err = max_rel_err(&got[..want.len()], &want, 1.0);
     assert!(err < 1e-4, "{kernel:?} tpr={tpr} rows={rows} n={n} k={k} t={t}: max rel err {err}");
+}
+
+/// The matvec entry points beside the plain ones.
+#[derive(Clone, Copy)]
+enum Entry {
+    Plain,
+    /// `subgroup` in workgroups of this many threads.
+    Subgroup(u32),
+    /// `q8in` (int4): inputs quantised to int8 per 32.
+    Q8in,
 }
 
 /// The GPU's and the CPU reference's outputs of one matrix kernel variant.
@@ -100,8 +111,12 @@ fn matrix_outputs(
     rows: u32,
     wide: bool,
     batch: u32,
-    sg_wg: Option<u32>,
+    entry: Entry,
 ) -> (Vec<f32>, Vec<f32>, Kernel) {
+    let wg = match entry {
+        Entry::Subgroup(wg) => wg,
+        Entry::Plain | Entry::Q8in => 64,
+    };
     let gpu = gpu();
     let w = rand_vec(n * k, 1, 0.5);
     let xs = if mode.swiglu_in { 2 * k } else { k };
@@ -133,13 +148,13 @@ fn matrix_outputs(
             (Kernel::Matmul { format, mode, tiled: tpr > 1 }, [n.div_ceil(tile) as u32, t.div_ceil(tile) as u32, 1])
         }
     } else {
-        let groups = n.div_ceil((sg_wg.unwrap_or(64) / tpr * rows) as usize) as u32;
-        let subgroup = sg_wg.is_some();
-        (Kernel::Matvec { format, mode, wide, batch, subgroup }, [groups, (t as u32).div_ceil(batch), 1])
+        let groups = n.div_ceil((wg / tpr * rows) as usize) as u32;
+        let (subgroup, q8in) = (matches!(entry, Entry::Subgroup(_)), matches!(entry, Entry::Q8in));
+        (Kernel::Matvec { format, mode, wide, batch, subgroup, q8in }, [groups, (t as u32).div_ceil(batch), 1])
     };
     let mut bindings = vec![(0, &ub), (3, &xb), (4, &yb), (5, &nb), (6, &bb), (7, &state)];
     bindings.extend(m.bindings());
-    run_with(&gpu, kernels, KernelKey { kernel, wg: sg_wg.unwrap_or(64), rows, tpr }, &bindings, grid);
+    run_with(&gpu, kernels, KernelKey { kernel, wg, rows, tpr }, &bindings, grid);
     let got = read_f32(&gpu, &yb);
     // The weights as stored on the GPU (rounded to f16, or quantised and dequantised).
     let wr = stored_weights(&gpu, &m, &w);
@@ -164,8 +179,9 @@ fn fp16_native_loads_match_the_packed_prelude_where_the_adapter_has_shader_f16()
         (true, 70, 88, 45, 64, 4, false),
     ] {
         let (a, want, kernel) =
-            matrix_outputs(&native, tiled, WeightFormat::F16, mode, n, k, t, tpr, rows, wide, 1, None);
-        let (b, _, _) = matrix_outputs(&packed, tiled, WeightFormat::F16, mode, n, k, t, tpr, rows, wide, 1, None);
+            matrix_outputs(&native, tiled, WeightFormat::F16, mode, n, k, t, tpr, rows, wide, 1, Entry::Plain);
+        let (b, _, _) =
+            matrix_outputs(&packed, tiled, WeightFormat::F16, mode, n, k, t, tpr, rows, wide, 1, Entry::Plain);
         // The same f16 values reach the same f32 arithmetic: equal outputs.
         assert_eq!(a, b, "{kernel:?} native vs packed");
         let err = max_rel_err(&a[..want.len()], &want, 1.0);
@@ -244,11 +260,38 @@ fn subgroup_matvec_stages_input_tiles_reduces_by_shuffles_and_matches_cpu_refere
     for (format, mode) in cases {
         for (n, k, t, wg, rows) in [(37, 4160, 2, 4 * tpr, 4), (130, 264, 1, 2 * tpr, 1), (9, 96, 1, tpr, 3)] {
             let (got, want, kernel) =
-                matrix_outputs(&kernels, false, format, mode, n, k, t, tpr, rows, true, 1, Some(wg));
+                matrix_outputs(&kernels, false, format, mode, n, k, t, tpr, rows, true, 1, Entry::Subgroup(wg));
             let err = max_rel_err(&got[..want.len()], &want, 1.0);
             assert!(err < 1e-4, "{kernel:?} tpr={tpr} wg={wg} rows={rows} n={n} k={k} t={t}: max rel err {err}");
         }
     }
+}
+
+#[test]
+fn int8_input_matvec_stays_within_the_input_grid_of_the_cpu_reference_for_every_mode() {
+    // int4 weights; k multiples of 32 (one group, ragged against the lanes, and past the
+    // lanes of a row group several times); rows ragged against the workgroup's.
+    let kernels = Kernels::default();
+    let mut worst = 0f32;
+    for mode in modes() {
+        for (n, k, t, tpr, rows) in [(37, 32, 1, 8, 4), (130, 800, 2, 16, 3), (9, 4096, 1, 32, 4), (70, 1536, 1, 64, 1)]
+        {
+            let (got, want, kernel) =
+                matrix_outputs(&kernels, false, WeightFormat::Int4, mode, n, k, t, tpr, rows, false, 1, Entry::Q8in);
+            // An int8 grid per 32 inputs: each input is off by up to half a step (its group's
+            // largest / 254), ~0.4% RMS for these uniform inputs, so an output is off by
+            // ~0.5% of its typical size (1.6% of the largest of 9 outputs at k = 4096 seen);
+            // a wrong byte or nibble order would be off by the whole value.
+            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let err = max_rel_err(&got[..want.len()], &want, scale);
+            assert!(
+                err < 4e-2,
+                "{kernel:?} tpr={tpr} rows={rows} n={n} k={k} t={t}: error {err} of the largest output"
+            );
+            worst = worst.max(err);
+        }
+    }
+    assert!(worst > 0.0, "the inputs were quantised");
 }
 
 #[test]

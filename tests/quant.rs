@@ -121,7 +121,7 @@ fn check_passthrough(format: WeightFormat, host: HostFormat) {
         let got = columns_through_kernel(
             &gpu,
             &m,
-            Kernel::Matvec { format, mode: MatMode::default(), wide, batch: 1, subgroup: false },
+            Kernel::Matvec { format, mode: MatMode::default(), wide, batch: 1, subgroup: false, q8in: false },
             tpr,
         );
         assert_same_values(&got, &want, &format!("{host:?} matvec tpr={tpr} wide={wide}"));

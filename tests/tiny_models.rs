@@ -106,9 +106,23 @@ fn decode_steps_equal_teacher_forced_greedy() {
     let bytes = tiny_gguf(&exact, Arch::Llama, 5, HostFormat::Q4_0).expect("tiny model");
     let src = GgufSource::from_bytes(bytes).expect("parse");
     greedy_equals_teacher_forced(&src, &mut engine(&src, WeightFormat::Int4, 64, 8));
+    // The same with int8 inputs (`q8_inputs`): every decode matvec's k (96, 160) is whole
+    // 32-groups, so QKV (fused norm), o (merging the split partials), gate/up and down
+    // (SwiGLU input) and the lm_head all take `q8in`.
+    let mut e = engine(&src, WeightFormat::Int4, 64, 8);
+    let load = LoadOptions { q8_inputs: Some(1), ..e.model.options.clone() };
+    e = Engine::load(gpu(), &src, EngineOptions { load, ..e.options.clone() }).expect("engine loads");
+    greedy_near_teacher_forced(&src, &mut e, 0.3);
 }
 
 fn greedy_equals_teacher_forced(src: &GgufSource, e: &mut Engine) {
+    greedy_near_teacher_forced(src, e, 0.0);
+}
+
+/// Each decoded id against the CPU reference run on the same prefix: the best id, or with
+/// `slack` > 0 one whose reference logit is within `slack` of the best (int8 inputs move
+/// logits by ~1% of their range; a kernel bug would pick far from the best).
+fn greedy_near_teacher_forced(src: &GgufSource, e: &mut Engine, slack: f32) {
     let prompt: Vec<u32> = vec![40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50];
     let params = GenerateParams { max_tokens: 20, ignore_eos: true, ..Default::default() };
     let g = pollster::block_on(e.generate(&prompt, &params, &mut |_| true)).expect("generate");
@@ -119,7 +133,13 @@ fn greedy_equals_teacher_forced(src: &GgufSource, e: &mut Engine) {
         let logits = forward_all(src, &seq).expect("reference");
         let last = logits.last().expect("row");
         let best = (0..last.len()).max_by(|&a, &b| last[a].total_cmp(&last[b]).then(b.cmp(&a))).expect("argmax");
-        assert_eq!(id as usize, best, "step {}", seq.len() - prompt.len());
+        let step = seq.len() - prompt.len();
+        if slack > 0.0 {
+            let (ours, top) = (last[id as usize], last[best]);
+            assert!(ours >= top - slack, "step {step}: id {id} at {ours}, best {best} at {top}");
+        } else {
+            assert_eq!(id as usize, best, "step {step}");
+        }
         seq.push(id);
     }
     assert!(g.stats.submissions >= 19 / 3, "decode steps were batched into submissions");

@@ -156,6 +156,11 @@ impl EngineOptions {
                 subgroup_threads: env_u32("WSI_SUBGROUP_THREADS")
                     .map_or(0, |t| if caps.is_cpu { 0 } else { t.min(caps.subgroup_min_size) }),
                 subgroup_shape: env_u32("WSI_SG_WG").zip(env_u32("WSI_SG_ROWS")),
+                q8_inputs: match env_u32("WSI_Q8_MIN_ROWS") {
+                    Some(0) => None,
+                    Some(r) => Some(r),
+                    None => None,
+                },
                 // Merging the attention partials in the o projection's loads pays with the
                 // `wide` matvec (int4) and costs with `main` (H100, 135M, combine dispatch vs
                 // merged: int4 751 -> 770 tok/s; int8 728 -> 656, fp16 748 -> 671).

@@ -138,7 +138,10 @@ pub enum Kernel {
     /// `batch_wide`, batched decode steps).
     /// `subgroup` (k a multiple of 8, single-row steps, devices with subgroups): entry
     /// point `subgroup` of `matvec_subgroup.wgsl`, shuffle reductions over `tpr` lanes.
-    Matvec { format: WeightFormat, mode: MatMode, wide: bool, batch: u32, subgroup: bool },
+    /// `q8in` (int4, k a multiple of 32 up to 4096, single-row steps): entry point `q8in`
+    /// of `matvec_q8in.wgsl`, the input quantised to int8 per 32 and multiplied through
+    /// `dot4I8Packed`.
+    Matvec { format: WeightFormat, mode: MatMode, wide: bool, batch: u32, subgroup: bool, q8in: bool },
     /// Prefill matrix-matrix product; `tiled` stages operands in workgroup memory (GPUs),
     /// otherwise reads them directly (CPU rasterisers).
     Matmul { format: WeightFormat, mode: MatMode, tiled: bool },
@@ -193,6 +196,7 @@ impl KernelKey {
             Kernel::AttentionCombine { .. } => "combine",
             Kernel::KvRequant { .. } => "requant",
             Kernel::AttentionDecode { .. } => "decode",
+            Kernel::Matvec { q8in: true, batch: 0 | 1, .. } => "q8in",
             Kernel::Matvec { subgroup: true, batch: 0 | 1, .. } => "subgroup",
             Kernel::Matvec { wide: true, batch: 2.., .. } => "batch_wide",
             Kernel::Matvec { batch: 2.., .. } => "batch",
@@ -209,12 +213,14 @@ impl KernelKey {
 
     fn source(&self, native_f16: bool) -> String {
         let (prelude, body) = match self.kernel {
-            Kernel::Matvec { format, subgroup, .. } => {
+            Kernel::Matvec { format, subgroup, q8in, .. } => {
                 // `cpu` reads fp16 as packed u32 pairs even with shader-f16: CPU rasterisers
                 // load storage lane by lane, one scalar at a time, and 16-bit scalars halve
                 // what each load brings (lavapipe, 3072x576: 0.47 vs 0.88 ns/weight).
                 let native = native_f16 && !self.cpu_rows();
-                let (enable, entry) = if subgroup {
+                let (enable, entry) = if q8in {
+                    ("", include_str!("../../shaders/matvec_q8in.wgsl"))
+                } else if subgroup {
                     // Browsers' WGSL compilers want the extension named; naga takes the
                     // device feature instead and rejects the directive.
                     let enable = if cfg!(target_arch = "wasm32") { "enable subgroups;\n" } else { "" };
@@ -359,7 +365,7 @@ impl Kernels {
         for format in WeightFormat::ALL {
             let mode = MatMode::default();
             for k in [
-                Kernel::Matvec { format, mode, wide: false, batch: 1, subgroup: false },
+                Kernel::Matvec { format, mode, wide: false, batch: 1, subgroup: false, q8in: false },
                 Kernel::Matmul { format, mode, tiled: true },
                 Kernel::Embed { format },
             ] {
@@ -371,6 +377,14 @@ impl Kernels {
             }
         }
         let q = Kernel::Quantize { format: WeightFormat::Int3, quantizer: Default::default() };
+        let q8in = Kernel::Matvec {
+            format: WeightFormat::Int4,
+            mode: MatMode { fuse_norm: true, ..Default::default() },
+            wide: false,
+            batch: 1,
+            subgroup: false,
+            q8in: true,
+        };
         let kv = KvFormats { main: KvFormat::Int8, ring: KvFormat::F16 };
         for k in [
             Kernel::RopeKv { adjacent: true, kv },
@@ -379,6 +393,7 @@ impl Kernels {
             Kernel::AttentionDecode { split: 4, adjacent: false, kv },
             Kernel::Sample,
             q,
+            q8in,
         ] {
             let key = KernelKey { kernel: k, wg: 64, rows: 1, tpr: 64 };
             out.push((format!("{k:?}"), key.source(false)));

@@ -71,6 +71,13 @@ pub struct LoadOptions {
     /// (workgroup, rows per lane group) of the subgroup matvec for every matrix (None: chosen
     /// per matrix size).
     pub subgroup_shape: Option<(u32, u32)>,
+    /// `Some(r)`: single-row decode steps of int4 matrices with at least `r` rows and k a
+    /// multiple of 32 in `Q8IN_MIN_K..=Q8IN_MAX_K` quantise their input to int8 per 32
+    /// elements and multiply through `dot4I8Packed` (`matvec_q8in.wgsl`; GPUs with
+    /// cooperative rows only): fewer instructions per weight, at the cost of an int8 grid on
+    /// the inputs. Each workgroup quantises the whole input first, which only pays on tall
+    /// matrices.
+    pub q8_inputs: Option<u32>,
     /// Decode steps merge the split attention's partials in the o projection's input loads
     /// (no combine dispatch) when `n_heads * head_dim * split` is at most this; each o
     /// workgroup then re-reads every partial, which only pays on small models.
@@ -110,11 +117,18 @@ impl Default for LoadOptions {
             matvec_batch: 4,
             subgroup_threads: 0,
             subgroup_shape: None,
+            q8_inputs: None,
             combine_in_o_max: 8192,
             batch_matvec_min_weights: 1 << 22,
         }
     }
 }
+
+/// Smallest k of a matrix whose decode matvec takes int8 inputs under `q8_inputs`.
+pub const Q8IN_MIN_K: u32 = 32;
+/// Largest: the quantised input row lives in workgroup memory (`Q8_GROUPS` in
+/// `matvec_q8in.wgsl`).
+pub const Q8IN_MAX_K: u32 = 4096;
 
 /// How a dispatch's grid depends on the number of tokens in the step.
 #[derive(Clone, Copy, Debug)]
@@ -417,6 +431,7 @@ impl LlamaGpu {
             wide_tpr: g.wide_tpr,
             sg_tpr: g.sg_tpr,
             sg_shape: self.options.subgroup_shape,
+            q8_inputs: self.options.q8_inputs,
             head_dim: self.config.head_dim as u32,
             state,
             filler: &self.acts.filler,
@@ -595,6 +610,9 @@ struct Builder<'a> {
     /// Lanes per row group of the subgroup matvec; 0 = not used.
     sg_tpr: u32,
     sg_shape: Option<(u32, u32)>,
+    /// Int4 single-row matvecs with at least this many rows and k in
+    /// `Q8IN_MIN_K..=Q8IN_MAX_K` take int8 inputs.
+    q8_inputs: Option<u32>,
     /// Attention head size (the partials a combining matvec reads).
     head_dim: u32,
     state: &'a wgpu::Buffer,
@@ -688,7 +706,14 @@ impl Builder<'_> {
             head_dim: if mode.combine_split > 0 { self.head_dim } else { 0 },
         };
         let ub = self.gpu.uniform_init("mat params", bytemuck::bytes_of(&params));
-        let subgroup = !tiled && self.sg_tpr > 0 && self.batch <= 1 && m.cols.is_multiple_of(8);
+        let q8in = !tiled
+            && self.q8_inputs.is_some_and(|r| m.rows >= r)
+            && self.tpr > 1
+            && self.batch <= 1
+            && m.format == WeightFormat::Int4
+            && m.cols.is_multiple_of(32)
+            && (Q8IN_MIN_K..=Q8IN_MAX_K).contains(&m.cols);
+        let subgroup = !q8in && !tiled && self.sg_tpr > 0 && self.batch <= 1 && m.cols.is_multiple_of(8);
         let kernel = if tiled {
             Kernel::Matmul { format: m.format, mode, tiled: self.tpr > 1 }
         } else {
@@ -698,9 +723,19 @@ impl Builder<'_> {
                 wide: self.wide_tpr > 0 && m.format.prefers_wide_matvec() && m.cols.is_multiple_of(8),
                 batch: self.batch,
                 subgroup,
+                q8in,
             }
         };
-        let key = if subgroup { self.subgroup_key(kernel, shard.rows) } else { self.key(kernel) };
+        let key = if subgroup {
+            self.subgroup_key(kernel, shard.rows)
+        } else if q8in {
+            // 16 row groups of 16 lanes share the quantised input (H100, GB/s from HBM, with
+            // the norm, `wide` -> this: 12288x4096 1,372 -> 1,691, 22016x4096 1,563 -> 1,981,
+            // 11264x2048 964 -> 1,192; 128 threads on 32 lanes per row group: 1,252, 1,582, 902).
+            KernelKey { kernel, wg: 256, rows: 4, tpr: 16 }
+        } else {
+            self.key(kernel)
+        };
         let pipeline = self.kernels.get(&self.gpu.device, key)?;
         let mut entries = vec![
             (0, &ub),

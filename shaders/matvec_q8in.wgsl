@@ -1,0 +1,111 @@
+// Decode matvec of int4 weights against int8-quantised inputs (appended to matvec.wgsl after
+// the int4 prelude; entry point `q8in`): the codes of 8 weights meet 8 input bytes in two
+// `dot4I8Packed`, an integer dot product the GPU does in one instruction where it has one
+// (Vulkan 1.3 / SPIR-V `OpSDot`). The int4 matvec is bound by instructions per weight
+// (README, session 5); this path takes about a third of them.
+//
+// The workgroup first quantises its input row (SwiGLU-combined, merged from attention
+// partials, and norm-weighted as `xin4` and `wide` give it) per group of 32 elements:
+// scale d = max|x| / 127, codes round(x / d) in -127..=127, packed so that byte j of the
+// even word holds element 8w + 2j and of the odd word element 8w + 2j + 1: the layout of the
+// low and high nibbles of weight word w (masked with 0x0f0f0f0f, and after a shift by 4).
+// Each lane then takes whole 32-weight groups of ROWS rows:
+//   sum_j (q_j d_w + m_w) x_j ~ d_w d_x sum_j q_j c_j + m_w sum_j x_j
+// with the input codes c and the exact float sum of the group's inputs. RMSNorm's 1/rms
+// is applied at the end (`finish`), from the sum of squares of the raw inputs.
+//   k: a multiple of 32, at most 32 * Q8_GROUPS.
+
+const Q8_GROUPS: u32 = 128u;
+
+// Per group: the 8 packed code words (even, odd, even, odd, ...) and (d_x, sum x, sum raw x^2).
+var<workgroup> xq: array<vec4<u32>, 256>;
+var<workgroup> xg: array<vec4<f32>, 128>;
+
+fn pack_pair(a: vec4<f32>, b: vec4<f32>, inv: f32) -> vec2<u32> {
+    let qa = vec4<i32>(round(a * inv));
+    let qb = vec4<i32>(round(b * inv));
+    return vec2<u32>(pack4xI8(vec4<i32>(qa.x, qa.z, qb.x, qb.z)), pack4xI8(vec4<i32>(qa.y, qa.w, qb.y, qb.w)));
+}
+
+// Quantise the input row at `xbase` into xq / xg (every thread; ends with a barrier).
+fn quantise_input(tid: u32, xbase: u32) {
+    let gn = p.k / 32u;
+    for (var g = tid; g < gn; g += WG) {
+        let kb = g * 32u;
+        var v0 = xin4(xbase, kb);
+        var v1 = xin4(xbase, kb + 4u);
+        var v2 = xin4(xbase, kb + 8u);
+        var v3 = xin4(xbase, kb + 12u);
+        var v4 = xin4(xbase, kb + 16u);
+        var v5 = xin4(xbase, kb + 20u);
+        var v6 = xin4(xbase, kb + 24u);
+        var v7 = xin4(xbase, kb + 28u);
+        var ss = 0.0;
+        if (FUSE_NORM) {
+            ss = dot(v0, v0) + dot(v1, v1) + dot(v2, v2) + dot(v3, v3) + dot(v4, v4) + dot(v5, v5) + dot(v6, v6)
+                + dot(v7, v7);
+            let a = 8u * g;
+            v0 *= aux[a];
+            v1 *= aux[a + 1u];
+            v2 *= aux[a + 2u];
+            v3 *= aux[a + 3u];
+            v4 *= aux[a + 4u];
+            v5 *= aux[a + 5u];
+            v6 *= aux[a + 6u];
+            v7 *= aux[a + 7u];
+        }
+        let m4 = max(max(max(abs(v0), abs(v1)), max(abs(v2), abs(v3))), max(max(abs(v4), abs(v5)), max(abs(v6), abs(v7))));
+        let amax = max(max(m4.x, m4.y), max(m4.z, m4.w));
+        let inv = select(0.0, 127.0 / amax, amax > 0.0);
+        let w0 = pack_pair(v0, v1, inv);
+        let w1 = pack_pair(v2, v3, inv);
+        let w2 = pack_pair(v4, v5, inv);
+        let w3 = pack_pair(v6, v7, inv);
+        xq[2u * g] = vec4<u32>(w0, w1);
+        xq[2u * g + 1u] = vec4<u32>(w2, w3);
+        let s4 = v0 + v1 + v2 + v3 + v4 + v5 + v6 + v7;
+        xg[g] = vec4<f32>(amax / 127.0, s4.x + s4.y + s4.z + s4.w, ss, 0.0);
+    }
+    workgroupBarrier();
+}
+
+// Group `i` of the weights (one vec4 of code words and its scale word) against the packed
+// inputs xa | xb with their (d_x, sum x).
+fn q8_group(i: u32, xa: vec4<u32>, xb: vec4<u32>, xs: vec4<f32>) -> f32 {
+    let q = w[i];
+    let dm = unpack2x16float(s[i]);
+    let lo = q & vec4<u32>(0x0f0f0f0fu);
+    let hi = (q >> vec4<u32>(4u)) & vec4<u32>(0x0f0f0f0fu);
+    let c = dot4I8Packed(lo.x, xa.x) + dot4I8Packed(hi.x, xa.y) + dot4I8Packed(lo.y, xa.z) + dot4I8Packed(hi.y, xa.w)
+        + dot4I8Packed(lo.z, xb.x) + dot4I8Packed(hi.z, xb.y) + dot4I8Packed(lo.w, xb.z) + dot4I8Packed(hi.w, xb.w);
+    return f32(c) * (dm.x * xs.x) + dm.y * xs.y;
+}
+
+@compute @workgroup_size(WG)
+fn q8in(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let tid = lid.x;
+    let lane = tid % TPR;
+    let row0 = (wid.x * (WG / TPR) + tid / TPR) * ROWS;
+    quantise_input(tid, input_row(wid) * p.x_stride);
+    let r = clamped_rows(row0);
+    let gn = p.k / 32u;
+    var acc = vec4<f32>(0.0);
+    var ss = 0.0;
+    for (var g = lane; g < gn; g += TPR) {
+        let xa = xq[2u * g];
+        let xb = xq[2u * g + 1u];
+        let xs = xg[g];
+        ss += xs.z;
+        acc.x += q8_group(r.x * gn + g, xa, xb, xs);
+        if (ROWS > 1u) {
+            acc.y += q8_group(r.y * gn + g, xa, xb, xs);
+        }
+        if (ROWS > 2u) {
+            acc.z += q8_group(r.z * gn + g, xa, xb, xs);
+        }
+        if (ROWS > 3u) {
+            acc.w += q8_group(r.w * gn + g, xa, xb, xs);
+        }
+    }
+    finish(tid, lane, row0, acc, ss, true);
+}
