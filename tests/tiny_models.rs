@@ -146,6 +146,20 @@ fn greedy_near_teacher_forced(src: &GgufSource, e: &mut Engine, slack: f32) {
 }
 
 #[test]
+fn decode_path_scoring_equals_prefill_scoring() {
+    // Teacher-forced decode steps (split attention, single-row matvecs) against prefill
+    // chunks (tiled matmul): the same log-likelihood up to float order.
+    let bytes = tiny_gguf(&spec(false), Arch::Llama, 5, HostFormat::F32).expect("tiny model");
+    let src = GgufSource::from_bytes(bytes).expect("parse");
+    let ids: Vec<u32> = (0..40).map(|i| (i * 11 + 5) % 290).collect();
+    let mut e = engine(&src, WeightFormat::F32, 64, 8);
+    let (prefill, n) = pollster::block_on(e.score(&ids)).expect("score");
+    let (decode, m) = pollster::block_on(e.score_decode(&ids)).expect("score_decode");
+    assert_eq!((n, m), (39, 39));
+    assert!((prefill - decode).abs() < 1e-4 * prefill.abs(), "prefill {prefill} vs decode {decode}");
+}
+
+#[test]
 fn fp16_weights_stay_close_to_fp32() {
     let bytes = tiny_gguf(&spec(true), Arch::Llama, 9, HostFormat::F32).expect("tiny model");
     let src = GgufSource::from_bytes(bytes).expect("parse");

@@ -371,6 +371,37 @@ impl Engine {
         Ok((sum, count))
     }
 
+    /// [`Engine::score`] through the decode path: every position runs as a decode step (the
+    /// single-row matvecs, split attention and partial merges of a generation), fed the
+    /// text's ids instead of its own picks, with each step's logits read back. One
+    /// submission per token: a measurement of the decode kernels' accuracy, not a fast path.
+    pub async fn score_decode(&mut self, ids: &[u32]) -> Result<(f64, usize)> {
+        self.solo_lane()?;
+        self.check_prompt(ids, 0)?;
+        let vocab = self.model.config.vocab_size;
+        let bytes_len = vocab as u64 * 4;
+        let (mut sum, mut count) = (0.0f64, 0usize);
+        for pos in 0..ids.len().saturating_sub(1) {
+            // The previous step's sampler wrote its own pick at `pos`: the text's ids go back.
+            self.model.write_tokens(&self.gpu, pos, &ids[pos..pos + 2]);
+            self.model.write_state(&self.gpu, pos as u32, 1);
+            let mut enc = self.gpu.device.create_command_encoder(&Default::default());
+            self.reserve_kv(&mut enc, pos, None);
+            self.model.encode_decode_steps(&mut enc, pos, 1);
+            enc.copy_buffer_to_buffer(&self.model.logits, 0, &self.logits_staging, 0, bytes_len);
+            let idx = self.gpu.queue.submit([enc.finish()]);
+            let rx = start_map(&self.logits_staging, bytes_len);
+            let bytes = finish_map(&self.gpu, &self.logits_staging, bytes_len, rx, Some(idx)).await?;
+            let row: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
+            let mx = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let z: f64 = row.iter().map(|&l| (l as f64 - mx).exp()).sum();
+            sum += z.ln() + mx - row[ids[pos + 1] as usize] as f64;
+            count += 1;
+        }
+        self.gpu.take_errors().map_err(crate::gpu::in_generation)?;
+        Ok((sum, count))
+    }
+
     /// Generate from prompt ids. `on_token` gets every kept token with the text it
     /// completes; returning `false` stops the generation.
     pub async fn generate(

@@ -66,6 +66,10 @@ enum Command {
         max_tokens: usize,
         #[arg(long)]
         json: bool,
+        /// Score through decode steps (one per token) instead of prefill chunks: the
+        /// accuracy of the decode kernels.
+        #[arg(long)]
+        decode: bool,
     },
     /// Measure prefill and decode speed.
     Bench {
@@ -336,7 +340,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Perplexity { file, max_tokens, json: as_json } => {
+        Command::Perplexity { file, max_tokens, json: as_json, decode } => {
             let text = std::fs::read_to_string(file)
                 .map_err(|e| Error::invalid(format!("cannot read {}: {e}", file.display())))?;
             let mut engine = open_engine(&cli.model, &cfg)?;
@@ -345,7 +349,11 @@ fn run(cli: Cli) -> Result<()> {
             if ids.len() < 2 {
                 return Err(Error::invalid("the text has fewer than 2 tokens"));
             }
-            let (sum, n) = pollster::block_on(engine.score(&ids))?;
+            let (sum, n) = if *decode {
+                pollster::block_on(engine.score_decode(&ids))?
+            } else {
+                pollster::block_on(engine.score(&ids))?
+            };
             let mean = sum / n as f64;
             let mb = engine.model.weight_bytes as f64 / 1_048_576.0;
             let (q, qms) = (engine.model.options.quantization_name(), engine.model.quantize_ms);
