@@ -1,0 +1,11 @@
+from exp import *
+run_refined("fold norms only, calib", fold=True)
+run_refined("rot random(s0), calib", rot="random", seed=0)
+run_refined("rot hadamard576, calib", rot="hadamard")
+run_refined("rot rand_hadamard(s0), calib", rot="rand_hadamard", seed=0)
+run_refined("rot had64xrand9(s0), calib", rot="had64_x_rand9", seed=0)
+run_refined("rot random(s0)+VO had64, calib", rot="random", seed=0, vo="had64")
+run_refined("rot hadamard576+VO had64, calib", rot="hadamard", vo="had64")
+run_refined("rot random(s0), weights=1", rot="random", seed=0, wmode="ones")
+run_refined("rot random(s0), weights=|x|+mean|x|", rot="random", seed=0, wmode="absx")
+run_refined("rot random(s1), calib", rot="random", seed=1)
