@@ -137,6 +137,11 @@ fn synth_then_generate_logits_and_bench_on_a_tiny_model() {
     // The Q8_0 file's matrices were quantised to int3 at load, and that took measured time.
     assert_eq!(v["quantization"], "int3");
     assert!(v["quantize_ms"].as_f64().unwrap_or(0.0) > 0.0 && v["model_memory_mb"].as_f64().is_some(), "{v}");
+    // Scored through decode steps: the same tokens, the same perplexity up to float order.
+    let d = wsi_json(&["--model", m, "--quantization", "int3", "perplexity", "--file", t, "--json", "--decode"]);
+    let (a, b) = (v["perplexity"].as_f64().unwrap_or(0.0), d["perplexity"].as_f64().unwrap_or(-1.0));
+    assert_eq!(v["tokens"], d["tokens"]);
+    assert!((a - b).abs() < 1e-3 * a, "prefill {a} vs decode {b}");
     // Token prediction A/B on a prompt file, alternating rounds in one process.
     let v = wsi_json(&[
         "--model",
