@@ -18,8 +18,8 @@
 const Q8_GROUPS: u32 = 128u;
 
 // Per group: the 8 packed code words (even, odd, even, odd, ...) and (d_x, sum x, sum raw x^2).
-var<workgroup> xq: array<vec4<u32>, 256>;
-var<workgroup> xg: array<vec4<f32>, 128>;
+var<workgroup> xq: array<vec4<u32>, 2u * Q8_GROUPS>;
+var<workgroup> xg: array<vec4<f32>, Q8_GROUPS>;
 
 fn pack_pair(a: vec4<f32>, b: vec4<f32>, inv: f32) -> vec2<u32> {
     let qa = vec4<i32>(round(a * inv));

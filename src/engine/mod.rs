@@ -149,6 +149,13 @@ pub struct Engine {
     pub load_ms: f64,
 }
 
+/// Negative log-likelihood of `target` under the softmax of one row of logits (f64 sums).
+fn nll(row: &[f32], target: u32) -> f64 {
+    let mx = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let z: f64 = row.iter().map(|&l| (l as f64 - mx).exp()).sum();
+    z.ln() + mx - row[target as usize] as f64
+}
+
 impl Engine {
     /// Upload `src` to the GPU and build everything the decode loop needs.
     pub fn load(gpu: Gpu, src: &dyn ModelSource, options: EngineOptions) -> Result<Engine> {
@@ -361,9 +368,7 @@ impl Engine {
                 let Some(&target) = ids.get(p0 + r + 1) else {
                     break;
                 };
-                let mx = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-                let z: f64 = row.iter().map(|&l| (l as f64 - mx).exp()).sum();
-                sum += z.ln() + mx - row[target as usize] as f64;
+                sum += nll(row, target);
                 count += 1;
             }
         })
@@ -392,10 +397,7 @@ impl Engine {
             let idx = self.gpu.queue.submit([enc.finish()]);
             let rx = start_map(&self.logits_staging, bytes_len);
             let bytes = finish_map(&self.gpu, &self.logits_staging, bytes_len, rx, Some(idx)).await?;
-            let row: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
-            let mx = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-            let z: f64 = row.iter().map(|&l| (l as f64 - mx).exp()).sum();
-            sum += z.ln() + mx - row[ids[pos + 1] as usize] as f64;
+            sum += nll(bytemuck::cast_slice(&bytes), ids[pos + 1]);
             count += 1;
         }
         self.gpu.take_errors().map_err(crate::gpu::in_generation)?;
@@ -496,9 +498,11 @@ impl Engine {
                         let slot = next_slot;
                         next_slot = (next_slot + 1) % self.id_staging.len();
                         let mut enc = self.gpu.device.create_command_encoder(&Default::default());
-                        let latest = prompt.len() + submitted + s - 2;
+                        // The first step reads the id at `first` and the last writes KV `latest`.
+                        let first = prompt.len() + submitted - 1;
+                        let latest = first + s - 1;
                         self.reserve_kv(&mut enc, latest, Some((&mut monitor, &mut events)));
-                        decode_dispatches += self.model.encode_decode_steps(&mut enc, latest + 2 - s, s);
+                        decode_dispatches += self.model.encode_decode_steps(&mut enc, first, s);
                         decode_steps += s;
                         let from = (prompt.len() + submitted) as u64 * 4;
                         enc.copy_buffer_to_buffer(

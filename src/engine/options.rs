@@ -162,10 +162,8 @@ impl EngineOptions {
                 // float path: their WGSL may lack `dot4I8Packed`, and CPU rasterisers gain
                 // nothing from it.
                 q8_inputs: match env_u32("WSI_Q8_MIN_ROWS") {
-                    Some(0) => None,
-                    Some(r) => Some(r),
-                    None if cfg!(target_arch = "wasm32") || caps.is_cpu => None,
-                    None => Some(8192),
+                    Some(r) => (r > 0).then_some(r),
+                    None => (!cfg!(target_arch = "wasm32") && !caps.is_cpu).then_some(8192),
                 },
                 // Merging the attention partials in the o projection's loads pays with the
                 // `wide` matvec (int4) and costs with `main` (H100, 135M, combine dispatch vs

@@ -72,7 +72,7 @@ pub struct LoadOptions {
     /// per matrix size).
     pub subgroup_shape: Option<(u32, u32)>,
     /// `Some(r)`: single-row decode steps of int4 matrices with at least `r` rows and k a
-    /// multiple of 32 in `Q8IN_MIN_K..=Q8IN_MAX_K` quantise their input to int8 per 32
+    /// multiple of 32 up to `Q8IN_MAX_K` quantise their input to int8 per 32
     /// elements and multiply through `dot4I8Packed` (`matvec_q8in.wgsl`; GPUs with
     /// cooperative rows only): fewer instructions per weight, at the cost of an int8 grid on
     /// the inputs. Each workgroup quantises the whole input first, which only pays on tall
@@ -124,10 +124,8 @@ impl Default for LoadOptions {
     }
 }
 
-/// Smallest k of a matrix whose decode matvec takes int8 inputs under `q8_inputs`.
-pub const Q8IN_MIN_K: u32 = 32;
-/// Largest: the quantised input row lives in workgroup memory (`Q8_GROUPS` in
-/// `matvec_q8in.wgsl`).
+/// Largest k of a matrix whose decode matvec takes int8 inputs under `q8_inputs`: the
+/// quantised input row lives in workgroup memory (32 x `Q8_GROUPS` in `matvec_q8in.wgsl`).
 pub const Q8IN_MAX_K: u32 = 4096;
 
 /// How a dispatch's grid depends on the number of tokens in the step.
@@ -570,22 +568,20 @@ impl LlamaGpu {
     }
 
     /// Encode one decode step at position `pos` (`state.pos` when it runs): reads the token
-    /// there, writes the next one, advances. `pos` picks the attention split.
-    pub fn encode_decode_step(&self, pass: &mut wgpu::ComputePass<'_>, pos: usize) {
-        run(pass, self.decode_list(pos), 1);
+    /// there, writes the next one, advances. `pos` picks the attention split. Returns the
+    /// dispatches encoded.
+    pub fn encode_decode_step(&self, pass: &mut wgpu::ComputePass<'_>, pos: usize) -> usize {
+        let list = self.decode_list(pos);
+        run(pass, list, 1);
         run(pass, std::slice::from_ref(&self.lane().sample), 1);
+        list.len() + 1
     }
 
     /// Encode `steps` decode steps from position `pos` in one compute pass of `enc`; returns
     /// the dispatches encoded.
     pub fn encode_decode_steps(&self, enc: &mut wgpu::CommandEncoder, pos: usize, steps: usize) -> usize {
         let mut pass = enc.begin_compute_pass(&Default::default());
-        (pos..pos + steps)
-            .map(|p| {
-                self.encode_decode_step(&mut pass, p);
-                self.dispatches_per_decode_step(p)
-            })
-            .sum()
+        (pos..pos + steps).map(|p| self.encode_decode_step(&mut pass, p)).sum()
     }
 }
 
@@ -610,8 +606,8 @@ struct Builder<'a> {
     /// Lanes per row group of the subgroup matvec; 0 = not used.
     sg_tpr: u32,
     sg_shape: Option<(u32, u32)>,
-    /// Int4 single-row matvecs with at least this many rows and k in
-    /// `Q8IN_MIN_K..=Q8IN_MAX_K` take int8 inputs.
+    /// Int4 single-row matvecs with at least this many rows and k a multiple of
+    /// 32 up to `Q8IN_MAX_K` take int8 inputs.
     q8_inputs: Option<u32>,
     /// Attention head size (the partials a combining matvec reads).
     head_dim: u32,
@@ -712,7 +708,7 @@ impl Builder<'_> {
             && self.batch <= 1
             && m.format == WeightFormat::Int4
             && m.cols.is_multiple_of(32)
-            && (Q8IN_MIN_K..=Q8IN_MAX_K).contains(&m.cols);
+            && m.cols <= Q8IN_MAX_K;
         let subgroup = !q8in && !tiled && self.sg_tpr > 0 && self.batch <= 1 && m.cols.is_multiple_of(8);
         let kernel = if tiled {
             Kernel::Matmul { format: m.format, mode, tiled: self.tpr > 1 }

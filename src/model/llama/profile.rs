@@ -162,7 +162,7 @@ impl LlamaGpu {
         let lane = self.lane();
         // The list of the first step's attention split (steps that cross to another split
         // still run this one).
-        let list = lane.decode_list(self.decode_split(pos as usize));
+        let list = self.decode_list(pos as usize);
         let step: Vec<&Dispatch> = list.iter().chain(std::iter::once(&lane.sample)).collect();
         let mut families: Vec<(&'static str, usize)> = Vec::new();
         for d in &step {
