@@ -39,6 +39,10 @@ var<workgroup> q_sh: array<vec4<f32>, 64>;     // this head's query, hd <= 256
 var<workgroup> parts: array<vec4<f32>, 256>;   // partial sums of the V phase
 var<workgroup> k_new: array<vec4<f32>, 64>;    // decode: P's key and value as stored (int8:
 var<workgroup> v_new: array<vec4<f32>, 64>;    // codes, the scale apart)
+// The scores of a split with at most SCORES_SH keys stay in workgroup memory (decode splits
+// of contexts up to SPLIT * SCORES_SH): no global round trip and no storage barrier.
+const SCORES_SH: u32 = 1024u;
+var<workgroup> sc_sh: array<f32, SCORES_SH>;
 
 const NO_KEY: u32 = 0xffffffffu;
 
@@ -79,6 +83,14 @@ fn split_range(n: u32, z: u32) -> vec2<u32> {
     let per_split = (n + SPLIT - 1u) / SPLIT;
     let j0 = min(z * per_split, n);
     return vec2<u32>(j0, min(j0 + per_split, n));
+}
+
+// The softmax weight of key j (scores in workgroup memory or, past SCORES_SH, the scratch).
+fn weight_of(j: u32, j0: u32, sb: u32, in_sh: bool) -> f32 {
+    if (in_sh) {
+        return sc_sh[j - j0];
+    }
+    return scores[sb + j];
 }
 
 // q . k for the key in slot `ks` (head elements from `e0`; the query in q_sh): 8 vec4 loads
@@ -125,6 +137,7 @@ fn attend(tid: u32, h: u32, z: u32, row: u32, live: bool, latest: u32, kk: Keys,
     let hd4 = p.hd / 4u;
     let sb = (row * p.n_heads + h) * p.score_stride;
 
+    let in_sh = j1 - j0 <= SCORES_SH;
     var m = -3.0e38;
     if (live) {
         for (var j = j0 + tid; j < j1; j += WG) {
@@ -140,7 +153,11 @@ fn attend(tid: u32, h: u32, z: u32, row: u32, live: bool, latest: u32, kk: Keys,
                 sc = kv_scale(false, ks, kvh);
             }
             s *= p.scale * sc;
-            scores[sb + j] = s;
+            if (in_sh) {
+                sc_sh[j - j0] = s;
+            } else {
+                scores[sb + j] = s;
+            }
             m = max(m, s);
         }
     }
@@ -148,27 +165,48 @@ fn attend(tid: u32, h: u32, z: u32, row: u32, live: bool, latest: u32, kk: Keys,
     var l = 0.0;
     if (live) {
         for (var j = j0 + tid; j < j1; j += WG) {
-            let e = exp(scores[sb + j] - mx);
-            scores[sb + j] = e;
-            l += e;
+            if (in_sh) {
+                let e = exp(sc_sh[j - j0] - mx);
+                sc_sh[j - j0] = e;
+                l += e;
+            } else {
+                let e = exp(scores[sb + j] - mx);
+                scores[sb + j] = e;
+                l += e;
+            }
         }
     }
     let total = reduce_sum(tid, l);
-    storageBarrier();
+    if (!in_sh) {
+        storageBarrier();
+    }
     workgroupBarrier();
 
+    // Two keys per iteration, their loads issued before either is used (no branch between:
+    // key `jn` reads k_new / v_new through a select, its cache row loaded and dropped).
     let n_parts = max(WG / hd4, 1u);
     let d4 = tid % hd4;
     let part = tid / hd4;
     var acc = vec4<f32>(0.0);
     if (live && part < n_parts) {
-        for (var j = j0 + part; j < j1; j += n_parts) {
-            if (j == jn) {
-                acc += scores[sb + j] * v_sc * v_new[d4];
-            } else {
-                let vs = kv_slot(key_pos(j, kk), latest);
-                acc += scores[sb + j] * kv_scale(true, vs, kvh) * kv_load4(true, vs, kvh * p.hd + 4u * d4);
-            }
+        var j = j0 + part;
+        for (; j + n_parts < j1; j += 2u * n_parts) {
+            let jb = j + n_parts;
+            let va = kv_slot(key_pos(j, kk), latest);
+            let vb = kv_slot(key_pos(jb, kk), latest);
+            let xa = kv_load4(true, va, kvh * p.hd + 4u * d4);
+            let xb = kv_load4(true, vb, kvh * p.hd + 4u * d4);
+            let sa = kv_scale(true, va, kvh);
+            let sb2 = kv_scale(true, vb, kvh);
+            let wa = weight_of(j, j0, sb, in_sh);
+            let wb = weight_of(jb, j0, sb, in_sh);
+            acc += wa * select(sa * xa, v_sc * v_new[d4], j == jn) + wb * select(sb2 * xb, v_sc * v_new[d4], jb == jn);
+        }
+        if (j < j1) {
+            let va = kv_slot(key_pos(j, kk), latest);
+            let xa = kv_scale(true, va, kvh) * kv_load4(true, va, kvh * p.hd + 4u * d4);
+            let wa = weight_of(j, j0, sb, in_sh);
+            acc += wa * select(xa, v_sc * v_new[d4], j == jn);
         }
     }
     parts[tid] = acc;

@@ -13,7 +13,9 @@
 //   sum_j (q_j d_w + m_w) x_j ~ d_w d_x sum_j q_j c_j + m_w sum_j x_j
 // with the input codes c and the exact float sum of the group's inputs. RMSNorm's 1/rms
 // is applied at the end (`finish`), from the sum of squares of the raw inputs.
-//   k: a multiple of 32, at most 32 * Q8_GROUPS.
+// Rows longer than the workgroup's store (32 * Q8_GROUPS elements) go through it in chunks,
+// quantised in turn (the 7B down projection, k = 11008: three).
+//   k: a multiple of 32.
 
 const Q8_GROUPS: u32 = 128u;
 
@@ -27,11 +29,11 @@ fn pack_pair(a: vec4<f32>, b: vec4<f32>, inv: f32) -> vec2<u32> {
     return vec2<u32>(pack4xI8(vec4<i32>(qa.x, qa.z, qb.x, qb.z)), pack4xI8(vec4<i32>(qa.y, qa.w, qb.y, qb.w)));
 }
 
-// Quantise the input row at `xbase` into xq / xg (every thread; ends with a barrier).
-fn quantise_input(tid: u32, xbase: u32) {
-    let gn = p.k / 32u;
-    for (var g = tid; g < gn; g += WG) {
-        let kb = g * 32u;
+// Quantise groups c0..c0 + cn of the input row at `xbase` into xq / xg (every thread; ends
+// with a barrier).
+fn quantise_input(tid: u32, xbase: u32, c0: u32, cn: u32) {
+    for (var g = tid; g < cn; g += WG) {
+        let kb = (c0 + g) * 32u;
         var v0 = xin4(xbase, kb);
         var v1 = xin4(xbase, kb + 4u);
         var v2 = xin4(xbase, kb + 8u);
@@ -44,7 +46,7 @@ fn quantise_input(tid: u32, xbase: u32) {
         if (FUSE_NORM) {
             ss = dot(v0, v0) + dot(v1, v1) + dot(v2, v2) + dot(v3, v3) + dot(v4, v4) + dot(v5, v5) + dot(v6, v6)
                 + dot(v7, v7);
-            let a = 8u * g;
+            let a = 8u * (c0 + g);
             v0 *= aux[a];
             v1 *= aux[a + 1u];
             v2 *= aux[a + 2u];
@@ -86,25 +88,34 @@ fn q8in(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let tid = lid.x;
     let lane = tid % TPR;
     let row0 = (wid.x * (WG / TPR) + tid / TPR) * ROWS;
-    quantise_input(tid, input_row(wid) * p.x_stride);
+    let xbase = input_row(wid) * p.x_stride;
     let r = clamped_rows(row0);
     let gn = p.k / 32u;
     var acc = vec4<f32>(0.0);
     var ss = 0.0;
-    for (var g = lane; g < gn; g += TPR) {
-        let xa = xq[2u * g];
-        let xb = xq[2u * g + 1u];
-        let xs = xg[g];
-        ss += xs.z;
-        acc.x += q8_group(r.x * gn + g, xa, xb, xs);
-        if (ROWS > 1u) {
-            acc.y += q8_group(r.y * gn + g, xa, xb, xs);
+    for (var c0 = 0u; c0 < gn; c0 += Q8_GROUPS) {
+        let cn = min(gn - c0, Q8_GROUPS);
+        quantise_input(tid, xbase, c0, cn);
+        for (var g = lane; g < cn; g += TPR) {
+            let xa = xq[2u * g];
+            let xb = xq[2u * g + 1u];
+            let xs = xg[g];
+            let i = c0 + g;
+            ss += xs.z;
+            acc.x += q8_group(r.x * gn + i, xa, xb, xs);
+            if (ROWS > 1u) {
+                acc.y += q8_group(r.y * gn + i, xa, xb, xs);
+            }
+            if (ROWS > 2u) {
+                acc.z += q8_group(r.z * gn + i, xa, xb, xs);
+            }
+            if (ROWS > 3u) {
+                acc.w += q8_group(r.w * gn + i, xa, xb, xs);
+            }
         }
-        if (ROWS > 2u) {
-            acc.z += q8_group(r.z * gn + g, xa, xb, xs);
-        }
-        if (ROWS > 3u) {
-            acc.w += q8_group(r.w * gn + g, xa, xb, xs);
+        // The next chunk overwrites the store.
+        if (c0 + Q8_GROUPS < gn) {
+            workgroupBarrier();
         }
     }
     finish(tid, lane, row0, acc, ss, true);

@@ -269,12 +269,14 @@ fn subgroup_matvec_stages_input_tiles_reduces_by_shuffles_and_matches_cpu_refere
 
 #[test]
 fn int8_input_matvec_stays_within_the_input_grid_of_the_cpu_reference_for_every_mode() {
-    // int4 weights; k multiples of 32 (one group, ragged against the lanes, and past the
-    // lanes of a row group several times); rows ragged against the workgroup's.
+    // int4 weights; k multiples of 32 (one group, ragged against the lanes, past the lanes of
+    // a row group several times, and past the workgroup's 4096-element store twice, the last
+    // chunk short); rows ragged against the workgroup's.
     let kernels = Kernels::default();
     let mut worst = 0f32;
     for mode in modes() {
-        for (n, k, t, tpr, rows) in [(37, 32, 1, 8, 4), (130, 800, 2, 16, 3), (9, 4096, 1, 32, 4), (70, 1536, 1, 64, 1)]
+        for (n, k, t, tpr, rows) in
+            [(37, 32, 1, 8, 4), (130, 800, 2, 16, 3), (9, 4096, 1, 32, 4), (70, 1536, 1, 64, 1), (6, 8480, 1, 16, 4)]
         {
             let (got, want, kernel) =
                 matrix_outputs(&kernels, false, WeightFormat::Int4, mode, n, k, t, tpr, rows, false, 1, Entry::Q8in);

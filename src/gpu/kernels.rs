@@ -138,7 +138,7 @@ pub enum Kernel {
     /// `batch_wide`, batched decode steps).
     /// `subgroup` (k a multiple of 8, single-row steps, devices with subgroups): entry
     /// point `subgroup` of `matvec_subgroup.wgsl`, shuffle reductions over `tpr` lanes.
-    /// `q8in` (int4, k a multiple of 32 up to 4096, single-row steps): entry point `q8in`
+    /// `q8in` (int4, k a multiple of 32, single-row steps): entry point `q8in`
     /// of `matvec_q8in.wgsl`, the input quantised to int8 per 32 and multiplied through
     /// `dot4I8Packed`.
     Matvec { format: WeightFormat, mode: MatMode, wide: bool, batch: u32, subgroup: bool, q8in: bool },

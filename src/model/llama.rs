@@ -72,12 +72,14 @@ pub struct LoadOptions {
     /// per matrix size).
     pub subgroup_shape: Option<(u32, u32)>,
     /// `Some(r)`: single-row decode steps of int4 matrices with at least `r` rows and k a
-    /// multiple of 32 up to `Q8IN_MAX_K` quantise their input to int8 per 32
-    /// elements and multiply through `dot4I8Packed` (`matvec_q8in.wgsl`; GPUs with
-    /// cooperative rows only): fewer instructions per weight, at the cost of an int8 grid on
-    /// the inputs. Each workgroup quantises the whole input first, which only pays on tall
-    /// matrices.
+    /// multiple of 32 quantise their input to int8 per 32 elements and multiply through
+    /// `dot4I8Packed` (`matvec_q8in.wgsl`; GPUs with cooperative rows only): fewer
+    /// instructions per weight, at the cost of an int8 grid on the inputs. Each workgroup
+    /// quantises the whole input first, which only pays on tall matrices.
     pub q8_inputs: Option<u32>,
+    /// (workgroup, rows per lane group, lanes per row group) of the int8-input matvec for
+    /// every matrix (None: chosen per matrix).
+    pub q8_shape: Option<(u32, u32, u32)>,
     /// Decode steps merge the split attention's partials in the o projection's input loads
     /// (no combine dispatch) when `n_heads * head_dim * split` is at most this; each o
     /// workgroup then re-reads every partial, which only pays on small models.
@@ -118,15 +120,12 @@ impl Default for LoadOptions {
             subgroup_threads: 0,
             subgroup_shape: None,
             q8_inputs: None,
+            q8_shape: None,
             combine_in_o_max: 8192,
             batch_matvec_min_weights: 1 << 22,
         }
     }
 }
-
-/// Largest k of a matrix whose decode matvec takes int8 inputs under `q8_inputs`: the
-/// quantised input row lives in workgroup memory (32 x `Q8_GROUPS` in `matvec_q8in.wgsl`).
-pub const Q8IN_MAX_K: u32 = 4096;
 
 /// How a dispatch's grid depends on the number of tokens in the step.
 #[derive(Clone, Copy, Debug)]
@@ -430,6 +429,7 @@ impl LlamaGpu {
             sg_tpr: g.sg_tpr,
             sg_shape: self.options.subgroup_shape,
             q8_inputs: self.options.q8_inputs,
+            q8_shape: self.options.q8_shape,
             head_dim: self.config.head_dim as u32,
             state,
             filler: &self.acts.filler,
@@ -606,9 +606,10 @@ struct Builder<'a> {
     /// Lanes per row group of the subgroup matvec; 0 = not used.
     sg_tpr: u32,
     sg_shape: Option<(u32, u32)>,
-    /// Int4 single-row matvecs with at least this many rows and k a multiple of
-    /// 32 up to `Q8IN_MAX_K` take int8 inputs.
+    /// Int4 single-row matvecs with at least this many rows and k a multiple of 32 take int8
+    /// inputs.
     q8_inputs: Option<u32>,
+    q8_shape: Option<(u32, u32, u32)>,
     /// Attention head size (the partials a combining matvec reads).
     head_dim: u32,
     state: &'a wgpu::Buffer,
@@ -707,8 +708,7 @@ impl Builder<'_> {
             && self.tpr > 1
             && self.batch <= 1
             && m.format == WeightFormat::Int4
-            && m.cols.is_multiple_of(32)
-            && m.cols <= Q8IN_MAX_K;
+            && m.cols.is_multiple_of(32);
         let subgroup = !q8in && !tiled && self.sg_tpr > 0 && self.batch <= 1 && m.cols.is_multiple_of(8);
         let kernel = if tiled {
             Kernel::Matmul { format: m.format, mode, tiled: self.tpr > 1 }
@@ -728,7 +728,8 @@ impl Builder<'_> {
             // 16 row groups of 16 lanes share the quantised input (H100, GB/s from HBM, with
             // the norm, `wide` -> this: 12288x4096 1,372 -> 1,691, 22016x4096 1,563 -> 1,981,
             // 11264x2048 964 -> 1,192; 128 threads on 32 lanes per row group: 1,252, 1,582, 902).
-            KernelKey { kernel, wg: 256, rows: 4, tpr: 16 }
+            let (wg, rows, tpr) = self.q8_shape.unwrap_or((256, 4, 16));
+            KernelKey { kernel, wg, rows, tpr }
         } else {
             self.key(kernel)
         };
