@@ -1,5 +1,5 @@
 """Run GPTQ variants. usage: python3 gptq_run.py <rot|none> <damp> [seq]"""
-import sys, time
+import os, sys, time
 from exp import *
 from gptq import gptq
 
@@ -36,4 +36,6 @@ if __name__ == "__main__":
     nu = "nu" in sys.argv[3:]
     dm = "diag" if "diag" in sys.argv[3:] else "mean"
     label = f"GPTQ damp={damp}" + (" x diag(H)" if dm == "diag" else "") + (f", rot {rot}" if rot else "") + (" +VO had64" if vo else "") + (", sequential inputs" if seq else ", fp inputs") + (", non-uniform levels" if nu else "")
+    if os.environ.get("CALIB_FILE"):
+        label += f", calibration {os.path.basename(os.environ['CALIB_FILE'])}"
     run_gptq(label, rot=rot, vo=vo, damp=damp, seq=seq, nu=nu, damp_mode=dm)
