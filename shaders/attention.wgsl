@@ -13,8 +13,8 @@
 //   qkv:     [T, (n_heads + 2 n_kv) * hd]  (decode: Q heads, then K heads, then V heads)
 //   caches:  see kv_cache.wgsl (any storage format; written by rope_kv.wgsl and `decode`)
 //   scores:  [T, n_heads, score_stride] scratch
-// Scores go through a scratch buffer so that any context length fits (workgroup memory
-// would cap it). With SPLIT > 1 (decode on GPUs) the keys are split over SPLIT workgroups
+// A workgroup's scores stay in workgroup memory up to SCORES_SH keys; past that they go
+// through the scratch buffer, so that any context length fits. With SPLIT > 1 (decode on GPUs) the keys are split over SPLIT workgroups
 // per head (grid z) that write unnormalised partials (max, sum, acc[hd]); the `combine`
 // entry point merges them, so that long contexts use more than n_heads workgroups.
 
@@ -183,7 +183,7 @@ fn attend(tid: u32, h: u32, z: u32, row: u32, live: bool, latest: u32, kk: Keys,
     workgroupBarrier();
 
     // Two keys per iteration, their loads issued before either is used (no branch between:
-    // key `jn` reads k_new / v_new through a select, its cache row loaded and dropped).
+    // key `jn` takes v_new through a select, its cache row loaded and dropped).
     let n_parts = max(WG / hd4, 1u);
     let d4 = tid % hd4;
     let part = tid / hd4;

@@ -165,10 +165,13 @@ impl EngineOptions {
                     Some(r) => (r > 0).then_some(r),
                     None => (!cfg!(target_arch = "wasm32") && !caps.is_cpu).then_some(8192),
                 },
-                q8_shape: env_u32("WSI_Q8_WG")
-                    .zip(env_u32("WSI_Q8_ROWS"))
-                    .zip(env_u32("WSI_Q8_TPR"))
-                    .map(|((wg, rows), tpr)| (wg, rows.clamp(1, 4), tpr.clamp(1, wg))),
+                q8_shape: env_u32("WSI_Q8_WG").zip(env_u32("WSI_Q8_ROWS")).zip(env_u32("WSI_Q8_TPR")).map(
+                    |((wg, rows), tpr)| {
+                        // Powers of two within the kernel's 256-entry reduction arrays.
+                        let wg = wg.clamp(1, 256).next_power_of_two();
+                        (wg, rows.clamp(1, 4), tpr.clamp(1, wg).next_power_of_two())
+                    },
+                ),
                 // Merging the attention partials in the o projection's loads pays with the
                 // `wide` matvec (int4) and costs with `main` (H100, 135M, combine dispatch vs
                 // merged: int4 751 -> 770 tok/s; int8 728 -> 656, fp16 748 -> 671).

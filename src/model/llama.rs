@@ -730,8 +730,7 @@ impl Builder<'_> {
             // 11264x2048 964 -> 1,192; 128 threads on 32 lanes per row group: 1,252, 1,582, 902).
             // Up to 4096 rows, 32 lanes per row group keep twice the workgroups busy (4096x4096
             // 820 -> 940, 4096x11008 SwiGLU 1,004 -> 1,193 GB/s).
-            let (wg, rows, tpr) =
-                self.q8_shape.unwrap_or(if shard.rows <= 4096 { (256, 4, 32) } else { (256, 4, 16) });
+            let (wg, rows, tpr) = self.q8_shape.unwrap_or(if shard.rows <= 4096 { (256, 4, 32) } else { (256, 4, 16) });
             KernelKey { kernel, wg, rows, tpr }
         } else {
             self.key(kernel)
