@@ -445,7 +445,7 @@ fn dot_rows8(w0: mat2x4<f32>, w1: mat2x4<f32>, w2: mat2x4<f32>, w3: mat2x4<f32>,
 
 // Reduce the TPR partial sums (dot products and, with FUSE_NORM, x^2) of each row group and
 // store its rows. Uniform control flow.
-fn finish(tid: u32, lane: u32, row0: u32, partial: vec4<f32>, partial_ss: f32, live: bool) {
+fn finish(tid: u32, lane: u32, row0: u32, partial: vec4<f32>, partial_ss: f32, live: bool) -> vec4<f32> {
     var acc = partial;
     var ss = partial_ss;
     if (TPR > 1u) {
@@ -470,6 +470,7 @@ fn finish(tid: u32, lane: u32, row0: u32, partial: vec4<f32>, partial_ss: f32, l
     if (lane == 0u && live) {
         store4(row0, 0u, acc);
     }
+    return acc;
 }
 
 // Rows row0 + i of a thread group's ROWS rows from acc[i], for the rows first + i < ROWS

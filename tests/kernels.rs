@@ -7,7 +7,7 @@ mod common;
 use common::{gpu, max_rel_err, rand_vec, read_f32, read_u32, run, run_with};
 use wsi::gpu::params::{EmbedParams, KvParams, MatParams};
 use wsi::gpu::{
-    Kernel, KernelKey, Kernels, KvFormat, KvFormats, MatMode, WeightFormat, decode_row, encode_row, matmul_tile,
+    Kernel, KernelKey, Kernels, KvFormat, KvFormats, MatMode, Q8, WeightFormat, decode_row, encode_row, matmul_tile,
 };
 use wsi::model::kv_cache::rope_table;
 use wsi::model::reference::rope_head;
@@ -149,8 +149,9 @@ fn matrix_outputs(
         }
     } else {
         let groups = n.div_ceil((wg / tpr * rows) as usize) as u32;
-        let (subgroup, q8in) = (matches!(entry, Entry::Subgroup(_)), matches!(entry, Entry::Q8in));
-        (Kernel::Matvec { format, mode, wide, batch, subgroup, q8in }, [groups, (t as u32).div_ceil(batch), 1])
+        let subgroup = matches!(entry, Entry::Subgroup(_));
+        let q8 = if matches!(entry, Entry::Q8in) { Q8::In } else { Q8::Off };
+        (Kernel::Matvec { format, mode, wide, batch, subgroup, q8 }, [groups, (t as u32).div_ceil(batch), 1])
     };
     let mut bindings = vec![(0, &ub), (3, &xb), (4, &yb), (5, &nb), (6, &bb), (7, &state)];
     bindings.extend(m.bindings());
@@ -294,6 +295,69 @@ fn int8_input_matvec_stays_within_the_input_grid_of_the_cpu_reference_for_every_
         }
     }
     assert!(worst > 0.0, "the inputs were quantised");
+}
+
+#[test]
+fn packed_swiglu_product_feeds_the_down_projection_within_the_input_grid_of_the_cpu_reference() {
+    // A decode step's gate/up (`q8pack`: 32 gate and the 32 matching up rows per workgroup,
+    // the SwiGLU product packed as int8 per 32) and the down projection reading it (`q8pre`,
+    // accumulating into the residual), against the CPU reference of the two matrices in
+    // float. d = 4160 takes the gate/up input through the workgroup store in two chunks.
+    let kernels = Kernels::default();
+    let gpu = gpu();
+    for (d, dff) in [(96, 160), (4160, 64)] {
+        let norm_mode = MatMode { fuse_norm: true, ..Default::default() };
+        let down_mode = MatMode { swiglu_in: true, accumulate: true, ..Default::default() };
+        let (gu, dn) = (rand_vec(2 * dff * d, 11, 0.5), rand_vec(d * dff, 12, 0.5));
+        let (x, norm, y0) = (rand_vec(d, 13, 1.0), rand_vec(d, 14, 1.0), rand_vec(d, 15, 1.0));
+        let mgu = upload_matrix(&gpu, "gate_up", &[&gu], d, WeightFormat::Int4).expect("upload");
+        let mdn = upload_matrix(&gpu, "down", &[&dn], dff, WeightFormat::Int4).expect("upload");
+        let params = |n: usize, k: usize, x_stride: usize| MatParams {
+            n: n as u32,
+            k: k as u32,
+            x_stride: x_stride as u32,
+            y_stride: n as u32,
+            eps: 1e-5,
+            last_row: 0,
+            y_off: 0,
+            head_dim: 0,
+        };
+        let pu = gpu.uniform_init("p gate_up", bytemuck::bytes_of(&params(2 * dff, d, d)));
+        let pd = gpu.uniform_init("p down", bytemuck::bytes_of(&params(d, dff, 2 * dff)));
+        let xb = gpu.storage_init("x", bytemuck::cast_slice(&x));
+        let nb = gpu.storage_init("norm", bytemuck::cast_slice(&norm));
+        let yb = gpu.storage_init("y", bytemuck::cast_slice(&y0));
+        let hb = gpu.storage("gate_up out", (2 * dff * 4) as u64);
+        let packed = gpu.storage("packed", (dff / 32 * 48) as u64);
+        let filler = gpu.storage("filler", 16);
+        let state = gpu.storage_init("state", bytemuck::cast_slice(&[0u32, 1, 0, 0]));
+        let kernel =
+            |mode, q8| Kernel::Matvec { format: WeightFormat::Int4, mode, wide: false, batch: 1, subgroup: false, q8 };
+        let mut b = vec![(0, &pu), (3, &xb), (4, &hb), (5, &nb), (6, &filler), (7, &state), (10, &packed)];
+        b.extend(mgu.bindings());
+        let key = KernelKey { kernel: kernel(norm_mode, Q8::Pack), wg: 256, rows: 4, tpr: 16 };
+        run_with(&gpu, &kernels, key, &b, [(dff / 32) as u32, 1, 1]);
+        let mut b = vec![(0, &pd), (4, &yb), (6, &filler), (7, &state), (11, &packed)];
+        b.extend(mdn.bindings());
+        let key = KernelKey { kernel: kernel(down_mode, Q8::Packed), wg: 128, rows: 4, tpr: 64 };
+        run_with(&gpu, &kernels, key, &b, [d.div_ceil(8) as u32, 1, 1]);
+
+        let want_h =
+            mat_ref(&stored_weights(&gpu, &mgu, &gu), &x, &vec![0.0; 2 * dff], 2 * dff, d, 1, norm_mode, &norm, &[]);
+        // Down against the reference fed the GPU's own gate/up rows, so that only the int8
+        // grid of the packed product is between them (gate/up's own grid is checked above).
+        let got_h = read_f32(&gpu, &hb);
+        let want_y = mat_ref(&stored_weights(&gpu, &mdn, &dn), &got_h, &y0, d, dff, 1, down_mode, &[], &[]);
+        // Both products see int8 inputs (gate/up its normed input, down the SwiGLU product):
+        // within the grid as in the `q8in` test; a wrong row pairing or byte order is off by
+        // the whole value.
+        let largest = |v: &[f32]| v.iter().fold(0f32, |m, a| m.max(a.abs()));
+        let err_h = max_rel_err(&got_h, &want_h, largest(&want_h));
+        let delta: Vec<f32> = want_y.iter().zip(&y0).map(|(a, b)| a - b).collect();
+        let err_y = max_rel_err(&read_f32(&gpu, &yb), &want_y, largest(&delta));
+        assert!(err_h < 4e-2 && err_y < 4e-2, "d={d} d_ff={dff}: gate/up {err_h}, down {err_y} of the largest output");
+        assert!(err_y > 0.0, "the product went through int8");
+    }
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::borrow::Cow;
 
 use common::{gpu, rand_vec, read_f32, run};
 use wsi::gpu::params::{EmbedParams, MatParams};
-use wsi::gpu::{Gpu, Kernel, KernelKey, MatMode, WeightFormat, matmul_tile};
+use wsi::gpu::{Gpu, Kernel, KernelKey, MatMode, Q8, WeightFormat, matmul_tile};
 use wsi::model::HostFormat;
 use wsi::model::HostTensor;
 use wsi::model::upload::{GpuMatrix, embedding_format, upload_tensors};
@@ -121,7 +121,7 @@ fn check_passthrough(format: WeightFormat, host: HostFormat) {
         let got = columns_through_kernel(
             &gpu,
             &m,
-            Kernel::Matvec { format, mode: MatMode::default(), wide, batch: 1, subgroup: false, q8in: false },
+            Kernel::Matvec { format, mode: MatMode::default(), wide, batch: 1, subgroup: false, q8: Q8::Off },
             tpr,
         );
         assert_same_values(&got, &want, &format!("{host:?} matvec tpr={tpr} wide={wide}"));

@@ -107,12 +107,15 @@ fn decode_steps_equal_teacher_forced_greedy() {
     let src = GgufSource::from_bytes(bytes).expect("parse");
     greedy_equals_teacher_forced(&src, &mut engine(&src, WeightFormat::Int4, 64, 8));
     // The same with int8 inputs (`q8_inputs`): every decode matvec's k (96, 160) is whole
-    // 32-groups, so QKV (fused norm), o (merging the split partials), gate/up and down
-    // (SwiGLU input) and the lm_head all take `q8in`.
-    let mut e = engine(&src, WeightFormat::Int4, 64, 8);
-    let load = LoadOptions { q8_inputs: Some(1), ..e.model.options.clone() };
-    e = Engine::load(gpu(), &src, EngineOptions { load, ..e.options.clone() }).expect("engine loads");
-    greedy_near_teacher_forced(&src, &mut e, 0.3);
+    // 32-groups, so QKV (fused norm), o (merging the split partials) and the lm_head take
+    // `q8in`; gate/up packs the SwiGLU product for down (`q8pack`, `q8pre`: d_ff = 160 is 5
+    // groups), or with `q8_pack` off down quantises it itself (`q8in`, SwiGLU input).
+    for q8_pack in [true, false] {
+        let mut e = engine(&src, WeightFormat::Int4, 64, 8);
+        let load = LoadOptions { q8_inputs: Some(1), q8_pack, ..e.model.options.clone() };
+        e = Engine::load(gpu(), &src, EngineOptions { load, ..e.options.clone() }).expect("engine loads");
+        greedy_near_teacher_forced(&src, &mut e, 0.3);
+    }
 }
 
 fn greedy_equals_teacher_forced(src: &GgufSource, e: &mut Engine) {

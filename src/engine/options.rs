@@ -172,6 +172,9 @@ impl EngineOptions {
                         (wg, rows.clamp(1, 4), tpr.clamp(1, wg).next_power_of_two())
                     },
                 ),
+                // The gate/up matvec packs the SwiGLU product for the down projection
+                // (`WSI_Q8_PACK=0`: each down workgroup quantises it).
+                q8_pack: env_u32("WSI_Q8_PACK") != Some(0),
                 // Merging the attention partials in the o projection's loads pays with the
                 // `wide` matvec (int4) and costs with `main` (H100, 135M, combine dispatch vs
                 // merged: int4 751 -> 770 tok/s; int8 728 -> 656, fp16 748 -> 671).

@@ -129,6 +129,22 @@ pub struct MatMode {
     pub combine_split: u32,
 }
 
+/// How a single-row decode matvec of int4 weights meets int8 inputs (`matvec_q8in.wgsl`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Q8 {
+    /// Float inputs.
+    #[default]
+    Off,
+    /// Entry `q8in`: each workgroup quantises the input row to int8 per 32 itself.
+    In,
+    /// Entry `q8pack` (SwiGLU gate/up, `[gate | up]` rows, 64 rows per workgroup): as `In`,
+    /// and each workgroup also writes the SwiGLU product of its group of 32 quantised and
+    /// packed (binding 10, `[d_ff / 32, 3]` vec4<u32>), the input of a `Packed` matvec.
+    Pack,
+    /// Entry `q8pre`: the input is packed already (binding 11, by a `Pack` matvec).
+    Packed,
+}
+
 /// A kernel family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kernel {
@@ -138,10 +154,9 @@ pub enum Kernel {
     /// `batch_wide`, batched decode steps).
     /// `subgroup` (k a multiple of 8, single-row steps, devices with subgroups): entry
     /// point `subgroup` of `matvec_subgroup.wgsl`, shuffle reductions over `tpr` lanes.
-    /// `q8in` (int4, k a multiple of 32, single-row steps): entry point `q8in`
-    /// of `matvec_q8in.wgsl`, the input quantised to int8 per 32 and multiplied through
-    /// `dot4I8Packed`.
-    Matvec { format: WeightFormat, mode: MatMode, wide: bool, batch: u32, subgroup: bool, q8in: bool },
+    /// `q8` (int4, k a multiple of 32, single-row steps): int8 inputs through
+    /// `dot4I8Packed` (`matvec_q8in.wgsl`), see [`Q8`].
+    Matvec { format: WeightFormat, mode: MatMode, wide: bool, batch: u32, subgroup: bool, q8: Q8 },
     /// Prefill matrix-matrix product; `tiled` stages operands in workgroup memory (GPUs),
     /// otherwise reads them directly (CPU rasterisers).
     Matmul { format: WeightFormat, mode: MatMode, tiled: bool },
@@ -196,7 +211,9 @@ impl KernelKey {
             Kernel::AttentionCombine { .. } => "combine",
             Kernel::KvRequant { .. } => "requant",
             Kernel::AttentionDecode { .. } => "decode",
-            Kernel::Matvec { q8in: true, batch: 0 | 1, .. } => "q8in",
+            Kernel::Matvec { q8: Q8::In, batch: 0 | 1, .. } => "q8in",
+            Kernel::Matvec { q8: Q8::Pack, batch: 0 | 1, .. } => "q8pack",
+            Kernel::Matvec { q8: Q8::Packed, batch: 0 | 1, .. } => "q8pre",
             Kernel::Matvec { subgroup: true, batch: 0 | 1, .. } => "subgroup",
             Kernel::Matvec { wide: true, batch: 2.., .. } => "batch_wide",
             Kernel::Matvec { batch: 2.., .. } => "batch",
@@ -213,12 +230,12 @@ impl KernelKey {
 
     fn source(&self, native_f16: bool) -> String {
         let (prelude, body) = match self.kernel {
-            Kernel::Matvec { format, subgroup, q8in, .. } => {
+            Kernel::Matvec { format, subgroup, q8, .. } => {
                 // `cpu` reads fp16 as packed u32 pairs even with shader-f16: CPU rasterisers
                 // load storage lane by lane, one scalar at a time, and 16-bit scalars halve
                 // what each load brings (lavapipe, 3072x576: 0.47 vs 0.88 ns/weight).
                 let native = native_f16 && !self.cpu_rows();
-                let (enable, entry) = if q8in {
+                let (enable, entry) = if q8 != Q8::Off {
                     ("", include_str!("../../shaders/matvec_q8in.wgsl"))
                 } else if subgroup {
                     // Browsers' WGSL compilers want the extension named; naga takes the
@@ -365,7 +382,7 @@ impl Kernels {
         for format in WeightFormat::ALL {
             let mode = MatMode::default();
             for k in [
-                Kernel::Matvec { format, mode, wide: false, batch: 1, subgroup: false, q8in: false },
+                Kernel::Matvec { format, mode, wide: false, batch: 1, subgroup: false, q8: Q8::Off },
                 Kernel::Matmul { format, mode, tiled: true },
                 Kernel::Embed { format },
             ] {
@@ -377,14 +394,10 @@ impl Kernels {
             }
         }
         let q = Kernel::Quantize { format: WeightFormat::Int3, quantizer: Default::default() };
-        let q8in = Kernel::Matvec {
-            format: WeightFormat::Int4,
-            mode: MatMode { fuse_norm: true, ..Default::default() },
-            wide: false,
-            batch: 1,
-            subgroup: false,
-            q8in: true,
-        };
+        let q8 =
+            |q8, mode| Kernel::Matvec { format: WeightFormat::Int4, mode, wide: false, batch: 1, subgroup: false, q8 };
+        let norm = MatMode { fuse_norm: true, ..Default::default() };
+        let down = MatMode { swiglu_in: true, accumulate: true, ..Default::default() };
         let kv = KvFormats { main: KvFormat::Int8, ring: KvFormat::F16 };
         for k in [
             Kernel::RopeKv { adjacent: true, kv },
@@ -393,7 +406,9 @@ impl Kernels {
             Kernel::AttentionDecode { split: 4, adjacent: false, kv },
             Kernel::Sample,
             q,
-            q8in,
+            q8(Q8::In, norm),
+            q8(Q8::Pack, norm),
+            q8(Q8::Packed, down),
         ] {
             let key = KernelKey { kernel: k, wg: 64, rows: 1, tpr: 64 };
             out.push((format!("{k:?}"), key.source(false)));

@@ -4,7 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::params::{MatParams, SampleParams};
-use crate::gpu::{Gpu, Kernel, KernelKey, Kernels, MatMode, WeightFormat, matmul_tile};
+use crate::gpu::{Gpu, Kernel, KernelKey, Kernels, MatMode, Q8, WeightFormat, matmul_tile};
 use crate::model::kv_cache::{KvCache, KvOptions, KvPlan, rope_table};
 use crate::model::upload::{
     GpuMatrix, MatrixShard, Quant, embedding_format, required, required_f32, upload_tensors_sharded, upload_vec,
@@ -80,6 +80,10 @@ pub struct LoadOptions {
     /// (workgroup, rows per lane group, lanes per row group) of the int8-input matvec for
     /// every matrix (None: chosen per matrix).
     pub q8_shape: Option<(u32, u32, u32)>,
+    /// Under `q8_inputs`, a decode step's gate/up matvec writes its SwiGLU product packed as
+    /// int8 per 32 and the down projection reads it (`Q8::Pack`, `Q8::Packed`), instead of
+    /// every down workgroup quantising the product again.
+    pub q8_pack: bool,
     /// Decode steps merge the split attention's partials in the o projection's input loads
     /// (no combine dispatch) when `n_heads * head_dim * split` is at most this; each o
     /// workgroup then re-reads every partial, which only pays on small models.
@@ -121,6 +125,7 @@ impl Default for LoadOptions {
             subgroup_shape: None,
             q8_inputs: None,
             q8_shape: None,
+            q8_pack: true,
             combine_in_o_max: 8192,
             batch_matvec_min_weights: 1 << 22,
         }
@@ -187,6 +192,9 @@ struct Activations {
     attn: wgpu::Buffer,
     /// `[chunk, 2 * d_ff]`
     gate_up: wgpu::Buffer,
+    /// `[d_ff / 32, 3]` vec4<u32>: a decode step's SwiGLU product packed as int8 per 32
+    /// (`Q8::Pack`).
+    h_packed: wgpu::Buffer,
     /// `[chunk, n_heads, sinks + window]`
     scores: wgpu::Buffer,
     /// `[rope_rows + extra, hd / 2]` (cos, sin)
@@ -364,6 +372,7 @@ impl LlamaGpu {
             q: gpu.storage("q", c * qdim as u64 * f),
             attn: gpu.storage("attn", c * qdim as u64 * f),
             gate_up: gpu.storage("gate_up", c * 2 * dff as u64 * f),
+            h_packed: gpu.storage("h packed", (dff as u64).div_ceil(32) * 48),
             scores: gpu.storage("scores", c * nh as u64 * keys * f),
             rope: gpu.storage_init("rope", bytemuck::cast_slice(&rope_table(&cfg, ctx, plan.max_positions))),
             filler: gpu.storage("unused binding", 16),
@@ -372,7 +381,7 @@ impl LlamaGpu {
         let logits = gpu.storage("logits", c * vocab as u64 * f); // [chunk, vocab]
         let a = &acts;
         let activation_bytes =
-            [&a.x, &a.qkv, &a.q, &a.attn, &a.gate_up, &logits, &a.scores, &a.rope, &a.filler, &a.partial]
+            [&a.x, &a.qkv, &a.q, &a.attn, &a.gate_up, &a.h_packed, &logits, &a.scores, &a.rope, &a.filler, &a.partial]
                 .iter()
                 .map(|b| b.size())
                 .sum();
@@ -430,6 +439,7 @@ impl LlamaGpu {
             sg_shape: self.options.subgroup_shape,
             q8_inputs: self.options.q8_inputs,
             q8_shape: self.options.q8_shape,
+            q8_pack: self.options.q8_pack,
             head_dim: self.config.head_dim as u32,
             state,
             filler: &self.acts.filler,
@@ -610,6 +620,7 @@ struct Builder<'a> {
     /// inputs.
     q8_inputs: Option<u32>,
     q8_shape: Option<(u32, u32, u32)>,
+    q8_pack: bool,
     /// Attention head size (the partials a combining matvec reads).
     head_dim: u32,
     state: &'a wgpu::Buffer,
@@ -691,6 +702,80 @@ impl Builder<'_> {
         bias: Option<&wgpu::Buffer>,
         last_row: bool,
     ) -> Result<Dispatch> {
+        self.shard_dispatch(tiled, m, shard, mode, x, y, norm, bias, last_row, None)
+    }
+
+    /// Whether single-row decode steps of `m` take int8 inputs (`Q8::In`).
+    fn q8_fits(&self, tiled: bool, m: &GpuMatrix) -> bool {
+        !tiled
+            && self.q8_inputs.is_some_and(|r| m.rows >= r)
+            && self.tpr > 1
+            && self.batch <= 1
+            && m.format == WeightFormat::Int4
+            && m.cols.is_multiple_of(32)
+    }
+
+    /// A decode step's gate/up and down through the packed SwiGLU product (`Q8::Pack` then
+    /// `Q8::Packed`, the product in `packed`), where both qualify: gate/up takes int8
+    /// inputs, has one shard and halves of whole groups of 32; down is int4 in one shard.
+    /// None: the caller builds the float-input pair.
+    #[allow(clippy::too_many_arguments)]
+    fn ffn_packed(
+        &self,
+        tiled: bool,
+        gate_up: &GpuMatrix,
+        down: &GpuMatrix,
+        x: &wgpu::Buffer,
+        h: &wgpu::Buffer,
+        packed: &wgpu::Buffer,
+        norm: &wgpu::Buffer,
+    ) -> Result<Option<[Dispatch; 2]>> {
+        let fits = self.q8_pack
+            && self.q8_fits(tiled, gate_up)
+            && gate_up.shards.len() == 1
+            && (gate_up.rows / 2).is_multiple_of(32)
+            && down.format == WeightFormat::Int4
+            && down.shards.len() == 1
+            && down.cols == gate_up.rows / 2;
+        if !fits {
+            return Ok(None);
+        }
+        let norm_mode = MatMode { fuse_norm: true, ..Default::default() };
+        let down_mode = MatMode { swiglu_in: true, accumulate: true, ..Default::default() };
+        let (gs, ds) = (&gate_up.shards[0], &down.shards[0]);
+        let pack = self.shard_dispatch(
+            tiled,
+            gate_up,
+            gs,
+            norm_mode,
+            x,
+            h,
+            Some(norm),
+            None,
+            false,
+            Some((Q8::Pack, packed)),
+        )?;
+        let read =
+            self.shard_dispatch(tiled, down, ds, down_mode, h, x, None, None, false, Some((Q8::Packed, packed)))?;
+        Ok(Some([pack, read]))
+    }
+
+    /// [`Builder::matrix_shard`], or with `packed` a `Q8::Pack` / `Q8::Packed` dispatch
+    /// that writes / reads that buffer.
+    #[allow(clippy::too_many_arguments)]
+    fn shard_dispatch(
+        &self,
+        tiled: bool,
+        m: &GpuMatrix,
+        shard: &MatrixShard,
+        mode: MatMode,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        norm: Option<&wgpu::Buffer>,
+        bias: Option<&wgpu::Buffer>,
+        last_row: bool,
+        packed: Option<(Q8, &wgpu::Buffer)>,
+    ) -> Result<Dispatch> {
         let x_stride = if mode.swiglu_in { 2 * m.cols } else { m.cols };
         let params = MatParams {
             n: shard.rows,
@@ -703,13 +788,12 @@ impl Builder<'_> {
             head_dim: if mode.combine_split > 0 { self.head_dim } else { 0 },
         };
         let ub = self.gpu.uniform_init("mat params", bytemuck::bytes_of(&params));
-        let q8in = !tiled
-            && self.q8_inputs.is_some_and(|r| m.rows >= r)
-            && self.tpr > 1
-            && self.batch <= 1
-            && m.format == WeightFormat::Int4
-            && m.cols.is_multiple_of(32);
-        let subgroup = !q8in && !tiled && self.sg_tpr > 0 && self.batch <= 1 && m.cols.is_multiple_of(8);
+        let q8 = match packed {
+            Some((q8, _)) => q8,
+            None if self.q8_fits(tiled, m) => Q8::In,
+            None => Q8::Off,
+        };
+        let subgroup = q8 == Q8::Off && !tiled && self.sg_tpr > 0 && self.batch <= 1 && m.cols.is_multiple_of(8);
         let kernel = if tiled {
             Kernel::Matmul { format: m.format, mode, tiled: self.tpr > 1 }
         } else {
@@ -719,12 +803,19 @@ impl Builder<'_> {
                 wide: self.wide_tpr > 0 && m.format.prefers_wide_matvec() && m.cols.is_multiple_of(8),
                 batch: self.batch,
                 subgroup,
-                q8in,
+                q8,
             }
         };
         let key = if subgroup {
             self.subgroup_key(kernel, shard.rows)
-        } else if q8in {
+        } else if q8 == Q8::Pack {
+            // 64 rows per workgroup: 32 gate rows and the 32 up rows of one group of h.
+            KernelKey { kernel, wg: 256, rows: 4, tpr: 16 }
+        } else if q8 == Q8::Packed {
+            // H100, 4096x11008 with the input packed, GB/s from HBM: 128 threads on 64 lanes
+            // x 4 rows 1,837; 128 lanes 1,819; 32 lanes 1,619; 256 threads x 32 lanes 1,019.
+            KernelKey { kernel, wg: 128, rows: 4, tpr: 64 }
+        } else if q8 == Q8::In {
             // 16 row groups of 16 lanes share the quantised input (H100, GB/s from HBM, with
             // the norm, `wide` -> this: 12288x4096 1,372 -> 1,691, 22016x4096 1,563 -> 1,981,
             // 11264x2048 964 -> 1,192; 128 threads on 32 lanes per row group: 1,252, 1,582, 902).
@@ -744,6 +835,15 @@ impl Builder<'_> {
             (6, bias.unwrap_or(self.filler)),
             (7, self.state),
         ];
+        match packed {
+            Some((Q8::Pack, buf)) => entries.push((10, buf)),
+            // `q8pre` reads neither the float input nor the norm weights.
+            Some((_, buf)) => {
+                entries.retain(|(binding, _)| *binding != 3 && *binding != 5);
+                entries.push((11, buf));
+            }
+            None => {}
+        }
         entries.extend(shard.bindings());
         let bind = self.bind(&pipeline, &entries);
         let per_wg = key.rows_per_workgroup();

@@ -250,6 +250,12 @@ impl Lane {
                     m.decode_o_input(list_split)
                 };
                 list.extend(b.matrix(tiled, &layer.o, o_mode, o_in, &a.x, None, None, false)?);
+                if let Some(pair) =
+                    b.ffn_packed(tiled, &layer.gate_up, &layer.down, &a.x, &a.gate_up, &a.h_packed, &layer.ffn_norm)?
+                {
+                    list.extend(pair);
+                    continue;
+                }
                 let norm = MatMode { fuse_norm: true, ..Default::default() };
                 list.extend(b.matrix(
                     tiled,
