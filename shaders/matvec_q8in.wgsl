@@ -201,7 +201,7 @@ fn q8pre(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) li
     let tid = lid.x;
     let lane = tid % TPR;
     let row0 = (wid.x * (WG / TPR) + tid / TPR) * ROWS;
-    let _row = input_row(wid);
+    _ = input_row(wid);
     let r = clamped_rows(row0);
     let gn = p.k / 32u;
     var acc = vec4<f32>(0.0);
