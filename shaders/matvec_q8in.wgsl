@@ -83,42 +83,56 @@ fn q8_group(i: u32, xa: vec4<u32>, xb: vec4<u32>, xs: vec4<f32>) -> f32 {
     return f32(c) * (dm.x * xs.x) + dm.y * xs.y;
 }
 
-@compute @workgroup_size(WG)
-fn q8in(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let tid = lid.x;
-    let lane = tid % TPR;
-    let row0 = (wid.x * (WG / TPR) + tid / TPR) * ROWS;
-    let xbase = input_row(wid) * p.x_stride;
-    let r = clamped_rows(row0);
+// acc + the products of group i of the rows `r` (the first ROWS of them) with one input group.
+fn q8_rows(acc: vec4<f32>, r: vec4<u32>, gn: u32, i: u32, xa: vec4<u32>, xb: vec4<u32>, xs: vec4<f32>) -> vec4<f32> {
+    var a = acc;
+    a.x += q8_group(r.x * gn + i, xa, xb, xs);
+    if (ROWS > 1u) {
+        a.y += q8_group(r.y * gn + i, xa, xb, xs);
+    }
+    if (ROWS > 2u) {
+        a.z += q8_group(r.z * gn + i, xa, xb, xs);
+    }
+    if (ROWS > 3u) {
+        a.w += q8_group(r.w * gn + i, xa, xb, xs);
+    }
+    return a;
+}
+
+// A lane's partial products of the rows `r` with the input row at `xbase`, quantised through
+// the workgroup store chunk by chunk, and its part of the raw inputs' sum of squares (every
+// thread calls it: barriers).
+struct Q8Acc {
+    acc: vec4<f32>,
+    ss: f32,
+}
+
+fn q8_dot(tid: u32, lane: u32, xbase: u32, r: vec4<u32>) -> Q8Acc {
     let gn = p.k / 32u;
-    var acc = vec4<f32>(0.0);
-    var ss = 0.0;
+    var o = Q8Acc(vec4<f32>(0.0), 0.0);
     for (var c0 = 0u; c0 < gn; c0 += Q8_GROUPS) {
         let cn = min(gn - c0, Q8_GROUPS);
         quantise_input(tid, xbase, c0, cn);
         for (var g = lane; g < cn; g += TPR) {
-            let xa = xq[2u * g];
-            let xb = xq[2u * g + 1u];
             let xs = xg[g];
-            let i = c0 + g;
-            ss += xs.z;
-            acc.x += q8_group(r.x * gn + i, xa, xb, xs);
-            if (ROWS > 1u) {
-                acc.y += q8_group(r.y * gn + i, xa, xb, xs);
-            }
-            if (ROWS > 2u) {
-                acc.z += q8_group(r.z * gn + i, xa, xb, xs);
-            }
-            if (ROWS > 3u) {
-                acc.w += q8_group(r.w * gn + i, xa, xb, xs);
-            }
+            o.ss += xs.z;
+            o.acc = q8_rows(o.acc, r, gn, c0 + g, xq[2u * g], xq[2u * g + 1u], xs);
         }
         // The next chunk overwrites the store.
         if (c0 + Q8_GROUPS < gn) {
             workgroupBarrier();
         }
     }
-    finish(tid, lane, row0, acc, ss, true);
+    return o;
+}
+
+@compute @workgroup_size(WG)
+fn q8in(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let tid = lid.x;
+    let lane = tid % TPR;
+    let row0 = (wid.x * (WG / TPR) + tid / TPR) * ROWS;
+    let d = q8_dot(tid, lane, input_row(wid) * p.x_stride, clamped_rows(row0));
+    finish(tid, lane, row0, d.acc, d.ss, true);
 }
 
 // --- SwiGLU gate/up that packs its product (`q8pack`) and the matvec that reads it (`q8pre`).
@@ -134,7 +148,7 @@ fn q8in(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 @group(0) @binding(10) var<storage, read_write> xq_out: array<vec4<u32>>;
 @group(0) @binding(11) var<storage, read> xq_in: array<vec4<u32>>;
 
-var<workgroup> hv: array<vec4<f32>, 16>;   // the 64 rows: gate 0..31, then up 0..31
+var<workgroup> hv: array<vec4<f32>, 16>;   // per row group: the 64 rows, gate 0..31 then up 0..31
 var<workgroup> hq: array<vec4<f32>, 8>;    // h of the group
 
 @compute @workgroup_size(WG)
@@ -144,32 +158,10 @@ fn q8pack(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
     let local = (tid / TPR) * ROWS;
     let half_rows = (WG / TPR) * ROWS / 2u;
     let row0 = select(p.n / 2u + wid.x * half_rows + local - half_rows, wid.x * half_rows + local, local < half_rows);
-    let xbase = input_row(wid) * p.x_stride;
-    let r = clamped_rows(row0);
-    let gn = p.k / 32u;
-    var acc = vec4<f32>(0.0);
-    var ss = 0.0;
-    for (var c0 = 0u; c0 < gn; c0 += Q8_GROUPS) {
-        let cn = min(gn - c0, Q8_GROUPS);
-        quantise_input(tid, xbase, c0, cn);
-        for (var g = lane; g < cn; g += TPR) {
-            let xa = xq[2u * g];
-            let xb = xq[2u * g + 1u];
-            let xs = xg[g];
-            let i = c0 + g;
-            ss += xs.z;
-            acc.x += q8_group(r.x * gn + i, xa, xb, xs);
-            acc.y += q8_group(r.y * gn + i, xa, xb, xs);
-            acc.z += q8_group(r.z * gn + i, xa, xb, xs);
-            acc.w += q8_group(r.w * gn + i, xa, xb, xs);
-        }
-        if (c0 + Q8_GROUPS < gn) {
-            workgroupBarrier();
-        }
-    }
-    let out = finish(tid, lane, row0, acc, ss, true);
+    let d = q8_dot(tid, lane, input_row(wid) * p.x_stride, clamped_rows(row0));
+    let out = finish(tid, lane, row0, d.acc, d.ss, true);
     if (lane == 0u) {
-        hv[local / 4u] = out;
+        hv[tid / TPR] = out;
     }
     workgroupBarrier();
     if (tid < 8u) {
@@ -206,19 +198,7 @@ fn q8pre(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) li
     let gn = p.k / 32u;
     var acc = vec4<f32>(0.0);
     for (var g = lane; g < gn; g += TPR) {
-        let xa = xq_in[3u * g];
-        let xb = xq_in[3u * g + 1u];
-        let xs = bitcast<vec4<f32>>(xq_in[3u * g + 2u]);
-        acc.x += q8_group(r.x * gn + g, xa, xb, xs);
-        if (ROWS > 1u) {
-            acc.y += q8_group(r.y * gn + g, xa, xb, xs);
-        }
-        if (ROWS > 2u) {
-            acc.z += q8_group(r.z * gn + g, xa, xb, xs);
-        }
-        if (ROWS > 3u) {
-            acc.w += q8_group(r.w * gn + g, xa, xb, xs);
-        }
+        acc = q8_rows(acc, r, gn, g, xq_in[3u * g], xq_in[3u * g + 1u], bitcast<vec4<f32>>(xq_in[3u * g + 2u]));
     }
     finish(tid, lane, row0, acc, 0.0, true);
 }

@@ -685,24 +685,10 @@ impl Builder<'_> {
         bias: Option<&wgpu::Buffer>,
         last_row: bool,
     ) -> Result<Vec<Dispatch>> {
-        m.shards.iter().map(|shard| self.matrix_shard(tiled, m, shard, mode, x, y, norm, bias, last_row)).collect()
-    }
-
-    /// One shard's dispatch: its rows land at `shard.row0..` of each output row.
-    #[allow(clippy::too_many_arguments)]
-    fn matrix_shard(
-        &self,
-        tiled: bool,
-        m: &GpuMatrix,
-        shard: &MatrixShard,
-        mode: MatMode,
-        x: &wgpu::Buffer,
-        y: &wgpu::Buffer,
-        norm: Option<&wgpu::Buffer>,
-        bias: Option<&wgpu::Buffer>,
-        last_row: bool,
-    ) -> Result<Dispatch> {
-        self.shard_dispatch(tiled, m, shard, mode, x, y, norm, bias, last_row, None)
+        m.shards
+            .iter()
+            .map(|shard| self.matrix_shard(tiled, m, shard, mode, x, y, norm, bias, last_row, None))
+            .collect()
     }
 
     /// Whether single-row decode steps of `m` take int8 inputs (`Q8::In`).
@@ -715,12 +701,12 @@ impl Builder<'_> {
             && m.cols.is_multiple_of(32)
     }
 
-    /// A decode step's gate/up and down through the packed SwiGLU product (`Q8::Pack` then
-    /// `Q8::Packed`, the product in `packed`), where both qualify: gate/up takes int8
-    /// inputs, has one shard and halves of whole groups of 32; down is int4 in one shard.
-    /// None: the caller builds the float-input pair.
+    /// The feed-forward pair, gate/up (norm fused, into `h`) then down (SwiGLU input,
+    /// accumulated into `x`). Decode steps whose matrices qualify (gate/up takes int8 inputs,
+    /// one shard, halves of whole groups of 32; down int4, one shard) hand the product over
+    /// packed (`Q8::Pack` then `Q8::Packed`, through `packed`).
     #[allow(clippy::too_many_arguments)]
-    fn ffn_packed(
+    fn ffn(
         &self,
         tiled: bool,
         gate_up: &GpuMatrix,
@@ -729,7 +715,9 @@ impl Builder<'_> {
         h: &wgpu::Buffer,
         packed: &wgpu::Buffer,
         norm: &wgpu::Buffer,
-    ) -> Result<Option<[Dispatch; 2]>> {
+    ) -> Result<Vec<Dispatch>> {
+        let norm_mode = MatMode { fuse_norm: true, ..Default::default() };
+        let down_mode = MatMode { swiglu_in: true, accumulate: true, ..Default::default() };
         let fits = self.q8_pack
             && self.q8_fits(tiled, gate_up)
             && gate_up.shards.len() == 1
@@ -738,32 +726,22 @@ impl Builder<'_> {
             && down.shards.len() == 1
             && down.cols == gate_up.rows / 2;
         if !fits {
-            return Ok(None);
+            let mut list = self.matrix(tiled, gate_up, norm_mode, x, h, Some(norm), None, false)?;
+            list.extend(self.matrix(tiled, down, down_mode, h, x, None, None, false)?);
+            return Ok(list);
         }
-        let norm_mode = MatMode { fuse_norm: true, ..Default::default() };
-        let down_mode = MatMode { swiglu_in: true, accumulate: true, ..Default::default() };
         let (gs, ds) = (&gate_up.shards[0], &down.shards[0]);
-        let pack = self.shard_dispatch(
-            tiled,
-            gate_up,
-            gs,
-            norm_mode,
-            x,
-            h,
-            Some(norm),
-            None,
-            false,
-            Some((Q8::Pack, packed)),
-        )?;
+        let pack =
+            self.matrix_shard(tiled, gate_up, gs, norm_mode, x, h, Some(norm), None, false, Some((Q8::Pack, packed)))?;
         let read =
-            self.shard_dispatch(tiled, down, ds, down_mode, h, x, None, None, false, Some((Q8::Packed, packed)))?;
-        Ok(Some([pack, read]))
+            self.matrix_shard(tiled, down, ds, down_mode, h, x, None, None, false, Some((Q8::Packed, packed)))?;
+        Ok(vec![pack, read])
     }
 
-    /// [`Builder::matrix_shard`], or with `packed` a `Q8::Pack` / `Q8::Packed` dispatch
-    /// that writes / reads that buffer.
+    /// One shard's dispatch: its rows land at `shard.row0..` of each output row. With
+    /// `packed`, a `Q8::Pack` / `Q8::Packed` matvec that writes / reads that buffer.
     #[allow(clippy::too_many_arguments)]
-    fn shard_dispatch(
+    fn matrix_shard(
         &self,
         tiled: bool,
         m: &GpuMatrix,

@@ -250,25 +250,15 @@ impl Lane {
                     m.decode_o_input(list_split)
                 };
                 list.extend(b.matrix(tiled, &layer.o, o_mode, o_in, &a.x, None, None, false)?);
-                if let Some(pair) =
-                    b.ffn_packed(tiled, &layer.gate_up, &layer.down, &a.x, &a.gate_up, &a.h_packed, &layer.ffn_norm)?
-                {
-                    list.extend(pair);
-                    continue;
-                }
-                let norm = MatMode { fuse_norm: true, ..Default::default() };
-                list.extend(b.matrix(
+                list.extend(b.ffn(
                     tiled,
                     &layer.gate_up,
-                    norm,
+                    &layer.down,
                     &a.x,
                     &a.gate_up,
-                    Some(&layer.ffn_norm),
-                    None,
-                    false,
+                    &a.h_packed,
+                    &layer.ffn_norm,
                 )?);
-                let down = MatMode { swiglu_in: true, accumulate: true, ..Default::default() };
-                list.extend(b.matrix(tiled, &layer.down, down, &a.gate_up, &a.x, None, None, false)?);
             }
             let head = w.lm_head.as_ref().unwrap_or(&w.embd);
             let norm = MatMode { fuse_norm: true, ..Default::default() };
