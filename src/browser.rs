@@ -177,6 +177,17 @@ pub struct BrowserProfile {
 /// real SmolLM2 decode (int4): 256 left most matrices to one or two workgroups, i.e. one of
 /// the two cores, and attention was slower too (see `cpu_profile_uses_whole_rows_per_thread`).
 const CPU_WORKGROUP: u32 = 32;
+/// CPU rasterisers: threads per workgroup of the `cpu` matvec, the rasteriser's SIMD width
+/// (SwiftShader 4 lanes, lavapipe 8 with AVX2). A workgroup of 32 threads x 8 rows leaves
+/// SmolLM2's 576-row matrices three workgroups for two cores; narrower ones balance them.
+/// Median ms per dispatch, int4, workgroup 32 -> this (`examples/matvec_bench`):
+/// SwiftShader 576x576 0.53 -> 0.34, 960x576 0.65 -> 0.57, 576x1536 SwiGLU 1.69 -> 0.96,
+/// 3072x576 1.78 -> 1.77; lavapipe 0.071 -> 0.064, 0.117 -> 0.100, 0.214 -> 0.142,
+/// 3072x576 0.28-0.34 either way (workgroups of 4 there: 0.089, 0.140, 0.197, 0.38-0.45).
+pub fn cpu_matvec_workgroup(adapter_name: &str) -> u32 {
+    if adapter_name.to_ascii_lowercase().contains("swiftshader") { 4 } else { 8 }
+}
+
 /// CPU rasterisers: rows per matvec invocation. Each input element is loaded once per
 /// invocation, so more rows amortise it (lavapipe, int4 3072x576: 1 row 0.66 ns/weight,
 /// 2: 0.42, 4: 0.26, 8: 0.23); 8 is the most the `cpu` entry point takes.
@@ -475,6 +486,14 @@ mod tests {
         // Even where the adapter allows more, the Firefox profile caps at 128 MiB.
         let p = BrowserProfile::detect(Some(FIREFOX_ANDROID), &caps_all());
         assert_eq!(p.max_binding_bytes, 128 * MIB);
+    }
+
+    #[test]
+    fn cpu_matvec_workgroup_is_the_rasterisers_simd_width() {
+        assert_eq!(cpu_matvec_workgroup("Google SwiftShader"), 4);
+        assert_eq!(cpu_matvec_workgroup("google swiftshader (fallback adapter)"), 4);
+        assert_eq!(cpu_matvec_workgroup("llvmpipe (LLVM 15.0.6, 256 bits)"), 8);
+        assert_eq!(cpu_matvec_workgroup(""), 8, "an unnamed CPU adapter: AVX2's 8 lanes");
     }
 
     #[test]

@@ -93,6 +93,8 @@ enum Entry {
     Plain,
     /// `subgroup` in workgroups of this many threads.
     Subgroup(u32),
+    /// The plain entry points in workgroups of this many threads.
+    Workgroup(u32),
     /// `q8in` (int4): inputs quantised to int8 per 32.
     Q8in,
 }
@@ -114,7 +116,7 @@ fn matrix_outputs(
     entry: Entry,
 ) -> (Vec<f32>, Vec<f32>, Kernel) {
     let wg = match entry {
-        Entry::Subgroup(wg) => wg,
+        Entry::Subgroup(wg) | Entry::Workgroup(wg) => wg,
         Entry::Plain | Entry::Q8in => 64,
     };
     let gpu = gpu();
@@ -418,6 +420,16 @@ fn cpu_matvec_gives_each_thread_up_to_8_whole_rows_in_every_format() {
         }
         for mode in modes() {
             check_matrix_variant(false, format, mode, 37, k, 1, 1, 7, false, 1);
+        }
+        // The rasterisers' SIMD widths (`browser::cpu_matvec_workgroup`): 37 rows of 8 leave
+        // the second workgroup of 4 threads one live thread.
+        for wg in [4, 8] {
+            let kernels = Kernels::default();
+            let mode = MatMode { fuse_norm: true, ..Default::default() };
+            let (got, want, _) =
+                matrix_outputs(&kernels, false, format, mode, 37, k, 1, 1, 8, false, 1, Entry::Workgroup(wg));
+            let err = max_rel_err(&got[..want.len()], &want, 1.0);
+            assert!(err < 1e-4, "{format:?} cpu wg={wg}: max rel err {err}");
         }
     }
 }

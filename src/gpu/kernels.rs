@@ -217,14 +217,14 @@ impl KernelKey {
             Kernel::Matvec { subgroup: true, batch: 0 | 1, .. } => "subgroup",
             Kernel::Matvec { wide: true, batch: 2.., .. } => "batch_wide",
             Kernel::Matvec { batch: 2.., .. } => "batch",
-            Kernel::Matvec { .. } if self.cpu_rows() => "cpu",
+            Kernel::Matvec { .. } if self.is_cpu_matvec() => "cpu",
             Kernel::Matvec { wide: true, .. } => "wide",
             _ => "main",
         }
     }
 
     /// A matvec with one row group per thread: the `cpu` entry point (CPU rasterisers).
-    fn cpu_rows(&self) -> bool {
+    pub fn is_cpu_matvec(&self) -> bool {
         matches!(self.kernel, Kernel::Matvec { batch: 0 | 1, subgroup: false, .. }) && self.tpr <= 1
     }
 
@@ -234,7 +234,7 @@ impl KernelKey {
                 // `cpu` reads fp16 as packed u32 pairs even with shader-f16: CPU rasterisers
                 // load storage lane by lane, one scalar at a time, and 16-bit scalars halve
                 // what each load brings (lavapipe, 3072x576: 0.47 vs 0.88 ns/weight).
-                let native = native_f16 && !self.cpu_rows();
+                let native = native_f16 && !self.is_cpu_matvec();
                 let (enable, entry) = if q8 != Q8::Off {
                     ("", include_str!("../../shaders/matvec_q8in.wgsl"))
                 } else if subgroup {

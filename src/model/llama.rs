@@ -41,6 +41,9 @@ pub struct LoadOptions {
     pub workgroup: u32,
     /// Threads per matvec row group (1 on CPU rasterisers, `workgroup` on GPUs).
     pub threads_per_row: u32,
+    /// Threads per workgroup of the CPU rasterisers' matvec (`threads_per_row` 1, entry
+    /// point `cpu`); 0 = `workgroup`. See `browser::cpu_matvec_workgroup`.
+    pub cpu_matvec_workgroup: u32,
     /// Rows per matvec thread group.
     pub rows: u32,
     /// Threads per row group of the `wide` matvec (8 consecutive weights per thread, for
@@ -113,6 +116,7 @@ impl Default for LoadOptions {
             chunk: 64,
             workgroup: 64,
             threads_per_row: 64,
+            cpu_matvec_workgroup: 0,
             rows: 4,
             wide_threads_per_row: 0,
             attention_split: 1,
@@ -208,6 +212,8 @@ struct Activations {
 /// Kernel geometry chosen at load.
 struct Geometry {
     wg: u32,
+    /// Threads per workgroup of the `cpu` matvec (tpr 1).
+    cpu_wg: u32,
     rows: u32,
     tpr: u32,
     wide_tpr: u32,
@@ -389,6 +395,10 @@ impl LlamaGpu {
         let tpr = options.threads_per_row.clamp(1, wg).next_power_of_two();
         let geo = Geometry {
             wg,
+            cpu_wg: match options.cpu_matvec_workgroup {
+                0 => wg,
+                c => c.next_power_of_two().clamp(1, 256),
+            },
             // The CPU rasterisers' matvec (entry point `cpu`, tpr 1) takes up to 8 rows per thread.
             rows: options.rows.clamp(1, if tpr == 1 { 8 } else { 4 }),
             tpr,
@@ -432,6 +442,7 @@ impl LlamaGpu {
             gpu,
             kernels,
             wg: g.wg,
+            cpu_wg: g.cpu_wg,
             rows: g.rows,
             tpr: g.tpr,
             wide_tpr: g.wide_tpr,
@@ -609,6 +620,8 @@ struct Builder<'a> {
     gpu: &'a Gpu,
     kernels: &'a Kernels,
     wg: u32,
+    /// Threads per workgroup of the `cpu` matvec.
+    cpu_wg: u32,
     rows: u32,
     tpr: u32,
     /// Threads per row group of the wide matvec; 0 = not used.
@@ -637,7 +650,8 @@ impl Builder<'_> {
 
     fn key(&self, kernel: Kernel) -> KernelKey {
         let tpr = if matches!(kernel, Kernel::Matvec { wide: true, .. }) { self.wide_tpr } else { self.tpr };
-        KernelKey { kernel, wg: self.wg, rows: self.rows, tpr }
+        let key = KernelKey { kernel, wg: self.wg, rows: self.rows, tpr };
+        if key.is_cpu_matvec() { KernelKey { wg: self.cpu_wg, ..key } } else { key }
     }
 
     /// The subgroup matvec's geometry for `n` rows: 128 threads on 4 rows per lane group,
