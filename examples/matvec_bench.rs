@@ -10,6 +10,7 @@
 
 use std::time::Instant;
 
+use wgpu::util::DeviceExt;
 use wsi::gpu::params::MatParams;
 use wsi::gpu::{Gpu, WeightFormat};
 use wsi::model::upload::upload_matrix;
@@ -36,9 +37,24 @@ fn main() {
     let copies: usize = std::env::var("COPIES").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
     let mats: Vec<_> = (0..copies).map(|_| upload_matrix(&gpu, "w", &[&w], k, format).expect("upload")).collect();
     let m = &mats[0];
-    let x = gpu.storage_init("x", bytemuck::cast_slice(&vec![0.5f32; 2 * k]));
+    // UNIFORM_IO=1: x and aux also usable as 64 KiB uniform buffers (a matvec.wgsl variant that
+    // declares them `var<uniform>`).
+    let uniform_io = std::env::var("UNIFORM_IO").is_ok_and(|v| v == "1");
+    let io = |label: &str, v: Vec<f32>| {
+        if !uniform_io {
+            return gpu.storage_init(label, bytemuck::cast_slice(&v));
+        }
+        let mut padded = v;
+        padded.resize(padded.len().max(16384), 0.0);
+        gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: bytemuck::cast_slice(&padded),
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        })
+    };
+    let x = io("x", vec![0.5f32; 2 * k]);
     let y = gpu.storage("y", n as u64 * 4);
-    let aux = gpu.storage_init("aux", bytemuck::cast_slice(&vec![1.0f32; k]));
+    let aux = io("aux", vec![1.0f32; k]);
     let filler = gpu.storage("filler", 16);
     let state = gpu.storage_init("state", bytemuck::cast_slice(&[0u32, 1, 0, 0]));
     let mut built = Vec::new();

@@ -690,7 +690,9 @@ fn kv_requant_moves_the_position_leaving_the_ring_to_int8() {
 
 #[test]
 fn attention_matches_cpu_reference_with_gqa_and_causal_mask() {
-    for (wg, hd, split) in [(64u32, 16usize, 1u32), (128, 64, 1), (32, 128, 1), (64, 64, 7), (128, 64, 16)] {
+    for (wg, hd, split) in
+        [(64u32, 16usize, 1u32), (128, 64, 1), (32, 128, 1), (64, 64, 7), (128, 64, 16), (256, 128, 4)]
+    {
         check_attention(wg, hd, split, KvFormats::plain(KvFormat::F32), None);
     }
 }
@@ -836,17 +838,22 @@ fn fused_decode_attention_rotates_appends_and_attends_in_every_format_with_gqa()
     let (f16, int8) = (KvFormats::plain(KvFormat::F16), KvFormats::plain(KvFormat::Int8));
     let progressive = KvFormats { main: KvFormat::Int8, ring: KvFormat::F16 };
     let (adj, half) = (RopeLayout::Adjacent, RopeLayout::HalfSplit);
-    for (f, window, split, pos0, layout) in [
-        (f16, None, 1u32, 190usize, adj),
-        (int8, None, 5, 190, half),
+    // Workgroups of 64, and of 256 (GPUs' default, `EngineOptions`): 16 threads per
+    // dimension group in the V phase, most of them past the keys of a short split.
+    for (f, window, split, pos0, layout, wg) in [
+        (f16, None, 1u32, 190usize, adj, 64u32),
+        (f16, None, 1, 190, half, 256),
+        (int8, None, 5, 190, half, 64),
+        (int8, None, 5, 190, adj, 256),
         // 10 keys over 8 splits of 2: the fifth holds the new key, the last three none.
-        (KvFormats::plain(KvFormat::F32), None, 8, 9, adj),
-        (f16, Some((4usize, 100usize)), 5, 190, half),
-        (progressive, Some((4, 100)), 1, 190, adj),
-        (progressive, Some((4, 100)), 7, 190, half),
-        (int8, Some((3, 150)), 3, 2, adj),
+        (KvFormats::plain(KvFormat::F32), None, 8, 9, adj, 64),
+        (KvFormats::plain(KvFormat::F32), None, 8, 9, adj, 256),
+        (f16, Some((4usize, 100usize)), 5, 190, half, 64),
+        (progressive, Some((4, 100)), 1, 190, adj, 64),
+        (progressive, Some((4, 100)), 7, 190, half, 256),
+        (int8, Some((3, 150)), 3, 2, adj, 64),
     ] {
-        check_decode_attention(split, f, window, pos0, layout);
+        check_decode_attention(split, f, window, pos0, layout, wg);
     }
 }
 
@@ -855,9 +862,16 @@ fn fused_decode_attention_rotates_appends_and_attends_in_every_format_with_gqa()
 /// writes pos0's row (rotated K, V) in the cache's format and nothing else, and its output
 /// equals the CPU's attention of the rotated query over the cache as read back afterwards
 /// (so the new key is used as stored) and the unfused rope_kv + attention path's.
-fn check_decode_attention(split: u32, f: KvFormats, window: Option<(usize, usize)>, pos0: usize, layout: RopeLayout) {
+fn check_decode_attention(
+    split: u32,
+    f: KvFormats,
+    window: Option<(usize, usize)>,
+    pos0: usize,
+    layout: RopeLayout,
+    wg: u32,
+) {
     let gpu = gpu();
-    let (nh, nkv, hd, layers, layer, wg) = (6usize, 2usize, 64usize, 2usize, 1usize, 64u32);
+    let (nh, nkv, hd, layers, layer) = (6usize, 2usize, 64usize, 2usize, 1usize);
     let (qkv_row, rope_rows) = ((nh + 2 * nkv) * hd, 64usize);
     let (sinks, win, rows) = match window {
         Some((s, w)) => (s, w, s + w + 4),

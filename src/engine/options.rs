@@ -144,6 +144,11 @@ impl EngineOptions {
                 attention_split: env_u32("WSI_ATTENTION_SPLIT").unwrap_or(if caps.is_cpu { 1 } else { 8 }),
                 // Short contexts take fewer splits (H100 int4, 128 tokens from an empty
                 // context: see `model::KEYS_PER_SPLIT`).
+                // GPUs: 256 threads per attention workgroup (H100 int4, GPU µs per step, 128 ->
+                // 256: empty context 7B 2,942/2,935 -> 2,908/2,899, 1.1B 1,014 -> 1,007, 135M
+                // 968 -> 960; after 512 7B 3,221 -> 3,127, 1.1B 1,162 -> 1,145, 135M 1,112 ->
+                // 1,084; 64 and 32 slower still). CPU rasterisers keep the profile's 32.
+                attention_workgroup: env_u32("WSI_ATTN_WG").unwrap_or(if caps.is_cpu { 0 } else { 256 }),
                 attention_keys_per_split: env_u32("WSI_KEYS_PER_SPLIT")
                     .map_or(crate::model::llama::KEYS_PER_SPLIT, |v| v as usize),
                 // The profile's binding cap (Firefox 128 MiB) within the device's limit.

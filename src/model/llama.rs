@@ -55,6 +55,9 @@ pub struct LoadOptions {
     /// Workgroups per head over the keys in decode attention (1 = one workgroup per head,
     /// best where dispatches are costly; GPUs want more).
     pub attention_split: u32,
+    /// Threads per workgroup of the attention kernels (0 = `workgroup`); at least a thread
+    /// per 4 dimensions of a head either way.
+    pub attention_workgroup: u32,
     /// Fewest keys per split: a decode step over fewer than `attention_split` times this many
     /// keys runs the largest power-of-two split that leaves each at least this many (a
     /// dispatch list per split is built at load). See `lane::KEYS_PER_SPLIT`.
@@ -120,6 +123,7 @@ impl Default for LoadOptions {
             rows: 4,
             wide_threads_per_row: 0,
             attention_split: 1,
+            attention_workgroup: 0,
             attention_keys_per_split: KEYS_PER_SPLIT,
             max_binding: 0,
             kv: KvOptions::default(),

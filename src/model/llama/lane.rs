@@ -206,7 +206,11 @@ impl Lane {
                     kv_dispatch(list, li, pipeline, entries, grid, "kv_requant");
                 }
                 // Every 4 dimensions of a head need a thread in the V phase.
-                let attn_wg = g.wg.max(u32_of(hd / 4, "head dim")?.next_power_of_two()).min(256);
+                let wg = match m.options.attention_workgroup {
+                    0 => g.wg,
+                    w => w.next_power_of_two(),
+                };
+                let attn_wg = wg.max(u32_of(hd / 4, "head dim")?.next_power_of_two()).min(256);
                 let heads = u32_of(nh, "heads")?;
                 let key = |kernel| KernelKey { kernel, wg: attn_wg, rows: 1, tpr: 1 };
                 let kernel = if tiled {
