@@ -20,6 +20,11 @@
 
 override WG: u32 = 64;     // power of two
 override SPLIT: u32 = 1;   // workgroups per (head, token) over the keys
+// Threads per key in the score phase (a power of two dividing hd / 4): each loads its part
+// of the key and the parts are added through workgroup memory. One thread per key issues
+// hd / 32 batches of 8 loads one after another; GPUs with short splits have the threads to
+// spare (decode: `LoadOptions::attention_key_lanes`).
+override KEY_LANES: u32 = 1u;
 
 @group(0) @binding(0) var<uniform> p: KvParams;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
@@ -93,13 +98,14 @@ fn weight_of(j: u32, j0: u32, sb: u32, in_sh: bool) -> f32 {
     return scores[sb + j];
 }
 
-// q . k for the key in slot `ks` (head elements from `e0`; the query in q_sh): 8 vec4 loads
+// q . k over vec4 d0..d1 for the key in slot `ks` (head elements from `e0`; the query in
+// q_sh): 8 vec4 loads
 // issued before any is used (named values, not an array, which could land in local memory),
 // the additions in the same order as one vec4 at a time.
-fn key_dot(ks: KvSlot, e0: u32, hd4: u32) -> f32 {
+fn key_dot(ks: KvSlot, e0: u32, d0: u32, d1: u32) -> f32 {
     var s = 0.0;
-    var d = 0u;
-    for (; d + 8u <= hd4; d += 8u) {
+    var d = d0;
+    for (; d + 8u <= d1; d += 8u) {
         let k0 = kv_load4(false, ks, e0 + 4u * d);
         let k1 = kv_load4(false, ks, e0 + 4u * d + 4u);
         let k2 = kv_load4(false, ks, e0 + 4u * d + 8u);
@@ -117,7 +123,7 @@ fn key_dot(ks: KvSlot, e0: u32, hd4: u32) -> f32 {
         s += dot(q_sh[d + 6u], k6);
         s += dot(q_sh[d + 7u], k7);
     }
-    for (; d < hd4; d++) {
+    for (; d < d1; d++) {
         s += dot(q_sh[d], kv_load4(false, ks, e0 + 4u * d));
     }
     return s;
@@ -139,19 +145,39 @@ fn attend(tid: u32, h: u32, z: u32, row: u32, live: bool, latest: u32, kk: Keys,
 
     let in_sh = j1 - j0 <= SCORES_SH;
     var m = -3.0e38;
-    if (live) {
-        for (var j = j0 + tid; j < j1; j += WG) {
-            var s = 0.0;
-            var sc = k_sc;
+    // Keys per pass and this thread's key (of the pass) and part of it.
+    let per = WG / KEY_LANES;
+    let kl = tid % KEY_LANES;
+    let span = hd4 / KEY_LANES;
+    let d0 = kl * span;
+    for (var jb = j0; jb < j1; jb += per) {
+        let j = jb + tid / KEY_LANES;
+        let act = live && j < j1;
+        var s = 0.0;
+        var sc = k_sc;
+        if (act) {
             if (j == jn) {
-                for (var d = 0u; d < hd4; d++) {
+                for (var d = d0; d < d0 + span; d++) {
                     s += dot(q_sh[d], k_new[d]);
                 }
             } else {
                 let ks = kv_slot(key_pos(j, kk), latest);
-                s = key_dot(ks, kvh * p.hd, hd4);
+                s = key_dot(ks, kvh * p.hd, d0, d0 + span);
                 sc = kv_scale(false, ks, kvh);
             }
+        }
+        if (KEY_LANES > 1u) {
+            red[tid] = s;
+            workgroupBarrier();
+            if (kl == 0u) {
+                for (var i = 1u; i < KEY_LANES; i++) {
+                    s += red[tid + i];
+                }
+            }
+            // The next pass overwrites red.
+            workgroupBarrier();
+        }
+        if (act && kl == 0u) {
             s *= p.scale * sc;
             if (in_sh) {
                 sc_sh[j - j0] = s;

@@ -839,21 +839,22 @@ fn fused_decode_attention_rotates_appends_and_attends_in_every_format_with_gqa()
     let progressive = KvFormats { main: KvFormat::Int8, ring: KvFormat::F16 };
     let (adj, half) = (RopeLayout::Adjacent, RopeLayout::HalfSplit);
     // Workgroups of 64, and of 256 (GPUs' default, `EngineOptions`): 16 threads per
-    // dimension group in the V phase, most of them past the keys of a short split.
-    for (f, window, split, pos0, layout, wg) in [
-        (f16, None, 1u32, 190usize, adj, 64u32),
-        (f16, None, 1, 190, half, 256),
-        (int8, None, 5, 190, half, 64),
-        (int8, None, 5, 190, adj, 256),
+    // dimension group in the V phase, most of them past the keys of a short split. Lanes:
+    // threads per key in the score phase (the new key's too), over passes of WG / lanes keys.
+    for (f, window, split, pos0, layout, (wg, lanes)) in [
+        (f16, None, 1u32, 190usize, adj, (64u32, 1u32)),
+        (f16, None, 1, 190, half, (256, 4)),
+        (int8, None, 5, 190, half, (64, 1)),
+        (int8, None, 5, 190, adj, (256, 8)),
         // 10 keys over 8 splits of 2: the fifth holds the new key, the last three none.
-        (KvFormats::plain(KvFormat::F32), None, 8, 9, adj, 64),
-        (KvFormats::plain(KvFormat::F32), None, 8, 9, adj, 256),
-        (f16, Some((4usize, 100usize)), 5, 190, half, 64),
-        (progressive, Some((4, 100)), 1, 190, adj, 64),
-        (progressive, Some((4, 100)), 7, 190, half, 256),
-        (int8, Some((3, 150)), 3, 2, adj, 64),
+        (KvFormats::plain(KvFormat::F32), None, 8, 9, adj, (64, 1)),
+        (KvFormats::plain(KvFormat::F32), None, 8, 9, adj, (256, 4)),
+        (f16, Some((4usize, 100usize)), 5, 190, half, (64, 4)),
+        (progressive, Some((4, 100)), 1, 190, adj, (64, 1)),
+        (progressive, Some((4, 100)), 7, 190, half, (256, 2)),
+        (int8, Some((3, 150)), 3, 2, adj, (64, 16)),
     ] {
-        check_decode_attention(split, f, window, pos0, layout, wg);
+        check_decode_attention(split, f, window, pos0, layout, wg, lanes);
     }
 }
 
@@ -869,6 +870,7 @@ fn check_decode_attention(
     pos0: usize,
     layout: RopeLayout,
     wg: u32,
+    lanes: u32,
 ) {
     let gpu = gpu();
     let (nh, nkv, hd, layers, layer) = (6usize, 2usize, 64usize, 2usize, 1usize);
@@ -902,7 +904,7 @@ fn check_decode_attention(
     let out = gpu.storage("out", (2 * nh * hd * 4) as u64);
     run(
         &gpu,
-        key(Kernel::AttentionDecode { split, adjacent, kv: f }),
+        KernelKey { tpr: lanes, ..key(Kernel::AttentionDecode { split, adjacent, kv: f }) },
         &[(0, &ub), (2, &kb), (3, &vb), (4, &out), (5, &scores), (6, &partial), (7, &state), (8, &qkv_b), (9, &rope_b)],
         [nh as u32, 1, split],
     );
@@ -922,7 +924,7 @@ fn check_decode_attention(
     );
     combine(&out2);
     let unfused = read_f32(&gpu, &out2);
-    let case = format!("split={split} {f:?} {window:?} pos={pos0} {layout:?}");
+    let case = format!("split={split} {f:?} {window:?} pos={pos0} {layout:?} wg={wg} lanes={lanes}");
     assert_eq!((&gk, &gv), (&read_u32(&gpu, &kb2), &read_u32(&gpu, &vb2)), "{case}: caches differ from rope_kv's");
     let err = max_rel_err(&got, &unfused, 0.1);
     assert!(err < 1e-5, "{case}: fused vs unfused max rel err {err}");

@@ -149,6 +149,11 @@ impl EngineOptions {
                 // 968 -> 960; after 512 7B 3,221 -> 3,127, 1.1B 1,162 -> 1,145, 135M 1,112 ->
                 // 1,084; 64 and 32 slower still). CPU rasterisers keep the profile's 32.
                 attention_workgroup: env_u32("WSI_ATTN_WG").unwrap_or(if caps.is_cpu { 0 } else { 256 }),
+                // GPUs: a thread per 8 vec4 of a key in the score phase (H100 int4, GPU µs per
+                // step, lanes 1 / 2 / 4 / 8: 7B (hd 128) 2,900 / 2,851 / 2,820 / 2,856, after 512
+                // 3,130 / 3,136 / 3,097 / 3,110; 135M (hd 64) 956 / 932 / 931 / 966, after 512
+                // 1,078 / 1,058 / 1,088 / 1,120; 1.1B (hd 64) 1,010 / 1,000 / 1,006 / 1,024).
+                attention_key_lanes: env_u32("WSI_KEY_LANES").unwrap_or(if caps.is_cpu { 1 } else { 0 }),
                 attention_keys_per_split: env_u32("WSI_KEYS_PER_SPLIT")
                     .map_or(crate::model::llama::KEYS_PER_SPLIT, |v| v as usize),
                 // The profile's binding cap (Firefox 128 MiB) within the device's limit.

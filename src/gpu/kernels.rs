@@ -196,7 +196,8 @@ pub struct KernelKey {
     /// Rows per thread group (matvec): 1..=4, or 1..=8 with `tpr` 1.
     pub rows: u32,
     /// Threads sharing a group of rows (matvec): the workgroup size on GPUs; 1 on CPU
-    /// rasterisers, which selects the `cpu` entry point (whole rows per thread).
+    /// rasterisers, which selects the `cpu` entry point (whole rows per thread). Decode
+    /// attention: threads per key in the score phase (`KEY_LANES`).
     pub tpr: u32,
 }
 
@@ -297,6 +298,7 @@ impl KernelKey {
             Kernel::AttentionDecode { split, adjacent, kv } => vec![
                 ("WG", f64::from(self.wg)),
                 ("SPLIT", f64::from(split.max(1))),
+                ("KEY_LANES", f64::from(self.tpr.clamp(1, self.wg))),
                 ("ADJACENT", b(adjacent)),
                 kv.main_constant(),
                 kv.ring_constant(),

@@ -58,6 +58,10 @@ pub struct LoadOptions {
     /// Threads per workgroup of the attention kernels (0 = `workgroup`); at least a thread
     /// per 4 dimensions of a head either way.
     pub attention_workgroup: u32,
+    /// Threads per key in decode attention's score phase (a power of two; clamped so that it
+    /// divides hd / 4): 1 loads a whole key per thread; 0 gives each thread one batch of 8
+    /// vec4 loads (hd / 32 lanes).
+    pub attention_key_lanes: u32,
     /// Fewest keys per split: a decode step over fewer than `attention_split` times this many
     /// keys runs the largest power-of-two split that leaves each at least this many (a
     /// dispatch list per split is built at load). See `lane::KEYS_PER_SPLIT`.
@@ -124,6 +128,7 @@ impl Default for LoadOptions {
             wide_threads_per_row: 0,
             attention_split: 1,
             attention_workgroup: 0,
+            attention_key_lanes: 1,
             attention_keys_per_split: KEYS_PER_SPLIT,
             max_binding: 0,
             kv: KvOptions::default(),

@@ -45,6 +45,10 @@ pub fn tiny_load_options(gpu_shaped: bool) -> wsi::model::llama::LoadOptions {
         wide_threads_per_row: if gpu_shaped { 8 } else { 0 },
         rows: 2,
         attention_split: if gpu_shaped { 5 } else { 1 },
+        // GPUs' decode attention: 256 threads, several per key (the default would give
+        // these 16-dim heads one; 2 exercises the lanes' sum).
+        attention_workgroup: if gpu_shaped { 256 } else { 0 },
+        attention_key_lanes: if gpu_shaped { 2 } else { 1 },
         // The full split from 8 keys on (the short contexts of these tests would run split
         // 1 at the default 32 keys per split).
         attention_keys_per_split: 1,

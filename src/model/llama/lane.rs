@@ -212,13 +212,24 @@ impl Lane {
                 };
                 let attn_wg = wg.max(u32_of(hd / 4, "head dim")?.next_power_of_two()).min(256);
                 let heads = u32_of(nh, "heads")?;
+                // Lanes per key: a power of two dividing hd / 4, at most a quarter of the workgroup.
+                let hd4 = u32_of(hd / 4, "head dim")?;
+                let want = match m.options.attention_key_lanes {
+                    0 => (hd4 / 8).max(1),
+                    l => l,
+                };
+                let mut lanes = want.next_power_of_two().min(attn_wg / 4).max(1);
+                while hd4 % lanes != 0 {
+                    lanes /= 2;
+                }
                 let key = |kernel| KernelKey { kernel, wg: attn_wg, rows: 1, tpr: 1 };
                 let kernel = if tiled {
                     Kernel::Attention { split: list_split, kv: kv_formats }
                 } else {
                     Kernel::AttentionDecode { split: list_split, adjacent, kv: kv_formats }
                 };
-                let pipeline = kernels.get(&gpu.device, key(kernel))?;
+                let tpr = if tiled { 1 } else { lanes };
+                let pipeline = kernels.get(&gpu.device, KernelKey { tpr, ..key(kernel) })?;
                 let mut entries = vec![
                     (0, buf(&rp)),
                     (2, KvBind::K),
