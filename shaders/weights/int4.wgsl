@@ -58,8 +58,12 @@ fn nibble_j(q: vec4<u32>, j: u32) -> vec4<f32> {
 // `nibble_j` (free on CPU rasterisers, where each vector component is its own register).
 fn dot_w32(row: u32, g: u32, k4_per_row: u32, xa: mat4x4<f32>, xb: mat4x4<f32>, xsum: f32) -> f32 {
     let i = (row * k4_per_row) / 8u + g;
-    let q = w[i];
-    let dm = unpack2x16float(s[i]);
+    return dot_q32(w[i], unpack2x16float(s[i]), xa, xb, xsum);
+}
+
+// The same with the group's words `q` and (scale, min) `dm` already loaded (the CPU prefill
+// kernel loads them once for several tokens).
+fn dot_q32(q: vec4<u32>, dm: vec2<f32>, xa: mat4x4<f32>, xb: mat4x4<f32>, xsum: f32) -> f32 {
     let ta = transpose(xa);
     let tb = transpose(xb);
     let qx = dot(nibble_j(q, 0u), vec4<f32>(ta[0].xz, tb[0].xz)) + dot(nibble_j(q, 1u), vec4<f32>(ta[1].xz, tb[1].xz))

@@ -187,6 +187,12 @@ pub const fn matmul_tile(tiled: bool) -> u32 {
     if tiled { 64 } else { 32 }
 }
 
+/// Output rows one prefill matmul workgroup covers: [`matmul_tile`], but 64 for the CPU
+/// rasterisers' int4 kernel (8 threads of 8 rows per token group: a full SIMD vector).
+pub fn matmul_row_tile(format: WeightFormat, tiled: bool) -> u32 {
+    if !tiled && format == WeightFormat::Int4 { 64 } else { matmul_tile(tiled) }
+}
+
 /// A kernel with its workgroup specialisation: the pipeline cache key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct KernelKey {
@@ -219,9 +225,16 @@ impl KernelKey {
             Kernel::Matvec { wide: true, batch: 2.., .. } => "batch_wide",
             Kernel::Matvec { batch: 2.., .. } => "batch",
             Kernel::Matvec { .. } if self.is_cpu_matvec() => "cpu",
+            Kernel::Matmul { .. } if self.is_cpu_int4_matmul() => "cpu",
             Kernel::Matvec { wide: true, .. } => "wide",
             _ => "main",
         }
+    }
+
+    /// The untiled (CPU rasteriser) prefill matmul of int4 weights: `cpu` in
+    /// shaders/matmul_cpu_int4.wgsl.
+    fn is_cpu_int4_matmul(&self) -> bool {
+        matches!(self.kernel, Kernel::Matmul { format: WeightFormat::Int4, tiled: false, .. })
     }
 
     /// A matvec with one row group per thread: the `cpu` entry point (CPU rasterisers).
@@ -251,6 +264,11 @@ impl KernelKey {
                     format.matvec_prelude(native),
                     include_str!("../../shaders/matvec.wgsl")
                 );
+            }
+            Kernel::Matmul { format, .. } if self.is_cpu_int4_matmul() => {
+                let body = include_str!("../../shaders/matmul.wgsl");
+                let cpu = include_str!("../../shaders/matmul_cpu_int4.wgsl");
+                return format!("{}\n{body}\n{cpu}", format.prelude(native_f16));
             }
             Kernel::Matmul { format, .. } => (format.prelude(native_f16), include_str!("../../shaders/matmul.wgsl")),
             Kernel::Embed { format } => (format.prelude(native_f16), include_str!("../../shaders/embed.wgsl")),
