@@ -142,8 +142,6 @@ impl EngineOptions {
                 // GPUs: 8 workgroups per head (H100, int4, 640 positions: 135M 704 -> 739,
                 // 1.1B 673 -> 699, 7B 220 -> 221 tok/s against 16; 4 and 32 slower).
                 attention_split: env_u32("WSI_ATTENTION_SPLIT").unwrap_or(if caps.is_cpu { 1 } else { 8 }),
-                // Short contexts take fewer splits (H100 int4, 128 tokens from an empty
-                // context: see `model::KEYS_PER_SPLIT`).
                 // GPUs: 256 threads per attention workgroup (H100 int4, GPU µs per step, 128 ->
                 // 256: empty context 7B 2,942/2,935 -> 2,908/2,899, 1.1B 1,014 -> 1,007, 135M
                 // 968 -> 960; after 512 7B 3,221 -> 3,127, 1.1B 1,162 -> 1,145, 135M 1,112 ->
@@ -154,6 +152,8 @@ impl EngineOptions {
                 // 3,130 / 3,136 / 3,097 / 3,110; 135M (hd 64) 956 / 932 / 931 / 966, after 512
                 // 1,078 / 1,058 / 1,088 / 1,120; 1.1B (hd 64) 1,010 / 1,000 / 1,006 / 1,024).
                 attention_key_lanes: env_u32("WSI_KEY_LANES").unwrap_or(if caps.is_cpu { 1 } else { 0 }),
+                // Short contexts take fewer splits (H100 int4, 128 tokens from an empty
+                // context: see `model::KEYS_PER_SPLIT`).
                 attention_keys_per_split: env_u32("WSI_KEYS_PER_SPLIT")
                     .map_or(crate::model::llama::KEYS_PER_SPLIT, |v| v as usize),
                 // The profile's binding cap (Firefox 128 MiB) within the device's limit.

@@ -147,6 +147,27 @@ impl Lane {
             list.push(Dispatch { pipeline, bind, grid, family });
         };
 
+        // Attention: every 4 dimensions of a head need a thread in the V phase; decode's score
+        // phase takes `lanes` threads per key, a power of two dividing hd / 4 and at most a
+        // quarter of the workgroup.
+        let hd4 = u32_of(hd / 4, "head dim")?;
+        let attn_wg = match m.options.attention_workgroup {
+            0 => g.wg,
+            w => w.next_power_of_two(),
+        }
+        .max(hd4.next_power_of_two())
+        .min(256);
+        let mut lanes = match m.options.attention_key_lanes {
+            0 => (hd4 / 8).max(1),
+            l => l,
+        }
+        .next_power_of_two()
+        .min(attn_wg / 4)
+        .max(1);
+        while hd4 % lanes != 0 {
+            lanes /= 2;
+        }
+
         // Lists 0 (decode at the full split), 1 (prefill), 2 (prefill keeping every row's
         // logits), then a decode list per smaller split (1, 2, 4, ... below g.split).
         let short_splits: Vec<u32> = (0..16).map(|i| 1u32 << i).take_while(|&s| s < g.split).collect();
@@ -205,23 +226,7 @@ impl Lane {
                     let grid = Grid::PerToken(u32_of(2 * nkv, "kv heads")?);
                     kv_dispatch(list, li, pipeline, entries, grid, "kv_requant");
                 }
-                // Every 4 dimensions of a head need a thread in the V phase.
-                let wg = match m.options.attention_workgroup {
-                    0 => g.wg,
-                    w => w.next_power_of_two(),
-                };
-                let attn_wg = wg.max(u32_of(hd / 4, "head dim")?.next_power_of_two()).min(256);
                 let heads = u32_of(nh, "heads")?;
-                // Lanes per key: a power of two dividing hd / 4, at most a quarter of the workgroup.
-                let hd4 = u32_of(hd / 4, "head dim")?;
-                let want = match m.options.attention_key_lanes {
-                    0 => (hd4 / 8).max(1),
-                    l => l,
-                };
-                let mut lanes = want.next_power_of_two().min(attn_wg / 4).max(1);
-                while hd4 % lanes != 0 {
-                    lanes /= 2;
-                }
                 let key = |kernel| KernelKey { kernel, wg: attn_wg, rows: 1, tpr: 1 };
                 let kernel = if tiled {
                     Kernel::Attention { split: list_split, kv: kv_formats }
