@@ -184,6 +184,26 @@ fn tiled(wid: vec3<u32>, tid: u32) {
     store4(tb + 7u, rb, n_tok, b7 * inv_b.w);
 }
 
+// FUSE_NORM: 1/rms of tokens t0..t0+31 into `invs`, one thread a token, in one pass over K
+// (every thread calls it: a barrier).
+fn token_inv_rms(t0: u32, tid: u32, n_tok: u32) {
+    if (!FUSE_NORM) {
+        return;
+    }
+    if (tid < 32u) {
+        let t = t0 + tid;
+        var ss = 0.0;
+        if (t < n_tok) {
+            for (var k4 = 0u; k4 < p.k / 4u; k4++) {
+                let v = xin4(t * p.x_stride, k4 * 4u);
+                ss += dot(v, v);
+            }
+        }
+        invs[tid] = inverseSqrt(ss / f32(p.k) + p.eps);
+    }
+    workgroupBarrier();
+}
+
 // The untiled kernel: 32 tokens x 32 rows, each thread 4 x 4 straight from storage.
 fn untiled(wid: vec3<u32>, tid: u32) {
     let n_tok = state[1];
@@ -193,20 +213,7 @@ fn untiled(wid: vec3<u32>, tid: u32) {
         return;
     }
     let k4n = p.k / 4u;
-    if (FUSE_NORM) {
-        if (tid < 32u) {
-            let t = t0 + tid;
-            var ss = 0.0;
-            if (t < n_tok) {
-                for (var k4 = 0u; k4 < k4n; k4++) {
-                    let v = xin4(t * p.x_stride, k4 * 4u);
-                    ss += dot(v, v);
-                }
-            }
-            invs[tid] = inverseSqrt(ss / f32(p.k) + p.eps);
-        }
-        workgroupBarrier();
-    }
+    token_inv_rms(t0, tid, n_tok);
 
     // Accumulators are four vec4s (token i, rows j in the components): no arrays indexed
     // at run time, which some drivers would keep in slow local memory.

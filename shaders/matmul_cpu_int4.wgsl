@@ -63,20 +63,7 @@ fn cpu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid:
         return;
     }
     let k4n = p.k / 4u;
-    if (FUSE_NORM) {
-        let t = t0 + tid;
-        var ss = 0.0;
-        if (tid < 32u && t < n_tok) {
-            for (var k4 = 0u; k4 < k4n; k4++) {
-                let v = xin4(t * p.x_stride, k4 * 4u);
-                ss += dot(v, v);
-            }
-        }
-        if (tid < 32u) {
-            invs[tid] = inverseSqrt(ss / f32(p.k) + p.eps);
-        }
-        workgroupBarrier();
-    }
+    token_inv_rms(t0, tid, n_tok);
     let tx = tid % 8u;  // rows n0 + 8 tx ..
     let ty = tid / 8u;  // tokens t0 + 4 ty ..
     let tb = t0 + ty * 4u;
