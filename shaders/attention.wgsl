@@ -99,9 +99,8 @@ fn weight_of(j: u32, j0: u32, sb: u32, in_sh: bool) -> f32 {
 }
 
 // q . k over vec4 d0..d1 for the key in slot `ks` (head elements from `e0`; the query in
-// q_sh): 8 vec4 loads
-// issued before any is used (named values, not an array, which could land in local memory),
-// the additions in the same order as one vec4 at a time.
+// q_sh): 8 vec4 loads issued before any is used (named values, not an array, which could
+// land in local memory), the additions in the same order as one vec4 at a time.
 fn key_dot(ks: KvSlot, e0: u32, d0: u32, d1: u32) -> f32 {
     var s = 0.0;
     var d = d0;
