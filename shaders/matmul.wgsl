@@ -204,71 +204,126 @@ fn token_inv_rms(t0: u32, tid: u32, n_tok: u32) {
     workgroupBarrier();
 }
 
-// The untiled kernel: 32 tokens x 32 rows, each thread 4 x 4 straight from storage.
+// The untiled kernel (CPU rasterisers, which load storage lane by lane, one scalar at a
+// time, so the cost follows the scalars loaded per multiply-add): tiles of 32 tokens x 64
+// rows, each thread 8 rows x 4 tokens straight from storage. Per step of 4 weights a thread
+// loads 8 weight vec4s and 4 input vec4s for 128 multiply-adds (with 4 rows: 4 and 4 for 64).
+// The 8 threads of a token group take consecutive row groups, so a SIMD vector of 8 is full
+// for any prompt length. lavapipe, SmolLM2 fp16, first token (4 x 4 per thread in 32 x 32
+// tiles -> this): see README "Session 8".
 fn untiled(wid: vec3<u32>, tid: u32) {
     let n_tok = state[1];
     let t0 = wid.y * 32u;
-    let n0 = wid.x * 32u;
+    let n0 = wid.x * 64u;
     if (t0 >= n_tok) {
         return;
     }
-    let k4n = p.k / 4u;
     token_inv_rms(t0, tid, n_tok);
-
-    // Accumulators are four vec4s (token i, rows j in the components): no arrays indexed
-    // at run time, which some drivers would keep in slow local memory.
-    let tx = tid % 8u;
-    let ty = tid / 8u;
+    let tx = tid % 8u;  // rows n0 + 8 tx ..
+    let ty = tid / 8u;  // tokens t0 + 4 ty ..
     // A thread whose 4 tokens all lie past n_tok has nothing to store (no barrier follows):
     // a few-row chunk (a verification of drafts) then costs its rows, not a whole tile.
-    if (t0 + ty * 4u >= n_tok) {
+    let tb = t0 + ty * 4u;
+    if (tb >= n_tok) {
         return;
     }
-    var acc0 = vec4<f32>(0.0);
-    var acc1 = vec4<f32>(0.0);
-    var acc2 = vec4<f32>(0.0);
-    var acc3 = vec4<f32>(0.0);
-    let rmax = p.n - 1u;
-    let r0 = n0 + tx * 4u;
-    let tb = min(t0 + ty * 4u, n_tok - 1u);
-    let t1 = min(tb + 1u, n_tok - 1u);
-    let t2 = min(tb + 2u, n_tok - 1u);
-    let t3 = min(tb + 3u, n_tok - 1u);
-    var s0 = 1.0;
-    var s1 = 1.0;
-    var s2 = 1.0;
-    var s3 = 1.0;
-    if (FUSE_NORM) {
-        s0 = invs[ty * 4u];
-        s1 = invs[ty * 4u + 1u];
-        s2 = invs[ty * 4u + 2u];
-        s3 = invs[ty * 4u + 3u];
-    }
+    let k4n = p.k / 4u;
+    let r = rows_tile(n0 + tx * 8u);
+    let x = tokens_tile(tb, n_tok);
+    // Per row, its 4 tokens' sums: no arrays indexed at run time, which some drivers would
+    // keep in slow local memory.
+    var c: Rows8Acc;
     for (var k4 = 0u; k4 < k4n; k4++) {
         let kb = k4 * 4u;
-        let w0 = load_w4(min(r0, rmax), k4, k4n);
-        let w1 = load_w4(min(r0 + 1u, rmax), k4, k4n);
-        let w2 = load_w4(min(r0 + 2u, rmax), k4, k4n);
-        let w3 = load_w4(min(r0 + 3u, rmax), k4, k4n);
         var nv = vec4<f32>(1.0);
         if (FUSE_NORM) {
             nv = aux[k4];
         }
-        let x0 = xin4(tb * p.x_stride, kb) * nv * s0;
-        let x1 = xin4(t1 * p.x_stride, kb) * nv * s1;
-        let x2 = xin4(t2 * p.x_stride, kb) * nv * s2;
-        let x3 = xin4(t3 * p.x_stride, kb) * nv * s3;
-        acc0 += vec4<f32>(dot(x0, w0), dot(x0, w1), dot(x0, w2), dot(x0, w3));
-        acc1 += vec4<f32>(dot(x1, w0), dot(x1, w1), dot(x1, w2), dot(x1, w3));
-        acc2 += vec4<f32>(dot(x2, w0), dot(x2, w1), dot(x2, w2), dot(x2, w3));
-        acc3 += vec4<f32>(dot(x3, w0), dot(x3, w1), dot(x3, w2), dot(x3, w3));
+        let x0 = xin4(x.x, kb) * nv;
+        let x1 = xin4(x.y, kb) * nv;
+        let x2 = xin4(x.z, kb) * nv;
+        let x3 = xin4(x.w, kb) * nv;
+        let w0 = load_w4(r.a.x, k4, k4n);
+        let w1 = load_w4(r.a.y, k4, k4n);
+        let w2 = load_w4(r.a.z, k4, k4n);
+        let w3 = load_w4(r.a.w, k4, k4n);
+        let w4 = load_w4(r.b.x, k4, k4n);
+        let w5 = load_w4(r.b.y, k4, k4n);
+        let w6 = load_w4(r.b.z, k4, k4n);
+        let w7 = load_w4(r.b.w, k4, k4n);
+        c.c0 += vec4<f32>(dot(x0, w0), dot(x1, w0), dot(x2, w0), dot(x3, w0));
+        c.c1 += vec4<f32>(dot(x0, w1), dot(x1, w1), dot(x2, w1), dot(x3, w1));
+        c.c2 += vec4<f32>(dot(x0, w2), dot(x1, w2), dot(x2, w2), dot(x3, w2));
+        c.c3 += vec4<f32>(dot(x0, w3), dot(x1, w3), dot(x2, w3), dot(x3, w3));
+        c.c4 += vec4<f32>(dot(x0, w4), dot(x1, w4), dot(x2, w4), dot(x3, w4));
+        c.c5 += vec4<f32>(dot(x0, w5), dot(x1, w5), dot(x2, w5), dot(x3, w5));
+        c.c6 += vec4<f32>(dot(x0, w6), dot(x1, w6), dot(x2, w6), dot(x3, w6));
+        c.c7 += vec4<f32>(dot(x0, w7), dot(x1, w7), dot(x2, w7), dot(x3, w7));
     }
-    let tb0 = t0 + ty * 4u;
-    let rb = n0 + tx * 4u;
-    store4(tb0, rb, n_tok, acc0);
-    store4(tb0 + 1u, rb, n_tok, acc1);
-    store4(tb0 + 2u, rb, n_tok, acc2);
-    store4(tb0 + 3u, rb, n_tok, acc3);
+    store_rows8(tb, n0 + tx * 8u, n_tok, ty, c);
+}
+
+// Rows row0..row0+7 of a 64-row tile, clamped to the last row (loads only: stores skip them).
+struct Rows8 {
+    a: vec4<u32>,
+    b: vec4<u32>,
+}
+
+fn rows_tile(row0: u32) -> Rows8 {
+    let last = vec4<u32>(p.n - 1u);
+    return Rows8(min(vec4<u32>(row0) + vec4<u32>(0u, 1u, 2u, 3u), last), min(vec4<u32>(row0) + vec4<u32>(4u, 5u, 6u, 7u), last));
+}
+
+// The input-row offsets of tokens tb..tb+3, clamped to the last token.
+fn tokens_tile(tb: u32, n_tok: u32) -> vec4<u32> {
+    let t = min(vec4<u32>(tb) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(n_tok - 1u));
+    return t * p.x_stride;
+}
+
+// Per row of 8, its sums over the 4 tokens of token group `ty`.
+struct Rows8Acc {
+    c0: vec4<f32>,
+    c1: vec4<f32>,
+    c2: vec4<f32>,
+    c3: vec4<f32>,
+    c4: vec4<f32>,
+    c5: vec4<f32>,
+    c6: vec4<f32>,
+    c7: vec4<f32>,
+}
+
+// Stores rows row0..row0+7 for tokens tb..tb+3 (those before n_tok), scaled by the tokens'
+// 1/rms with FUSE_NORM.
+fn store_rows8(tb: u32, row0: u32, n_tok: u32, ty: u32, c: Rows8Acc) {
+    var sc = vec4<f32>(1.0);
+    if (FUSE_NORM) {
+        let i = ty * 4u;
+        sc = vec4<f32>(invs[i], invs[i + 1u], invs[i + 2u], invs[i + 3u]);
+    }
+    store_row(tb, row0, n_tok, c.c0 * sc);
+    store_row(tb, row0 + 1u, n_tok, c.c1 * sc);
+    store_row(tb, row0 + 2u, n_tok, c.c2 * sc);
+    store_row(tb, row0 + 3u, n_tok, c.c3 * sc);
+    store_row(tb, row0 + 4u, n_tok, c.c4 * sc);
+    store_row(tb, row0 + 5u, n_tok, c.c5 * sc);
+    store_row(tb, row0 + 6u, n_tok, c.c6 * sc);
+    store_row(tb, row0 + 7u, n_tok, c.c7 * sc);
+}
+
+// Row `row`'s outputs for tokens tb..tb+3 (those before n_tok).
+fn store_row(tb: u32, row: u32, n_tok: u32, v: vec4<f32>) {
+    if (tb < n_tok) {
+        store1(tb, row, v.x);
+    }
+    if (tb + 1u < n_tok) {
+        store1(tb + 1u, row, v.y);
+    }
+    if (tb + 2u < n_tok) {
+        store1(tb + 2u, row, v.z);
+    }
+    if (tb + 3u < n_tok) {
+        store1(tb + 3u, row, v.w);
+    }
 }
 
 fn store1(t: u32, row: u32, v: f32) {

@@ -7,8 +7,8 @@ mod common;
 use common::{gpu, max_rel_err, rand_vec, read_f32, read_u32, run, run_with};
 use wsi::gpu::params::{EmbedParams, KvParams, MatParams};
 use wsi::gpu::{
-    Kernel, KernelKey, Kernels, KvFormat, KvFormats, MatMode, Q8, WeightFormat, decode_row, encode_row,
-    matmul_row_tile, matmul_tile,
+    Kernel, KernelKey, Kernels, KvFormat, KvFormats, MATMUL_TILE_ROWS, MatMode, Q8, WeightFormat, decode_row,
+    encode_row, matmul_tile,
 };
 use wsi::model::kv_cache::rope_table;
 use wsi::model::reference::rope_head;
@@ -147,7 +147,7 @@ fn matrix_outputs(
     let format = m.format;
     let (kernel, grid) = if tiled {
         {
-            let (tile, rows) = (matmul_tile(tpr > 1) as usize, matmul_row_tile(format, tpr > 1) as usize);
+            let (tile, rows) = (matmul_tile(tpr > 1) as usize, MATMUL_TILE_ROWS as usize);
             (Kernel::Matmul { format, mode, tiled: tpr > 1 }, [n.div_ceil(rows) as u32, t.div_ceil(tile) as u32, 1])
         }
     } else {

@@ -10,7 +10,7 @@ use std::borrow::Cow;
 
 use common::{gpu, rand_vec, read_f32, run};
 use wsi::gpu::params::{EmbedParams, MatParams};
-use wsi::gpu::{Gpu, Kernel, KernelKey, MatMode, Q8, WeightFormat, matmul_row_tile, matmul_tile};
+use wsi::gpu::{Gpu, Kernel, KernelKey, MATMUL_TILE_ROWS, MatMode, Q8, WeightFormat, matmul_tile};
 use wsi::model::HostFormat;
 use wsi::model::HostTensor;
 use wsi::model::upload::{GpuMatrix, embedding_format, upload_tensors};
@@ -55,9 +55,9 @@ fn columns_through_kernel(gpu: &Gpu, m: &GpuMatrix, kernel: Kernel, tpr: u32) ->
     let state = gpu.storage_init("state", bytemuck::cast_slice(&[0u32, k as u32, 0, 0]));
     let key = KernelKey { kernel, wg: 64, rows: 2, tpr };
     let grid = match kernel {
-        Kernel::Matmul { tiled, format, .. } => {
+        Kernel::Matmul { tiled, .. } => {
             let tile = matmul_tile(tiled) as usize;
-            [n.div_ceil(matmul_row_tile(format, tiled) as usize) as u32, k.div_ceil(tile) as u32, 1]
+            [n.div_ceil(MATMUL_TILE_ROWS as usize) as u32, k.div_ceil(tile) as u32, 1]
         }
         _ => [(n as u32).div_ceil(key.rows_per_workgroup()), k as u32, 1],
     };

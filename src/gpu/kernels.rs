@@ -182,16 +182,14 @@ pub enum Kernel {
     Quantize { format: WeightFormat, quantizer: crate::quant::fit::Quantizer },
 }
 
-/// Tokens (and rows) one prefill matmul workgroup covers: 64 x 64 tiled, 32 x 32 untiled.
+/// Tokens one prefill matmul workgroup covers: 64 tiled, 32 untiled.
 pub const fn matmul_tile(tiled: bool) -> u32 {
     if tiled { 64 } else { 32 }
 }
 
-/// Output rows one prefill matmul workgroup covers: [`matmul_tile`], but 64 for the CPU
-/// rasterisers' int4 kernel (8 threads of 8 rows per token group: a full SIMD vector).
-pub fn matmul_row_tile(format: WeightFormat, tiled: bool) -> u32 {
-    if !tiled && format == WeightFormat::Int4 { 64 } else { matmul_tile(tiled) }
-}
+/// Output rows one prefill matmul workgroup covers, tiled or not (untiled: 8 threads of 8
+/// rows per token group, a full SIMD vector of a CPU rasteriser).
+pub const MATMUL_TILE_ROWS: u32 = 64;
 
 /// A kernel with its workgroup specialisation: the pipeline cache key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -225,13 +223,13 @@ impl KernelKey {
             Kernel::Matvec { wide: true, batch: 2.., .. } => "batch_wide",
             Kernel::Matvec { batch: 2.., .. } => "batch",
             Kernel::Matvec { .. } if self.is_cpu_matvec() => "cpu",
-            Kernel::Matmul { .. } if self.is_cpu_int4_matmul() => "cpu",
+            Kernel::Matmul { .. } if self.is_cpu_int4_matmul() => "cpu_int4",
             Kernel::Matvec { wide: true, .. } => "wide",
             _ => "main",
         }
     }
 
-    /// The untiled (CPU rasteriser) prefill matmul of int4 weights: `cpu` in
+    /// The untiled (CPU rasteriser) prefill matmul of int4 weights: `cpu_int4` in
     /// shaders/matmul_cpu_int4.wgsl.
     fn is_cpu_int4_matmul(&self) -> bool {
         matches!(self.kernel, Kernel::Matmul { format: WeightFormat::Int4, tiled: false, .. })

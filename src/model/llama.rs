@@ -4,7 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::params::{MatParams, SampleParams};
-use crate::gpu::{Gpu, Kernel, KernelKey, Kernels, MatMode, Q8, WeightFormat, matmul_row_tile, matmul_tile};
+use crate::gpu::{Gpu, Kernel, KernelKey, Kernels, MATMUL_TILE_ROWS, MatMode, Q8, WeightFormat, matmul_tile};
 use crate::model::kv_cache::{KvCache, KvOptions, KvPlan, rope_table};
 use crate::model::upload::{
     GpuMatrix, MatrixShard, Quant, embedding_format, required, required_f32, upload_tensors_sharded, upload_vec,
@@ -850,7 +850,7 @@ impl Builder<'_> {
         let per_wg = key.rows_per_workgroup();
         let grid = if tiled {
             let tile = matmul_tile(self.tpr > 1);
-            Grid::PerTile(shard.rows.div_ceil(matmul_row_tile(m.format, self.tpr > 1)), tile)
+            Grid::PerTile(shard.rows.div_ceil(MATMUL_TILE_ROWS), tile)
         } else if last_row {
             Grid::Fixed([shard.rows.div_ceil(per_wg), 1, 1])
         } else if self.batch > 1 {
