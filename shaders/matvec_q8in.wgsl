@@ -29,6 +29,37 @@ fn pack_pair(a: vec4<f32>, b: vec4<f32>, inv: f32) -> vec2<u32> {
     return vec2<u32>(pack4xI8(vec4<i32>(qa.x, qa.z, qb.x, qb.z)), pack4xI8(vec4<i32>(qa.y, qa.w, qb.y, qb.w)));
 }
 
+// One group of 32 inputs (v0..v7, consecutive) as int8: scale d = max|v| / 127, the code
+// words in the layout above (`lo` words 0..3, `hi` words 4..7), and the exact sum of v.
+struct QGroup {
+    lo: vec4<u32>,
+    hi: vec4<u32>,
+    d: f32,
+    sum: f32,
+}
+
+fn quant_group(
+    v0: vec4<f32>,
+    v1: vec4<f32>,
+    v2: vec4<f32>,
+    v3: vec4<f32>,
+    v4: vec4<f32>,
+    v5: vec4<f32>,
+    v6: vec4<f32>,
+    v7: vec4<f32>,
+) -> QGroup {
+    let m4 = max(max(max(abs(v0), abs(v1)), max(abs(v2), abs(v3))), max(max(abs(v4), abs(v5)), max(abs(v6), abs(v7))));
+    let amax = max(max(m4.x, m4.y), max(m4.z, m4.w));
+    let inv = select(0.0, 127.0 / amax, amax > 0.0);
+    let s4 = v0 + v1 + v2 + v3 + v4 + v5 + v6 + v7;
+    return QGroup(
+        vec4<u32>(pack_pair(v0, v1, inv), pack_pair(v2, v3, inv)),
+        vec4<u32>(pack_pair(v4, v5, inv), pack_pair(v6, v7, inv)),
+        amax / 127.0,
+        s4.x + s4.y + s4.z + s4.w,
+    );
+}
+
 // Quantise groups c0..c0 + cn of the input row at `xbase` into xq / xg (every thread; ends
 // with a barrier).
 fn quantise_input(tid: u32, xbase: u32, c0: u32, cn: u32) {
@@ -56,17 +87,10 @@ fn quantise_input(tid: u32, xbase: u32, c0: u32, cn: u32) {
             v6 *= aux[a + 6u];
             v7 *= aux[a + 7u];
         }
-        let m4 = max(max(max(abs(v0), abs(v1)), max(abs(v2), abs(v3))), max(max(abs(v4), abs(v5)), max(abs(v6), abs(v7))));
-        let amax = max(max(m4.x, m4.y), max(m4.z, m4.w));
-        let inv = select(0.0, 127.0 / amax, amax > 0.0);
-        let w0 = pack_pair(v0, v1, inv);
-        let w1 = pack_pair(v2, v3, inv);
-        let w2 = pack_pair(v4, v5, inv);
-        let w3 = pack_pair(v6, v7, inv);
-        xq[2u * g] = vec4<u32>(w0, w1);
-        xq[2u * g + 1u] = vec4<u32>(w2, w3);
-        let s4 = v0 + v1 + v2 + v3 + v4 + v5 + v6 + v7;
-        xg[g] = vec4<f32>(amax / 127.0, s4.x + s4.y + s4.z + s4.w, ss, 0.0);
+        let q = quant_group(v0, v1, v2, v3, v4, v5, v6, v7);
+        xq[2u * g] = q.lo;
+        xq[2u * g + 1u] = q.hi;
+        xg[g] = vec4<f32>(q.d, q.sum, ss, 0.0);
     }
     workgroupBarrier();
 }
@@ -149,7 +173,12 @@ fn q8in(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 @group(0) @binding(11) var<storage, read> xq_in: array<vec4<u32>>;
 
 var<workgroup> hv: array<vec4<f32>, 16>;   // per row group: the 64 rows, gate 0..31 then up 0..31
-var<workgroup> hq: array<vec4<f32>, 8>;    // h of the group
+
+// Elements 4i..4i+3 of the workgroup's group of h: silu(gate) * up.
+fn swiglu4(i: u32) -> vec4<f32> {
+    let gv = hv[i];
+    return gv / (1.0 + exp(-gv)) * hv[8u + i];
+}
 
 @compute @workgroup_size(WG)
 fn q8pack(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
@@ -164,27 +193,13 @@ fn q8pack(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
         hv[tid / TPR] = out;
     }
     workgroupBarrier();
-    if (tid < 8u) {
-        let gv = hv[tid];
-        hq[tid] = gv / (1.0 + exp(-gv)) * hv[8u + tid];
-    }
-    workgroupBarrier();
-    if (tid < 8u) {
-        var m4 = vec4<f32>(0.0);
-        var s4 = vec4<f32>(0.0);
-        for (var i = 0u; i < 8u; i++) {
-            m4 = max(m4, abs(hq[i]));
-            s4 += hq[i];
-        }
-        let amax = max(max(m4.x, m4.y), max(m4.z, m4.w));
-        let inv = select(0.0, 127.0 / amax, amax > 0.0);
-        // Word t: elements 8 (t / 2) + (t % 2) + 2j, j = 0..3 (even words the even elements).
-        let pair = pack_pair(hq[2u * (tid / 2u)], hq[2u * (tid / 2u) + 1u], inv);
-        let g = wid.x;
-        xq_out[3u * g + tid / 4u][tid % 4u] = select(pair.x, pair.y, tid % 2u == 1u);
-        if (tid == 0u) {
-            xq_out[3u * g + 2u] = bitcast<vec4<u32>>(vec4<f32>(amax / 127.0, s4.x + s4.y + s4.z + s4.w, 0.0, 0.0));
-        }
+    if (tid == 0u) {
+        let q = quant_group(swiglu4(0u), swiglu4(1u), swiglu4(2u), swiglu4(3u), swiglu4(4u), swiglu4(5u), swiglu4(6u),
+            swiglu4(7u));
+        let g = 3u * wid.x;
+        xq_out[g] = q.lo;
+        xq_out[g + 1u] = q.hi;
+        xq_out[g + 2u] = bitcast<vec4<u32>>(vec4<f32>(q.d, q.sum, 0.0, 0.0));
     }
 }
 
