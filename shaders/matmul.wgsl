@@ -209,27 +209,16 @@ fn token_inv_rms(t0: u32, tid: u32, n_tok: u32) {
 // rows, each thread 8 rows x 4 tokens straight from storage. Per step of 4 weights a thread
 // loads 8 weight vec4s and 4 input vec4s for 128 multiply-adds (with 4 rows: 4 and 4 for 64).
 // The 8 threads of a token group take consecutive row groups, so a SIMD vector of 8 is full
-// for any prompt length. lavapipe, SmolLM2 fp16, first token (4 x 4 per thread in 32 x 32
-// tiles -> this): see README "Session 8".
+// for any prompt length. lavapipe, SmolLM2 fp16, first token of an 11-token prompt (4 x 4
+// per thread in 32 x 32 tiles -> this): 269 -> 206 ms.
 fn untiled(wid: vec3<u32>, tid: u32) {
-    let n_tok = state[1];
-    let t0 = wid.y * 32u;
-    let n0 = wid.x * 64u;
-    if (t0 >= n_tok) {
-        return;
-    }
-    token_inv_rms(t0, tid, n_tok);
-    let tx = tid % 8u;  // rows n0 + 8 tx ..
-    let ty = tid / 8u;  // tokens t0 + 4 ty ..
+    let t = cpu_tile(wid, tid);
     // A thread whose 4 tokens all lie past n_tok has nothing to store (no barrier follows):
     // a few-row chunk (a verification of drafts) then costs its rows, not a whole tile.
-    let tb = t0 + ty * 4u;
-    if (tb >= n_tok) {
+    if (!t.live) {
         return;
     }
     let k4n = p.k / 4u;
-    let r = rows_tile(n0 + tx * 8u);
-    let x = tokens_tile(tb, n_tok);
     // Per row, its 4 tokens' sums: no arrays indexed at run time, which some drivers would
     // keep in slow local memory.
     var c: Rows8Acc;
@@ -239,18 +228,18 @@ fn untiled(wid: vec3<u32>, tid: u32) {
         if (FUSE_NORM) {
             nv = aux[k4];
         }
-        let x0 = xin4(x.x, kb) * nv;
-        let x1 = xin4(x.y, kb) * nv;
-        let x2 = xin4(x.z, kb) * nv;
-        let x3 = xin4(x.w, kb) * nv;
-        let w0 = load_w4(r.a.x, k4, k4n);
-        let w1 = load_w4(r.a.y, k4, k4n);
-        let w2 = load_w4(r.a.z, k4, k4n);
-        let w3 = load_w4(r.a.w, k4, k4n);
-        let w4 = load_w4(r.b.x, k4, k4n);
-        let w5 = load_w4(r.b.y, k4, k4n);
-        let w6 = load_w4(r.b.z, k4, k4n);
-        let w7 = load_w4(r.b.w, k4, k4n);
+        let x0 = xin4(t.x.x, kb) * nv;
+        let x1 = xin4(t.x.y, kb) * nv;
+        let x2 = xin4(t.x.z, kb) * nv;
+        let x3 = xin4(t.x.w, kb) * nv;
+        let w0 = load_w4(t.r.a.x, k4, k4n);
+        let w1 = load_w4(t.r.a.y, k4, k4n);
+        let w2 = load_w4(t.r.a.z, k4, k4n);
+        let w3 = load_w4(t.r.a.w, k4, k4n);
+        let w4 = load_w4(t.r.b.x, k4, k4n);
+        let w5 = load_w4(t.r.b.y, k4, k4n);
+        let w6 = load_w4(t.r.b.z, k4, k4n);
+        let w7 = load_w4(t.r.b.w, k4, k4n);
         c.c0 += vec4<f32>(dot(x0, w0), dot(x1, w0), dot(x2, w0), dot(x3, w0));
         c.c1 += vec4<f32>(dot(x0, w1), dot(x1, w1), dot(x2, w1), dot(x3, w1));
         c.c2 += vec4<f32>(dot(x0, w2), dot(x1, w2), dot(x2, w2), dot(x3, w2));
@@ -260,7 +249,7 @@ fn untiled(wid: vec3<u32>, tid: u32) {
         c.c6 += vec4<f32>(dot(x0, w6), dot(x1, w6), dot(x2, w6), dot(x3, w6));
         c.c7 += vec4<f32>(dot(x0, w7), dot(x1, w7), dot(x2, w7), dot(x3, w7));
     }
-    store_rows8(tb, n0 + tx * 8u, n_tok, ty, c);
+    store_rows8(t, c);
 }
 
 // Rows row0..row0+7 of a 64-row tile, clamped to the last row (loads only: stores skip them).
@@ -269,15 +258,32 @@ struct Rows8 {
     b: vec4<u32>,
 }
 
-fn rows_tile(row0: u32) -> Rows8 {
-    let last = vec4<u32>(p.n - 1u);
-    return Rows8(min(vec4<u32>(row0) + vec4<u32>(0u, 1u, 2u, 3u), last), min(vec4<u32>(row0) + vec4<u32>(4u, 5u, 6u, 7u), last));
+// A thread's part of an untiled tile: rows row0..row0+7 (`r` clamped for loads) for tokens
+// tb..tb+3 of token group ty (`x` their input-row offsets, clamped to the last token);
+// `live` while tb is before n_tok.
+struct CpuTile {
+    row0: u32,
+    r: Rows8,
+    tb: u32,
+    ty: u32,
+    x: vec4<u32>,
+    n_tok: u32,
+    live: bool,
 }
 
-// The input-row offsets of tokens tb..tb+3, clamped to the last token.
-fn tokens_tile(tb: u32, n_tok: u32) -> vec4<u32> {
-    let t = min(vec4<u32>(tb) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(n_tok - 1u));
-    return t * p.x_stride;
+// Every thread calls it (with FUSE_NORM a barrier: the tokens' 1/rms into `invs`). The 8
+// threads of a token group take consecutive row groups.
+fn cpu_tile(wid: vec3<u32>, tid: u32) -> CpuTile {
+    let n_tok = state[1];
+    let t0 = wid.y * 32u;
+    token_inv_rms(t0, tid, n_tok);
+    let row0 = wid.x * 64u + (tid % 8u) * 8u;
+    let last = vec4<u32>(p.n - 1u);
+    let r = Rows8(min(vec4<u32>(row0) + vec4<u32>(0u, 1u, 2u, 3u), last), min(vec4<u32>(row0) + vec4<u32>(4u, 5u, 6u, 7u), last));
+    let ty = tid / 8u;
+    let tb = t0 + ty * 4u;
+    let x = min(vec4<u32>(tb) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(max(n_tok, 1u) - 1u)) * p.x_stride;
+    return CpuTile(row0, r, tb, ty, x, n_tok, tb < n_tok);
 }
 
 // Per row of 8, its sums over the 4 tokens of token group `ty`.
@@ -292,22 +298,22 @@ struct Rows8Acc {
     c7: vec4<f32>,
 }
 
-// Stores rows row0..row0+7 for tokens tb..tb+3 (those before n_tok), scaled by the tokens'
-// 1/rms with FUSE_NORM.
-fn store_rows8(tb: u32, row0: u32, n_tok: u32, ty: u32, c: Rows8Acc) {
+// Stores the tile's rows for its tokens (those before n_tok), scaled by the tokens' 1/rms
+// with FUSE_NORM.
+fn store_rows8(t: CpuTile, c: Rows8Acc) {
     var sc = vec4<f32>(1.0);
     if (FUSE_NORM) {
-        let i = ty * 4u;
+        let i = t.ty * 4u;
         sc = vec4<f32>(invs[i], invs[i + 1u], invs[i + 2u], invs[i + 3u]);
     }
-    store_row(tb, row0, n_tok, c.c0 * sc);
-    store_row(tb, row0 + 1u, n_tok, c.c1 * sc);
-    store_row(tb, row0 + 2u, n_tok, c.c2 * sc);
-    store_row(tb, row0 + 3u, n_tok, c.c3 * sc);
-    store_row(tb, row0 + 4u, n_tok, c.c4 * sc);
-    store_row(tb, row0 + 5u, n_tok, c.c5 * sc);
-    store_row(tb, row0 + 6u, n_tok, c.c6 * sc);
-    store_row(tb, row0 + 7u, n_tok, c.c7 * sc);
+    store_row(t.tb, t.row0, t.n_tok, c.c0 * sc);
+    store_row(t.tb, t.row0 + 1u, t.n_tok, c.c1 * sc);
+    store_row(t.tb, t.row0 + 2u, t.n_tok, c.c2 * sc);
+    store_row(t.tb, t.row0 + 3u, t.n_tok, c.c3 * sc);
+    store_row(t.tb, t.row0 + 4u, t.n_tok, c.c4 * sc);
+    store_row(t.tb, t.row0 + 5u, t.n_tok, c.c5 * sc);
+    store_row(t.tb, t.row0 + 6u, t.n_tok, c.c6 * sc);
+    store_row(t.tb, t.row0 + 7u, t.n_tok, c.c7 * sc);
 }
 
 // Row `row`'s outputs for tokens tb..tb+3 (those before n_tok).

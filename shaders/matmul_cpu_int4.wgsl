@@ -35,23 +35,11 @@ fn row_tokens(row: u32, g: u32, k4n: u32, x0: In32, x1: In32, x2: In32, x3: In32
 
 @compute @workgroup_size(64)
 fn cpu_int4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let tid = lid.x;
-    let n_tok = state[1];
-    let t0 = wid.y * 32u;
-    let n0 = wid.x * 64u;
-    if (t0 >= n_tok) {
+    let t = cpu_tile(wid, lid.x);
+    if (!t.live) {
         return;
     }
     let k4n = p.k / 4u;
-    token_inv_rms(t0, tid, n_tok);
-    let tx = tid % 8u;  // rows n0 + 8 tx ..
-    let ty = tid / 8u;  // tokens t0 + 4 ty ..
-    let tb = t0 + ty * 4u;
-    if (tb >= n_tok) {
-        return;
-    }
-    let r = rows_tile(n0 + tx * 8u);
-    let x = tokens_tile(tb, n_tok);
     // Per row, its 4 tokens' sums.
     var c: Rows8Acc;
     let one = vec4<f32>(1.0);
@@ -63,18 +51,18 @@ fn cpu_int4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id)
             na = mat4x4<f32>(aux[a], aux[a + 1u], aux[a + 2u], aux[a + 3u]);
             nb = mat4x4<f32>(aux[a + 4u], aux[a + 5u], aux[a + 6u], aux[a + 7u]);
         }
-        let x0 = in32(x.x, g, na, nb);
-        let x1 = in32(x.y, g, na, nb);
-        let x2 = in32(x.z, g, na, nb);
-        let x3 = in32(x.w, g, na, nb);
-        c.c0 += row_tokens(r.a.x, g, k4n, x0, x1, x2, x3);
-        c.c1 += row_tokens(r.a.y, g, k4n, x0, x1, x2, x3);
-        c.c2 += row_tokens(r.a.z, g, k4n, x0, x1, x2, x3);
-        c.c3 += row_tokens(r.a.w, g, k4n, x0, x1, x2, x3);
-        c.c4 += row_tokens(r.b.x, g, k4n, x0, x1, x2, x3);
-        c.c5 += row_tokens(r.b.y, g, k4n, x0, x1, x2, x3);
-        c.c6 += row_tokens(r.b.z, g, k4n, x0, x1, x2, x3);
-        c.c7 += row_tokens(r.b.w, g, k4n, x0, x1, x2, x3);
+        let x0 = in32(t.x.x, g, na, nb);
+        let x1 = in32(t.x.y, g, na, nb);
+        let x2 = in32(t.x.z, g, na, nb);
+        let x3 = in32(t.x.w, g, na, nb);
+        c.c0 += row_tokens(t.r.a.x, g, k4n, x0, x1, x2, x3);
+        c.c1 += row_tokens(t.r.a.y, g, k4n, x0, x1, x2, x3);
+        c.c2 += row_tokens(t.r.a.z, g, k4n, x0, x1, x2, x3);
+        c.c3 += row_tokens(t.r.a.w, g, k4n, x0, x1, x2, x3);
+        c.c4 += row_tokens(t.r.b.x, g, k4n, x0, x1, x2, x3);
+        c.c5 += row_tokens(t.r.b.y, g, k4n, x0, x1, x2, x3);
+        c.c6 += row_tokens(t.r.b.z, g, k4n, x0, x1, x2, x3);
+        c.c7 += row_tokens(t.r.b.w, g, k4n, x0, x1, x2, x3);
     }
-    store_rows8(tb, n0 + tx * 8u, n_tok, ty, c);
+    store_rows8(t, c);
 }
