@@ -171,6 +171,8 @@ pub struct BrowserProfile {
     pub cpu_rasteriser: bool,
     /// Output rows per matvec thread (GPUs: per row group of a workgroup).
     pub matvec_rows: u32,
+    /// CPU rasterisers: threads per workgroup of the `cpu` matvec (0 on GPUs).
+    pub cpu_matvec_workgroup: u32,
 }
 
 /// CPU rasterisers: threads per workgroup of the matvec and attention kernels. lavapipe,
@@ -184,7 +186,7 @@ const CPU_WORKGROUP: u32 = 32;
 /// SwiftShader 576x576 0.53 -> 0.34, 960x576 0.65 -> 0.57, 576x1536 SwiGLU 1.69 -> 0.96,
 /// 3072x576 1.78 -> 1.77; lavapipe 0.071 -> 0.064, 0.117 -> 0.100, 0.214 -> 0.142,
 /// 3072x576 0.28-0.34 either way (workgroups of 4 there: 0.089, 0.140, 0.197, 0.38-0.45).
-pub fn cpu_matvec_workgroup(adapter_name: &str) -> u32 {
+fn cpu_matvec_workgroup(adapter_name: &str) -> u32 {
     if adapter_name.to_ascii_lowercase().contains("swiftshader") { 4 } else { 8 }
 }
 
@@ -279,6 +281,7 @@ impl BrowserProfile {
             use_subgroups: caps.subgroups,
             cpu_rasteriser: caps.is_cpu,
             matvec_rows: if caps.is_cpu { CPU_MATVEC_ROWS } else { 4 },
+            cpu_matvec_workgroup: if caps.is_cpu { cpu_matvec_workgroup(&caps.name) } else { 0 },
         };
         if caps.is_cpu {
             p.workgroup_size = [CPU_WORKGROUP, 1, 1];
@@ -305,10 +308,14 @@ impl BrowserProfile {
         p
     }
 
-    /// Applies the config's overrides: `workgroup_size` and `conservative_memory`.
+    /// Applies the config's overrides: `workgroup_size` (the `cpu` matvec's too) and
+    /// `conservative_memory`.
     pub fn apply_config(&mut self, cfg: &StreamingConfig) {
         if let Some(wg) = cfg.workgroup_size {
             self.workgroup_size = wg;
+            if self.cpu_rasteriser {
+                self.cpu_matvec_workgroup = wg[0];
+            }
         }
         if let Some(c) = cfg.conservative_memory {
             self.set_conservative(c);
@@ -494,6 +501,13 @@ mod tests {
         assert_eq!(cpu_matvec_workgroup("google swiftshader (fallback adapter)"), 4);
         assert_eq!(cpu_matvec_workgroup("llvmpipe (LLVM 15.0.6, 256 bits)"), 8);
         assert_eq!(cpu_matvec_workgroup(""), 8, "an unnamed CPU adapter: AVX2's 8 lanes");
+        // In the profile: CPU adapters only, and the config's workgroup size wins.
+        let swiftshader = AdapterCaps { is_cpu: true, name: "Google SwiftShader".into(), ..caps_all() };
+        assert_eq!(BrowserProfile::for_browser(BrowserName::Chrome, &swiftshader).cpu_matvec_workgroup, 4);
+        assert_eq!(BrowserProfile::for_browser(BrowserName::Chrome, &caps_all()).cpu_matvec_workgroup, 0);
+        let cfg = StreamingConfig::from_json_value(json!({"workgroupSize": [16, 1, 1]})).unwrap();
+        assert_eq!(BrowserProfile::from_config(None, &swiftshader, &cfg).cpu_matvec_workgroup, 16);
+        assert_eq!(BrowserProfile::from_config(None, &caps_all(), &cfg).cpu_matvec_workgroup, 0);
     }
 
     #[test]

@@ -128,10 +128,7 @@ impl EngineOptions {
                 } else {
                     profile.workgroup_size[0]
                 }),
-                // The config's workgroup size, where given, applies to it too.
-                cpu_matvec_workgroup: env_u32("WSI_CPU_MATVEC_WG")
-                    .or(cfg.workgroup_size.map(|w| w[0]))
-                    .unwrap_or(if caps.is_cpu { crate::browser::cpu_matvec_workgroup(&caps.adapter_name) } else { 0 }),
+                cpu_matvec_workgroup: env_u32("WSI_CPU_MATVEC_WG").unwrap_or(profile.cpu_matvec_workgroup),
                 rows: env_u32("WSI_ROWS").unwrap_or(profile.matvec_rows),
                 wide_threads_per_row: env_u32("WSI_WIDE_THREADS_PER_ROW").unwrap_or(if caps.is_cpu {
                     0
