@@ -446,20 +446,11 @@ impl LlamaGpu {
     /// A dispatch builder with this model's kernel geometry, binding `state` as the step
     /// state and reading `batch` input rows per matvec workgroup.
     fn builder<'a>(&'a self, gpu: &'a Gpu, kernels: &'a Kernels, state: &'a wgpu::Buffer, batch: u32) -> Builder<'a> {
-        let g = &self.geo;
         Builder {
             gpu,
             kernels,
-            wg: g.wg,
-            cpu_wg: g.cpu_wg,
-            rows: g.rows,
-            tpr: g.tpr,
-            wide_tpr: g.wide_tpr,
-            sg_tpr: g.sg_tpr,
-            sg_shape: self.options.subgroup_shape,
-            q8_inputs: self.options.q8_inputs,
-            q8_shape: self.options.q8_shape,
-            q8_pack: self.options.q8_pack,
+            geo: &self.geo,
+            options: &self.options,
             head_dim: self.config.head_dim as u32,
             state,
             filler: &self.acts.filler,
@@ -628,21 +619,10 @@ fn run(pass: &mut wgpu::ComputePass<'_>, list: &[Dispatch], tokens: u32) {
 struct Builder<'a> {
     gpu: &'a Gpu,
     kernels: &'a Kernels,
-    wg: u32,
-    /// Threads per workgroup of the `cpu` matvec.
-    cpu_wg: u32,
-    rows: u32,
-    tpr: u32,
-    /// Threads per row group of the wide matvec; 0 = not used.
-    wide_tpr: u32,
-    /// Lanes per row group of the subgroup matvec; 0 = not used.
-    sg_tpr: u32,
-    sg_shape: Option<(u32, u32)>,
-    /// Int4 single-row matvecs with at least this many rows and k a multiple of 32 take int8
-    /// inputs.
-    q8_inputs: Option<u32>,
-    q8_shape: Option<(u32, u32, u32)>,
-    q8_pack: bool,
+    /// The model's kernel geometry and load options (the int8-input, subgroup and `cpu`
+    /// matvec choices).
+    geo: &'a Geometry,
+    options: &'a LoadOptions,
     /// Attention head size (the partials a combining matvec reads).
     head_dim: u32,
     state: &'a wgpu::Buffer,
@@ -658,17 +638,17 @@ impl Builder<'_> {
     }
 
     fn key(&self, kernel: Kernel) -> KernelKey {
-        let tpr = if matches!(kernel, Kernel::Matvec { wide: true, .. }) { self.wide_tpr } else { self.tpr };
-        let key = KernelKey { kernel, wg: self.wg, rows: self.rows, tpr };
-        if key.is_cpu_matvec() { KernelKey { wg: self.cpu_wg, ..key } } else { key }
+        let tpr = if matches!(kernel, Kernel::Matvec { wide: true, .. }) { self.geo.wide_tpr } else { self.geo.tpr };
+        let key = KernelKey { kernel, wg: self.geo.wg, rows: self.geo.rows, tpr };
+        if key.is_cpu_matvec() { KernelKey { wg: self.geo.cpu_wg, ..key } } else { key }
     }
 
     /// The subgroup matvec's geometry for `n` rows: 128 threads on 4 rows per lane group,
     /// fewer rows per workgroup while that leaves under 256 workgroups (small matrices want
     /// the whole GPU busy more than they want the staged input shared by more rows).
     fn subgroup_key(&self, kernel: Kernel, n: u32) -> KernelKey {
-        let tpr = self.sg_tpr;
-        if let Some((wg, rows)) = self.sg_shape {
+        let tpr = self.geo.sg_tpr;
+        if let Some((wg, rows)) = self.options.subgroup_shape {
             return KernelKey { kernel, wg: wg.max(tpr), rows: rows.clamp(1, 4), tpr };
         }
         let (mut wg, mut rows) = (128u32.max(tpr), 4);
@@ -717,8 +697,8 @@ impl Builder<'_> {
     /// Whether single-row decode steps of `m` take int8 inputs (`Q8::In`).
     fn q8_fits(&self, tiled: bool, m: &GpuMatrix) -> bool {
         !tiled
-            && self.q8_inputs.is_some_and(|r| m.rows >= r)
-            && self.tpr > 1
+            && self.options.q8_inputs.is_some_and(|r| m.rows >= r)
+            && self.geo.tpr > 1
             && self.batch <= 1
             && m.format == WeightFormat::Int4
             && m.cols.is_multiple_of(32)
@@ -741,7 +721,7 @@ impl Builder<'_> {
     ) -> Result<Vec<Dispatch>> {
         let norm_mode = MatMode { fuse_norm: true, ..Default::default() };
         let down_mode = MatMode { swiglu_in: true, accumulate: true, ..Default::default() };
-        let fits = self.q8_pack
+        let fits = self.options.q8_pack
             && self.q8_fits(tiled, gate_up)
             && gate_up.shards.len() == 1
             && (gate_up.rows / 2).is_multiple_of(32)
@@ -794,14 +774,14 @@ impl Builder<'_> {
             None if self.q8_fits(tiled, m) => Q8::In,
             None => Q8::Off,
         };
-        let subgroup = q8 == Q8::Off && !tiled && self.sg_tpr > 0 && self.batch <= 1 && m.cols.is_multiple_of(8);
+        let subgroup = q8 == Q8::Off && !tiled && self.geo.sg_tpr > 0 && self.batch <= 1 && m.cols.is_multiple_of(8);
         let kernel = if tiled {
-            Kernel::Matmul { format: m.format, mode, tiled: self.tpr > 1 }
+            Kernel::Matmul { format: m.format, mode, tiled: self.geo.tpr > 1 }
         } else {
             Kernel::Matvec {
                 format: m.format,
                 mode,
-                wide: self.wide_tpr > 0 && m.format.prefers_wide_matvec() && m.cols.is_multiple_of(8),
+                wide: self.geo.wide_tpr > 0 && m.format.prefers_wide_matvec() && m.cols.is_multiple_of(8),
                 batch: self.batch,
                 subgroup,
                 q8,
@@ -822,7 +802,8 @@ impl Builder<'_> {
             // 11264x2048 964 -> 1,192; 128 threads on 32 lanes per row group: 1,252, 1,582, 902).
             // Up to 4096 rows, 32 lanes per row group keep twice the workgroups busy (4096x4096
             // 820 -> 940, 4096x11008 SwiGLU 1,004 -> 1,193 GB/s).
-            let (wg, rows, tpr) = self.q8_shape.unwrap_or(if shard.rows <= 4096 { (256, 4, 32) } else { (256, 4, 16) });
+            let (wg, rows, tpr) =
+                self.options.q8_shape.unwrap_or(if shard.rows <= 4096 { (256, 4, 32) } else { (256, 4, 16) });
             KernelKey { kernel, wg, rows, tpr }
         } else {
             self.key(kernel)
@@ -849,7 +830,7 @@ impl Builder<'_> {
         let bind = self.bind(&pipeline, &entries);
         let per_wg = key.rows_per_workgroup();
         let grid = if tiled {
-            let tile = matmul_tile(self.tpr > 1);
+            let tile = matmul_tile(self.geo.tpr > 1);
             Grid::PerTile(shard.rows.div_ceil(MATMUL_TILE_ROWS), tile)
         } else if last_row {
             Grid::Fixed([shard.rows.div_ceil(per_wg), 1, 1])
