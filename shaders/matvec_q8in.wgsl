@@ -173,6 +173,7 @@ fn q8in(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 @group(0) @binding(11) var<storage, read> xq_in: array<vec4<u32>>;
 
 var<workgroup> hv: array<vec4<f32>, 16>;   // per row group: the 64 rows, gate 0..31 then up 0..31
+var<workgroup> hq: array<vec4<f32>, 8>;    // the group of h
 
 // Elements 4i..4i+3 of the workgroup's group of h: silu(gate) * up.
 fn swiglu4(i: u32) -> vec4<f32> {
@@ -193,9 +194,13 @@ fn q8pack(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
         hv[tid / TPR] = out;
     }
     workgroupBarrier();
+    // The products in parallel (their exponentials are the tail's cost), then one thread packs.
+    if (tid < 8u) {
+        hq[tid] = swiglu4(tid);
+    }
+    workgroupBarrier();
     if (tid == 0u) {
-        let q = quant_group(swiglu4(0u), swiglu4(1u), swiglu4(2u), swiglu4(3u), swiglu4(4u), swiglu4(5u), swiglu4(6u),
-            swiglu4(7u));
+        let q = quant_group(hq[0], hq[1], hq[2], hq[3], hq[4], hq[5], hq[6], hq[7]);
         let g = 3u * wid.x;
         xq_out[g] = q.lo;
         xq_out[g + 1u] = q.hi;
