@@ -6,6 +6,7 @@
 
 pub mod browser;
 pub mod config;
+pub mod cpu;
 pub mod engine;
 pub mod error;
 pub mod gpu;

@@ -7,7 +7,7 @@ use crate::error::Result;
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 
 /// One generation's output so far.
-pub(super) struct Emitter {
+pub(crate) struct Emitter {
     pub ids: Vec<u32>,
     pub text: String,
     detok: StreamDecoder,

@@ -5,7 +5,7 @@
 
 mod batch;
 mod bench;
-mod emit;
+pub(crate) mod emit;
 pub mod lookup;
 mod options;
 pub mod prefetch;

@@ -1,0 +1,372 @@
+//! Matrix-vector products of int4 and int8 weights with int8 activations, in groups of 32
+//! weights that share a scale (and, for int4, a minimum). WebAssembly SIMD where the build
+//! has `simd128` (the wasm package is built with it), plain loops otherwise; the browser
+//! tests compare the two.
+//!
+//! The integer products of a group are summed exactly, so the only rounding is in the
+//! per-group scaling, as in the GPU's `q8in` kernels and llama.cpp's `q4_1 x q8_1`.
+
+use crate::error::{Error, Result};
+
+/// Weights (and activations) per scale.
+pub const GROUP: usize = 32;
+
+/// A vector quantised to int8 in groups of 32.
+#[derive(Clone, Debug, Default)]
+pub struct QuantVec {
+    /// `[n]` values in -127..=127.
+    pub q: Vec<i8>,
+    /// `[n]` the same values widened, for the int8 x int8 product.
+    pub q16: Vec<i16>,
+    /// `[n / 32]` the scale of each group.
+    pub scale: Vec<f32>,
+    /// `[n / 32]` the sum of each group's dequantised values (`scale * Σ q`), which the
+    /// int4 weights' minimum multiplies.
+    pub sum: Vec<f32>,
+}
+
+impl QuantVec {
+    /// Quantises `x` (`[n]`, n a multiple of 32) by each group's largest magnitude.
+    pub fn quantize(&mut self, x: &[f32]) {
+        let n = x.len();
+        self.q.resize(n, 0);
+        self.q16.resize(n, 0);
+        self.scale.resize(n / GROUP, 0.0);
+        self.sum.resize(n / GROUP, 0.0);
+        for (g, xs) in x.chunks_exact(GROUP).enumerate() {
+            let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let scale = amax / 127.0;
+            let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+            let mut s = 0i32;
+            for (i, &v) in xs.iter().enumerate() {
+                let q = (v * inv).round().clamp(-127.0, 127.0) as i8;
+                self.q[g * GROUP + i] = q;
+                self.q16[g * GROUP + i] = i16::from(q);
+                s += i32::from(q);
+            }
+            self.scale[g] = scale;
+            self.sum[g] = scale * s as f32;
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.q.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.q.is_empty()
+    }
+}
+
+/// int4 rows: `value = q * scale + min`, q in 0..=15. Each group's 16 bytes hold weights
+/// 0..16 in the low nibbles and 16..32 in the high ones (GGUF Q4_1's layout, so Q4_1 blocks
+/// are copied bit for bit).
+#[derive(Clone, Debug)]
+pub struct Int4Rows {
+    pub rows: usize,
+    pub cols: usize,
+    /// `[rows, cols / 2]`
+    pub nib: Vec<u8>,
+    /// `[rows, cols / 32]`
+    pub scale: Vec<f32>,
+    /// `[rows, cols / 32]`
+    pub min: Vec<f32>,
+}
+
+/// int8 rows: `value = q * scale` (GGUF Q8_0's values).
+#[derive(Clone, Debug)]
+pub struct Int8Rows {
+    pub rows: usize,
+    pub cols: usize,
+    /// `[rows, cols]`
+    pub q: Vec<i8>,
+    /// `[rows, cols / 32]`
+    pub scale: Vec<f32>,
+}
+
+/// A weight matrix `[rows, cols]` in one of the CPU formats.
+#[derive(Clone, Debug)]
+pub enum Matrix {
+    Int4(Int4Rows),
+    Int8(Int8Rows),
+}
+
+fn f16_at(b: &[u8], i: usize) -> f32 {
+    half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+}
+
+fn check_blocks(bytes: &[u8], rows: usize, cols: usize, block: usize, what: &str) -> Result<usize> {
+    if !cols.is_multiple_of(GROUP) {
+        return Err(Error::invalid(format!(
+            "the CPU device needs rows of whole 32-weight groups; a {what} matrix has {cols} columns"
+        )));
+    }
+    let groups = rows * cols / GROUP;
+    if bytes.len() != groups * block {
+        return Err(Error::ModelLoading(format!(
+            "a {what} matrix [{rows}, {cols}] has {} bytes, not {}",
+            bytes.len(),
+            groups * block
+        )));
+    }
+    Ok(groups)
+}
+
+impl Matrix {
+    /// From GGUF Q4_1 blocks (f16 scale, f16 minimum, 16 bytes of nibbles), bit for bit.
+    pub fn from_q4_1(bytes: &[u8], rows: usize, cols: usize) -> Result<Matrix> {
+        let groups = check_blocks(bytes, rows, cols, 20, "Q4_1")?;
+        let mut m = Int4Rows {
+            rows,
+            cols,
+            nib: Vec::with_capacity(groups * 16),
+            scale: Vec::with_capacity(groups),
+            min: Vec::with_capacity(groups),
+        };
+        for b in bytes.chunks_exact(20) {
+            m.scale.push(f16_at(b, 0));
+            m.min.push(f16_at(b, 2));
+            m.nib.extend_from_slice(&b[4..20]);
+        }
+        Ok(Matrix::Int4(m))
+    }
+
+    /// From GGUF Q4_0 blocks (`(q - 8) * d`, so the minimum is `-8 d`, exact in f32).
+    pub fn from_q4_0(bytes: &[u8], rows: usize, cols: usize) -> Result<Matrix> {
+        let groups = check_blocks(bytes, rows, cols, 18, "Q4_0")?;
+        let mut m = Int4Rows {
+            rows,
+            cols,
+            nib: Vec::with_capacity(groups * 16),
+            scale: Vec::with_capacity(groups),
+            min: Vec::with_capacity(groups),
+        };
+        for b in bytes.chunks_exact(18) {
+            let d = f16_at(b, 0);
+            m.scale.push(d);
+            m.min.push(-8.0 * d);
+            m.nib.extend_from_slice(&b[2..18]);
+        }
+        Ok(Matrix::Int4(m))
+    }
+
+    /// From GGUF Q8_0 blocks (f16 scale, 32 int8 values), bit for bit.
+    pub fn from_q8_0(bytes: &[u8], rows: usize, cols: usize) -> Result<Matrix> {
+        let groups = check_blocks(bytes, rows, cols, 34, "Q8_0")?;
+        let mut m = Int8Rows { rows, cols, q: Vec::with_capacity(groups * GROUP), scale: Vec::with_capacity(groups) };
+        for b in bytes.chunks_exact(34) {
+            m.scale.push(f16_at(b, 0));
+            m.q.extend(b[2..34].iter().map(|&v| v as i8));
+        }
+        Ok(Matrix::Int8(m))
+    }
+
+    pub fn rows(&self) -> usize {
+        match self {
+            Matrix::Int4(m) => m.rows,
+            Matrix::Int8(m) => m.rows,
+        }
+    }
+
+    pub fn cols(&self) -> usize {
+        match self {
+            Matrix::Int4(m) => m.cols,
+            Matrix::Int8(m) => m.cols,
+        }
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Matrix::Int4(m) => m.nib.len() + 4 * (m.scale.len() + m.min.len()),
+            Matrix::Int8(m) => m.q.len() + 4 * m.scale.len(),
+        }
+    }
+
+    pub fn format_name(&self) -> &'static str {
+        match self {
+            Matrix::Int4(_) => "int4",
+            Matrix::Int8(_) => "int8",
+        }
+    }
+
+    /// Row `r` dequantised into `out` (`[cols]`): the embedding lookup.
+    pub fn row_into(&self, r: usize, out: &mut [f32]) -> Result<()> {
+        if r >= self.rows() || out.len() != self.cols() {
+            return Err(Error::invalid(format!("row {r} of a [{}, {}] matrix", self.rows(), self.cols())));
+        }
+        let gpr = self.cols() / GROUP;
+        match self {
+            Matrix::Int4(m) => {
+                for g in 0..gpr {
+                    let (s, mn) = (m.scale[r * gpr + g], m.min[r * gpr + g]);
+                    let b = &m.nib[(r * gpr + g) * 16..][..16];
+                    let o = &mut out[g * GROUP..][..GROUP];
+                    for i in 0..16 {
+                        o[i] = f32::from(b[i] & 15) * s + mn;
+                        o[i + 16] = f32::from(b[i] >> 4) * s + mn;
+                    }
+                }
+            }
+            Matrix::Int8(m) => {
+                for (i, o) in out.iter_mut().enumerate() {
+                    *o = f32::from(m.q[r * m.cols + i]) * m.scale[r * gpr + i / GROUP];
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `y [rows] = W x` with `x` quantised (`[cols]`), in the fastest path the build has.
+    pub fn matvec(&self, x: &QuantVec, y: &mut [f32]) -> Result<()> {
+        self.check(x, y)?;
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        {
+            // SAFETY: `check` verified every length the loops index with.
+            unsafe { simd::matvec(self, x, y) };
+        }
+        #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+        self.matvec_scalar_unchecked(x, y);
+        Ok(())
+    }
+
+    /// The same product in plain loops: the reference for the SIMD path.
+    pub fn matvec_scalar(&self, x: &QuantVec, y: &mut [f32]) -> Result<()> {
+        self.check(x, y)?;
+        self.matvec_scalar_unchecked(x, y);
+        Ok(())
+    }
+
+    fn check(&self, x: &QuantVec, y: &[f32]) -> Result<()> {
+        let ok = x.q.len() == self.cols()
+            && x.q16.len() == self.cols()
+            && x.scale.len() * GROUP == self.cols()
+            && x.sum.len() * GROUP == self.cols()
+            && y.len() == self.rows();
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::internal(format!(
+                "matvec of a [{}, {}] matrix with x [{}] into y [{}]",
+                self.rows(),
+                self.cols(),
+                x.q.len(),
+                y.len()
+            )))
+        }
+    }
+
+    fn matvec_scalar_unchecked(&self, x: &QuantVec, y: &mut [f32]) {
+        let gpr = self.cols() / GROUP;
+        match self {
+            Matrix::Int4(m) => {
+                for (r, out) in y.iter_mut().enumerate() {
+                    let mut acc = 0.0f32;
+                    for g in 0..gpr {
+                        let b = &m.nib[(r * gpr + g) * 16..][..16];
+                        let xq = &x.q[g * GROUP..][..GROUP];
+                        let mut s = 0i32;
+                        for i in 0..16 {
+                            s += i32::from(b[i] & 15) * i32::from(xq[i]) + i32::from(b[i] >> 4) * i32::from(xq[i + 16]);
+                        }
+                        acc += m.scale[r * gpr + g] * x.scale[g] * s as f32 + m.min[r * gpr + g] * x.sum[g];
+                    }
+                    *out = acc;
+                }
+            }
+            Matrix::Int8(m) => {
+                for (r, out) in y.iter_mut().enumerate() {
+                    let mut acc = 0.0f32;
+                    for g in 0..gpr {
+                        let w = &m.q[r * m.cols + g * GROUP..][..GROUP];
+                        let xq = &x.q[g * GROUP..][..GROUP];
+                        let s: i32 = w.iter().zip(xq).map(|(&a, &b)| i32::from(a) * i32::from(b)).sum();
+                        acc += m.scale[r * gpr + g] * x.scale[g] * s as f32;
+                    }
+                    *out = acc;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod simd {
+    use core::arch::wasm32::*;
+
+    use super::{GROUP, Int4Rows, Int8Rows, Matrix, QuantVec};
+
+    /// SAFETY: the caller checked `x` against the matrix's columns and `y` against its rows.
+    pub unsafe fn matvec(m: &Matrix, x: &QuantVec, y: &mut [f32]) {
+        unsafe {
+            match m {
+                Matrix::Int4(m) => int4(m, x, y),
+                Matrix::Int8(m) => int8(m, x, y),
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn hsum(v: v128) -> f32 {
+        f32x4_extract_lane::<0>(v)
+            + f32x4_extract_lane::<1>(v)
+            + f32x4_extract_lane::<2>(v)
+            + f32x4_extract_lane::<3>(v)
+    }
+
+    /// Per group: the nibbles split into two i8x16 halves, multiplied with the int8
+    /// activations into i16 (at most 15 * 127 each, four summed fit), widened to i32 once.
+    unsafe fn int4(m: &Int4Rows, x: &QuantVec, y: &mut [f32]) {
+        let gpr = m.cols / GROUP;
+        let mask = u8x16_splat(15);
+        let (nib, xq) = (m.nib.as_ptr(), x.q.as_ptr());
+        for (r, out) in y.iter_mut().enumerate() {
+            let mut acc = f32x4_splat(0.0);
+            let mut macc = 0.0f32;
+            let base = r * gpr;
+            for g in 0..gpr {
+                unsafe {
+                    let w = v128_load(nib.add((base + g) * 16) as *const v128);
+                    let lo = v128_and(w, mask);
+                    let hi = u8x16_shr(w, 4);
+                    let x0 = v128_load(xq.add(g * GROUP) as *const v128);
+                    let x1 = v128_load(xq.add(g * GROUP + 16) as *const v128);
+                    let a = i16x8_add(i16x8_extmul_low_i8x16(lo, x0), i16x8_extmul_high_i8x16(lo, x0));
+                    let b = i16x8_add(i16x8_extmul_low_i8x16(hi, x1), i16x8_extmul_high_i8x16(hi, x1));
+                    let s = i32x4_extadd_pairwise_i16x8(i16x8_add(a, b));
+                    let sc = *m.scale.get_unchecked(base + g) * *x.scale.get_unchecked(g);
+                    acc = f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(s), f32x4_splat(sc)));
+                    macc += *m.min.get_unchecked(base + g) * *x.sum.get_unchecked(g);
+                }
+            }
+            *out = hsum(acc) + macc;
+        }
+    }
+
+    /// Per group: weights widened to i16 and multiplied pairwise with the widened
+    /// activations (`i32x4.dot_i16x8_s`), so that -128 * -128 cannot overflow.
+    unsafe fn int8(m: &Int8Rows, x: &QuantVec, y: &mut [f32]) {
+        let gpr = m.cols / GROUP;
+        let (wq, xq) = (m.q.as_ptr(), x.q16.as_ptr());
+        for (r, out) in y.iter_mut().enumerate() {
+            let mut acc = f32x4_splat(0.0);
+            let base = r * gpr;
+            for g in 0..gpr {
+                unsafe {
+                    let w = wq.add((base + g) * GROUP);
+                    let xp = xq.add(g * GROUP);
+                    let w0 = v128_load(w as *const v128);
+                    let w1 = v128_load(w.add(16) as *const v128);
+                    let d0 = i32x4_dot_i16x8(i16x8_extend_low_i8x16(w0), v128_load(xp as *const v128));
+                    let d1 = i32x4_dot_i16x8(i16x8_extend_high_i8x16(w0), v128_load(xp.add(8) as *const v128));
+                    let d2 = i32x4_dot_i16x8(i16x8_extend_low_i8x16(w1), v128_load(xp.add(16) as *const v128));
+                    let d3 = i32x4_dot_i16x8(i16x8_extend_high_i8x16(w1), v128_load(xp.add(24) as *const v128));
+                    let s = i32x4_add(i32x4_add(d0, d1), i32x4_add(d2, d3));
+                    let sc = *m.scale.get_unchecked(base + g) * *x.scale.get_unchecked(g);
+                    acc = f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(s), f32x4_splat(sc)));
+                }
+            }
+            *out = hsum(acc);
+        }
+    }
+}

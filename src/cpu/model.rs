@@ -1,0 +1,362 @@
+//! The model's weights repacked for the CPU, its KV cache, and the forward pass of one
+//! token (the same arithmetic as `model::reference`, with int8 activations into the
+//! matrix products).
+
+use super::kernels::{Matrix, QuantVec};
+use crate::config::{Quantization, StreamingConfig};
+use crate::error::{Error, Result};
+use crate::model::{HostFormat, HostTensor, ModelConfig, ModelSource, RopeLayout, RopeScaling, WeightName};
+use crate::quant::ggml;
+
+/// Longest context the KV cache grows to when the model allows more (as on the GPU).
+const MAX_CONTEXT: usize = 4096;
+
+/// The CPU's weight formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    Int4,
+    Int8,
+}
+
+impl Format {
+    fn of(q: Quantization) -> Result<Format> {
+        match q {
+            Quantization::Int4 => Ok(Format::Int4),
+            Quantization::Int8 => Ok(Format::Int8),
+            other => Err(Error::invalid(format!(
+                "the cpu device runs int4 and int8 weights, not {other}; set \"quantization\" to int4 or int8 (or \"device\": \"gpu\")"
+            ))),
+        }
+    }
+}
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    ffn_norm: Vec<f32>,
+    wq: Matrix,
+    wk: Matrix,
+    wv: Matrix,
+    /// `[n_heads * hd]`, `[n_kv * hd]`, `[n_kv * hd]` (qwen2).
+    bias: Option<[Vec<f32>; 3]>,
+    wo: Matrix,
+    wg: Matrix,
+    wu: Matrix,
+    wd: Matrix,
+    /// `[positions, n_kv * hd]` each, grown one position at a time.
+    k: Vec<f32>,
+    v: Vec<f32>,
+}
+
+/// Activations of one step, allocated once.
+#[derive(Default)]
+struct Scratch {
+    x: Vec<f32>,
+    xn: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    att: Vec<f32>,
+    scores: Vec<f32>,
+    o: Vec<f32>,
+    g: Vec<f32>,
+    u: Vec<f32>,
+    xq: QuantVec,
+    hq: QuantVec,
+}
+
+/// Weights in CPU formats and a KV cache that grows with the context.
+pub struct CpuModel {
+    pub config: ModelConfig,
+    /// Positions the KV cache may hold.
+    pub context: usize,
+    layers: Vec<Layer>,
+    embd: Matrix,
+    /// `None` when tied to the embeddings.
+    head: Option<Matrix>,
+    out_norm: Vec<f32>,
+    /// `[hd / 2]` RoPE frequencies with the position scaling applied.
+    inv_freq: Vec<f64>,
+    /// Ids whose keys and values the cache holds, in order.
+    cached: Vec<u32>,
+    s: Scratch,
+    weight_bytes: u64,
+    name: &'static str,
+}
+
+fn vector(src: &dyn ModelSource, name: WeightName, n: usize) -> Result<Vec<f32>> {
+    let t = tensor(src, name)?;
+    if t.numel() != n {
+        return Err(Error::ModelLoading(format!("{} has {} values, expected {n}", t.name, t.numel())));
+    }
+    t.to_f32()
+}
+
+fn tensor(src: &dyn ModelSource, name: WeightName) -> Result<HostTensor<'_>> {
+    src.tensor(name)?.ok_or_else(|| Error::ModelLoading(format!("the model has no {}", name.gguf_name())))
+}
+
+/// A matrix in `format`: GGUF blocks of that format are taken bit for bit; anything else
+/// is dequantised and rounded to nearest in 32-weight groups.
+fn matrix(t: &HostTensor<'_>, rows: usize, cols: usize, format: Format) -> Result<Matrix> {
+    if t.rows_cols() != (rows, cols) {
+        return Err(Error::ModelLoading(format!("{} is {:?}, expected [{rows}, {cols}]", t.name, t.shape)));
+    }
+    match (format, t.format) {
+        (Format::Int4, HostFormat::Q4_1) => Matrix::from_q4_1(&t.bytes, rows, cols),
+        (Format::Int4, HostFormat::Q4_0) => Matrix::from_q4_0(&t.bytes, rows, cols),
+        (Format::Int8, HostFormat::Q8_0) => Matrix::from_q8_0(&t.bytes, rows, cols),
+        (Format::Int4, _) => Matrix::from_q4_1(&ggml::quantize_q4_1(&t.to_f32()?)?, rows, cols),
+        (Format::Int8, _) => Matrix::from_q8_0(&ggml::quantize_q8_0(&t.to_f32()?)?, rows, cols),
+    }
+}
+
+impl CpuModel {
+    /// Reads and repacks every weight: attention and feed-forward matrices in the config's
+    /// precisions, embeddings and output in int8 (int4 files' Q8_0 embeddings stay as they are).
+    pub fn load(
+        src: &dyn ModelSource,
+        config: &StreamingConfig,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<CpuModel> {
+        let c = src.config().clone();
+        let (attn, ffn) = config.matrix_precisions();
+        let (attn, ffn) = (Format::of(attn)?, Format::of(ffn)?);
+        let (d, hd, nh, nkv, dff, vocab) = (c.d_model, c.head_dim, c.n_heads, c.n_kv_heads, c.d_ff, c.vocab_size);
+        if !nh.is_multiple_of(nkv) || !hd.is_multiple_of(2) {
+            return Err(Error::ModelLoading(format!("{nh} heads over {nkv} KV heads of {hd} dimensions")));
+        }
+        let total = (c.n_layers + 1) as u64;
+        progress(0, total);
+        let embd = matrix(&tensor(src, WeightName::TokenEmbd)?, vocab, d, Format::Int8)?;
+        let head = match c.tied_embeddings {
+            true => None,
+            false => Some(matrix(&tensor(src, WeightName::Output)?, vocab, d, Format::Int8)?),
+        };
+        progress(1, total);
+        let mut layers = Vec::with_capacity(c.n_layers);
+        for l in 0..c.n_layers {
+            let m = |name, rows, cols, f| matrix(&tensor(src, name)?, rows, cols, f);
+            let bias = match c.qkv_bias {
+                true => Some([
+                    vector(src, WeightName::AttnQBias(l), nh * hd)?,
+                    vector(src, WeightName::AttnKBias(l), nkv * hd)?,
+                    vector(src, WeightName::AttnVBias(l), nkv * hd)?,
+                ]),
+                false => None,
+            };
+            layers.push(Layer {
+                attn_norm: vector(src, WeightName::AttnNorm(l), d)?,
+                ffn_norm: vector(src, WeightName::FfnNorm(l), d)?,
+                wq: m(WeightName::AttnQ(l), nh * hd, d, attn)?,
+                wk: m(WeightName::AttnK(l), nkv * hd, d, attn)?,
+                wv: m(WeightName::AttnV(l), nkv * hd, d, attn)?,
+                bias,
+                wo: m(WeightName::AttnOutput(l), d, nh * hd, attn)?,
+                wg: m(WeightName::FfnGate(l), dff, d, ffn)?,
+                wu: m(WeightName::FfnUp(l), dff, d, ffn)?,
+                wd: m(WeightName::FfnDown(l), d, dff, ffn)?,
+                k: Vec::new(),
+                v: Vec::new(),
+            });
+            progress(l as u64 + 2, total);
+        }
+        let scale = match c.rope_scaling {
+            RopeScaling::None => 1.0,
+            RopeScaling::Linear { factor } => 1.0 / f64::from(factor),
+        };
+        let inv_freq = (0..hd / 2).map(|i| scale * f64::from(c.rope_theta).powf(-2.0 * i as f64 / hd as f64)).collect();
+        let mut weight_bytes = (embd.bytes() + head.as_ref().map_or(0, Matrix::bytes)) as u64;
+        for l in &layers {
+            let mats = [&l.wq, &l.wk, &l.wv, &l.wo, &l.wg, &l.wu, &l.wd];
+            weight_bytes += mats.iter().map(|m| m.bytes() as u64).sum::<u64>();
+            weight_bytes += 4 * (l.attn_norm.len() + l.ffn_norm.len()) as u64;
+        }
+        let name = match (attn, ffn) {
+            (Format::Int4, Format::Int4) => "int4",
+            (Format::Int8, Format::Int8) => "int8",
+            _ => "mixed",
+        };
+        Ok(CpuModel {
+            context: c.context_length.clamp(16, MAX_CONTEXT),
+            out_norm: vector(src, WeightName::OutputNorm, d)?,
+            config: c,
+            layers,
+            embd,
+            head,
+            inv_freq,
+            cached: Vec::new(),
+            s: Scratch::default(),
+            weight_bytes,
+            name,
+        })
+    }
+
+    /// Bytes of (weights, KV cache, activations).
+    pub fn memory_bytes(&self) -> (u64, u64, u64) {
+        let kv: usize = self.layers.iter().map(|l| l.k.capacity() + l.v.capacity()).sum();
+        let s = &self.s;
+        let floats = [&s.x, &s.xn, &s.q, &s.k, &s.v, &s.att, &s.scores, &s.o, &s.g, &s.u];
+        let act: usize = floats.iter().map(|v| 4 * v.capacity()).sum::<usize>() + 7 * (s.xq.len() + s.hq.len());
+        (self.weight_bytes, 4 * kv as u64, act as u64)
+    }
+
+    pub fn quantization_name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Ids the KV cache holds.
+    pub fn cached(&self) -> &[u32] {
+        &self.cached
+    }
+
+    /// Drops the cache's positions from `len` on.
+    pub fn truncate(&mut self, len: usize) {
+        let kv_dim = self.config.n_kv_heads * self.config.head_dim;
+        for l in &mut self.layers {
+            l.k.truncate(len * kv_dim);
+            l.v.truncate(len * kv_dim);
+        }
+        self.cached.truncate(len);
+    }
+
+    /// Runs `token` at the next position; with `logits` (`[vocab]`) also the output head.
+    pub fn step(&mut self, token: u32, logits: Option<&mut Vec<f32>>) -> Result<()> {
+        let c = &self.config;
+        let pos = self.cached.len();
+        if pos >= self.context {
+            return Err(Error::ContextLengthExceeded(format!(
+                "the cpu KV cache holds {} positions and all are used",
+                self.context
+            )));
+        }
+        if token as usize >= c.vocab_size {
+            return Err(Error::invalid(format!("token id {token} is outside the vocabulary of {}", c.vocab_size)));
+        }
+        let (d, hd, nh, nkv, dff) = (c.d_model, c.head_dim, c.n_heads, c.n_kv_heads, c.d_ff);
+        let (eps, layout) = (c.rms_eps, c.rope_layout);
+        let s = &mut self.s;
+        s.x.resize(d, 0.0);
+        s.xn.resize(d, 0.0);
+        s.q.resize(nh * hd, 0.0);
+        s.k.resize(nkv * hd, 0.0);
+        s.v.resize(nkv * hd, 0.0);
+        s.att.resize(nh * hd, 0.0);
+        s.o.resize(d, 0.0);
+        s.g.resize(dff, 0.0);
+        s.u.resize(dff, 0.0);
+        self.embd.row_into(token as usize, &mut s.x)?;
+        let rot: Vec<(f32, f32)> = self
+            .inv_freq
+            .iter()
+            .map(|f| {
+                let (sn, cs) = (pos as f64 * f).sin_cos();
+                (sn as f32, cs as f32)
+            })
+            .collect();
+        let group = nh / nkv;
+        let scale = 1.0 / (hd as f32).sqrt();
+        for l in &mut self.layers {
+            rmsnorm(&s.x, &l.attn_norm, eps, &mut s.xn);
+            s.xq.quantize(&s.xn);
+            l.wq.matvec(&s.xq, &mut s.q)?;
+            l.wk.matvec(&s.xq, &mut s.k)?;
+            l.wv.matvec(&s.xq, &mut s.v)?;
+            if let Some([bq, bk, bv]) = &l.bias {
+                add(&mut s.q, bq);
+                add(&mut s.k, bk);
+                add(&mut s.v, bv);
+            }
+            for h in s.q.chunks_exact_mut(hd).chain(s.k.chunks_exact_mut(hd)) {
+                rope(h, &rot, layout);
+            }
+            l.k.extend_from_slice(&s.k);
+            l.v.extend_from_slice(&s.v);
+            let n = pos + 1;
+            s.scores.resize(n, 0.0);
+            for h in 0..nh {
+                let kv = (h / group) * hd;
+                let q = &s.q[h * hd..][..hd];
+                let mut mx = f32::NEG_INFINITY;
+                for (j, sc) in s.scores.iter_mut().enumerate() {
+                    let k = &l.k[j * nkv * hd + kv..][..hd];
+                    *sc = dot(q, k) * scale;
+                    mx = mx.max(*sc);
+                }
+                let mut z = 0.0f32;
+                for sc in s.scores.iter_mut() {
+                    *sc = (*sc - mx).exp();
+                    z += *sc;
+                }
+                let out = &mut s.att[h * hd..][..hd];
+                out.fill(0.0);
+                for (j, &e) in s.scores.iter().enumerate() {
+                    let v = &l.v[j * nkv * hd + kv..][..hd];
+                    for (o, &vv) in out.iter_mut().zip(v) {
+                        *o += e * vv;
+                    }
+                }
+                let inv = 1.0 / z;
+                out.iter_mut().for_each(|o| *o *= inv);
+            }
+            s.hq.quantize(&s.att);
+            l.wo.matvec(&s.hq, &mut s.o)?;
+            add(&mut s.x, &s.o);
+            rmsnorm(&s.x, &l.ffn_norm, eps, &mut s.xn);
+            s.xq.quantize(&s.xn);
+            l.wg.matvec(&s.xq, &mut s.g)?;
+            l.wu.matvec(&s.xq, &mut s.u)?;
+            for (g, &u) in s.g.iter_mut().zip(&s.u) {
+                *g = *g / (1.0 + (-*g).exp()) * u;
+            }
+            s.hq.quantize(&s.g);
+            l.wd.matvec(&s.hq, &mut s.o)?;
+            add(&mut s.x, &s.o);
+        }
+        self.cached.push(token);
+        if let Some(logits) = logits {
+            rmsnorm(&s.x, &self.out_norm, eps, &mut s.xn);
+            s.xq.quantize(&s.xn);
+            logits.resize(c.vocab_size, 0.0);
+            self.head.as_ref().unwrap_or(&self.embd).matvec(&s.xq, logits)?;
+        }
+        Ok(())
+    }
+}
+
+fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let ss = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let inv = 1.0 / (ss + eps).sqrt();
+    for ((o, &v), &g) in out.iter_mut().zip(x).zip(w) {
+        *o = v * inv * g;
+    }
+}
+
+fn add(x: &mut [f32], y: &[f32]) {
+    x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Eight partial sums, so the loop vectorises.
+    let mut acc = [0.0f32; 8];
+    for (ca, cb) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+        for i in 0..8 {
+            acc[i] += ca[i] * cb[i];
+        }
+    }
+    let tail: f32 = a.chunks_exact(8).remainder().iter().zip(b.chunks_exact(8).remainder()).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Rotates one head by the position's `(sin, cos)` per frequency.
+fn rope(h: &mut [f32], rot: &[(f32, f32)], layout: RopeLayout) {
+    let half = h.len() / 2;
+    for (i, &(s, c)) in rot.iter().enumerate() {
+        let (a, b) = match layout {
+            RopeLayout::Adjacent => (2 * i, 2 * i + 1),
+            RopeLayout::HalfSplit => (i, i + half),
+        };
+        let (x, y) = (h[a], h[b]);
+        h[a] = x * c - y * s;
+        h[b] = x * s + y * c;
+    }
+}

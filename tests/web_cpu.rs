@@ -1,0 +1,43 @@
+//! The CPU engine's SIMD kernels (`src/cpu/kernels.rs`, built with `simd128`) against their
+//! scalar reference, in both browsers' WebAssembly engines.
+#![cfg(target_arch = "wasm32")]
+
+use wasm_bindgen_test::{console_log, wasm_bindgen_test, wasm_bindgen_test_configure};
+use wsi::cpu::kernels::{Matrix, QuantVec};
+use wsi::quant::ggml;
+
+wasm_bindgen_test_configure!(run_in_browser);
+
+fn rand_vec(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+#[wasm_bindgen_test]
+fn simd_matvecs_equal_the_scalar_ones_for_int4_and_int8() {
+    const { assert!(cfg!(target_feature = "simd128"), "the wasm build lost simd128 (.cargo/config.toml)") };
+    for (rows, cols) in [(1, 32), (7, 96), (37, 576), (130, 1536)] {
+        let w = rand_vec(rows * cols, rows as u64, 1.0);
+        let mut x = QuantVec::default();
+        x.quantize(&rand_vec(cols, 99, 3.0));
+        for m in [
+            Matrix::from_q4_1(&ggml::quantize_q4_1(&w).unwrap(), rows, cols).unwrap(),
+            Matrix::from_q4_0(&ggml::quantize_q4_0(&w).unwrap(), rows, cols).unwrap(),
+            Matrix::from_q8_0(&ggml::quantize_q8_0(&w).unwrap(), rows, cols).unwrap(),
+        ] {
+            let (mut y, mut want) = (vec![0.0f32; rows], vec![0.0f32; rows]);
+            m.matvec(&x, &mut y).unwrap();
+            m.matvec_scalar(&x, &mut want).unwrap();
+            let scale = want.iter().fold(1e-6f32, |a, v| a.max(v.abs()));
+            let err = y.iter().zip(&want).fold(0.0f32, |a, (p, q)| a.max((p - q).abs())) / scale;
+            // Same integer sums; only the order of the float additions differs.
+            assert!(err < 1e-5, "{} [{rows}, {cols}]: error {err}", m.format_name());
+        }
+    }
+    console_log!("simd128 int4/int8 matvecs agree with the scalar reference");
+}
