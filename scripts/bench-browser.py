@@ -3,7 +3,10 @@
 (chromedriver / geckodriver, capabilities from webdriver.json) and prints its JSON per browser.
 
 Usage: python3 scripts/bench-browser.py [--browser chromium|firefox|both] [--tokens 32]
-           [--runs 2] [--quantization fp32] [--config JSON] [--port 8093] [--timeout 900]
+           [--runs 2] [--quantization fp32] [--device gpu|cpu|auto] [--config JSON] [--port 8093]
+           [--timeout 900]
+--device is the config's "device" (the page runs int4 on the CPU when no quantization is given);
+the JSON says which device ran ("device").
 Needs the package in www/pkg (bash scripts/build-pkg.sh www/pkg) and the model in models/
 (bash scripts/fetch-model.sh); the standard library only.
 """
@@ -83,6 +86,7 @@ def main():
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--quantization")
+    ap.add_argument("--device", choices=["gpu", "cpu", "auto"], help='shortcut for the config\'s "device"')
     ap.add_argument("--config", default="{}")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--timeout", type=int, default=900)
@@ -103,6 +107,8 @@ def main():
         query = {"tokens": a.tokens, "runs": a.runs, "config": a.config}
         if a.quantization:
             query["quantization"] = a.quantization
+        if a.device:
+            query["device"] = a.device
         url = f"http://127.0.0.1:{port}/bench.html?" + urllib.parse.urlencode(query)
         browsers = ["chromium", "firefox"] if a.browser == "both" else [a.browser]
         failed = False
@@ -116,7 +122,7 @@ def main():
                 print(
                     f"# {b}: decode {out['decode_tokens_per_second']:.2f} tok/s, first token "
                     f"{out['first_token_latency_ms']:.0f} ms, prefill {out['prefill_tokens_per_second']:.1f} tok/s, "
-                    f"{out['quantization']} on {out['adapter']}",
+                    f"{out['quantization']} on {out.get('device', 'gpu')} ({out['adapter']})",
                     file=sys.stderr,
                 )
         sys.exit(1 if failed else 0)

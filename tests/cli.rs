@@ -162,3 +162,47 @@ fn synth_then_generate_logits_and_bench_on_a_tiny_model() {
     assert!(v["compare"]["prefetch_hit_rate"].is_number());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn device_cpu_runs_generate_and_bench_and_refuses_the_rest() {
+    let dir = std::env::temp_dir().join(format!("wsi-cli-cpu-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let model = dir.join("tiny.gguf");
+    let m = model.to_str().expect("path");
+    let shape = ["--layers", "2", "--d-model", "64", "--heads", "4", "--kv-heads", "2", "--d-ff", "96"];
+    let (rc, _, err) =
+        wsi(&[&["synth", "--shape", "custom"][..], &shape, &["--vocab", "300", "--format", "q4_1", m]].concat());
+    assert_eq!(rc, 0, "{err}");
+    let gen_args = ["generate", "--prompt", "the", "--max-tokens", "5", "--temperature", "0", "--json"];
+    // `--device cpu` alone means int4: the default fp16 does not run on the CPU.
+    let v = wsi_json(&[&["--model", m, "--device", "cpu"][..], &gen_args].concat());
+    assert_eq!(v["stats"]["device"], "cpu", "{v}");
+    assert_eq!(v["stats"]["quantization"], "int4", "{v}");
+    assert!(!v["token_ids"].as_array().expect("ids").is_empty(), "{v}");
+    let v = wsi_json(
+        &[&["--model", m, "--config", "{\"device\": \"cpu\", \"quantization\": \"int8\"}"][..], &gen_args].concat(),
+    );
+    assert_eq!(
+        (v["stats"]["device"].as_str(), v["stats"]["quantization"].as_str()),
+        (Some("cpu"), Some("int8")),
+        "{v}"
+    );
+    let v = wsi_json(&[&["--model", m, "--quantization", "int4"][..], &gen_args].concat());
+    assert_eq!(v["stats"]["device"], "gpu", "the default device: {v}");
+    let bench = ["bench", "--prompt-tokens", "8", "--gen-tokens", "8", "--json"];
+    let v = wsi_json(&[&["--model", m, "--device", "cpu"][..], &bench].concat());
+    assert_eq!(v["base"]["device"], "cpu", "{v}");
+    assert_eq!(v["base"]["gen_tokens"], 8, "EOS ignored: {v}");
+    assert!(v["base"]["decode_tokens_per_second"].as_f64().unwrap_or(0.0) > 0.0, "{v}");
+    assert_one_line_error(
+        &[&["--model", m, "--device", "cpu", "--quantization", "fp16"][..], &gen_args].concat(),
+        "invalid_request",
+    );
+    assert_one_line_error(&["--model", m, "--device", "cpu", "logits", "--prompt", "the"], "invalid_request");
+    assert_one_line_error(
+        &[&["--model", m, "--device", "cpu"][..], &bench, &["--profile"]].concat(),
+        "invalid_request",
+    );
+    assert_one_line_error(&["--model", m, "--device", "npu", "logits", "--prompt", "the"], "invalid_request");
+    let _ = std::fs::remove_dir_all(&dir);
+}

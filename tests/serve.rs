@@ -426,3 +426,56 @@ async fn the_wsi_serve_binary_streams_the_real_model_and_serves_the_demo_page() 
     assert_eq!(frames[0]["model_info"]["context_length"].as_u64().map(|n| n > 0), Some(true));
     child.kill().await.expect("kill");
 }
+
+/// `"device": "cpu"`: the protocol's job runs on the CPU engine too (the browser's
+/// `streamWebsocket` serves it that way): pauses cut the generation into segments with the
+/// output of an uninterrupted run, and a stop ends it within one token.
+#[test]
+fn the_protocol_job_runs_on_the_cpu_engine() {
+    use wsi::engine::{AnyEngine, Backend};
+    let spec = TinySpec {
+        n_layers: 2,
+        d_model: 64,
+        n_heads: 4,
+        n_kv_heads: 2,
+        d_ff: 96,
+        vocab: 300,
+        context: 256,
+        tied: true,
+    };
+    let src = GgufSource::from_bytes(tiny_gguf(&spec, Arch::Llama, 7, HostFormat::Q4_1).expect("tiny")).expect("parse");
+    let cfg = wsi::config::StreamingConfig::from_json_value(json!({"device": "cpu", "quantization": "int4"})).unwrap();
+    let mut engine = AnyEngine::load_cpu(&src, &cfg, &mut |_, _| {}).expect("CPU engine");
+    let info = wsi::protocol::model_info(&engine);
+    assert_eq!((info.quantization.as_str(), info.context_length), ("int4", engine.context()));
+    let req = wsi::protocol::Incoming::parse(&greedy(PROMPTS[2], 24).to_string(), &RequestDefaults::default());
+    let Ok(wsi::protocol::Incoming::Config(req)) = req else { panic!("{req:?}") };
+    let run = |engine: &mut AnyEngine, job: &mut Job, pause_at: Option<usize>| {
+        let delivered = std::cell::Cell::new(0usize);
+        let mut ids = Vec::new();
+        let end = pollster::block_on(job.run(
+            engine,
+            &mut || if pause_at == Some(delivered.get()) { Interrupt::Pause } else { Interrupt::None },
+            &mut |_, id| {
+                delivered.set(delivered.get() + 1);
+                ids.push(id);
+            },
+        ))
+        .expect("run");
+        (end, ids)
+    };
+    let mut whole = Job::new(&engine, &req, 0).expect("job");
+    let (end, want) = run(&mut engine, &mut whole, None);
+    assert!(matches!(end, SegmentEnd::Finished(_)), "{end:?}");
+    assert!(want.len() > 3, "the reference run is too short: {want:?}");
+    let mut job = Job::new(&engine, &req, 0).expect("job");
+    let (end, mut got) = run(&mut engine, &mut job, Some(3));
+    assert_eq!(end, SegmentEnd::Paused);
+    let (end, rest) = run(&mut engine, &mut job, None);
+    got.extend(rest);
+    let SegmentEnd::Finished(end) = end else { panic!("paused again") };
+    assert_eq!(got, want, "paused and resumed on the CPU: the same ids");
+    assert_eq!(end.timing.segments, 2);
+    let stats = engine.stats_json(&job.stats());
+    assert_eq!(stats["device"], "cpu", "{stats}");
+}

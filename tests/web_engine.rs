@@ -4,7 +4,8 @@
 //! (`python3 scripts/serve.py --port 8089 --dir models`); `WSI_TEST_MODEL_URL` at build
 //! time points elsewhere. The model is loaded once per test binary (fp32 weights, so the
 //! greedy ids match the f32 reference whatever the margins) and every test generates few
-//! tokens: software GPUs are slow.
+//! tokens: software GPUs are slow. The `device` tests at the end load an int4 instance on
+//! the CPU backend (no WebGPU involved) and compare it with the same reference.
 #![cfg(target_arch = "wasm32")]
 
 use std::cell::RefCell;
@@ -651,4 +652,175 @@ fn user_agent_profiles_follow_real_user_agents() {
     let ua = web_sys::window().unwrap().navigator().user_agent().unwrap();
     let mine = BrowserName::from_user_agent(&ua);
     assert!(matches!(mine, BrowserName::Chrome | BrowserName::Firefox), "{ua}");
+}
+
+// The CPU backend (`"device": "cpu"`): WebAssembly SIMD kernels, no WebGPU involved.
+
+thread_local! {
+    static CPU_LLM: RefCell<Option<Rc<WebGPUStreamingInference>>> = const { RefCell::new(None) };
+}
+
+/// The shared CPU instance: int4 (the file's Q4_1 blocks), greedy, loaded on first use.
+async fn cpu_llm() -> Rc<WebGPUStreamingInference> {
+    if let Some(l) = CPU_LLM.with(|c| c.borrow().clone()) {
+        return l;
+    }
+    llm().await; // the file comes from the Cache API from here on
+    let cfg = js(json!({"device": "cpu", "quantization": "int4", "temperature": 0}));
+    let l = Rc::new(WebGPUStreamingInference::new(MODEL_URL.into(), cfg).expect("constructor"));
+    let uploads = Rc::new(RefCell::new(Vec::<(f64, f64)>::new()));
+    let u = uploads.clone();
+    let on_progress = func1(move |p| {
+        if get(&p, "phase").as_string().as_deref() == Some("upload") {
+            u.borrow_mut()
+                .push((get(&p, "loaded").as_f64().unwrap_or(-1.0), get(&p, "total").as_f64().unwrap_or(-1.0)));
+        }
+        JsValue::UNDEFINED
+    });
+    await_promise(l.load(Some(on_progress)))
+        .await
+        .unwrap_or_else(|e| panic!("load on the CPU: {} ({})", message(&e), code(&e)));
+    assert!(l.is_loaded());
+    let up = *uploads.borrow().last().expect("upload (repacking) progress reported");
+    assert!(up.1 > 0.0 && up.0 == up.1, "repacking progress ends complete: {up:?}");
+    // Before any generation the stats are the CPU engine's.
+    let s = stats(&l);
+    assert_eq!(s["device"], json!("cpu"), "{s}");
+    assert_eq!(s["tokens_generated"], json!(0));
+    CPU_LLM.with(|c| *c.borrow_mut() = Some(l.clone()));
+    l
+}
+
+#[wasm_bindgen_test]
+async fn cpu_backend_int4_greedy_ids_match_the_gpu_int4_ids() {
+    // The GPU's int4 keeps the reference ids for 8 tokens (int4_and_int2_weights_generate):
+    // the CPU's int4 must too.
+    let fx = fixture();
+    let p = &fx["prompts"][0];
+    let want = ids(&p["greedy_ids"]);
+    let l = cpu_llm().await;
+    let (text, got, pieces) = generate(&l, p["prompt"].as_str().unwrap(), json!({"maxTokens": 8})).await.unwrap();
+    assert_eq!(got.len(), 8, "{got:?}");
+    assert_eq!(&got[..], &want[..8], "CPU int4 keeps the reference ids; text {text:?}");
+    assert_eq!(text, pieces.concat(), "the pieces make up the text");
+    let s = stats(&l);
+    assert_eq!(s["quantization"], json!("int4"));
+    assert_eq!(s["finish_reason"], json!("length"));
+    console_log!(
+        "CPU int4 {text:?}: first token {:.0} ms, decode {:.2} tok/s, prefill {:.1} tok/s",
+        s["first_token_latency_ms"].as_f64().unwrap_or(-1.0),
+        s["tokens_per_second"].as_f64().unwrap_or(-1.0),
+        s["prefill_tokens_per_second"].as_f64().unwrap_or(-1.0)
+    );
+}
+
+#[wasm_bindgen_test]
+async fn cpu_backend_stop_from_a_timer_ends_the_generation_cancelled() {
+    let l = cpu_llm().await;
+    let (running, got) = start(&l, "Once upon a time", 64);
+    // stop() from a timer, not from the token callback: it only runs if generate() yields
+    // to the event loop between tokens.
+    for _ in 0..3000 {
+        if !got.borrow().is_empty() {
+            break;
+        }
+        gloo_timers::future::TimeoutFuture::new(10).await;
+    }
+    assert!(!got.borrow().is_empty(), "a first token within 30 s");
+    assert!(l.is_generating());
+    assert!(l.stop(), "stop() while generating");
+    await_promise(running).await.expect("a stopped generation resolves");
+    let s = stats(&l);
+    assert_eq!(s["finish_reason"], json!("cancelled"), "{s}");
+    let n = s["tokens_generated"].as_u64().unwrap();
+    assert!(n < 64 && n as usize == got.borrow().len(), "ended early: {n} tokens, {} seen", got.borrow().len());
+    assert!(!l.stop(), "nothing to stop");
+    // A second generate while one runs is refused: the CPU engine does not batch.
+    let (first, _) = start(&l, "Once upon a time", 16);
+    let second = l.generate("Hello".into(), js(json!(4)), JsValue::UNDEFINED);
+    let err = await_promise(second).await.expect_err("busy");
+    assert_eq!(code(&err), "busy");
+    l.stop();
+    await_promise(first).await.expect("the first one resolves");
+}
+
+#[wasm_bindgen_test]
+async fn cpu_backend_stats_say_cpu_and_measure_the_speed() {
+    let l = cpu_llm().await;
+    generate(&l, "The capital of France is", json!(6)).await.unwrap();
+    let s = stats(&l);
+    assert_eq!(s["device"], json!("cpu"), "{s}");
+    assert_eq!(s["tokens_generated"], json!(6));
+    assert_eq!(s["prompt_tokens"], json!(5));
+    for k in ["tokens_per_second", "first_token_latency_ms", "generation_time_ms", "prefill_tokens_per_second"] {
+        let v = s[k].as_f64().unwrap_or_else(|| panic!("{k} is not a number: {s}"));
+        assert!(v.is_finite() && v > 0.0, "{k} is measured: {v}");
+    }
+    // The GPU engine's stats say where they ran too.
+    let gpu = llm().await;
+    assert_eq!(stats(&gpu)["device"], json!("gpu"));
+}
+
+#[wasm_bindgen_test]
+async fn cpu_backend_refuses_fp16_with_invalid_request() {
+    llm().await;
+    let cfg = js(json!({"device": "cpu", "quantization": "fp16"}));
+    let l = WebGPUStreamingInference::new(MODEL_URL.into(), cfg).expect("the config itself is valid");
+    let err = await_promise(l.load(None)).await.expect_err("fp16 does not run on the CPU");
+    assert_eq!(code(&err), "invalid_request", "{}", message(&err));
+    assert!(message(&err).contains("int4"), "the message names what runs: {}", message(&err));
+    assert!(!l.is_loaded());
+    let e = WebGPUStreamingInference::new(MODEL_URL.into(), js(json!({"device": "tpu"}))).err().expect("rejected");
+    assert_eq!(code(&e), "invalid_request");
+    assert!(message(&e).contains("gpu, cpu, auto"), "{}", message(&e));
+}
+
+#[wasm_bindgen_test]
+async fn cpu_backend_loads_without_webgpu_for_cpu_and_auto() {
+    llm().await;
+    let navigator = get(&js_sys::global(), "navigator");
+    let desc = Object::new();
+    Reflect::set(&desc, &"value".into(), &JsValue::UNDEFINED).unwrap();
+    Reflect::set(&desc, &"configurable".into(), &JsValue::TRUE).unwrap();
+    let nav_obj: Object = navigator.clone().unchecked_into();
+    Object::define_property(&nav_obj, &"gpu".into(), &desc);
+    let mut results = Vec::new();
+    for device in ["cpu", "auto"] {
+        let cfg = js(json!({"device": device, "quantization": "int4", "temperature": 0}));
+        let l = WebGPUStreamingInference::new(MODEL_URL.into(), cfg).expect("constructor");
+        let loaded = await_promise(l.load(None)).await.map_err(|e| format!("{} ({})", message(&e), code(&e)));
+        let generated = match &loaded {
+            Ok(_) => generate(&l, "Hello", json!(2)).await.map(|g| g.1).map_err(|e| message(&e)),
+            Err(e) => Err(e.clone()),
+        };
+        results.push((device, loaded.map(|_| ()), generated, stats(&l)));
+    }
+    // Assertions only once navigator.gpu is back, so that a failure leaves the page intact.
+    Reflect::delete_property(&nav_obj, &"gpu".into()).unwrap();
+    assert!(!get(&get(&js_sys::global(), "navigator"), "gpu").is_undefined(), "navigator.gpu restored");
+    for (device, loaded, generated, s) in results {
+        loaded.unwrap_or_else(|e| panic!("device {device} without WebGPU: {e}"));
+        assert_eq!(generated.unwrap_or_else(|e| panic!("{device}: {e}")).len(), 2);
+        assert_eq!(s["device"], json!("cpu"), "device {device} runs on the CPU: {s}");
+    }
+}
+
+#[wasm_bindgen_test]
+async fn cpu_backend_is_what_auto_picks_on_a_software_adapter() {
+    // The GPU instance's adapter says whether this browser's WebGPU is a software rasteriser
+    // (SwiftShader, lavapipe: reported as a fallback adapter): "auto" then means the CPU.
+    let gpu = llm().await;
+    let adapter = stats(&gpu)["adapter"].as_str().unwrap_or("").to_ascii_lowercase();
+    let software = ["fallback", "swiftshader", "llvmpipe", "lavapipe"].iter().any(|k| adapter.contains(k));
+    let cfg = js(json!({"device": "auto", "quantization": "int4", "temperature": 0}));
+    let l = WebGPUStreamingInference::new(MODEL_URL.into(), cfg).expect("constructor");
+    await_promise(l.load(None)).await.unwrap_or_else(|e| panic!("load: {}", message(&e)));
+    let want = if software { "cpu" } else { "gpu" };
+    assert_eq!(stats(&l)["device"], json!(want), "adapter {adapter:?}");
+    drop(l);
+    // A precision the CPU does not run keeps "auto" on the GPU (the default, fp16).
+    let cfg = js(json!({"device": "auto", "temperature": 0}));
+    let l = WebGPUStreamingInference::new(MODEL_URL.into(), cfg).expect("constructor");
+    await_promise(l.load(None)).await.unwrap_or_else(|e| panic!("load fp16: {}", message(&e)));
+    assert_eq!(stats(&l)["device"], json!("gpu"));
 }

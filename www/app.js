@@ -5,7 +5,7 @@ import init, { WebGPUStreamingInference } from "./pkg/wsi.js";
 
 const $ = (id) => document.getElementById(id);
 const ui = {
-  url: $("model-url"), quantization: $("quantization"), profile: $("profile"), load: $("load"),
+  url: $("model-url"), quantization: $("quantization"), device: $("device"), profile: $("profile"), load: $("load"),
   progressWrap: $("progress-wrap"), progress: $("progress"), progressText: $("progress-text"),
   prompt: $("prompt"), maxTokens: $("max-tokens"), temperature: $("temperature"),
   generate: $("generate"), stop: $("stop"), output: $("output"), error: $("error"), chart: $("chart"),
@@ -20,6 +20,11 @@ let latencies = [];
 const params = new URLSearchParams(location.search);
 if (params.has("model")) ui.url.value = params.get("model");
 if (params.has("quantization")) ui.quantization.value = params.get("quantization");
+if (params.has("device")) ui.device.value = params.get("device");
+// The CPU runs int4 and int8 only: picking it moves other precisions to int4.
+ui.device.addEventListener("change", () => {
+  if (ui.device.value === "cpu" && !["int4", "int8"].includes(ui.quantization.value)) ui.quantization.value = "int4";
+});
 // `wsi serve` serves this page and the protocol on /generate of the same host.
 ui.wsUrl.value = params.get("ws") ??
   (location.protocol.startsWith("http") ? `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/generate` : "ws://127.0.0.1:8765/generate");
@@ -47,7 +52,7 @@ function showStats() {
   ui.tps.textContent = s.tokens_per_second > 0 ? `${s.tokens_per_second.toFixed(2)} tok/s` : "–";
   ui.tokens.textContent = `${s.tokens_generated} generated / ${s.prompt_tokens} prompt`;
   ui.memory.textContent = `${s.peak_memory_mb.toFixed(0)} MiB (weights ${s.model_memory_mb.toFixed(0)}, KV ${s.kv_cache_mb.toFixed(0)})`;
-  ui.profileOut.textContent = `${s.browser}, ${s.quantization}, workgroup ${s.workgroup_size.join("×")}`;
+  ui.profileOut.textContent = `${s.browser}, ${s.quantization}, workgroup ${s.workgroup_size.join("×")} (${s.device})`;
   ui.adapter.textContent = s.adapter || "–";
   ui.finish.textContent = s.finish_reason ?? (llm.isGenerating ? "running" : "–");
 }
@@ -86,7 +91,7 @@ async function load() {
   ui.generate.disabled = true;
   ui.progressWrap.hidden = false;
   ui.progress.value = 0;
-  const config = { quantization: ui.quantization.value, temperature: 0.7 };
+  const config = { quantization: ui.quantization.value, device: ui.device.value, temperature: 0.7 };
   if (ui.profile.value) config.optimizeForBrowser = ui.profile.value;
   try {
     if (llm) llm.free();
@@ -99,7 +104,9 @@ async function load() {
       ui.progress.value = p.progress;
       ui.progressText.textContent = p.phase === "download"
         ? `${p.source === "cache" ? "reading cache" : "downloading"} ${mib(p.loaded)}${p.total ? ` / ${mib(p.total)}` : ""}`
-        : `uploading to the GPU: layer ${p.loaded} / ${p.total}`;
+        : ui.device.value === "gpu"
+          ? `uploading to the GPU: layer ${p.loaded} / ${p.total}`
+          : `preparing the weights: ${p.loaded} / ${p.total}`;
     });
     ui.progress.value = 1;
     ui.progressText.textContent = `loaded ${mib(info.bytes)} from the ${info.source} in ${(info.total_ms / 1000).toFixed(1)} s`;

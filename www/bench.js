@@ -2,6 +2,8 @@
 // generation (pipelines, first-use costs), then `runs` greedy generations of `tokens` tokens,
 // and writes {adapter, load_ms, runs: [getPerformanceStats()...], best} as JSON into #result
 // (document.title becomes "done" or "error"), so a WebDriver script can read it.
+// `?device=cpu` (or "device" in `?config=`) runs the CPU backend; without a quantization it
+// runs int4 there, since the default fp16 does not run on the CPU.
 import init, { WebGPUStreamingInference } from "./pkg/wsi.js";
 
 const q = new URLSearchParams(location.search);
@@ -11,6 +13,8 @@ const runs = Number(q.get("runs") ?? 2);
 const prompt = q.get("prompt") ?? "Once upon a time, there was a little cat named";
 const config = JSON.parse(q.get("config") ?? "{}");
 if (q.has("quantization")) config.quantization = q.get("quantization");
+if (q.has("device")) config.device = q.get("device");
+if (String(config.device ?? "").toLowerCase() === "cpu" && config.quantization === undefined) config.quantization = "int4";
 
 const log = (line) => {
   document.getElementById("log").textContent += `${line}\n`;
@@ -29,11 +33,12 @@ async function main() {
     const text = await llm.generate(prompt, { max_tokens: tokens, temperature: 0 });
     const s = llm.getPerformanceStats();
     results.push({ ...s, text });
-    log(`run ${i + 1}: ${s.tokens_per_second.toFixed(2)} tok/s, first token ${s.first_token_latency_ms.toFixed(0)} ms`);
+    log(`run ${i + 1} (${s.device}): ${s.tokens_per_second.toFixed(2)} tok/s, first token ${s.first_token_latency_ms.toFixed(0)} ms`);
   }
   const best = results.reduce((a, b) => (b.tokens_per_second > a.tokens_per_second ? b : a));
   return {
     user_agent: navigator.userAgent,
+    device: best.device,
     adapter: best.adapter,
     quantization: best.quantization,
     load_ms: loadMs,

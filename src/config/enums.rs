@@ -1,4 +1,4 @@
-//! The string-valued options: quantization, KV cache strategy, batch-size strategy,
+//! The string-valued options: device, quantization, KV cache strategy, batch-size strategy,
 //! prefetch strategy. Each parses case-insensitively (`-` and `_` ignored) and prints
 //! its canonical name.
 
@@ -152,5 +152,18 @@ option_enum! {
         Adaptive => "adaptive",
         /// Tuned from the context (e.g. shallower near expected stops).
         ContextAware => "context-aware",
+    }
+}
+
+option_enum! {
+    /// Where the model runs.
+    Device, "device" {
+        /// WebGPU (wgpu natively).
+        Gpu => "gpu",
+        /// The CPU backend (WebAssembly SIMD in the browser; `crate::cpu`).
+        Cpu => "cpu",
+        /// The CPU when the only WebGPU adapter is a software rasteriser or there is no
+        /// WebGPU, and the quantization is one the CPU runs; else the GPU.
+        Auto => "auto",
     }
 }

@@ -20,7 +20,7 @@ use std::str::FromStr;
 
 use serde_json::{Map, Value, json};
 
-pub use enums::{BatchSizeStrategy, KvCacheStrategy, PrefetchStrategy, Quantization};
+pub use enums::{BatchSizeStrategy, Device, KvCacheStrategy, PrefetchStrategy, Quantization};
 pub use generate::{ChatMessage, GenerateOptions, SamplingParams};
 
 use crate::browser::BrowserName;
@@ -47,6 +47,8 @@ pub const MIXED_DEFAULT_PRECISIONS: (Quantization, Quantization) = (Quantization
 /// [`GenerateOptions`] override. `None` means "from the browser profile" unless noted.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StreamingConfig {
+    /// Where the model runs: gpu, cpu or auto. Default gpu.
+    pub device: Device,
     /// Weight precision on the GPU. Default fp16.
     pub quantization: Quantization,
     /// With `mixed`: precision of the attention matrices (q, k, v, o). Never `Mixed`.
@@ -115,6 +117,7 @@ pub struct StreamingConfig {
 impl Default for StreamingConfig {
     fn default() -> Self {
         StreamingConfig {
+            device: Device::Gpu,
             quantization: Quantization::Fp16,
             attention_precision: None,
             feedforward_precision: None,
@@ -157,6 +160,7 @@ pub(crate) const GENERATION_KEYS: &[&str] =
 /// Every key [`StreamingConfig`] accepts, snake_case.
 pub const CONFIG_KEYS: &[&str] = &[
     "quantization",
+    "device",
     "attention_precision",
     "feedforward_precision",
     "kv_cache_optimization",
@@ -236,6 +240,7 @@ impl StreamingConfig {
         let k = key.written;
         let opt = !v.is_null();
         match key.canonical.as_str() {
+            "device" => self.device = Device::read(k, v)?,
             "quantization" => self.quantization = Quantization::read(k, v)?,
             "attention_precision" => {
                 self.attention_precision = opt.then(|| Quantization::read_single(k, v)).transpose()?
@@ -354,6 +359,7 @@ impl StreamingConfig {
         let mut put = |k: &str, v: Value| {
             m.insert(k.to_string(), v);
         };
+        put("device", json!(self.device.as_str()));
         put("quantization", json!(self.quantization.as_str()));
         put("attention_precision", json!(self.attention_precision.map(Quantization::as_str)));
         put("feedforward_precision", json!(self.feedforward_precision.map(Quantization::as_str)));

@@ -20,6 +20,7 @@ fn err(v: Value) -> String {
 #[test]
 fn defaults_match_the_design() {
     let c = StreamingConfig::default();
+    assert_eq!(c.device, Device::Gpu);
     assert_eq!(c.quantization, Quantization::Fp16);
     assert_eq!(c.attention_precision, None);
     assert_eq!(c.feedforward_precision, None);
@@ -57,6 +58,7 @@ fn empty_null_and_empty_text_give_defaults() {
 #[test]
 fn every_key_in_snake_case() {
     let c = parse(json!({
+        "device": "cpu",
         "quantization": "mixed",
         "attention_precision": "int8",
         "feedforward_precision": "int4",
@@ -90,6 +92,7 @@ fn every_key_in_snake_case() {
         "stop": ["\n\n", "User:"]
     }))
     .unwrap();
+    assert_eq!(c.device, Device::Cpu);
     assert_eq!(c.quantization, Quantization::Mixed);
     assert_eq!(c.matrix_precisions(), (Quantization::Int8, Quantization::Int4));
     assert!(!c.kv_cache_optimization);
@@ -198,6 +201,31 @@ fn enum_values_are_lenient_about_case_and_separators() {
     }
     assert_eq!(Quantization::Int4.bits(), Some(4));
     assert_eq!(Quantization::Mixed.bits(), None);
+    for (text, want) in [("CPU", Device::Cpu), ("Gpu", Device::Gpu), ("AUTO", Device::Auto)] {
+        assert_eq!(parse(json!({ "device": text })).unwrap().device, want, "{text}");
+    }
+}
+
+#[test]
+fn device_values_and_errors() {
+    for d in Device::ALL {
+        let c = parse(json!({ "device": d.as_str(), "quantization": "int4" })).unwrap();
+        assert_eq!(c.device, *d);
+        assert_eq!(c.to_json_value()["device"], json!(d.as_str()));
+        assert_eq!(d.as_str().parse::<Device>().unwrap(), *d);
+    }
+    // The CPU's precisions are checked at load (the error names them there), not here:
+    // a config does not know which backend "auto" resolves to.
+    assert_eq!(parse(json!({"device": "cpu", "quantization": "fp16"})).unwrap().device, Device::Cpu);
+    assert_eq!(err(json!({"device": "npu"})), "invalid value \"npu\" for \"device\": expected one of gpu, cpu, auto");
+    let e = err(json!({"device": true}));
+    assert!(e.contains("\"device\"") && e.contains("expected a string"), "{e}");
+    let e = err(json!({"devise": "cpu"}));
+    assert!(e.contains("devise") && e.contains("device"), "a typo gets a suggestion: {e}");
+    // null goes back to the default.
+    let mut c = parse(json!({"device": "cpu"})).unwrap();
+    c.update_from_json_value(&json!({"device": null})).unwrap();
+    assert_eq!(c.device, Device::Gpu);
 }
 
 #[test]
@@ -399,6 +427,7 @@ fn to_json_round_trips_in_snake_case() {
     assert_eq!(d["temperature"], json!(0.7));
     assert_eq!(d["top_p"], json!(0.9));
     assert_eq!(d["quantization"], json!("fp16"));
+    assert_eq!(d["device"], json!("gpu"));
     assert_eq!(d["max_kv_cache_mb"], Value::Null);
     assert_eq!(parse(d).unwrap(), StreamingConfig::default());
 

@@ -75,8 +75,17 @@ fn distance(a: &str, b: &str) -> usize {
 /// The known key closest to `canonical`, if it is close enough to be a typo.
 pub(crate) fn closest<'k>(canonical: &str, known: &[&'k str]) -> Option<&'k str> {
     let (best, d) = known.iter().map(|k| (*k, distance(canonical, k))).min_by_key(|(_, d)| *d)?;
-    let contains = best.contains(canonical) || canonical.contains(best);
-    (d <= (canonical.len() / 3).max(2) || (contains && canonical.len() >= 3)).then_some(best)
+    if d <= (canonical.len() / 3).max(2) {
+        return Some(best);
+    }
+    // A key that contains what was written (`kv_cache` in `max_kv_cache_mb`) is the likelier
+    // meaning even when a short unrelated key (`device`) is fewer edits away.
+    let best = known
+        .iter()
+        .copied()
+        .filter(|k| k.contains(canonical) || canonical.contains(k))
+        .min_by_key(|k| distance(canonical, k))?;
+    (canonical.len() >= 3).then_some(best)
 }
 
 /// The error for a key that no option has, with a suggestion in the caller's spelling.

@@ -3,6 +3,7 @@
 //! while later steps already run. Written async once: natively driven by pollster, in the
 //! browser by the event loop.
 
+pub mod any;
 mod batch;
 mod bench;
 pub(crate) mod emit;
@@ -23,6 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use web_time::Instant;
 
+pub use any::{AnyEngine, Backend};
 pub use batch::Batch;
 pub use bench::{
     BatchBenchReport, BenchReport, REPETITIVE_PROMPT, bench, bench_again, bench_batch, bench_ids, bench_prompt,

@@ -7,7 +7,7 @@
 //! that a character or a stop string split by a pause comes out whole.
 
 use super::messages::{ModelInfo, Request, Timing, Usage};
-use crate::engine::{Engine, FinishReason, GenerateParams, GenerationStats, StopMatcher};
+use crate::engine::{Backend, FinishReason, GenerateParams, GenerationStats, StopMatcher};
 use crate::error::{Error, Result};
 use crate::tokenizer::{ChatMessage, StreamDecoder, Tokenizer};
 
@@ -62,12 +62,12 @@ pub struct Job {
     stats: Option<GenerationStats>,
 }
 
-/// The model an engine serves, for `init`.
-pub fn model_info(engine: &Engine) -> ModelInfo {
+/// The model an engine (GPU or CPU) serves, for `init`.
+pub fn model_info(engine: &impl Backend) -> ModelInfo {
     ModelInfo {
-        name: engine.model.config.name.clone(),
-        quantization: engine.model.options.format.name().to_string(),
-        context_length: engine.model.options.context,
+        name: engine.model_name().to_string(),
+        quantization: engine.quantization_name().to_string(),
+        context_length: engine.context(),
     }
 }
 
@@ -75,7 +75,7 @@ impl Job {
     /// Tokenizes the request (through the chat template when it has messages or `chat`)
     /// and checks it against the context. `seed` is used when neither the request nor the
     /// engine's config fixes one.
-    pub fn new(engine: &Engine, req: &Request, seed: u64) -> Result<Job> {
+    pub fn new(engine: &impl Backend, req: &Request, seed: u64) -> Result<Job> {
         let opts = &req.options;
         opts.validate()?;
         let text = if opts.uses_chat_template() {
@@ -83,22 +83,22 @@ impl Job {
             if !req.prompt.is_empty() {
                 messages.push(ChatMessage::new("user", req.prompt.as_str()));
             }
-            engine.tokenizer.apply_chat_template(&messages, true)?
+            engine.tokenizer().apply_chat_template(&messages, true)?
         } else {
             req.prompt.clone()
         };
-        let prompt_ids = engine.tokenizer.encode(&text)?;
+        let prompt_ids = engine.tokenizer().encode(&text)?;
         if prompt_ids.is_empty() {
             return Err(Error::invalid("the prompt encodes to no tokens"));
         }
-        let context = engine.model.kv_plan().max_positions;
+        let context = engine.max_positions();
         if prompt_ids.len() >= context {
             return Err(Error::ContextLengthExceeded(format!(
                 "the prompt has {} tokens; the context holds {context} (prompt and generated tokens together)",
                 prompt_ids.len()
             )));
         }
-        let mut params = engine.params_for(&opts.resolve(&engine.options.config, DEFAULT_MAX_TOKENS, seed));
+        let mut params = engine.params_for(&opts.resolve(engine.config(), DEFAULT_MAX_TOKENS, seed));
         let stops = StopMatcher::new(&std::mem::take(&mut params.stop));
         let budget = params.max_tokens.min(context - prompt_ids.len());
         Ok(Job {
@@ -131,7 +131,7 @@ impl Job {
     /// the text it completes (possibly empty).
     pub async fn run(
         &mut self,
-        engine: &mut Engine,
+        engine: &mut impl Backend,
         interrupt: &mut dyn FnMut() -> Interrupt,
         on_token: &mut dyn FnMut(&str, u32),
     ) -> Result<SegmentEnd> {

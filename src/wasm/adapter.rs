@@ -39,6 +39,12 @@ async fn adapter_info() -> Option<(String, bool)> {
     Some((name, fallback))
 }
 
+/// A software rasteriser's name.
+fn is_software_name(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    ["swiftshader", "llvmpipe", "lavapipe"].iter().any(|k| lower.contains(k))
+}
+
 /// Completes `gpu.caps` from `navigator.gpu`: a readable adapter name and `is_cpu` for
 /// fallback / software adapters.
 pub async fn refine_caps(gpu: &mut Gpu) {
@@ -47,8 +53,13 @@ pub async fn refine_caps(gpu: &mut Gpu) {
     if !name.is_empty() {
         caps.adapter_name = name;
     }
-    let lower = caps.adapter_name.to_ascii_lowercase();
-    let software = ["swiftshader", "llvmpipe", "lavapipe"].iter().any(|k| lower.contains(k));
-    caps.is_cpu = caps.is_cpu || fallback || software;
+    caps.is_cpu = caps.is_cpu || fallback || is_software_name(&caps.adapter_name);
     gpu.caps = Arc::new(caps);
+}
+
+/// Whether the adapter `navigator.gpu` gives is a fallback or software one, asked without
+/// creating a device (`device: "auto"`); `None` without WebGPU or without an adapter.
+pub async fn adapter_is_software() -> Option<bool> {
+    let (name, fallback) = adapter_info().await?;
+    Some(fallback || is_software_name(&name))
 }

@@ -6,6 +6,7 @@
 //! batching: requests join and leave between steps), until none is left. A request keeps
 //! its own detokenizer and stop strings across that switch (`protocol::Job`), and the GPU
 //! sampler's random numbers are keyed by position, so its text is what it would be alone.
+//! The CPU engine never batches (`batching()` is false): its requests run one at a time.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -19,7 +20,8 @@ use web_time::Instant;
 use super::class::{Inner, State};
 use super::error::describe;
 use super::stats::{Deadlines, Live, TimeoutInfo};
-use crate::engine::{Batch, Engine, FinishReason, Generation, TokenEvent};
+use crate::config::Device;
+use crate::engine::{AnyEngine, Backend, Batch, Engine, FinishReason, Generation, TokenEvent};
 use crate::error::{Error, Result};
 use crate::protocol::{Finished, Interrupt, Job, Request, SegmentEnd};
 
@@ -79,10 +81,11 @@ struct Active {
 }
 
 impl Inner {
-    /// Whether concurrent generations are decoded together (else a second one is `busy`).
+    /// Whether concurrent generations are decoded together (else a second one is `busy`):
+    /// only the GPU engine batches.
     pub(crate) fn batching(&self) -> bool {
         let cfg = self.config.borrow();
-        cfg.adaptive_batch_size && cfg.max_batch_size > 1
+        cfg.adaptive_batch_size && cfg.max_batch_size > 1 && self.device.get() != Some(Device::Cpu)
     }
 
     /// Queue a request and wait for its text; starts the driver when none runs.
@@ -128,14 +131,17 @@ impl Inner {
             if batch.is_empty() {
                 continue;
             }
-            let result = {
-                let inner = &*self;
-                let active = &mut active;
-                let mut on_token = |id: u64, ev: TokenEvent<'_>| {
-                    let Some(a) = active.iter_mut().find(|a| a.id == id) else { return false };
-                    deliver(inner, &mut a.job, &mut a.d, &ev)
-                };
-                engine.batch_step(&mut batch, &mut on_token).await
+            let result = match engine.gpu_mut() {
+                Some(gpu) => {
+                    let inner = &*self;
+                    let active = &mut active;
+                    let mut on_token = |id: u64, ev: TokenEvent<'_>| {
+                        let Some(a) = active.iter_mut().find(|a| a.id == id) else { return false };
+                        deliver(inner, &mut a.job, &mut a.d, &ev)
+                    };
+                    gpu.batch_step(&mut batch, &mut on_token).await
+                }
+                None => Err(not_batched()),
             };
             match result {
                 Ok(ended) => {
@@ -163,7 +169,7 @@ impl Inner {
     }
 
     /// The request's job (tokenized, checked), or its error sent back.
-    fn start(&self, engine: &Engine, w: Waiter, id: u64) -> Option<Active> {
+    fn start(&self, engine: &AnyEngine, w: Waiter, id: u64) -> Option<Active> {
         let job = match Job::new(engine, &w.req, w.seed) {
             Ok(job) => job,
             Err(e) => {
@@ -171,7 +177,7 @@ impl Inner {
                 return None;
             }
         };
-        let cfg = &engine.options.config;
+        let cfg = engine.config();
         let d = Delivery {
             sink: w.sink,
             tx: w.tx,
@@ -188,7 +194,7 @@ impl Inner {
 
     /// A lone request on the single-sequence path. Returns it when a new request
     /// interrupted it (it goes on in a batch), else completes it.
-    async fn solo(&self, engine: &mut Engine, a: Active) -> Option<Active> {
+    async fn solo(&self, engine: &mut AnyEngine, a: Active) -> Option<Active> {
         let Active { id, mut job, d, .. } = a;
         let d = RefCell::new(d);
         let batching = self.batching();
@@ -201,15 +207,15 @@ impl Inner {
                 Interrupt::None
             }
         };
-        let pressure = engine.pressure_handle();
+        let pressure = engine.gpu().map(Engine::pressure_handle);
         let end = {
             let mut on_token = |text: &str, id: u32| {
-                self.fire_pressure(&pressure);
+                self.fire_pressure(pressure.as_deref());
                 d.borrow_mut().push(self, text, id);
             };
             job.run(engine, &mut interrupt, &mut on_token).await
         };
-        self.fire_pressure(&pressure);
+        self.fire_pressure(pressure.as_deref());
         let a = Active { id, job, d: d.into_inner(), in_batch: false };
         match end {
             Ok(SegmentEnd::Paused) => Some(a),
@@ -226,8 +232,9 @@ impl Inner {
 
     /// Requests that left the single-sequence path rejoin, and waiting ones join while the
     /// batch has room; each is prefilled on its lane and its first token delivered.
-    async fn admit(&self, engine: &mut Engine, batch: &mut Batch, active: &mut Vec<Active>, next_id: &mut u64) {
-        while active.len() < engine.batch_capacity() {
+    async fn admit(&self, engine: &mut AnyEngine, batch: &mut Batch, active: &mut Vec<Active>, next_id: &mut u64) {
+        let capacity = engine.gpu().map_or(1, Engine::batch_capacity);
+        while active.len() < capacity {
             let Some(w) = self.waiting.borrow_mut().pop_front() else { break };
             *next_id += 1;
             if let Some(a) = self.start(engine, w, *next_id) {
@@ -251,10 +258,13 @@ impl Inner {
                 self.finish(engine, f.0, f.1);
                 continue;
             };
-            let joined = {
-                let (job, d) = (&mut a.job, &mut a.d);
-                let mut on_token = |ev: TokenEvent<'_>| deliver(self, job, d, &ev);
-                engine.batch_join(batch, a.id, &context, &params, &mut on_token).await
+            let joined = match engine.gpu_mut() {
+                Some(gpu) => {
+                    let (job, d) = (&mut a.job, &mut a.d);
+                    let mut on_token = |ev: TokenEvent<'_>| deliver(self, job, d, &ev);
+                    gpu.batch_join(batch, a.id, &context, &params, &mut on_token).await
+                }
+                None => Err(not_batched()),
             };
             match joined {
                 Ok(None) => {
@@ -274,7 +284,7 @@ impl Inner {
     }
 
     /// A request whose generation ended (or failed) in the batch.
-    fn complete(&self, engine: &Engine, mut a: Active, result: Result<Generation>) {
+    fn complete(&self, engine: &AnyEngine, mut a: Active, result: Result<Generation>) {
         match result {
             Ok(g) => {
                 a.job.account(&g.stats);
@@ -289,7 +299,7 @@ impl Inner {
     }
 
     /// Flush the held-back text, record the stats, fire onTimeout, resolve the call.
-    fn finish(&self, engine: &Engine, a: Active, f: Finished) {
+    fn finish(&self, engine: &AnyEngine, a: Active, f: Finished) {
         let Active { job, mut d, .. } = a;
         if !f.tail.is_empty() {
             d.text.push_str(&f.tail);
@@ -315,7 +325,8 @@ impl Inner {
 
     /// The engine's memory-pressure events (KV budget, memory limit, sliding window), fired
     /// as they are raised.
-    fn fire_pressure(&self, pressure: &std::sync::Mutex<Vec<crate::engine::MemoryPressureEvent>>) {
+    fn fire_pressure(&self, pressure: Option<&std::sync::Mutex<Vec<crate::engine::MemoryPressureEvent>>>) {
+        let Some(pressure) = pressure else { return };
         let events: Vec<_> = pressure.lock().map(|mut q| q.drain(..).collect()).unwrap_or_default();
         for ev in events {
             self.emit(|h| h.on_memory_pressure.clone(), "onMemoryPressure", &ev.to_value());
@@ -337,6 +348,12 @@ fn deliver(inner: &Inner, job: &mut Job, d: &mut Delivery, ev: &TokenEvent<'_>) 
         }
     };
     !stopped && !d.halt
+}
+
+/// A request reached the batched path on an engine that does not batch (the CPU's): never
+/// expected, since `batching()` keeps a second request out, but it must end, not hang.
+fn not_batched() -> Error {
+    Error::internal("concurrent generations are not batched on the CPU engine")
 }
 
 /// Every request of an instance in one queue: `VecDeque` of [`Waiter`]s.

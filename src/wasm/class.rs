@@ -2,6 +2,9 @@
 //! config, `load`, the profile switches, stats and the handler properties. Generation is
 //! in `generate.rs`.
 //!
+//! The config's `device` picks the engine at `load()`: the GPU one (WebGPU), or the CPU one,
+//! which needs no WebGPU at all (see `engine::any`).
+//!
 //! State lives in one `Rc<Inner>` shared with the futures behind the returned promises.
 //! Generations take the engine out of its cell while any runs, so no `RefCell` borrow is
 //! ever held across an `await`; a `generate` meanwhile joins them (batching, `batch.rs`),
@@ -23,8 +26,9 @@ use super::error::{call_handler, error_info, install_panic_hook, to_js_error};
 use super::fetch::{Progress, fetch_model};
 use super::stats::{self, Live};
 use crate::browser::BrowserName;
-use crate::config::StreamingConfig;
-use crate::engine::{Engine, EngineOptions};
+use crate::config::{Device, StreamingConfig};
+use crate::engine::any::resolve_device;
+use crate::engine::{AnyEngine, Engine, EngineOptions};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::model::ModelSource;
@@ -67,7 +71,9 @@ pub(crate) struct Inner {
     /// The parsed model file, kept to rebuild the engine under another profile.
     pub source: RefCell<Option<Box<dyn ModelSource>>>,
     /// `None` while unloaded and while a generation holds it.
-    pub engine: RefCell<Option<Engine>>,
+    pub engine: RefCell<Option<AnyEngine>>,
+    /// The device `load()` resolved the config's `device` to (never `Auto`); `None` before.
+    pub device: Cell<Option<Device>>,
     pub cancel: RefCell<Option<Arc<AtomicBool>>>,
     /// Stats of the loaded engine with zero counts (memory, profile, adapter).
     pub idle_stats: RefCell<Option<Value>>,
@@ -109,27 +115,73 @@ impl Inner {
     }
 
     /// Builds the engine for the current config from the kept source (drops the old one
-    /// first, so two copies of the weights never coexist on the GPU).
+    /// first, so two copies of the weights never coexist), on the device `load()` resolved.
     pub(crate) fn build_engine(&self, progress: &Progress<'_>) -> Result<()> {
-        let gpu = self.gpu.borrow().clone().ok_or_else(|| Error::invalid("no GPU yet: call load() first"))?;
         let source = self.source.borrow();
         let src = source.as_ref().ok_or_else(|| Error::invalid("no model yet: call load() first"))?;
+        let gpu = match self.device.get() {
+            Some(Device::Cpu) => None,
+            _ => Some(self.gpu.borrow().clone().ok_or_else(|| Error::invalid("no GPU yet: call load() first"))?),
+        };
         drop(self.engine.borrow_mut().take());
         *self.idle_stats.borrow_mut() = None;
         *self.last_stats.borrow_mut() = None;
-        let options =
-            EngineOptions::from_config_for(&self.config.borrow(), &gpu.caps, src.config(), Some(&self.user_agent))?;
-        let engine = Engine::load_with_progress(gpu, src.as_ref(), options, &mut |done, total| {
-            progress.report("upload", done as f64, total as f64, None)
-        })?;
+        let config = self.config.borrow().clone();
+        let engine = match gpu {
+            None => AnyEngine::load_cpu(src.as_ref(), &config, &mut |done, total| {
+                progress.report("upload", done as f64, total as f64, None)
+            })?,
+            Some(gpu) => {
+                let options = EngineOptions::from_config_for(&config, &gpu.caps, src.config(), Some(&self.user_agent))?;
+                let engine = Engine::load_with_progress(gpu, src.as_ref(), options, &mut |done, total| {
+                    progress.report("upload", done as f64, total as f64, None)
+                })?;
+                // Memory limits are the GPU profile's: the CPU engine's memory is wasm's.
+                let limit = engine.options.profile.as_ref().map(|p| p.memory_limit_mb(&config));
+                if let Some(payload) = limit.and_then(|l| stats::load_pressure(&engine, l)) {
+                    self.emit(|h| h.on_memory_pressure.clone(), "onMemoryPressure", &payload);
+                }
+                AnyEngine::from(engine)
+            }
+        };
         *self.cancel.borrow_mut() = Some(engine.cancel_handle());
         *self.idle_stats.borrow_mut() = Some(engine.stats_json(&Default::default()));
-        let limit = engine.options.profile.as_ref().map(|p| p.memory_limit_mb(&self.config.borrow()));
-        if let Some(payload) = limit.and_then(|l| stats::load_pressure(&engine, l)) {
-            self.emit(|h| h.on_memory_pressure.clone(), "onMemoryPressure", &payload);
-        }
         *self.engine.borrow_mut() = Some(engine);
         Ok(())
+    }
+
+    /// A WebGPU device for this instance, requested once and watched for loss.
+    async fn ensure_gpu(&self) -> Result<()> {
+        if self.gpu.borrow().is_some() {
+            return Ok(());
+        }
+        require_webgpu()?;
+        let mut gpu = Gpu::new().await?;
+        super::adapter::refine_caps(&mut gpu).await;
+        super::recovery::watch_device(&gpu, self.id);
+        self.lost.set(false);
+        *self.gpu.borrow_mut() = Some(gpu);
+        Ok(())
+    }
+
+    /// The config's `device` made concrete, with a GPU device acquired when it is the GPU.
+    /// "cpu" touches no WebGPU API; "auto" asks `navigator.gpu` for an adapter (no device)
+    /// to tell a software rasteriser, and takes a missing WebGPU as the CPU.
+    async fn resolve_device(&self) -> Result<Device> {
+        let (device, quantization) = {
+            let cfg = self.config.borrow();
+            (cfg.device, cfg.quantization)
+        };
+        let held = self.gpu.borrow().as_ref().map(|gpu| gpu.caps.is_cpu);
+        let adapter_is_cpu = match (device, held) {
+            (Device::Auto, None) => super::adapter::adapter_is_software().await,
+            (_, known) => known,
+        };
+        let resolved = resolve_device(device, quantization, adapter_is_cpu);
+        if resolved == Device::Gpu {
+            self.ensure_gpu().await?;
+        }
+        Ok(resolved)
     }
 
     /// Applies `change` to the config and rebuilds a loaded engine with it; on failure
@@ -158,14 +210,8 @@ impl Inner {
     pub(crate) async fn load(self: Rc<Self>, on_progress: Option<Function>) -> Result<Value> {
         let t0 = Instant::now();
         let progress = Progress { callback: on_progress.as_ref() };
-        if self.gpu.borrow().is_none() {
-            require_webgpu()?;
-            let mut gpu = Gpu::new().await?;
-            super::adapter::refine_caps(&mut gpu).await;
-            super::recovery::watch_device(&gpu, self.id);
-            self.lost.set(false);
-            *self.gpu.borrow_mut() = Some(gpu);
-        }
+        let device = self.resolve_device().await?;
+        self.device.set(Some(device));
         let (bytes, origin) = fetch_model(&self.model_path, &progress).await?;
         let size = bytes.len();
         let t_fetch = Instant::now();
@@ -215,7 +261,8 @@ fn user_agent() -> String {
     Reflect::get(&navigator, &JsValue::from_str("userAgent")).ok().and_then(|v| v.as_string()).unwrap_or_default()
 }
 
-/// Streams tokens from a language model running on this device's GPU through WebGPU.
+/// Streams tokens from a language model running on this device's GPU through WebGPU, or on
+/// its CPU in WebAssembly (the config's `device`).
 #[wasm_bindgen]
 pub struct WebGPUStreamingInference {
     pub(crate) inner: Rc<Inner>,
@@ -249,6 +296,7 @@ impl WebGPUStreamingInference {
             gpu: RefCell::new(None),
             source: RefCell::new(None),
             engine: RefCell::new(None),
+            device: Cell::new(None),
             cancel: RefCell::new(None),
             idle_stats: RefCell::new(None),
             live: RefCell::new(None),
@@ -312,7 +360,7 @@ impl WebGPUStreamingInference {
         } else if let Some(idle) = inner.idle_stats.borrow().as_ref() {
             idle.clone()
         } else {
-            stats::idle_stats(None, &inner.config.borrow(), inner.detected_browser())
+            stats::idle_stats(None, &inner.config.borrow(), inner.device.get(), inner.detected_browser())
         };
         stats::to_js(&value).map_err(|e| to_js_error(&e))
     }
@@ -355,7 +403,7 @@ impl WebGPUStreamingInference {
         self.inner.model_path.clone()
     }
 
-    /// True once `load()` has finished and the engine is on the GPU.
+    /// True once `load()` has finished and the engine holds the model (GPU or CPU).
     #[wasm_bindgen(getter = isLoaded)]
     pub fn is_loaded(&self) -> bool {
         self.inner.source.borrow().is_some()

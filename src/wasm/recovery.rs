@@ -90,7 +90,11 @@ async fn rebuild(inner: &Rc<Inner>) -> Result<()> {
 impl Inner {
     /// `build_engine` inside out-of-memory and validation error scopes: an allocation
     /// the GPU refuses is `memory_pressure` or `model_loading_error`, and no engine stays.
+    /// The CPU engine allocates no GPU memory: it is built without scopes.
     pub(crate) async fn build_engine_checked(&self, progress: &Progress<'_>) -> Result<()> {
+        if self.device.get() == Some(crate::config::Device::Cpu) {
+            return self.build_engine(progress);
+        }
         let gpu = self.gpu.borrow().clone().ok_or_else(|| Error::invalid("no GPU yet: call load() first"))?;
         let scopes = gpu.scopes();
         let built = self.build_engine(progress);

@@ -7,8 +7,8 @@ use serde_json::{Value, json};
 use wasm_bindgen::JsValue;
 use web_time::Instant;
 
-use crate::config::StreamingConfig;
-use crate::engine::Engine;
+use crate::config::{Device, StreamingConfig};
+use crate::engine::{AnyEngine, Engine};
 use crate::error::{Error, Result};
 
 /// serde_json::Value -> a plain JS object (maps as objects, not `Map`s).
@@ -26,12 +26,13 @@ pub fn from_js(v: &JsValue, what: &str) -> Result<Value> {
 }
 
 /// The stats before any generation: the loaded engine's memory and profile, zero counts;
-/// without an engine, what the config says.
-pub fn idle_stats(engine: Option<&Engine>, cfg: &StreamingConfig, browser: &str) -> Value {
+/// without an engine, what the config says (`device`: the one `load()` resolved, if any).
+pub fn idle_stats(engine: Option<&AnyEngine>, cfg: &StreamingConfig, device: Option<Device>, browser: &str) -> Value {
     if let Some(e) = engine {
         return e.stats_json(&Default::default());
     }
     json!({
+        "device": device.unwrap_or(cfg.device).as_str(),
         "tokens_generated": 0, "prompt_tokens": 0, "first_token_latency_ms": 0.0,
         "avg_token_latency_ms": 0.0, "tokens_per_second": 0.0, "prefill_tokens_per_second": 0.0,
         "generation_time_ms": 0.0, "prefetch_hit_rate": 0.0, "current_batch_size": 0,
@@ -151,7 +152,7 @@ pub fn memory_pressure(level: &str, message: String, current_mb: f64, limit_mb: 
     json!({ "level": level, "message": message, "current_mb": current_mb, "limit_mb": limit_mb, "action": action })
 }
 
-/// After a load: the engine's GPU memory against `memory_limit_mb` (warning from 80%).
+/// After a GPU load: the engine's GPU memory against `memory_limit_mb` (warning from 80%).
 pub fn load_pressure(engine: &Engine, limit_mb: u32) -> Option<Value> {
     let (w, kv, act) = engine.memory_bytes();
     let used = (w + kv + act) as f64 / 1_048_576.0;

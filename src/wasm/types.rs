@@ -11,11 +11,17 @@ type SnakeToCamel<S extends string> = S extends `${infer H}_${infer T}` ? `${H}$
 export type Camelize<T> = { [K in keyof T as SnakeToCamel<K & string>]: T[K] };
 
 export type Quantization = "fp32" | "fp16" | "int8" | "int4" | "int3" | "int2" | "mixed";
+/** Where the model runs: WebGPU, the CPU (WebAssembly SIMD; int4 or int8 only), or the CPU when
+ * the only WebGPU adapter is a software rasteriser (or there is no WebGPU) and the quantization
+ * is one the CPU runs. */
+export type Device = "gpu" | "cpu" | "auto";
 export type BrowserName = "chrome" | "edge" | "firefox" | "safari";
 export type DetectedBrowser = BrowserName | "other" | "native";
 
 /** Every option of the engine (DESIGN.md §3); `null` means "the default". */
 export interface StreamingConfigOptions {
+  /** Default "gpu". */
+  device?: Device;
   quantization?: Quantization;
   attention_precision?: Exclude<Quantization, "mixed"> | null;
   feedforward_precision?: Exclude<Quantization, "mixed"> | null;
@@ -74,7 +80,7 @@ export type TokenCallback = (piece: string, tokenId?: number) => boolean | void;
 
 export interface LoadProgress {
   phase: "download" | "upload";
-  /** Bytes (download) or layers (upload) done. */
+  /** Bytes (download), layers (upload to the GPU) or bytes of weights (repacking for the CPU) done. */
   loaded: number;
   /** Bytes or layers in all; 0 when the server sent no Content-Length. */
   total: number;
@@ -93,6 +99,8 @@ export interface LoadInfo {
 
 /** Every figure measured (DESIGN.md §4). */
 export interface PerformanceStats {
+  /** The engine that ran: "gpu" or "cpu" (before load(), the config's value, which may be "auto"). */
+  device: Device;
   tokens_generated: number;
   prompt_tokens: number;
   first_token_latency_ms: number;

@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 use serde_json::json;
-use wsi::config::{GenerateOptions, StreamingConfig};
-use wsi::engine::{Engine, EngineOptions};
+use wsi::config::{Device, GenerateOptions, Quantization, StreamingConfig};
+use wsi::engine::any::resolve_device;
+use wsi::engine::{AnyEngine, Backend, Engine, EngineOptions};
 use wsi::error::{Error, Result};
 use wsi::gpu::Gpu;
 use wsi::tokenizer::ChatMessage;
@@ -24,6 +25,10 @@ struct Cli {
     /// StreamingConfig as a JSON object, or a path to a JSON file.
     #[arg(long, global = true)]
     config: Option<String>,
+    /// Where the model runs: gpu (default), cpu (generate and bench; int4 unless a
+    /// quantization is given), auto (the CPU when the adapter is a software rasteriser).
+    #[arg(long, global = true)]
+    device: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -164,24 +169,77 @@ pub fn main() {
 }
 
 fn load_config(cli: &Cli) -> Result<StreamingConfig> {
-    let mut cfg = match &cli.config {
-        None => StreamingConfig::default(),
-        Some(s) if s.trim_start().starts_with('{') => StreamingConfig::from_json_str(s)?,
+    let text = match &cli.config {
+        None => "{}".to_string(),
+        Some(s) if s.trim_start().starts_with('{') => s.clone(),
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| Error::invalid(format!("cannot read config file {path}: {e}")))?;
-            StreamingConfig::from_json_str(&text)?
+            std::fs::read_to_string(path).map_err(|e| Error::invalid(format!("cannot read config file {path}: {e}")))?
         }
     };
+    let mut cfg = StreamingConfig::from_json_str(&text)?;
+    let given: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
     if let Some(q) = &cli.quantization {
         cfg.update_from_json_value(&json!({ "quantization": q }))?;
+    }
+    if let Some(d) = &cli.device {
+        cfg.update_from_json_value(&json!({ "device": d }))?;
+    }
+    // The default fp16 does not run on the CPU: `--device cpu` alone means its int4
+    // (lossless for the Q4 files we ship). A precision that is asked for is kept, and
+    // the CPU's load refuses it if it cannot run it.
+    let quantization_given = cli.quantization.is_some() || given.get("quantization").is_some();
+    if cfg.device == Device::Cpu && !quantization_given {
+        cfg.quantization = Quantization::Int4;
     }
     Ok(cfg)
 }
 
-fn open_engine(model: &Path, cfg: &StreamingConfig) -> Result<Engine> {
+/// `cfg.device` made concrete: natively "auto" is the CPU when wgpu's adapter is a software
+/// one (lavapipe, llvmpipe, WARP) or there is none. Returns the GPU when it is the GPU.
+fn resolve(cfg: &StreamingConfig) -> Result<(Device, Option<Gpu>)> {
+    let gpu = match cfg.device {
+        Device::Cpu => None,
+        Device::Gpu => Some(pollster::block_on(Gpu::new())?),
+        Device::Auto => pollster::block_on(Gpu::new()).ok(),
+    };
+    let device = resolve_device(cfg.device, cfg.quantization, gpu.as_ref().map(|g| g.caps.is_cpu));
+    Ok((device, gpu.filter(|_| device == Device::Gpu)))
+}
+
+/// The engine `cfg.device` names, for the commands that run on either.
+fn open_any_engine(model: &Path, cfg: &StreamingConfig) -> Result<AnyEngine> {
+    let (_, gpu) = resolve(cfg)?;
     let src = wsi::model::open_path(model)?;
-    let gpu = pollster::block_on(Gpu::new())?;
+    if let Some(gpu) = gpu {
+        return load_gpu(model, src.as_ref(), gpu, cfg).map(AnyEngine::from);
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {elapsed}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(format!("loading {} for the CPU", model.display()));
+    let engine = AnyEngine::load_cpu(src.as_ref(), cfg, &mut |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    });
+    bar.finish_and_clear();
+    engine
+}
+
+/// The GPU engine, for the commands only it runs.
+fn open_engine(model: &Path, cfg: &StreamingConfig) -> Result<Engine> {
+    match resolve(cfg)? {
+        (_, Some(gpu)) => load_gpu(model, wsi::model::open_path(model)?.as_ref(), gpu, cfg),
+        (_, None) => Err(Error::invalid(format!(
+            "\"device\": \"{}\" chose the CPU, but this command runs on the GPU only (generate and bench run on \
+             either)",
+            cfg.device
+        ))),
+    }
+}
+
+fn load_gpu(model: &Path, src: &dyn wsi::model::ModelSource, gpu: Gpu, cfg: &StreamingConfig) -> Result<Engine> {
     let options = EngineOptions::from_config(cfg, &gpu.caps, src.config())?;
     // A bar over the layers uploaded (the file itself is memory-mapped, not read up front).
     let bar = indicatif::ProgressBar::new(src.config().n_layers as u64);
@@ -190,7 +248,7 @@ fn open_engine(model: &Path, cfg: &StreamingConfig) -> Result<Engine> {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar.set_message(format!("loading {}", model.display()));
-    let engine = Engine::load_with_progress(gpu, src.as_ref(), options, &mut |done, total| {
+    let engine = Engine::load_with_progress(gpu, src, options, &mut |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     });
@@ -282,15 +340,15 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Generate { prompt, chat, max_tokens, temperature, top_p, top_k, seed, json: as_json } => {
-            let mut engine = open_engine(&cli.model, &cfg)?;
+            let mut engine = open_any_engine(&cli.model, &cfg)?;
             let text = if *chat {
                 engine
-                    .tokenizer
+                    .tokenizer()
                     .apply_chat_template(&[ChatMessage { role: "user".into(), content: prompt.clone() }], true)?
             } else {
                 prompt.clone()
             };
-            let ids = engine.tokenizer.encode(&text)?;
+            let ids = engine.tokenizer().encode(&text)?;
             let opts = GenerateOptions {
                 max_tokens: *max_tokens,
                 temperature: *temperature,
@@ -435,6 +493,20 @@ fn run(cli: Cli) -> Result<()> {
                 (None, true) => Some(wsi::engine::REPETITIVE_PROMPT.to_string()),
                 (None, false) => None,
             };
+            if cfg.device != Device::Gpu && resolve(&cfg)?.0 == Device::Cpu {
+                if compare.is_some() || *profile || *rounds > 1 {
+                    return Err(Error::invalid(
+                        "--compare, --rounds and --profile measure the GPU engine; on the CPU bench measures one run",
+                    ));
+                }
+                let params = wsi::engine::GenerateParams {
+                    sample,
+                    max_tokens: *gen_tokens,
+                    ignore_eos: true,
+                    ..Default::default()
+                };
+                return bench_cpu(&cli.model, &cfg, text.as_deref(), *prompt_tokens, &params, *as_json);
+            }
             let prompt_of = |engine: &Engine| -> Result<Vec<u32>> {
                 match &text {
                     Some(t) => engine.tokenizer.encode(t),
@@ -554,6 +626,81 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `wsi bench` on the CPU engine: one short warm-up generation, then prefill of the prompt
+/// and `params.max_tokens` decoded (EOS ignored), with the rates the engine measured.
+fn bench_cpu(
+    model: &Path,
+    cfg: &StreamingConfig,
+    text: Option<&str>,
+    prompt_tokens: usize,
+    params: &wsi::engine::GenerateParams,
+    as_json: bool,
+) -> Result<()> {
+    let t0 = std::time::Instant::now();
+    let mut engine = open_any_engine(model, cfg)?;
+    let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let mut ids = match text {
+        Some(t) => engine.tokenizer().encode(t)?,
+        None => {
+            let vocab = match &engine {
+                AnyEngine::Gpu(e) => e.model.config.vocab_size,
+                AnyEngine::Cpu(e) => e.model.config.vocab_size,
+            };
+            synthetic_prompt(prompt_tokens.max(1), vocab)
+        }
+    };
+    // Room for every generated token: the bench measures decode, not the context's end.
+    ids.truncate(engine.max_positions().saturating_sub(params.max_tokens).max(1));
+    let warm = wsi::engine::GenerateParams { max_tokens: 4.min(params.max_tokens), ..params.clone() };
+    pollster::block_on(engine.generate(&ids, &warm, &mut |_| true))?;
+    let g = pollster::block_on(engine.generate(&ids, params, &mut |_| true))?;
+    let (w, kv, _) = engine.memory_bytes();
+    let mb = |b: u64| b as f64 / 1_048_576.0;
+    let s = &g.stats;
+    let report = json!({
+        "device": "cpu",
+        "quantization": engine.quantization_name(),
+        "prompt_tokens": ids.len(),
+        "gen_tokens": g.ids.len(),
+        "prefill_tokens_per_second": s.prefill_tokens_per_second,
+        "decode_tokens_per_second": s.tokens_per_second,
+        "first_token_latency_ms": s.first_token_latency_ms,
+        "weight_mb": mb(w),
+        "kv_cache_mb": mb(kv),
+        "load_ms": load_ms,
+    });
+    if as_json {
+        println!("{}", json!({ "base": report, "compare": null, "ratio": null, "profile": null }));
+    } else {
+        println!(
+            "base     cpu {}: prefill {:.1} tok/s ({} tokens), decode {:.1} tok/s ({} tokens), first token {:.1} ms, \
+             weights {:.1} MiB, load {load_ms:.0} ms",
+            engine.quantization_name(),
+            s.prefill_tokens_per_second,
+            ids.len(),
+            s.tokens_per_second,
+            g.ids.len(),
+            s.first_token_latency_ms,
+            mb(w)
+        );
+    }
+    Ok(())
+}
+
+/// The synthetic prompt ids of `wsi::engine::bench_ids` (the same xorshift sequence, special
+/// ids avoided), so that CPU and GPU benches prefill the same prompt.
+fn synthetic_prompt(n: usize, vocab: usize) -> Vec<u32> {
+    let mut s = 0x2545_f491_4f6c_dd1d_u64;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (256 + s % (vocab as u64 - 256).max(1)) as u32
+        })
+        .collect()
 }
 
 fn clock_seed() -> u64 {
