@@ -692,20 +692,23 @@ async fn cpu_llm() -> Rc<WebGPUStreamingInference> {
 }
 
 #[wasm_bindgen_test]
-async fn cpu_backend_int4_greedy_ids_match_the_gpu_int4_ids() {
-    // The GPU's int4 keeps the reference ids for 8 tokens (int4_and_int2_weights_generate):
-    // the CPU's int4 must too.
+async fn cpu_backend_int4_continues_the_chat_like_the_reference() {
+    // The file's Q4_1 weights with int8 activations: the chat case (every greedy margin
+    // >= 0.54) keeps the reference ids to its end of turn. The story prompt's third token has
+    // a margin of 0.0175, which the activations' rounding flips (" loved" for " lived"), as
+    // natively: tests/cpu.rs measures top-1 agreement along all three prompts.
     let fx = fixture();
-    let p = &fx["prompts"][0];
-    let want = ids(&p["greedy_ids"]);
+    let chat = &fx["chat"];
+    let eos = chat["eos_index"].as_u64().unwrap() as usize;
+    let want = &ids(&chat["greedy_ids"])[..eos];
     let l = cpu_llm().await;
-    let (text, got, pieces) = generate(&l, p["prompt"].as_str().unwrap(), json!({"maxTokens": 8})).await.unwrap();
-    assert_eq!(got.len(), 8, "{got:?}");
-    assert_eq!(&got[..], &want[..8], "CPU int4 keeps the reference ids; text {text:?}");
+    let opts = json!({"messages": chat["messages"], "maxTokens": eos + 4});
+    let (text, got, pieces) = generate(&l, "", opts).await.unwrap();
+    assert_eq!(got, want, "CPU int4 chat greedy ids; text {text:?}");
     assert_eq!(text, pieces.concat(), "the pieces make up the text");
     let s = stats(&l);
     assert_eq!(s["quantization"], json!("int4"));
-    assert_eq!(s["finish_reason"], json!("length"));
+    assert_eq!(s["finish_reason"], json!("stop"));
     console_log!(
         "CPU int4 {text:?}: first token {:.0} ms, decode {:.2} tok/s, prefill {:.1} tok/s",
         s["first_token_latency_ms"].as_f64().unwrap_or(-1.0),

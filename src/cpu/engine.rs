@@ -23,6 +23,8 @@ pub struct CpuEngine {
     pub tokenizer: Tokenizer,
     /// The configuration it was loaded with.
     pub config: StreamingConfig,
+    /// The browser it runs in, for the stats ("native" outside one).
+    pub browser: &'static str,
     cancel: Arc<AtomicBool>,
 }
 
@@ -39,6 +41,7 @@ impl CpuEngine {
             model,
             tokenizer: src.tokenizer()?,
             config: config.clone(),
+            browser: "native",
             cancel: Arc::new(AtomicBool::new(false)),
         })
     }
@@ -97,7 +100,7 @@ impl CpuEngine {
             "kv_cache_strategy": "static",
             "kv_cache_format": "f32",
             "kv_cache_tokens": self.model.cached().len(),
-            "browser": "native",
+            "browser": self.browser,
             "adapter": ADAPTER,
             "workgroup_size": [1, 1, 1],
             "latency_optimized": self.config.optimize_for_latency,

