@@ -1,6 +1,6 @@
 //! The model's weights repacked for the CPU, its KV cache, and the forward pass of one
-//! token (the same arithmetic as `model::reference`, with int8 activations into the
-//! matrix products).
+//! token (the same arithmetic as `model::reference`, with 16-bit activations into
+//! the matrix products).
 
 use super::kernels::{Matrix, QuantVec};
 use crate::config::{Quantization, StreamingConfig};
@@ -110,9 +110,16 @@ fn matrix(t: &HostTensor<'_>, rows: usize, cols: usize, format: Format) -> Resul
     }
 }
 
+/// The embedding (and a separate output head): the file's int4 or int8 blocks as they are,
+/// anything else in int8.
+fn embedding(t: &HostTensor<'_>, rows: usize, cols: usize) -> Result<Matrix> {
+    let format = if matches!(t.format, HostFormat::Q4_1 | HostFormat::Q4_0) { Format::Int4 } else { Format::Int8 };
+    matrix(t, rows, cols, format)
+}
+
 impl CpuModel {
     /// Reads and repacks every weight: attention and feed-forward matrices in the config's
-    /// precisions, embeddings and output in int8 (int4 files' Q8_0 embeddings stay as they are).
+    /// precisions, the embeddings and output head in the file's int4 / int8 blocks or int8.
     pub fn load(
         src: &dyn ModelSource,
         config: &StreamingConfig,
@@ -127,10 +134,10 @@ impl CpuModel {
         }
         let total = (c.n_layers + 1) as u64;
         progress(0, total);
-        let embd = matrix(&tensor(src, WeightName::TokenEmbd)?, vocab, d, Format::Int8)?;
+        let embd = embedding(&tensor(src, WeightName::TokenEmbd)?, vocab, d)?;
         let head = match c.tied_embeddings {
             true => None,
-            false => Some(matrix(&tensor(src, WeightName::Output)?, vocab, d, Format::Int8)?),
+            false => Some(embedding(&tensor(src, WeightName::Output)?, vocab, d)?),
         };
         progress(1, total);
         let mut layers = Vec::with_capacity(c.n_layers);
@@ -196,7 +203,7 @@ impl CpuModel {
         let kv: usize = self.layers.iter().map(|l| l.k.capacity() + l.v.capacity()).sum();
         let s = &self.s;
         let floats = [&s.x, &s.xn, &s.q, &s.k, &s.v, &s.att, &s.scores, &s.o, &s.g, &s.u];
-        let act: usize = floats.iter().map(|v| 4 * v.capacity()).sum::<usize>() + 7 * (s.xq.len() + s.hq.len());
+        let act: usize = floats.iter().map(|v| 4 * v.capacity()).sum::<usize>() + s.xq.bytes() + s.hq.bytes();
         (self.weight_bytes, 4 * kv as u64, act as u64)
     }
 
