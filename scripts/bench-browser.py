@@ -88,6 +88,7 @@ def main():
     ap.add_argument("--quantization")
     ap.add_argument("--device", choices=["gpu", "cpu", "auto"], help='shortcut for the config\'s "device"')
     ap.add_argument("--config", default="{}")
+    ap.add_argument("--prompt", help="the prompt (default: the bench page's story prompt)")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--timeout", type=int, default=900)
     a = ap.parse_args()
@@ -109,6 +110,8 @@ def main():
             query["quantization"] = a.quantization
         if a.device:
             query["device"] = a.device
+        if a.prompt:
+            query["prompt"] = a.prompt
         url = f"http://127.0.0.1:{port}/bench.html?" + urllib.parse.urlencode(query)
         browsers = ["chromium", "firefox"] if a.browser == "both" else [a.browser]
         failed = False
