@@ -41,18 +41,3 @@ fn simd_matvecs_equal_the_scalar_ones_for_int4_and_int8() {
     }
     console_log!("simd128 int4/int8 matvecs agree with the scalar reference");
 }
-
-#[wasm_bindgen_test]
-fn simd_dot_and_axpy_equal_plain_loops_with_ragged_tails() {
-    for n in [1, 4, 63, 64, 67] {
-        let (a, b) = (rand_vec(n, 1, 1.0), rand_vec(n, 2, 1.0));
-        let want: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
-        let got = wsi::cpu::kernels::dot_f32(&a, &b);
-        assert!((got - want).abs() < 1e-5 * n as f32, "dot of {n}: {got} vs {want}");
-        let mut y = b.clone();
-        wsi::cpu::kernels::axpy(&mut y, 0.5, &a);
-        for i in 0..n {
-            assert!((y[i] - (b[i] + 0.5 * a[i])).abs() < 1e-6, "axpy of {n} at {i}");
-        }
-    }
-}

@@ -296,61 +296,6 @@ impl Matrix {
     }
 }
 
-/// `a · b` in f32 (attention scores).
-pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let body = n - n % 4;
-    let tail: f32 = a[body..n].iter().zip(&b[body..n]).map(|(x, y)| x * y).sum();
-    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-    {
-        use core::arch::wasm32::*;
-        let mut v = f32x4_splat(0.0);
-        for i in (0..body).step_by(4) {
-            // SAFETY: i + 4 <= body <= both lengths.
-            let (x, y) =
-                unsafe { (v128_load(a.as_ptr().add(i) as *const v128), v128_load(b.as_ptr().add(i) as *const v128)) };
-            v = f32x4_add(v, f32x4_mul(x, y));
-        }
-        simd::hsum(v) + tail
-    }
-    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
-    {
-        let mut acc = [0.0f32; 4];
-        for (ca, cb) in a[..body].chunks_exact(4).zip(b[..body].chunks_exact(4)) {
-            for i in 0..4 {
-                acc[i] += ca[i] * cb[i];
-            }
-        }
-        acc.iter().sum::<f32>() + tail
-    }
-}
-
-/// `y += a * x` in f32 (attention's weighted values).
-pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-    let n = y.len().min(x.len());
-    let body = n - n % 4;
-    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-    {
-        use core::arch::wasm32::*;
-        let av = f32x4_splat(a);
-        for i in (0..body).step_by(4) {
-            // SAFETY: i + 4 <= body <= both lengths.
-            unsafe {
-                let p = y.as_mut_ptr().add(i) as *mut v128;
-                let xv = v128_load(x.as_ptr().add(i) as *const v128);
-                v128_store(p, f32x4_add(v128_load(p), f32x4_mul(av, xv)));
-            }
-        }
-    }
-    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
-    for (o, &v) in y[..body].iter_mut().zip(&x[..body]) {
-        *o += a * v;
-    }
-    for (o, &v) in y[body..n].iter_mut().zip(&x[body..n]) {
-        *o += a * v;
-    }
-}
-
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod simd {
     use core::arch::wasm32::*;
@@ -368,7 +313,7 @@ mod simd {
     }
 
     #[inline(always)]
-    pub fn hsum(v: v128) -> f32 {
+    fn hsum(v: v128) -> f32 {
         f32x4_extract_lane::<0>(v)
             + f32x4_extract_lane::<1>(v)
             + f32x4_extract_lane::<2>(v)
