@@ -42,7 +42,8 @@ impl QuantVec {
             let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
             let mut s = 0i32;
             for (i, &v) in xs.iter().enumerate() {
-                let q = (v * inv).round().clamp(-QMAX, QMAX) as i16;
+                // Ties to even is wasm's `f32.nearest`; `round()` is a libm call there.
+                let q = (v * inv).round_ties_even().clamp(-QMAX, QMAX) as i16;
                 self.q[g * GROUP + i] = q;
                 s += i32::from(q);
             }
