@@ -260,3 +260,17 @@ fn smollm2_int4_on_the_cpu_continues_the_chat_like_the_reference() {
         return;
     };
 }
+
+#[test]
+fn max_kv_cache_mb_caps_the_cpu_context() {
+    let Some(path) = require_smollm2() else { return };
+    let src = wsi::model::open_path(&path).expect("open model");
+    // 30 layers x 2 x 192 floats: 46,080 bytes a position, so 1 MiB holds 22.
+    let cfg = StreamingConfig::from_json_str(r#"{"quantization": "int4", "max_kv_cache_mb": 1}"#).unwrap();
+    let mut e = CpuEngine::load(src.as_ref(), &cfg, &mut |_, _| {}).expect("load");
+    assert_eq!(e.context(), 22);
+    let err = pollster::block_on(e.generate(&[1; 20], &greedy(5), &mut |_| true)).unwrap_err();
+    assert_eq!(err.code(), "context_length_exceeded", "{err}");
+    let g = pollster::block_on(e.generate(&[1; 20], &greedy(2), &mut |_| true)).expect("fits");
+    assert_eq!(g.ids.len(), 2);
+}

@@ -183,8 +183,20 @@ impl CpuModel {
             (Format::Int8, Format::Int8) => "int8",
             _ => "mixed",
         };
+        // f32 keys and values of every layer; `max_kv_cache_mb` caps the positions.
+        let per_position = 2 * c.n_layers * nkv * hd * 4;
+        let mut context = c.context_length.clamp(16, MAX_CONTEXT);
+        if let Some(mb) = config.max_kv_cache_mb {
+            context = context.min(mb as usize * 1_048_576 / per_position);
+            if context < 2 {
+                return Err(Error::invalid(format!(
+                    "max_kv_cache_mb {mb} holds {context} positions of the cpu KV cache ({per_position} bytes each); \
+                     it needs at least 2"
+                )));
+            }
+        }
         Ok(CpuModel {
-            context: c.context_length.clamp(16, MAX_CONTEXT),
+            context,
             out_norm: vector(src, WeightName::OutputNorm, d)?,
             config: c,
             layers,
