@@ -11,6 +11,7 @@ use web_time::Instant;
 use super::model::CpuModel;
 use crate::config::{SamplingParams, StreamingConfig};
 use crate::engine::emit::Emitter;
+use crate::engine::stats::json_object;
 use crate::engine::{FinishReason, GenerateParams, Generation, GenerationStats, TokenEvent};
 use crate::error::{Error, Result};
 use crate::model::ModelSource;
@@ -80,18 +81,9 @@ impl CpuEngine {
     pub fn stats_json(&self, s: &GenerationStats) -> Value {
         let (w, kv, act) = self.memory_bytes();
         let mb = |b: u64| b as f64 / 1_048_576.0;
-        json!({
+        let mut m = s.measured_json();
+        m.extend(json_object(json!({
             "device": "cpu",
-            "tokens_generated": s.tokens_generated,
-            "prompt_tokens": s.prompt_tokens,
-            "first_token_latency_ms": s.first_token_latency_ms,
-            "avg_token_latency_ms": s.avg_token_latency_ms,
-            "tokens_per_second": s.tokens_per_second,
-            "prefill_tokens_per_second": s.prefill_tokens_per_second,
-            "generation_time_ms": s.generation_time_ms,
-            "prefetch_hit_rate": 0.0,
-            "current_batch_size": 1,
-            "batch_size_history": [1],
             "kv_cache_mb": mb(kv),
             "model_memory_mb": mb(w),
             "peak_memory_mb": mb(w + kv + act),
@@ -105,17 +97,12 @@ impl CpuEngine {
             "workgroup_size": [1, 1, 1],
             "latency_optimized": self.config.optimize_for_latency,
             "kv_cache_optimized": false,
-            "finish_reason": s.finish_reason.map(|f| f.as_str()),
             "steps_per_submit": 1,
             "in_flight": 1,
-            "submissions": 0,
             "token_prediction": false,
             "prefetch_strategy": "none",
-            "verify_passes": 0,
-            "tokens_proposed": 0,
-            "tokens_accepted": 0,
-            "dispatches_per_token": 0,
-        })
+        })));
+        Value::Object(m)
     }
 
     fn check_prompt(&self, ids: &[u32]) -> Result<()> {
@@ -218,17 +205,7 @@ impl CpuEngine {
         let finish = finish.unwrap_or(FinishReason::Length);
         em.flush(&self.tokenizer, on_token)?;
         let t_end = Instant::now();
-        stats.tokens_generated = em.ids.len();
-        stats.generation_time_ms = (t_end - t_start).as_secs_f64() * 1e3;
-        if let Some(t1) = t_first {
-            stats.decode_ms = (t_end - t1).as_secs_f64() * 1e3;
-        }
-        stats.prefill_tokens_per_second = prompt.len() as f64 / (stats.prefill_ms / 1e3).max(1e-9);
-        let decoded = em.ids.len().saturating_sub(1);
-        if decoded > 0 && stats.decode_ms > 0.0 {
-            stats.tokens_per_second = decoded as f64 / (stats.decode_ms / 1e3);
-            stats.avg_token_latency_ms = stats.decode_ms / decoded as f64;
-        }
+        stats.close(t_start, t_first, t_end, em.ids.len());
         stats.finish_reason = Some(finish);
         if runs_out && finish == FinishReason::Length {
             return Err(Error::ContextLengthExceeded(format!(

@@ -120,42 +120,42 @@ fn check_blocks(bytes: &[u8], rows: usize, cols: usize, block: usize, what: &str
     Ok(groups)
 }
 
+/// int4 rows from GGUF blocks of `block` bytes, `fields` giving each block's scale, minimum
+/// and 16 bytes of nibbles.
+fn int4_blocks(
+    bytes: &[u8],
+    rows: usize,
+    cols: usize,
+    block: usize,
+    what: &str,
+    fields: impl Fn(&[u8]) -> (f32, f32, &[u8]),
+) -> Result<Matrix> {
+    let groups = check_blocks(bytes, rows, cols, block, what)?;
+    let mut m = Int4Rows {
+        rows,
+        cols,
+        nib: Vec::with_capacity(groups * 16),
+        scale: Vec::with_capacity(groups),
+        min: Vec::with_capacity(groups),
+    };
+    for b in bytes.chunks_exact(block) {
+        let (scale, min, nib) = fields(b);
+        m.scale.push(scale);
+        m.min.push(min);
+        m.nib.extend_from_slice(&nib[..16]);
+    }
+    Ok(Matrix::Int4(m))
+}
+
 impl Matrix {
     /// From GGUF Q4_1 blocks (f16 scale, f16 minimum, 16 bytes of nibbles), bit for bit.
     pub fn from_q4_1(bytes: &[u8], rows: usize, cols: usize) -> Result<Matrix> {
-        let groups = check_blocks(bytes, rows, cols, 20, "Q4_1")?;
-        let mut m = Int4Rows {
-            rows,
-            cols,
-            nib: Vec::with_capacity(groups * 16),
-            scale: Vec::with_capacity(groups),
-            min: Vec::with_capacity(groups),
-        };
-        for b in bytes.chunks_exact(20) {
-            m.scale.push(f16_at(b, 0));
-            m.min.push(f16_at(b, 2));
-            m.nib.extend_from_slice(&b[4..20]);
-        }
-        Ok(Matrix::Int4(m))
+        int4_blocks(bytes, rows, cols, 20, "Q4_1", |b| (f16_at(b, 0), f16_at(b, 2), &b[4..]))
     }
 
     /// From GGUF Q4_0 blocks (`(q - 8) * d`, so the minimum is `-8 d`, exact in f32).
     pub fn from_q4_0(bytes: &[u8], rows: usize, cols: usize) -> Result<Matrix> {
-        let groups = check_blocks(bytes, rows, cols, 18, "Q4_0")?;
-        let mut m = Int4Rows {
-            rows,
-            cols,
-            nib: Vec::with_capacity(groups * 16),
-            scale: Vec::with_capacity(groups),
-            min: Vec::with_capacity(groups),
-        };
-        for b in bytes.chunks_exact(18) {
-            let d = f16_at(b, 0);
-            m.scale.push(d);
-            m.min.push(-8.0 * d);
-            m.nib.extend_from_slice(&b[2..18]);
-        }
-        Ok(Matrix::Int4(m))
+        int4_blocks(bytes, rows, cols, 18, "Q4_0", |b| (f16_at(b, 0), -8.0 * f16_at(b, 0), &b[2..]))
     }
 
     /// From GGUF Q8_0 blocks (f16 scale, 32 int8 values), bit for bit.

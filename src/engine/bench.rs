@@ -94,7 +94,7 @@ fn by_family(rows: Vec<(&'static str, f64)>) -> Vec<FamilyTime> {
 }
 
 /// Deterministic prompt ids spread over the vocabulary (special ids avoided).
-fn synthetic_prompt(n: usize, vocab: usize) -> Vec<u32> {
+pub fn synthetic_prompt(n: usize, vocab: usize) -> Vec<u32> {
     let mut s = 0x2545_f491_4f6c_dd1d_u64;
     (0..n)
         .map(|_| {

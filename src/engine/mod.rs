@@ -13,7 +13,7 @@ pub mod prefetch;
 mod pressure;
 mod recover;
 pub mod speculative;
-mod stats;
+pub(crate) mod stats;
 mod stop;
 mod top1;
 
@@ -28,6 +28,7 @@ pub use any::{AnyEngine, Backend};
 pub use batch::Batch;
 pub use bench::{
     BatchBenchReport, BenchReport, REPETITIVE_PROMPT, bench, bench_again, bench_batch, bench_ids, bench_prompt,
+    synthetic_prompt,
 };
 #[cfg(not(target_arch = "wasm32"))]
 pub use bench::{ablate, profile, profile_batch};
@@ -580,17 +581,7 @@ impl Engine {
         em.flush(&self.tokenizer, on_token)?;
         let Emitter { ids, text, .. } = em;
         let t_end = Instant::now();
-        stats.tokens_generated = ids.len();
-        stats.generation_time_ms = (t_end - t_start).as_secs_f64() * 1e3;
-        if let Some(t1) = t_first {
-            stats.decode_ms = (t_end - t1).as_secs_f64() * 1e3;
-        }
-        stats.prefill_tokens_per_second = prompt.len() as f64 / (stats.prefill_ms / 1e3).max(1e-9);
-        let decoded = ids.len().saturating_sub(1);
-        if decoded > 0 && stats.decode_ms > 0.0 {
-            stats.tokens_per_second = decoded as f64 / (stats.decode_ms / 1e3);
-            stats.avg_token_latency_ms = stats.decode_ms / decoded as f64;
-        }
+        stats.close(t_start, t_first, t_end, ids.len());
         if decode_steps > 0 {
             // The attention split, and with it the dispatch count, follows the context length.
             stats.dispatches_per_token = (decode_dispatches as f64 / decode_steps as f64).round() as usize;

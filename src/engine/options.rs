@@ -3,6 +3,7 @@
 
 use serde_json::{Value, json};
 
+use super::stats::json_object;
 use super::{Engine, EngineOptions, GenerateParams, GenerationStats};
 use crate::browser::{AdapterCaps, BrowserProfile};
 use crate::config::{Quantization, SamplingParams, StreamingConfig};
@@ -248,17 +249,8 @@ impl Engine {
         } else {
             plan.formats.main.name().to_string()
         };
-        json!({
-            "tokens_generated": s.tokens_generated,
-            "prompt_tokens": s.prompt_tokens,
-            "first_token_latency_ms": s.first_token_latency_ms,
-            "avg_token_latency_ms": s.avg_token_latency_ms,
-            "tokens_per_second": s.tokens_per_second,
-            "prefill_tokens_per_second": s.prefill_tokens_per_second,
-            "generation_time_ms": s.generation_time_ms,
-            "prefetch_hit_rate": s.prefetch_hit_rate(),
-            "current_batch_size": s.batch_sizes.last().copied().unwrap_or(1),
-            "batch_size_history": if s.batch_sizes.is_empty() { vec![1] } else { s.batch_sizes.clone() },
+        let mut m = s.measured_json();
+        m.extend(json_object(json!({
             "kv_cache_mb": mb(kv),
             "model_memory_mb": mb(w),
             "peak_memory_mb": mb(w + self.model.kv().peak_bytes.max(kv) + act),
@@ -272,16 +264,11 @@ impl Engine {
             "workgroup_size": [self.model.options.workgroup, 1, 1],
             "latency_optimized": self.options.config.optimize_for_latency,
             "kv_cache_optimized": plan.formats != KvFormats::plain(KvFormat::F32),
-            "finish_reason": s.finish_reason.map(|f| f.as_str()),
             "steps_per_submit": self.options.steps_per_submit,
             "in_flight": self.options.in_flight,
-            "submissions": s.submissions,
             "token_prediction": self.options.config.token_prediction_enabled,
             "prefetch_strategy": self.prefetch.strategy().as_str(),
-            "verify_passes": s.verify_passes,
-            "tokens_proposed": s.proposed,
-            "tokens_accepted": s.accepted,
-            "dispatches_per_token": s.dispatches_per_token,
-        })
+        })));
+        Value::Object(m)
     }
 }

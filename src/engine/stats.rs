@@ -1,6 +1,7 @@
 //! Measured figures of one generation.
 
 use serde::Serialize;
+use web_time::Instant;
 
 /// Why a generation ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -60,8 +61,55 @@ pub struct GenerationStats {
 }
 
 impl GenerationStats {
+    /// The keys of the stats object (DESIGN.md §4) that a generation measures, whichever
+    /// engine ran it; each engine adds its own (memory, adapter, options).
+    pub fn measured_json(&self) -> serde_json::Map<String, serde_json::Value> {
+        json_object(serde_json::json!({
+            "tokens_generated": self.tokens_generated,
+            "prompt_tokens": self.prompt_tokens,
+            "first_token_latency_ms": self.first_token_latency_ms,
+            "avg_token_latency_ms": self.avg_token_latency_ms,
+            "tokens_per_second": self.tokens_per_second,
+            "prefill_tokens_per_second": self.prefill_tokens_per_second,
+            "generation_time_ms": self.generation_time_ms,
+            "prefetch_hit_rate": self.prefetch_hit_rate(),
+            "current_batch_size": self.batch_sizes.last().copied().unwrap_or(1),
+            "batch_size_history": if self.batch_sizes.is_empty() { vec![1] } else { self.batch_sizes.clone() },
+            "finish_reason": self.finish_reason.map(|f| f.as_str()),
+            "submissions": self.submissions,
+            "verify_passes": self.verify_passes,
+            "tokens_proposed": self.proposed,
+            "tokens_accepted": self.accepted,
+            "dispatches_per_token": self.dispatches_per_token,
+        }))
+    }
+
+    /// Closes the timing of a generation that kept `generated` ids: its total time, and the
+    /// decode time and rates counted from the first token (`prefill_ms` already set).
+    pub fn close(&mut self, t_start: Instant, t_first: Option<Instant>, t_end: Instant, generated: usize) {
+        self.tokens_generated = generated;
+        self.generation_time_ms = (t_end - t_start).as_secs_f64() * 1e3;
+        if let Some(t1) = t_first {
+            self.decode_ms = (t_end - t1).as_secs_f64() * 1e3;
+        }
+        self.prefill_tokens_per_second = self.prompt_tokens as f64 / (self.prefill_ms / 1e3).max(1e-9);
+        let decoded = generated.saturating_sub(1);
+        if decoded > 0 && self.decode_ms > 0.0 {
+            self.tokens_per_second = decoded as f64 / (self.decode_ms / 1e3);
+            self.avg_token_latency_ms = self.decode_ms / decoded as f64;
+        }
+    }
+
     /// Accepted / proposed drafts (0 when nothing was proposed).
     pub fn prefetch_hit_rate(&self) -> f64 {
         if self.proposed == 0 { 0.0 } else { self.accepted as f64 / self.proposed as f64 }
+    }
+}
+
+/// The members of a JSON object (none for any other value).
+pub fn json_object(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+    match v {
+        serde_json::Value::Object(m) => m,
+        _ => serde_json::Map::new(),
     }
 }

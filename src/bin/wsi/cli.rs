@@ -648,7 +648,7 @@ fn bench_cpu(
                 AnyEngine::Gpu(e) => e.model.config.vocab_size,
                 AnyEngine::Cpu(e) => e.model.config.vocab_size,
             };
-            synthetic_prompt(prompt_tokens.max(1), vocab)
+            wsi::engine::synthetic_prompt(prompt_tokens.max(1), vocab)
         }
     };
     // Room for every generated token: the bench measures decode, not the context's end.
@@ -687,20 +687,6 @@ fn bench_cpu(
         );
     }
     Ok(())
-}
-
-/// The synthetic prompt ids of `wsi::engine::bench_ids` (the same xorshift sequence, special
-/// ids avoided), so that CPU and GPU benches prefill the same prompt.
-fn synthetic_prompt(n: usize, vocab: usize) -> Vec<u32> {
-    let mut s = 0x2545_f491_4f6c_dd1d_u64;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (256 + s % (vocab as u64 - 256).max(1)) as u32
-        })
-        .collect()
 }
 
 fn clock_seed() -> u64 {
