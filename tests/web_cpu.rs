@@ -41,3 +41,20 @@ fn simd_matvecs_equal_the_scalar_ones_for_int4_and_int8() {
     }
     console_log!("simd128 int4/int8 matvecs agree with the scalar reference");
 }
+
+#[wasm_bindgen_test]
+fn simd_activation_quantiser_gives_the_scalar_codes() {
+    for (n, scale) in [(32, 1.0), (576, 40.0), (1536, 1e-3)] {
+        let mut x = rand_vec(n, n as u64, scale);
+        x[5] = 0.0;
+        x[n - 1] = -scale; // a group's largest magnitude negative
+        let (mut a, mut b) = (QuantVec::default(), QuantVec::default());
+        a.quantize(&x);
+        b.quantize_scalar(&x);
+        assert_eq!(a.q, b.q, "codes of {n}");
+        assert_eq!((a.scale, a.sum), (b.scale, b.sum), "scales and sums of {n}");
+    }
+    let mut z = QuantVec::default();
+    z.quantize(&[0.0; 64]);
+    assert!(z.q.iter().all(|&q| q == 0) && z.scale == [0.0, 0.0], "an all-zero group");
+}

@@ -29,6 +29,19 @@ pub struct QuantVec {
 /// The largest quantised magnitude: `i16::MAX`, so that negation stays in range.
 const QMAX: f32 = 32767.0;
 
+/// One group's scale and codes (ties to even, wasm's `f32.nearest`) and the codes' sum.
+fn quantize_group(xs: &[f32], q: &mut [i16]) -> (f32, i32) {
+    let amax = xs.iter().fold(0.0f32, |m, v| if v.abs() > m { v.abs() } else { m });
+    let scale = amax / QMAX;
+    let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+    let mut s = 0i32;
+    for (o, &v) in q.iter_mut().zip(xs) {
+        *o = (v * inv).round_ties_even().clamp(-QMAX, QMAX) as i16;
+        s += i32::from(*o);
+    }
+    (scale, s)
+}
+
 impl QuantVec {
     /// Quantises `x` (`[n]`, n a multiple of 32) by each group's largest magnitude.
     pub fn quantize(&mut self, x: &[f32]) {
@@ -37,16 +50,24 @@ impl QuantVec {
         self.scale.resize(n / GROUP, 0.0);
         self.sum.resize(n / GROUP, 0.0);
         for (g, xs) in x.chunks_exact(GROUP).enumerate() {
-            let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            let scale = amax / QMAX;
-            let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-            let mut s = 0i32;
-            for (i, &v) in xs.iter().enumerate() {
-                // Ties to even is wasm's `f32.nearest`; `round()` is a libm call there.
-                let q = (v * inv).round_ties_even().clamp(-QMAX, QMAX) as i16;
-                self.q[g * GROUP + i] = q;
-                s += i32::from(q);
-            }
+            let q = &mut self.q[g * GROUP..][..GROUP];
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+            let (scale, s) = simd::quantize_group(xs, q);
+            #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+            let (scale, s) = quantize_group(xs, q);
+            self.scale[g] = scale;
+            self.sum[g] = scale * s as f32;
+        }
+    }
+
+    /// The same in plain loops: the reference for the SIMD path.
+    pub fn quantize_scalar(&mut self, x: &[f32]) {
+        let n = x.len();
+        self.q.resize(n, 0);
+        self.scale.resize(n / GROUP, 0.0);
+        self.sum.resize(n / GROUP, 0.0);
+        for (g, xs) in x.chunks_exact(GROUP).enumerate() {
+            let (scale, s) = quantize_group(xs, &mut self.q[g * GROUP..][..GROUP]);
             self.scale[g] = scale;
             self.sum[g] = scale * s as f32;
         }
@@ -310,6 +331,36 @@ mod simd {
                 Matrix::Int4(m) => int4(m, x, y),
                 Matrix::Int8(m) => int8(m, x, y),
             }
+        }
+    }
+
+    /// [`super::quantize_group`] on 8 f32x4: the same codes (the product never exceeds
+    /// 32767.5, and narrowing saturates).
+    pub fn quantize_group(xs: &[f32], q: &mut [i16]) -> (f32, i32) {
+        let (xp, qp) = (xs.as_ptr(), q.as_mut_ptr());
+        // SAFETY: both slices hold a whole group of 32.
+        unsafe {
+            let v: [v128; 8] = core::array::from_fn(|i| v128_load(xp.add(4 * i) as *const v128));
+            let mut m = f32x4_abs(v[0]);
+            for x in &v[1..] {
+                m = f32x4_pmax(m, f32x4_abs(*x));
+            }
+            let m = f32x4_pmax(m, i32x4_shuffle::<2, 3, 0, 1>(m, m));
+            let m = f32x4_pmax(m, i32x4_shuffle::<1, 0, 3, 2>(m, m));
+            let scale = f32x4_extract_lane::<0>(m) / super::QMAX;
+            let inv = f32x4_splat(if scale > 0.0 { 1.0 / scale } else { 0.0 });
+            let mut sum = i32x4_splat(0);
+            for i in 0..4 {
+                let a = i32x4_trunc_sat_f32x4(f32x4_nearest(f32x4_mul(v[2 * i], inv)));
+                let b = i32x4_trunc_sat_f32x4(f32x4_nearest(f32x4_mul(v[2 * i + 1], inv)));
+                v128_store(qp.add(8 * i) as *mut v128, i16x8_narrow_i32x4(a, b));
+                sum = i32x4_add(sum, i32x4_add(a, b));
+            }
+            let s = i32x4_extract_lane::<0>(sum)
+                + i32x4_extract_lane::<1>(sum)
+                + i32x4_extract_lane::<2>(sum)
+                + i32x4_extract_lane::<3>(sum);
+            (scale, s)
         }
     }
 

@@ -299,7 +299,10 @@ impl CpuModel {
                 for (j, sc) in s.scores.iter_mut().enumerate() {
                     let k = &l.k[j * nkv * hd + kv..][..hd];
                     *sc = dot(q, k) * scale;
-                    mx = mx.max(*sc);
+                    // A compare, not `f32::max`, which is a libm call (fmaxf) in wasm.
+                    if *sc > mx {
+                        mx = *sc;
+                    }
                 }
                 let mut z = 0.0f32;
                 for sc in s.scores.iter_mut() {
