@@ -274,3 +274,51 @@ fn max_kv_cache_mb_caps_the_cpu_context() {
     let g = pollster::block_on(e.generate(&[1; 20], &greedy(2), &mut |_| true)).expect("fits");
     assert_eq!(g.ids.len(), 2);
 }
+
+#[test]
+fn a_prompt_run_four_tokens_at_a_time_gives_the_bits_of_one_at_a_time() {
+    for (arch, format, quantization) in
+        [(Arch::Llama, HostFormat::Q4_1, "int4"), (Arch::Qwen2, HostFormat::Q8_0, "int8")]
+    {
+        let src = tiny(arch, 3, format);
+        let mut e = CpuEngine::load(&src, &config(quantization), &mut |_, _| {}).expect("load");
+        let ids: Vec<u32> = (0..11).map(|i| (i * 29 + 7) % 300).collect();
+        let one = logits_along(&mut e, &ids).pop().expect("logits");
+        e.model.truncate(0);
+        let mut many = Vec::new();
+        e.model.steps(&ids, Some(&mut many)).expect("steps");
+        assert_eq!(one, many, "{arch:?} {quantization}");
+        // And the next step reads the cache the chunks wrote.
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        e.model.step(5, Some(&mut a)).expect("step");
+        logits_along(&mut e, &ids);
+        e.model.step(5, Some(&mut b)).expect("step");
+        assert_eq!(a, b);
+    }
+}
+
+#[test]
+fn matmul_of_several_vectors_is_matvec_of_each() {
+    let (rows, cols) = (19, 96);
+    let w = rand_vec(rows * cols, 8, 1.0);
+    let xs: Vec<QuantVec> = (0..6)
+        .map(|i| {
+            let mut x = QuantVec::default();
+            x.quantize(&rand_vec(cols, 20 + i, 2.0));
+            x
+        })
+        .collect();
+    for m in [
+        Matrix::from_q4_1(&ggml::quantize_q4_1(&w).unwrap(), rows, cols).unwrap(),
+        Matrix::from_q8_0(&ggml::quantize_q8_0(&w).unwrap(), rows, cols).unwrap(),
+    ] {
+        let mut y = vec![0.0; xs.len() * rows];
+        m.matmul(&xs, &mut y).unwrap();
+        for (x, yt) in xs.iter().zip(y.chunks_exact(rows)) {
+            let mut want = vec![0.0; rows];
+            m.matvec(x, &mut want).unwrap();
+            assert_eq!(yt, &want[..]);
+        }
+        assert!(m.matmul(&xs, &mut vec![0.0; rows]).is_err(), "a short y is refused");
+    }
+}

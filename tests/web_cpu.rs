@@ -58,3 +58,30 @@ fn simd_activation_quantiser_gives_the_scalar_codes() {
     z.quantize(&[0.0; 64]);
     assert!(z.q.iter().all(|&q| q == 0) && z.scale == [0.0, 0.0], "an all-zero group");
 }
+
+#[wasm_bindgen_test]
+fn simd_matmul_of_several_vectors_is_the_same_bits_as_matvec_of_each() {
+    let (rows, cols) = (19, 96);
+    let w = rand_vec(rows * cols, 8, 1.0);
+    let xs: Vec<QuantVec> = (0..6)
+        .map(|i| {
+            let mut x = QuantVec::default();
+            x.quantize(&rand_vec(cols, 20 + i, 2.0));
+            x
+        })
+        .collect();
+    for m in [
+        Matrix::from_q4_1(&ggml::quantize_q4_1(&w).unwrap(), rows, cols).unwrap(),
+        Matrix::from_q8_0(&ggml::quantize_q8_0(&w).unwrap(), rows, cols).unwrap(),
+    ] {
+        for n in 1..=xs.len() {
+            let mut y = vec![0.0; n * rows];
+            m.matmul(&xs[..n], &mut y).unwrap();
+            for (x, yt) in xs.iter().zip(y.chunks_exact(rows)) {
+                let mut want = vec![0.0; rows];
+                m.matvec(x, &mut want).unwrap();
+                assert_eq!(yt, &want[..], "{} with {n} vectors", m.format_name());
+            }
+        }
+    }
+}

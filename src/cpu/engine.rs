@@ -1,4 +1,4 @@
-//! The CPU generation loop: prefill token by token, then one decode step per token,
+//! The CPU generation loop: prefill four tokens at a time, then one decode step per token,
 //! sampled with the GPU sampler's reference (same ids for the same seed), yielding to the
 //! browser's event loop between tokens so that the page stays live and `stop()` works.
 
@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde_json::{Value, json};
 use web_time::Instant;
 
+use super::kernels::TOKENS;
 use super::model::CpuModel;
 use crate::config::{SamplingParams, StreamingConfig};
 use crate::engine::emit::Emitter;
@@ -159,9 +160,11 @@ impl CpuEngine {
         let mut logits = Vec::new();
         let mut finish = None;
         let mut since_yield = Instant::now();
-        for (i, &id) in prompt.iter().enumerate().skip(self.model.cached().len()) {
-            let last = i + 1 == prompt.len();
-            self.model.step(id, last.then_some(&mut logits))?;
+        let rest = &prompt[self.model.cached().len()..];
+        let n_chunks = rest.len().div_ceil(TOKENS);
+        for (i, chunk) in rest.chunks(TOKENS).enumerate() {
+            let last = i + 1 == n_chunks;
+            self.model.steps(chunk, last.then_some(&mut logits))?;
             if !last && pause(&mut since_yield).await && self.cancel.load(Ordering::SeqCst) {
                 finish = Some(FinishReason::Cancelled);
                 break;

@@ -11,6 +11,9 @@ use crate::error::{Error, Result};
 /// Weights (and activations) per scale.
 pub const GROUP: usize = 32;
 
+/// Tokens a [`Matrix::matmul`] pass takes at once.
+pub const TOKENS: usize = 4;
+
 /// A vector quantised to 16 bits in groups of 32. The SIMD products widen the weights to
 /// i16 anyway (`i32x4.dot_i16x8_s`), so 16-bit activations cost nothing over 8-bit ones and
 /// leave the weights' rounding as the only one that matters: along SmolLM2's golden
@@ -248,14 +251,31 @@ impl Matrix {
 
     /// `y [rows] = W x` with `x` quantised (`[cols]`), in the fastest path the build has.
     pub fn matvec(&self, x: &QuantVec, y: &mut [f32]) -> Result<()> {
-        self.check(x, y)?;
-        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-        {
-            // SAFETY: `check` verified every length the loops index with.
-            unsafe { simd::matvec(self, x, y) };
+        self.matmul(std::slice::from_ref(x), y)
+    }
+
+    /// `y [t, rows] = W xs[t]` for every vector of `xs` (the prompt's tokens): each weight
+    /// group is loaded and unpacked once for up to [`TOKENS`] of them. Every token's sums
+    /// are formed in the same order as [`Matrix::matvec`]'s, so the results are the same
+    /// bits.
+    pub fn matmul(&self, xs: &[QuantVec], y: &mut [f32]) -> Result<()> {
+        if y.len() != xs.len() * self.rows() {
+            return Err(Error::internal(format!("{} products into y [{}]", xs.len(), y.len())));
         }
-        #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
-        self.matvec_scalar_unchecked(x, y);
+        for (x, yt) in xs.iter().zip(y.chunks_exact(self.rows().max(1))) {
+            self.check(x, yt)?;
+        }
+        for (xs, y) in xs.chunks(TOKENS).zip(y.chunks_mut(TOKENS * self.rows().max(1))) {
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+            // SAFETY: every vector was checked against the columns, y against the rows.
+            unsafe {
+                simd::matmul(self, xs, y)
+            };
+            #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+            for (x, yt) in xs.iter().zip(y.chunks_exact_mut(self.rows().max(1))) {
+                self.matvec_scalar_unchecked(x, yt);
+            }
+        }
         Ok(())
     }
 
@@ -324,12 +344,19 @@ mod simd {
 
     use super::{GROUP, Int4Rows, Int8Rows, Matrix, QuantVec};
 
-    /// SAFETY: the caller checked `x` against the matrix's columns and `y` against its rows.
-    pub unsafe fn matvec(m: &Matrix, x: &QuantVec, y: &mut [f32]) {
+    /// SAFETY: the caller checked every `xs[t]` against the matrix's columns and `y` against
+    /// `[xs.len() <= TOKENS, rows]`.
+    pub unsafe fn matmul(m: &Matrix, xs: &[QuantVec], y: &mut [f32]) {
         unsafe {
-            match m {
-                Matrix::Int4(m) => int4(m, x, y),
-                Matrix::Int8(m) => int8(m, x, y),
+            match (m, xs.len()) {
+                (Matrix::Int4(m), 1) => int4::<1>(m, xs, y),
+                (Matrix::Int4(m), 2) => int4::<2>(m, xs, y),
+                (Matrix::Int4(m), 3) => int4::<3>(m, xs, y),
+                (Matrix::Int4(m), _) => int4::<4>(m, xs, y),
+                (Matrix::Int8(m), 1) => int8::<1>(m, xs, y),
+                (Matrix::Int8(m), 2) => int8::<2>(m, xs, y),
+                (Matrix::Int8(m), 3) => int8::<3>(m, xs, y),
+                (Matrix::Int8(m), _) => int8::<4>(m, xs, y),
             }
         }
     }
@@ -372,62 +399,88 @@ mod simd {
             + f32x4_extract_lane::<3>(v)
     }
 
-    /// Per group: the nibbles split into low and high halves, widened to i16 and multiplied
-    /// pairwise with the activations (`i32x4.dot_i16x8_s`, x86's `pmaddwd`; each product at
-    /// most 15 * 32767). In V8 this runs 19.5 G weights/s on one core against 15.5 for
-    /// `i16x8.extmul` with int8 activations (and 16.8 for that on two rows at a time).
-    unsafe fn int4(m: &Int4Rows, x: &QuantVec, y: &mut [f32]) {
+    /// The group's 32 weights (as 4 i16x8) against one vector's 32 activations:
+    /// `i32x4.dot_i16x8_s` (x86's `pmaddwd`) pairs, summed.
+    #[inline(always)]
+    unsafe fn dot32(w: &[v128; 4], xp: *const i16) -> v128 {
+        unsafe {
+            let d0 = i32x4_dot_i16x8(w[0], v128_load(xp as *const v128));
+            let d1 = i32x4_dot_i16x8(w[1], v128_load(xp.add(8) as *const v128));
+            let d2 = i32x4_dot_i16x8(w[2], v128_load(xp.add(16) as *const v128));
+            let d3 = i32x4_dot_i16x8(w[3], v128_load(xp.add(24) as *const v128));
+            i32x4_add(i32x4_add(d0, d1), i32x4_add(d2, d3))
+        }
+    }
+
+    /// int4 for `T` vectors: per group the nibbles are split into low and high halves and
+    /// widened to i16 once, then multiplied with each vector's activations (each product
+    /// at most 15 * 32767). In V8 one vector runs 19.5 G weights/s on one core against 15.5
+    /// for `i16x8.extmul` with int8 activations (and 16.8 for that on two rows at a time).
+    unsafe fn int4<const T: usize>(m: &Int4Rows, xs: &[QuantVec], y: &mut [f32]) {
         let gpr = m.cols / GROUP;
         let mask = u8x16_splat(15);
-        let (nib, xq) = (m.nib.as_ptr(), x.q.as_ptr());
-        for (r, out) in y.iter_mut().enumerate() {
-            let mut acc = f32x4_splat(0.0);
-            let mut macc = 0.0f32;
+        let nib = m.nib.as_ptr();
+        let xq: [*const i16; T] = core::array::from_fn(|t| xs[t].q.as_ptr());
+        for r in 0..m.rows {
+            let mut acc = [f32x4_splat(0.0); T];
+            let mut macc = [0.0f32; T];
             let base = r * gpr;
             for g in 0..gpr {
                 unsafe {
                     let w = v128_load(nib.add((base + g) * 16) as *const v128);
-                    let xp = xq.add(g * GROUP);
-                    let lo = v128_and(w, mask);
-                    let hi = u8x16_shr(w, 4);
-                    let d0 = i32x4_dot_i16x8(u16x8_extend_low_u8x16(lo), v128_load(xp as *const v128));
-                    let d1 = i32x4_dot_i16x8(u16x8_extend_high_u8x16(lo), v128_load(xp.add(8) as *const v128));
-                    let d2 = i32x4_dot_i16x8(u16x8_extend_low_u8x16(hi), v128_load(xp.add(16) as *const v128));
-                    let d3 = i32x4_dot_i16x8(u16x8_extend_high_u8x16(hi), v128_load(xp.add(24) as *const v128));
-                    let s = i32x4_add(i32x4_add(d0, d1), i32x4_add(d2, d3));
-                    let sc = *m.scale.get_unchecked(base + g) * *x.scale.get_unchecked(g);
-                    acc = f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(s), f32x4_splat(sc)));
-                    macc += *m.min.get_unchecked(base + g) * *x.sum.get_unchecked(g);
+                    let (lo, hi) = (v128_and(w, mask), u8x16_shr(w, 4));
+                    let w = [
+                        u16x8_extend_low_u8x16(lo),
+                        u16x8_extend_high_u8x16(lo),
+                        u16x8_extend_low_u8x16(hi),
+                        u16x8_extend_high_u8x16(hi),
+                    ];
+                    let (ws, wm) = (*m.scale.get_unchecked(base + g), *m.min.get_unchecked(base + g));
+                    for t in 0..T {
+                        let x = xs.get_unchecked(t);
+                        let s = dot32(&w, xq[t].add(g * GROUP));
+                        let sc = ws * *x.scale.get_unchecked(g);
+                        acc[t] = f32x4_add(acc[t], f32x4_mul(f32x4_convert_i32x4(s), f32x4_splat(sc)));
+                        macc[t] += wm * *x.sum.get_unchecked(g);
+                    }
                 }
             }
-            *out = hsum(acc) + macc;
+            for t in 0..T {
+                y[t * m.rows + r] = hsum(acc[t]) + macc[t];
+            }
         }
     }
 
-    /// Per group: weights widened to i16 and multiplied pairwise with the activations
-    /// (`i32x4.dot_i16x8_s`; a lane sums 8 products of at most 128 * 32767, well inside i32).
-    unsafe fn int8(m: &Int8Rows, x: &QuantVec, y: &mut [f32]) {
+    /// int8 for `T` vectors: weights widened to i16 once per group (a lane sums 8 products
+    /// of at most 128 * 32767, well inside i32).
+    unsafe fn int8<const T: usize>(m: &Int8Rows, xs: &[QuantVec], y: &mut [f32]) {
         let gpr = m.cols / GROUP;
-        let (wq, xq) = (m.q.as_ptr(), x.q.as_ptr());
-        for (r, out) in y.iter_mut().enumerate() {
-            let mut acc = f32x4_splat(0.0);
+        let wq = m.q.as_ptr();
+        let xq: [*const i16; T] = core::array::from_fn(|t| xs[t].q.as_ptr());
+        for r in 0..m.rows {
+            let mut acc = [f32x4_splat(0.0); T];
             let base = r * gpr;
             for g in 0..gpr {
                 unsafe {
-                    let w = wq.add((base + g) * GROUP);
-                    let xp = xq.add(g * GROUP);
-                    let w0 = v128_load(w as *const v128);
-                    let w1 = v128_load(w.add(16) as *const v128);
-                    let d0 = i32x4_dot_i16x8(i16x8_extend_low_i8x16(w0), v128_load(xp as *const v128));
-                    let d1 = i32x4_dot_i16x8(i16x8_extend_high_i8x16(w0), v128_load(xp.add(8) as *const v128));
-                    let d2 = i32x4_dot_i16x8(i16x8_extend_low_i8x16(w1), v128_load(xp.add(16) as *const v128));
-                    let d3 = i32x4_dot_i16x8(i16x8_extend_high_i8x16(w1), v128_load(xp.add(24) as *const v128));
-                    let s = i32x4_add(i32x4_add(d0, d1), i32x4_add(d2, d3));
-                    let sc = *m.scale.get_unchecked(base + g) * *x.scale.get_unchecked(g);
-                    acc = f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(s), f32x4_splat(sc)));
+                    let wp = wq.add((base + g) * GROUP);
+                    let (w0, w1) = (v128_load(wp as *const v128), v128_load(wp.add(16) as *const v128));
+                    let w = [
+                        i16x8_extend_low_i8x16(w0),
+                        i16x8_extend_high_i8x16(w0),
+                        i16x8_extend_low_i8x16(w1),
+                        i16x8_extend_high_i8x16(w1),
+                    ];
+                    let ws = *m.scale.get_unchecked(base + g);
+                    for t in 0..T {
+                        let s = dot32(&w, xq[t].add(g * GROUP));
+                        let sc = ws * *xs.get_unchecked(t).scale.get_unchecked(g);
+                        acc[t] = f32x4_add(acc[t], f32x4_mul(f32x4_convert_i32x4(s), f32x4_splat(sc)));
+                    }
                 }
             }
-            *out = hsum(acc);
+            for t in 0..T {
+                y[t * m.rows + r] = hsum(acc[t]);
+            }
         }
     }
 }

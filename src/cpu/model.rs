@@ -2,7 +2,7 @@
 //! token (the same arithmetic as `model::reference`, with 16-bit activations into
 //! the matrix products).
 
-use super::kernels::{Matrix, QuantVec};
+use super::kernels::{Matrix, QuantVec, TOKENS};
 use crate::config::{Quantization, StreamingConfig};
 use crate::error::{Error, Result};
 use crate::model::{HostFormat, HostTensor, ModelConfig, ModelSource, RopeLayout, RopeScaling, WeightName};
@@ -60,8 +60,9 @@ struct Scratch {
     o: Vec<f32>,
     g: Vec<f32>,
     u: Vec<f32>,
-    xq: QuantVec,
-    hq: QuantVec,
+    /// One per token of the chunk.
+    xq: Vec<QuantVec>,
+    hq: Vec<QuantVec>,
 }
 
 /// Weights in CPU formats and a KV cache that grows with the context.
@@ -215,7 +216,8 @@ impl CpuModel {
         let kv: usize = self.layers.iter().map(|l| l.k.capacity() + l.v.capacity()).sum();
         let s = &self.s;
         let floats = [&s.x, &s.xn, &s.q, &s.k, &s.v, &s.att, &s.scores, &s.o, &s.g, &s.u];
-        let act: usize = floats.iter().map(|v| 4 * v.capacity()).sum::<usize>() + s.xq.bytes() + s.hq.bytes();
+        let quant: usize = s.xq.iter().chain(&s.hq).map(QuantVec::bytes).sum();
+        let act: usize = floats.iter().map(|v| 4 * v.capacity()).sum::<usize>() + quant;
         (self.weight_bytes, 4 * kv as u64, act as u64)
     }
 
@@ -240,108 +242,156 @@ impl CpuModel {
 
     /// Runs `token` at the next position; with `logits` (`[vocab]`) also the output head.
     pub fn step(&mut self, token: u32, logits: Option<&mut Vec<f32>>) -> Result<()> {
+        self.steps(&[token], logits)
+    }
+
+    /// Runs `tokens` at the next positions, [`TOKENS`] at a time through the matrices (the
+    /// same bits as one at a time); with `logits` (`[vocab]`) also the head for the last.
+    pub fn steps(&mut self, tokens: &[u32], mut logits: Option<&mut Vec<f32>>) -> Result<()> {
         let c = &self.config;
-        let pos = self.cached.len();
-        if pos >= self.context {
+        if self.cached.len() + tokens.len() > self.context {
             return Err(Error::ContextLengthExceeded(format!(
-                "the cpu KV cache holds {} positions and all are used",
-                self.context
+                "the cpu KV cache holds {} positions; {} are used and {} more asked",
+                self.context,
+                self.cached.len(),
+                tokens.len()
             )));
         }
-        if token as usize >= c.vocab_size {
-            return Err(Error::invalid(format!("token id {token} is outside the vocabulary of {}", c.vocab_size)));
+        if let Some(bad) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+            return Err(Error::invalid(format!("token id {bad} is outside the vocabulary of {}", c.vocab_size)));
         }
+        let n_chunks = tokens.len().div_ceil(TOKENS);
+        for (i, chunk) in tokens.chunks(TOKENS).enumerate() {
+            let last = i + 1 == n_chunks;
+            self.chunk(chunk, if last { logits.take() } else { None })?;
+        }
+        Ok(())
+    }
+
+    /// Up to [`TOKENS`] tokens through every layer.
+    fn chunk(&mut self, tokens: &[u32], logits: Option<&mut Vec<f32>>) -> Result<()> {
+        let c = &self.config;
+        let t = tokens.len();
+        let pos0 = self.cached.len();
         let (d, hd, nh, nkv, dff) = (c.d_model, c.head_dim, c.n_heads, c.n_kv_heads, c.d_ff);
         let (eps, layout) = (c.rms_eps, c.rope_layout);
         let s = &mut self.s;
-        s.x.resize(d, 0.0);
-        s.xn.resize(d, 0.0);
-        s.q.resize(nh * hd, 0.0);
-        s.k.resize(nkv * hd, 0.0);
-        s.v.resize(nkv * hd, 0.0);
-        s.att.resize(nh * hd, 0.0);
-        s.o.resize(d, 0.0);
-        s.g.resize(dff, 0.0);
-        s.u.resize(dff, 0.0);
-        self.embd.row_into(token as usize, &mut s.x)?;
-        let rot: Vec<(f32, f32)> = self
-            .inv_freq
-            .iter()
-            .map(|f| {
-                let (sn, cs) = (pos as f64 * f).sin_cos();
-                (sn as f32, cs as f32)
+        s.x.resize(t * d, 0.0);
+        s.xn.resize(t * d, 0.0);
+        s.q.resize(t * nh * hd, 0.0);
+        s.k.resize(t * nkv * hd, 0.0);
+        s.v.resize(t * nkv * hd, 0.0);
+        s.att.resize(t * nh * hd, 0.0);
+        s.o.resize(t * d, 0.0);
+        s.g.resize(t * dff, 0.0);
+        s.u.resize(t * dff, 0.0);
+        s.xq.resize(t, QuantVec::default());
+        s.hq.resize(t, QuantVec::default());
+        for (&id, x) in tokens.iter().zip(s.x.chunks_exact_mut(d)) {
+            self.embd.row_into(id as usize, x)?;
+        }
+        // (sin, cos) per token and frequency.
+        let rot: Vec<Vec<(f32, f32)>> = (0..t)
+            .map(|i| {
+                let pos = (pos0 + i) as f64;
+                self.inv_freq
+                    .iter()
+                    .map(|f| {
+                        let (sn, cs) = (pos * f).sin_cos();
+                        (sn as f32, cs as f32)
+                    })
+                    .collect()
             })
             .collect();
         let group = nh / nkv;
         let scale = 1.0 / (hd as f32).sqrt();
         for l in &mut self.layers {
-            rmsnorm(&s.x, &l.attn_norm, eps, &mut s.xn);
-            s.xq.quantize(&s.xn);
-            l.wq.matvec(&s.xq, &mut s.q)?;
-            l.wk.matvec(&s.xq, &mut s.k)?;
-            l.wv.matvec(&s.xq, &mut s.v)?;
-            if let Some([bq, bk, bv]) = &l.bias {
-                add(&mut s.q, bq);
-                add(&mut s.k, bk);
-                add(&mut s.v, bv);
-            }
-            for h in s.q.chunks_exact_mut(hd).chain(s.k.chunks_exact_mut(hd)) {
-                rope(h, &rot, layout);
+            norm_and_quantize(&s.x, &l.attn_norm, eps, &mut s.xn, &mut s.xq);
+            l.wq.matmul(&s.xq, &mut s.q)?;
+            l.wk.matmul(&s.xq, &mut s.k)?;
+            l.wv.matmul(&s.xq, &mut s.v)?;
+            let rows =
+                s.q.chunks_exact_mut(nh * hd).zip(s.k.chunks_exact_mut(nkv * hd)).zip(s.v.chunks_exact_mut(nkv * hd));
+            for (((q, k), v), rot) in rows.zip(&rot) {
+                if let Some([bq, bk, bv]) = &l.bias {
+                    add(q, bq);
+                    add(k, bk);
+                    add(v, bv);
+                }
+                for h in q.chunks_exact_mut(hd).chain(k.chunks_exact_mut(hd)) {
+                    rope(h, rot, layout);
+                }
             }
             l.k.extend_from_slice(&s.k);
             l.v.extend_from_slice(&s.v);
-            let n = pos + 1;
-            s.scores.resize(n, 0.0);
-            for h in 0..nh {
-                let kv = (h / group) * hd;
-                let q = &s.q[h * hd..][..hd];
-                let mut mx = f32::NEG_INFINITY;
-                for (j, sc) in s.scores.iter_mut().enumerate() {
-                    let k = &l.k[j * nkv * hd + kv..][..hd];
-                    *sc = dot(q, k) * scale;
-                    // A compare, not `f32::max`, which is a libm call (fmaxf) in wasm.
-                    if *sc > mx {
-                        mx = *sc;
+            for i in 0..t {
+                // Token i sees positions 0..=pos0 + i.
+                let n = pos0 + i + 1;
+                s.scores.resize(n, 0.0);
+                for h in 0..nh {
+                    let kv = (h / group) * hd;
+                    let q = &s.q[(i * nh + h) * hd..][..hd];
+                    let mut mx = f32::NEG_INFINITY;
+                    for (j, sc) in s.scores.iter_mut().enumerate() {
+                        let k = &l.k[j * nkv * hd + kv..][..hd];
+                        *sc = dot(q, k) * scale;
+                        // A compare, not `f32::max`, which is a libm call (fmaxf) in wasm.
+                        if *sc > mx {
+                            mx = *sc;
+                        }
                     }
-                }
-                let mut z = 0.0f32;
-                for sc in s.scores.iter_mut() {
-                    *sc = (*sc - mx).exp();
-                    z += *sc;
-                }
-                let out = &mut s.att[h * hd..][..hd];
-                out.fill(0.0);
-                for (j, &e) in s.scores.iter().enumerate() {
-                    let v = &l.v[j * nkv * hd + kv..][..hd];
-                    for (o, &vv) in out.iter_mut().zip(v) {
-                        *o += e * vv;
+                    let mut z = 0.0f32;
+                    for sc in s.scores.iter_mut() {
+                        *sc = (*sc - mx).exp();
+                        z += *sc;
                     }
+                    let out = &mut s.att[(i * nh + h) * hd..][..hd];
+                    out.fill(0.0);
+                    for (j, &e) in s.scores.iter().enumerate() {
+                        let v = &l.v[j * nkv * hd + kv..][..hd];
+                        for (o, &vv) in out.iter_mut().zip(v) {
+                            *o += e * vv;
+                        }
+                    }
+                    let inv = 1.0 / z;
+                    out.iter_mut().for_each(|o| *o *= inv);
                 }
-                let inv = 1.0 / z;
-                out.iter_mut().for_each(|o| *o *= inv);
             }
-            s.hq.quantize(&s.att);
-            l.wo.matvec(&s.hq, &mut s.o)?;
+            for (a, hq) in s.att.chunks_exact(nh * hd).zip(s.hq.iter_mut()) {
+                hq.quantize(a);
+            }
+            l.wo.matmul(&s.hq, &mut s.o)?;
             add(&mut s.x, &s.o);
-            rmsnorm(&s.x, &l.ffn_norm, eps, &mut s.xn);
-            s.xq.quantize(&s.xn);
-            l.wg.matvec(&s.xq, &mut s.g)?;
-            l.wu.matvec(&s.xq, &mut s.u)?;
+            norm_and_quantize(&s.x, &l.ffn_norm, eps, &mut s.xn, &mut s.xq);
+            l.wg.matmul(&s.xq, &mut s.g)?;
+            l.wu.matmul(&s.xq, &mut s.u)?;
             for (g, &u) in s.g.iter_mut().zip(&s.u) {
                 *g = *g / (1.0 + (-*g).exp()) * u;
             }
-            s.hq.quantize(&s.g);
-            l.wd.matvec(&s.hq, &mut s.o)?;
+            for (g, hq) in s.g.chunks_exact(dff).zip(s.hq.iter_mut()) {
+                hq.quantize(g);
+            }
+            l.wd.matmul(&s.hq, &mut s.o)?;
             add(&mut s.x, &s.o);
         }
-        self.cached.push(token);
+        self.cached.extend_from_slice(tokens);
         if let Some(logits) = logits {
-            rmsnorm(&s.x, &self.out_norm, eps, &mut s.xn);
-            s.xq.quantize(&s.xn);
+            let x = &s.x[(t - 1) * d..][..d];
+            rmsnorm(x, &self.out_norm, eps, &mut s.xn[..d]);
+            s.xq[0].quantize(&s.xn[..d]);
             logits.resize(c.vocab_size, 0.0);
-            self.head.as_ref().unwrap_or(&self.embd).matvec(&s.xq, logits)?;
+            self.head.as_ref().unwrap_or(&self.embd).matvec(&s.xq[0], logits)?;
         }
         Ok(())
+    }
+}
+
+/// RMSNorm of each token's row of `x` (`[t, d]`) into `xn`, then quantised into `xq[t]`.
+fn norm_and_quantize(x: &[f32], w: &[f32], eps: f32, xn: &mut [f32], xq: &mut [QuantVec]) {
+    let d = w.len();
+    for ((x, xn), q) in x.chunks_exact(d).zip(xn.chunks_exact_mut(d)).zip(xq.iter_mut()) {
+        rmsnorm(x, w, eps, xn);
+        q.quantize(xn);
     }
 }
 
