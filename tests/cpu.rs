@@ -276,7 +276,7 @@ fn max_kv_cache_mb_caps_the_cpu_context() {
 }
 
 #[test]
-fn a_prompt_run_four_tokens_at_a_time_gives_the_bits_of_one_at_a_time() {
+fn a_prompt_run_in_chunks_gives_the_bits_of_one_token_at_a_time() {
     for (arch, format, quantization) in
         [(Arch::Llama, HostFormat::Q4_1, "int4"), (Arch::Qwen2, HostFormat::Q8_0, "int8")]
     {

@@ -1,4 +1,4 @@
-//! The CPU generation loop: prefill four tokens at a time, then one decode step per token,
+//! The CPU generation loop: prefill eight tokens at a time, then one decode step per token,
 //! sampled with the GPU sampler's reference (same ids for the same seed), yielding to the
 //! browser's event loop between tokens so that the page stays live and `stop()` works.
 
