@@ -89,6 +89,29 @@ try {
   assert.match(stats.finish, /^(stop|length)$/);
   assert.ok(stats.bars > 0, "the latency chart has bars");
   assert.equal(await page.isVisible("#error"), false, "no error shown");
+
+  step("the page's defaults (int4, device auto): the CPU backend on SwiftShader");
+  await page.goto(url);
+  await page.waitForSelector("body[data-ready=true]", { timeout: 60000 });
+  assert.equal(await page.inputValue("#quantization"), "int4");
+  assert.equal(await page.inputValue("#device"), "auto");
+  await page.click("#load");
+  await page.waitForSelector("body[data-loaded=true]", { timeout });
+  await page.fill("#prompt", "What is 2+2?");
+  await page.fill("#max-tokens", "16");
+  await page.fill("#temperature", "0");
+  await page.click("#generate");
+  await page.waitForSelector("body[data-done]", { timeout });
+  const cpuText = await page.textContent("#output");
+  const cpu = await page.evaluate(() => ({
+    tps: document.getElementById("s-tps").textContent,
+    profile: document.getElementById("s-profile").textContent,
+  }));
+  console.log(`e2e: defaults: ${JSON.stringify(cpuText)} ${JSON.stringify(cpu)}`);
+  assert.match(cpuText, /4/, "SmolLM2 answers 2+2 on the CPU");
+  assert.match(cpu.profile, /^chrome, int4, .*\(cpu\)$/);
+  assert.match(cpu.tps, /^\d+\.\d+ tok\/s$/);
+  assert.equal(await page.isVisible("#error"), false, "no error shown");
 } catch (e) {
   failures.push(e.stack ?? String(e));
 } finally {
