@@ -70,11 +70,7 @@ impl CpuEngine {
 
     /// Generation parameters from resolved sampling parameters and the config's deadlines.
     pub fn params_for(&self, p: &SamplingParams) -> GenerateParams {
-        GenerateParams {
-            token_timeout_ms: self.config.token_timeout_ms,
-            generation_timeout_ms: self.config.generation_timeout_ms,
-            ..GenerateParams::from_sampling(p)
-        }
+        GenerateParams::for_config(p, &self.config)
     }
 
     /// The stats object of DESIGN.md §4 for a generation on the CPU: the GPU engine's keys,

@@ -60,6 +60,8 @@ struct Scratch {
     o: Vec<f32>,
     g: Vec<f32>,
     u: Vec<f32>,
+    /// `[t, hd / 2]` RoPE (sin, cos) of the chunk's positions.
+    rot: Vec<(f32, f32)>,
     /// One per token of the chunk.
     xq: Vec<QuantVec>,
     hq: Vec<QuantVec>,
@@ -217,7 +219,7 @@ impl CpuModel {
         let s = &self.s;
         let floats = [&s.x, &s.xn, &s.q, &s.k, &s.v, &s.att, &s.scores, &s.o, &s.g, &s.u];
         let quant: usize = s.xq.iter().chain(&s.hq).map(QuantVec::bytes).sum();
-        let act: usize = floats.iter().map(|v| 4 * v.capacity()).sum::<usize>() + quant;
+        let act: usize = floats.iter().map(|v| 4 * v.capacity()).sum::<usize>() + quant + 8 * s.rot.capacity();
         (self.weight_bytes, 4 * kv as u64, act as u64)
     }
 
@@ -290,19 +292,15 @@ impl CpuModel {
         for (&id, x) in tokens.iter().zip(s.x.chunks_exact_mut(d)) {
             self.embd.row_into(id as usize, x)?;
         }
-        // (sin, cos) per token and frequency.
-        let rot: Vec<Vec<(f32, f32)>> = (0..t)
-            .map(|i| {
-                let pos = (pos0 + i) as f64;
-                self.inv_freq
-                    .iter()
-                    .map(|f| {
-                        let (sn, cs) = (pos * f).sin_cos();
-                        (sn as f32, cs as f32)
-                    })
-                    .collect()
-            })
-            .collect();
+        // (sin, cos) per token and frequency, `[t, hd / 2]`, in the step's scratch.
+        s.rot.clear();
+        for i in 0..t {
+            let pos = (pos0 + i) as f64;
+            s.rot.extend(self.inv_freq.iter().map(|f| {
+                let (sn, cs) = (pos * f).sin_cos();
+                (sn as f32, cs as f32)
+            }));
+        }
         let group = nh / nkv;
         let scale = 1.0 / (hd as f32).sqrt();
         for l in &mut self.layers {
@@ -312,7 +310,7 @@ impl CpuModel {
             l.wv.matmul(&s.xq, &mut s.v)?;
             let rows =
                 s.q.chunks_exact_mut(nh * hd).zip(s.k.chunks_exact_mut(nkv * hd)).zip(s.v.chunks_exact_mut(nkv * hd));
-            for (((q, k), v), rot) in rows.zip(&rot) {
+            for (((q, k), v), rot) in rows.zip(s.rot.chunks_exact(hd / 2)) {
                 if let Some([bq, bk, bv]) = &l.bias {
                     add(q, bq);
                     add(k, bk);

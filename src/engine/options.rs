@@ -208,6 +208,15 @@ impl EngineOptions {
 }
 
 impl GenerateParams {
+    /// From resolved per-call parameters with `cfg`'s deadlines (either engine).
+    pub fn for_config(p: &SamplingParams, cfg: &StreamingConfig) -> Self {
+        GenerateParams {
+            token_timeout_ms: cfg.token_timeout_ms,
+            generation_timeout_ms: cfg.generation_timeout_ms,
+            ..GenerateParams::from_sampling(p)
+        }
+    }
+
     /// From resolved per-call parameters.
     pub fn from_sampling(p: &SamplingParams) -> Self {
         GenerateParams {
@@ -231,11 +240,7 @@ impl GenerateParams {
 impl Engine {
     /// Per-call parameters from resolved sampling settings plus this engine's deadlines.
     pub fn params_for(&self, p: &SamplingParams) -> GenerateParams {
-        GenerateParams {
-            token_timeout_ms: self.options.config.token_timeout_ms,
-            generation_timeout_ms: self.options.config.generation_timeout_ms,
-            ..GenerateParams::from_sampling(p)
-        }
+        GenerateParams::for_config(p, &self.options.config)
     }
 
     /// The stats object of DESIGN.md §4 for a generation (every figure measured).
