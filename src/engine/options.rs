@@ -100,11 +100,15 @@ impl EngineOptions {
             budget_bytes: Some(u64::from(profile.kv_cache_mb(cfg)) * 1_048_576),
             ..KvOptions::default()
         };
-        // Prefill chunks of 256 tokens in both modes: 64-token chunks (the latency mode's
-        // former choice) made the first token slower everywhere measured (H100, 512-token
-        // prompt: 187 vs 51 ms; lavapipe, 192 tokens: 15.7 vs 11.0 s). Latency mode instead
-        // submits fewer decode steps at a time, so each token reaches the caller sooner.
-        let chunk = 256;
+        // Prefill chunk, the same in both modes (latency mode instead submits fewer decode
+        // steps at a time, so each token reaches the caller sooner). 64-token chunks made the
+        // first token slower everywhere measured (H100, 512-token prompt: 187 vs 51 ms;
+        // lavapipe, 192 tokens: 15.7 vs 11.0 s against 256). GPUs take 512: a chunk's
+        // matrix products get a workgroup per 64 tokens, and at 256 the o and down products
+        // (4096 rows on 7B) leave most of the H100 idle (512-token prompt, first token
+        // 256 -> 512: 7B 638 -> 465 ms, 1.1B 155.5 -> 107.8, 135M 53.3 -> 31.4). The model
+        // halves it where its chunk-sized buffers would pass the binding limit.
+        let chunk = env_u32("WSI_CHUNK").map_or(if caps.is_cpu { 256 } else { 512 }, |c| c.clamp(1, 4096)) as usize;
         let (steps, in_flight) = if cfg.optimize_compute_transfer && profile.compute_transfer_overlap {
             let steps = if cfg.optimize_for_latency {
                 profile.max_steps_per_submit.min(4)

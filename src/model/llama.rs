@@ -258,6 +258,16 @@ pub struct LlamaGpu {
     batched: Option<batch::Shared>,
 }
 
+/// The largest of `chunk`, `chunk / 2`, `chunk / 4`, ... (at least 1) whose activation
+/// buffers of `row_bytes` per token fit a binding of `limit` bytes.
+fn fit_chunk(chunk: usize, row_bytes: u64, limit: u64) -> usize {
+    let mut c = chunk.max(1);
+    while c > 1 && c as u64 * row_bytes > limit {
+        c /= 2;
+    }
+    c
+}
+
 pub(crate) fn u32_of(v: usize, what: &str) -> Result<u32> {
     u32::try_from(v).map_err(|_| Error::model(format!("{what} {v} is too large")))
 }
@@ -282,7 +292,15 @@ impl LlamaGpu {
             )));
         }
         let ctx = options.context.clamp(1, cfg.context_length.max(1));
-        let plan = KvPlan::new(&cfg, ctx, options.chunk.clamp(1, ctx), &options.kv)?;
+        // The widest chunk-sized activation row (`[chunk, ...]` buffers below; the prefill
+        // scores hold at most `ctx` keys per head).
+        let widest_row = [cfg.vocab_size, nh * ctx, 2 * dff, nh * hd + 2 * nkv * hd, d].into_iter().max().unwrap_or(d);
+        let limit = match options.max_binding {
+            0 => gpu.caps.max_storage_binding,
+            b => b.min(gpu.caps.max_storage_binding),
+        };
+        let chunk = fit_chunk(options.chunk.clamp(1, ctx), widest_row as u64 * 4, limit);
+        let plan = KvPlan::new(&cfg, ctx, chunk, &options.kv)?;
         let ctx = plan.main_rows;
         let chunk = plan.chunk;
         let mut options = options;
@@ -849,5 +867,22 @@ impl Builder<'_> {
             _ => "matvec",
         };
         Ok(Dispatch { pipeline, bind, grid, family })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fit_chunk;
+
+    #[test]
+    fn prefill_chunk_halves_until_its_buffers_fit_the_binding_limit() {
+        const MIB: u64 = 1 << 20;
+        // 7B-like: 32 heads x 4096 keys of f32 scores per token (512 KiB).
+        assert_eq!(fit_chunk(512, 512 * 1024, 4096 * MIB), 512);
+        assert_eq!(fit_chunk(512, 512 * 1024, 128 * MIB), 256);
+        assert_eq!(fit_chunk(512, 512 * 1024, 100 * MIB), 128);
+        // Nothing fits: one token per pass rather than none.
+        assert_eq!(fit_chunk(512, 512 * MIB, 128 * MIB), 1);
+        assert_eq!(fit_chunk(0, 4, 128 * MIB), 1);
     }
 }
