@@ -59,6 +59,11 @@ pub struct EngineOptions {
     pub profile: Option<crate::browser::BrowserProfile>,
     /// The configuration these options came from.
     pub config: crate::config::StreamingConfig,
+    /// Prompts of at most this many tokens are prefilled through decode steps, one per
+    /// token, instead of a prefill chunk (0: never). On GPUs the tiled matrix-matrix kernels
+    /// walk K serially in few workgroups when a chunk is short, so a one-token prompt costs
+    /// 7B about 50 decode steps.
+    pub step_prefill: usize,
 }
 
 impl Default for EngineOptions {
@@ -69,6 +74,7 @@ impl Default for EngineOptions {
             in_flight: 3,
             profile: None,
             config: crate::config::StreamingConfig::default(),
+            step_prefill: 0,
         }
     }
 }
@@ -298,6 +304,13 @@ impl Engine {
         mut watch: Option<(&mut PressureMonitor, &mut Vec<MemoryPressureEvent>)>,
     ) -> Option<wgpu::SubmissionIndex> {
         self.model.write_tokens(&self.gpu, 0, ids);
+        if sample && !ids.is_empty() && ids.len() <= self.options.step_prefill {
+            let mut enc = self.gpu.device.create_command_encoder(&Default::default());
+            self.reserve_kv(&mut enc, ids.len() - 1, watch);
+            self.model.encode_prompt_steps(&self.gpu, &mut enc, ids.len());
+            enc.copy_buffer_to_buffer(&self.model.lane().tokens, ids.len() as u64 * 4, &self.id_staging[0], 0, 4);
+            return Some(self.gpu.queue.submit([enc.finish()]));
+        }
         let chunk = self.model.options.chunk;
         let mut last = None;
         let n_chunks = ids.len().div_ceil(chunk);

@@ -202,6 +202,8 @@ impl EngineOptions {
             in_flight,
             profile: Some(profile),
             config: cfg.clone(),
+            step_prefill: env_u32("WSI_STEP_PREFILL")
+                .map_or(step_prefill_default(caps.is_cpu, model.d_model), |v| v as usize),
         })
     }
 
@@ -209,6 +211,17 @@ impl EngineOptions {
     pub fn from_config(cfg: &StreamingConfig, caps: &GpuCaps, model: &ModelConfig) -> Result<EngineOptions> {
         Self::from_config_for(cfg, caps, model, None)
     }
+}
+
+/// Most prompt tokens prefilled through decode steps by default. Native GPUs: where a chunk
+/// of the tiled kernels starts to cost less, about d_model / 96 tokens (H100 int4, first
+/// token with a chunk / with steps: 135M 1 token 18.5 / 2.5 ms, 16 tokens 19.8 / 26.8; 1.1B
+/// 1: 46.7 / 6.5, 16: 47.5 / 18.8, 48: 56.1 / 73.1; 7B 1: 131.4 / 10.1, 32: 148.9 / 100.2),
+/// at least 8. Elsewhere only a one-token prompt, which is one decode step instead of a
+/// chunk's tiles (lavapipe, SmolLM2 int4, first token with a chunk / with steps: 1 token
+/// 210.6 / 97.0 ms, 4 tokens 244.0 / 369.6); the crossover in browsers on GPUs is unmeasured.
+fn step_prefill_default(is_cpu: bool, d_model: usize) -> usize {
+    if is_cpu || cfg!(target_arch = "wasm32") { 1 } else { (d_model / 96).max(8) }
 }
 
 impl GenerateParams {
@@ -279,5 +292,20 @@ impl Engine {
             "prefetch_strategy": self.prefetch.strategy().as_str(),
         })));
         Value::Object(m)
+    }
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use super::step_prefill_default;
+
+    #[test]
+    fn short_prompts_take_decode_steps_up_to_a_width_dependent_length() {
+        // Native GPUs: SmolLM2 (576) 8, TinyLlama (2048) 21, Llama-2-7B (4096) 42 tokens.
+        assert_eq!(step_prefill_default(false, 576), 8);
+        assert_eq!(step_prefill_default(false, 2048), 21);
+        assert_eq!(step_prefill_default(false, 4096), 42);
+        // CPU rasterisers: a one-token prompt only.
+        assert_eq!(step_prefill_default(true, 4096), 1);
     }
 }

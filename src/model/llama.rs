@@ -616,6 +616,24 @@ impl LlamaGpu {
         list.len() + 1
     }
 
+    /// Encode the prefill of the `n` prompt tokens already in the token buffer as `n`
+    /// decode steps (positions 0..n), sampling only after the last. Each step's state
+    /// (position p, one token) is copied in from a small buffer, since the sampler, which
+    /// advances the position, must not overwrite the prompt's next id.
+    pub fn encode_prompt_steps(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, n: usize) {
+        let lane = self.lane();
+        let states: Vec<u32> = (0..n as u32).flat_map(|p| [p, 1, 0, 0]).collect();
+        let states = gpu.storage_init("prompt step states", bytemuck::cast_slice(&states));
+        for p in 0..n {
+            enc.copy_buffer_to_buffer(&states, p as u64 * 16, &lane.state, 0, 16);
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            run(&mut pass, self.decode_list(p), 1);
+            if p + 1 == n {
+                run(&mut pass, std::slice::from_ref(&lane.sample), 1);
+            }
+        }
+    }
+
     /// Encode `steps` decode steps from position `pos` in one compute pass of `enc`; returns
     /// the dispatches encoded.
     pub fn encode_decode_steps(&self, enc: &mut wgpu::CommandEncoder, pos: usize, steps: usize) -> usize {
