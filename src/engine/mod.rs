@@ -304,25 +304,22 @@ impl Engine {
         mut watch: Option<(&mut PressureMonitor, &mut Vec<MemoryPressureEvent>)>,
     ) -> Option<wgpu::SubmissionIndex> {
         self.model.write_tokens(&self.gpu, 0, ids);
-        if sample && !ids.is_empty() && ids.len() <= self.options.step_prefill {
-            let mut enc = self.gpu.device.create_command_encoder(&Default::default());
-            self.reserve_kv(&mut enc, ids.len() - 1, watch);
-            self.model.encode_prompt_steps(&self.gpu, &mut enc, ids.len());
-            enc.copy_buffer_to_buffer(&self.model.lane().tokens, ids.len() as u64 * 4, &self.id_staging[0], 0, 4);
-            return Some(self.gpu.queue.submit([enc.finish()]));
-        }
-        let chunk = self.model.options.chunk;
+        // A short prompt is one "chunk" run as decode steps (`EngineOptions::step_prefill`).
+        let steps = sample && ids.len() <= self.options.step_prefill;
+        let chunk = if steps { ids.len().max(1) } else { self.model.options.chunk };
         let mut last = None;
         let n_chunks = ids.len().div_ceil(chunk);
         for c in 0..n_chunks {
             let p0 = c * chunk;
             let len = (ids.len() - p0).min(chunk);
             let is_last = c + 1 == n_chunks;
-            self.model.write_state(&self.gpu, p0 as u32, len as u32);
             let mut enc = self.gpu.device.create_command_encoder(&Default::default());
             let w = watch.as_mut().map(|(m, e)| (&mut **m, &mut **e));
             self.reserve_kv(&mut enc, p0 + len - 1, w);
-            {
+            if steps {
+                self.model.encode_prompt_steps(&self.gpu, &mut enc, len);
+            } else {
+                self.model.write_state(&self.gpu, p0 as u32, len as u32);
                 let mut pass = enc.begin_compute_pass(&Default::default());
                 self.model.encode_prefill(&mut pass, len as u32, sample && is_last, false);
             }
