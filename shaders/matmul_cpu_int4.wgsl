@@ -28,7 +28,7 @@ fn in32(base: u32, g: u32, na: mat4x4<f32>, nb: mat4x4<f32>) -> In32 {
 fn row_tokens(row: u32, g: u32, k4n: u32, x0: In32, x1: In32, x2: In32, x3: In32) -> vec4<f32> {
     let i = (row * k4n) / 8u + g;
     let q = w[i];
-    let dm = unpack2x16float(s[i]);
+    let dm = group_dm(i);
     return vec4<f32>(dot_q32(q, dm, x0.a, x0.b, x0.sum), dot_q32(q, dm, x1.a, x1.b, x1.sum),
         dot_q32(q, dm, x2.a, x2.b, x2.sum), dot_q32(q, dm, x3.a, x3.b, x3.sum));
 }

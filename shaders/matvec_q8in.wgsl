@@ -99,7 +99,7 @@ fn quantise_input(tid: u32, xbase: u32, c0: u32, cn: u32) {
 // inputs xa | xb with their (d_x, sum x).
 fn q8_group(i: u32, xa: vec4<u32>, xb: vec4<u32>, xs: vec4<f32>) -> f32 {
     let q = w[i];
-    let dm = unpack2x16float(s[i]);
+    let dm = group_dm(i);
     let lo = q & vec4<u32>(0x0f0f0f0fu);
     let hi = (q >> vec4<u32>(4u)) & vec4<u32>(0x0f0f0f0fu);
     let c = dot4I8Packed(lo.x, xa.x) + dot4I8Packed(hi.x, xa.y) + dot4I8Packed(lo.y, xa.z) + dot4I8Packed(hi.y, xa.w)

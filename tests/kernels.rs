@@ -233,7 +233,7 @@ fn batched_matvec_reads_weights_once_for_up_to_four_rows_and_matches_cpu_referen
     let cases = [WeightFormat::F32, WeightFormat::Int4]
         .into_iter()
         .flat_map(|f| modes().into_iter().map(move |m| (f, m)))
-        .chain([(WeightFormat::F16, norm), (WeightFormat::Int3, norm)]);
+        .chain([(WeightFormat::F16, norm), (WeightFormat::Int4Sym, norm), (WeightFormat::Int3, norm)]);
     for (format, mode) in cases {
         for (t, batch) in [(1, 4), (3, 4), (7, 4), (5, 2)] {
             for (tpr, rows, wide) in [(64u32, 4u32, false), (8, 3, false), (8, 4, true)] {
@@ -257,10 +257,14 @@ fn subgroup_matvec_stages_input_tiles_reduces_by_shuffles_and_matches_cpu_refere
     let cases = [WeightFormat::F32, WeightFormat::Int4]
         .into_iter()
         .flat_map(|f| modes().into_iter().map(move |m| (f, m)))
-        .chain([WeightFormat::F16, WeightFormat::Int8, WeightFormat::Int3, WeightFormat::Int2].map(|f| {
-            let norm = MatMode { fuse_norm: true, ..Default::default() };
-            (f, norm)
-        }));
+        .chain(
+            [WeightFormat::F16, WeightFormat::Int8, WeightFormat::Int4Sym, WeightFormat::Int3, WeightFormat::Int2].map(
+                |f| {
+                    let norm = MatMode { fuse_norm: true, ..Default::default() };
+                    (f, norm)
+                },
+            ),
+        );
     for (format, mode) in cases {
         for (n, k, t, wg, rows) in [(37, 4160, 2, 4 * tpr, 4), (130, 264, 1, 2 * tpr, 1), (9, 96, 1, tpr, 3)] {
             let (got, want, kernel) =
@@ -276,14 +280,17 @@ fn int8_input_matvec_stays_within_the_input_grid_of_the_cpu_reference_for_every_
     // int4 weights; k multiples of 32 (one group, ragged against the lanes, past the lanes of
     // a row group several times, and past the workgroup's 4096-element store twice, the last
     // chunk short); rows ragged against the workgroup's.
+    // Int4Sym (Q4_0's layout) with the fused norm.
     let kernels = Kernels::default();
     let mut worst = 0f32;
-    for mode in modes() {
+    let norm = MatMode { fuse_norm: true, ..Default::default() };
+    let cases = modes().into_iter().map(|m| (WeightFormat::Int4, m)).chain([(WeightFormat::Int4Sym, norm)]);
+    for (format, mode) in cases {
         for (n, k, t, tpr, rows) in
             [(37, 32, 1, 8, 4), (130, 800, 2, 16, 3), (9, 4096, 1, 32, 4), (70, 1536, 1, 64, 1), (6, 8480, 1, 16, 4)]
         {
             let (got, want, kernel) =
-                matrix_outputs(&kernels, false, WeightFormat::Int4, mode, n, k, t, tpr, rows, false, 1, Entry::Q8in);
+                matrix_outputs(&kernels, false, format, mode, n, k, t, tpr, rows, false, 1, Entry::Q8in);
             // An int8 grid per 32 inputs: each input is off by up to half a step (its group's
             // largest / 254), ~0.4% RMS for these uniform inputs, so an output is off by
             // ~0.5% of its typical size (1.6% of the largest of 9 outputs at k = 4096 seen);
@@ -313,8 +320,10 @@ fn packed_swiglu_product_feeds_the_down_projection_within_the_input_grid_of_the_
         let down_mode = MatMode { swiglu_in: true, accumulate: true, ..Default::default() };
         let (gu, dn) = (rand_vec(2 * dff * d, 11, 0.5), rand_vec(d * dff, 12, 0.5));
         let (x, norm, y0) = (rand_vec(d, 13, 1.0), rand_vec(d, 14, 1.0), rand_vec(d, 15, 1.0));
-        let mgu = upload_matrix(&gpu, "gate_up", &[&gu], d, WeightFormat::Int4).expect("upload");
-        let mdn = upload_matrix(&gpu, "down", &[&dn], dff, WeightFormat::Int4).expect("upload");
+        // The second case in Q4_0's layout (no minimum), as a Q4_0 file loads.
+        let format = if d == 96 { WeightFormat::Int4 } else { WeightFormat::Int4Sym };
+        let mgu = upload_matrix(&gpu, "gate_up", &[&gu], d, format).expect("upload");
+        let mdn = upload_matrix(&gpu, "down", &[&dn], dff, format).expect("upload");
         let params = |n: usize, k: usize, x_stride: usize| MatParams {
             n: n as u32,
             k: k as u32,
@@ -334,8 +343,7 @@ fn packed_swiglu_product_feeds_the_down_projection_within_the_input_grid_of_the_
         let packed = gpu.storage("packed", (dff / 32 * 48) as u64);
         let filler = gpu.storage("filler", 16);
         let state = gpu.storage_init("state", bytemuck::cast_slice(&[0u32, 1, 0, 0]));
-        let kernel =
-            |mode, q8| Kernel::Matvec { format: WeightFormat::Int4, mode, wide: false, batch: 1, subgroup: false, q8 };
+        let kernel = |mode, q8| Kernel::Matvec { format, mode, wide: false, batch: 1, subgroup: false, q8 };
         let mut b = vec![(0, &pu), (3, &xb), (4, &hb), (5, &nb), (6, &filler), (7, &state), (10, &packed)];
         b.extend(mgu.bindings());
         let key = KernelKey { kernel: kernel(norm_mode, Q8::Pack), wg: 256, rows: 4, tpr: 16 };
@@ -380,7 +388,7 @@ fn matmul_matches_cpu_reference_on_ragged_tiles() {
 #[test]
 fn integer_formats_match_cpu_reference_in_matvec_and_matmul() {
     // Odd N, K a multiple of the 32-weight group; every mode and tpr variant.
-    for format in [WeightFormat::Int8, WeightFormat::Int4] {
+    for format in [WeightFormat::Int8, WeightFormat::Int4, WeightFormat::Int4Sym] {
         for mode in modes() {
             check_matrix_kernel(false, format, mode, 37, 96, 1);
             check_matrix_kernel(false, format, mode, 131, 320, 2);
@@ -413,6 +421,7 @@ fn cpu_matvec_gives_each_thread_up_to_8_whole_rows_in_every_format() {
         (WeightFormat::F16, 36),
         (WeightFormat::Int8, 320),
         (WeightFormat::Int4, 320),
+        (WeightFormat::Int4Sym, 320),
         (WeightFormat::Int3, 320),
         (WeightFormat::Int2, 320),
     ] {

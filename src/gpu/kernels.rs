@@ -21,6 +21,10 @@ pub enum WeightFormat {
     /// Nibbles, 8 per u32, f16 scale + minimum per 32 weights in a second buffer
     /// (Q4_0/Q4_1-compatible; `quant::gpu_formats`).
     Int4,
+    /// int4 without a minimum (Q4_0's layout, used for Q4_0 file blocks): nibbles as
+    /// `Int4`, one f16 scale per 32 weights, two per u32; weight `(q - 8) * d`. 4.5 bits per
+    /// weight against int4's 5, and the same products bit for bit.
+    Int4Sym,
     /// 3-bit codes, 32 in 3 u32, f16 scale + minimum per `INT3_GROUP` weights.
     Int3,
     /// 2-bit codes, 16 per u32, f16 scale + minimum per `INT2_GROUP` weights.
@@ -29,11 +33,12 @@ pub enum WeightFormat {
 
 impl WeightFormat {
     /// Every format.
-    pub const ALL: [WeightFormat; 6] = [
+    pub const ALL: [WeightFormat; 7] = [
         WeightFormat::F32,
         WeightFormat::F16,
         WeightFormat::Int8,
         WeightFormat::Int4,
+        WeightFormat::Int4Sym,
         WeightFormat::Int3,
         WeightFormat::Int2,
     ];
@@ -45,7 +50,7 @@ impl WeightFormat {
             WeightFormat::F16 if native_f16 => include_str!("../../shaders/weights/f16_native.wgsl"),
             WeightFormat::F16 => include_str!("../../shaders/weights/f16.wgsl"),
             WeightFormat::Int8 => include_str!("../../shaders/weights/int8.wgsl"),
-            WeightFormat::Int4 => include_str!("../../shaders/weights/int4.wgsl"),
+            WeightFormat::Int4 | WeightFormat::Int4Sym => include_str!("../../shaders/weights/int4.wgsl"),
             WeightFormat::Int3 => include_str!("../../shaders/weights/int3.wgsl"),
             WeightFormat::Int2 => include_str!("../../shaders/weights/int2.wgsl"),
         }
@@ -58,7 +63,7 @@ impl WeightFormat {
         let w32 = include_str!("../../shaders/weights/dot_w32_from_w8.wgsl");
         let w8 = include_str!("../../shaders/weights/dot_w8_from_w8.wgsl");
         let fallback = match self {
-            WeightFormat::Int4 => String::new(),
+            WeightFormat::Int4 | WeightFormat::Int4Sym => String::new(),
             WeightFormat::Int3 | WeightFormat::Int2 => format!("{w32}\n{w8}"),
             _ => w8.to_string(),
         };
@@ -72,6 +77,7 @@ impl WeightFormat {
             WeightFormat::F16 => 2.0,
             WeightFormat::Int8 => 34.0 / 32.0,
             WeightFormat::Int4 => 20.0 / 32.0,
+            WeightFormat::Int4Sym => 18.0 / 32.0,
             WeightFormat::Int3 => 3.0 / 8.0 + 4.0 / crate::quant::gpu_formats::INT3_GROUP as f64,
             WeightFormat::Int2 => 2.0 / 8.0 + 4.0 / crate::quant::gpu_formats::INT2_GROUP as f64,
         }
@@ -81,17 +87,32 @@ impl WeightFormat {
     /// an H100 (Vulkan), decode tok/s 4 -> 8: int4 674 -> 713 (135M), 628 -> 680 (1.1B),
     /// 192 -> 221 (7B); int8 671 -> 599 (135M), so int8 keeps 4.
     pub fn prefers_wide_matvec(self) -> bool {
-        matches!(self, WeightFormat::Int4)
+        self.is_int4()
+    }
+
+    /// Whether the scale buffer holds one f16 per group of 32, two per u32 (no minimum).
+    pub fn one_scale_per_group(self) -> bool {
+        matches!(self, WeightFormat::Int8 | WeightFormat::Int4Sym)
+    }
+
+    /// Whether the codes are int4 nibbles (with or without a minimum).
+    pub fn is_int4(self) -> bool {
+        matches!(self, WeightFormat::Int4 | WeightFormat::Int4Sym)
     }
 
     /// Whether the format has a second (scale) buffer at binding 2.
     pub fn has_scales(self) -> bool {
-        matches!(self, WeightFormat::Int8 | WeightFormat::Int4 | WeightFormat::Int3 | WeightFormat::Int2)
+        matches!(
+            self,
+            WeightFormat::Int8 | WeightFormat::Int4 | WeightFormat::Int4Sym | WeightFormat::Int3 | WeightFormat::Int2
+        )
     }
 
-    /// Override constants of the weight prelude: the scale group of int3 and int2.
+    /// Override constants of the weight prelude: the scale group of int3 and int2, int4's
+    /// scale layout.
     fn prelude_constants(self) -> Vec<(&'static str, f64)> {
         match self {
+            WeightFormat::Int4Sym => vec![("INT4_SYM", 1.0)],
             WeightFormat::Int3 | WeightFormat::Int2 => {
                 vec![("QG4", (crate::quant::gpu_formats::group(self) / 4) as f64)]
             }
@@ -105,7 +126,7 @@ impl WeightFormat {
             WeightFormat::F32 => "fp32",
             WeightFormat::F16 => "fp16",
             WeightFormat::Int8 => "int8",
-            WeightFormat::Int4 => "int4",
+            WeightFormat::Int4 | WeightFormat::Int4Sym => "int4",
             WeightFormat::Int3 => "int3",
             WeightFormat::Int2 => "int2",
         }
@@ -232,7 +253,7 @@ impl KernelKey {
     /// The untiled (CPU rasteriser) prefill matmul of int4 weights: `cpu_int4` in
     /// shaders/matmul_cpu_int4.wgsl.
     fn is_cpu_int4_matmul(&self) -> bool {
-        matches!(self.kernel, Kernel::Matmul { format: WeightFormat::Int4, tiled: false, .. })
+        matches!(self.kernel, Kernel::Matmul { format: WeightFormat::Int4 | WeightFormat::Int4Sym, tiled: false, .. })
     }
 
     /// A matvec with one row group per thread: the `cpu` entry point (CPU rasterisers).

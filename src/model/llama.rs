@@ -736,7 +736,7 @@ impl Builder<'_> {
             && self.options.q8_inputs.is_some_and(|r| m.rows >= r)
             && self.geo.tpr > 1
             && self.batch <= 1
-            && m.format == WeightFormat::Int4
+            && m.format.is_int4()
             && m.cols.is_multiple_of(32)
     }
 
@@ -761,7 +761,7 @@ impl Builder<'_> {
             && self.q8_fits(tiled, gate_up)
             && gate_up.shards.len() == 1
             && (gate_up.rows / 2).is_multiple_of(32)
-            && down.format == WeightFormat::Int4
+            && down.format.is_int4()
             && down.shards.len() == 1
             && down.cols == gate_up.rows / 2;
         if !fits {

@@ -11,6 +11,9 @@
 //!   the low nibble (so 4 consecutive k share one 16-bit half); `scales` holds one u32 per
 //!   group, f16 `d` in the low half and f16 `m` in the high half. Weight `q * d + m`:
 //!   5 bits per weight. Q4_0 blocks map to `m = -8 d` (exact in f16 while `|8 d| <= 65504`).
+//! - int4 symmetric (`Int4Sym`, Q4_0-compatible, what Q4_0 blocks are uploaded as): `words`
+//!   as int4; `scales` one f16 `d` per group, two per u32 as int8. Weight `q * d - 8 d`
+//!   (the same f32 as int4 with `m = -8 d`): 4.5 bits per weight.
 //! - int3 (asymmetric): each block of 32 weights is 3 words: the low 2 bits of weights
 //!   0..16 (word 0) and 16..32 (word 1), 2 bits each from the low end, then the third bit
 //!   of all 32 (word 2, bit i). 4 consecutive k are one byte of a low word plus one nibble
@@ -53,7 +56,7 @@ pub fn group(format: WeightFormat) -> usize {
 /// Code bits per weight of an integer format (8 for the others).
 pub fn bits(format: WeightFormat) -> u32 {
     match format {
-        WeightFormat::Int4 => 4,
+        WeightFormat::Int4 | WeightFormat::Int4Sym => 4,
         WeightFormat::Int3 => 3,
         WeightFormat::Int2 => 2,
         _ => 8,
@@ -73,7 +76,9 @@ pub struct Packed {
 pub fn passthrough(gpu: WeightFormat, host: HostFormat) -> bool {
     matches!(
         (gpu, host),
-        (WeightFormat::Int8, HostFormat::Q8_0) | (WeightFormat::Int4, HostFormat::Q4_0 | HostFormat::Q4_1)
+        (WeightFormat::Int8, HostFormat::Q8_0)
+            | (WeightFormat::Int4, HostFormat::Q4_0 | HostFormat::Q4_1)
+            | (WeightFormat::Int4Sym, HostFormat::Q4_0)
     )
 }
 
@@ -81,7 +86,8 @@ pub fn passthrough(gpu: WeightFormat, host: HostFormat) -> bool {
 pub struct Packer {
     format: WeightFormat,
     words: Vec<u32>,
-    /// f16 bits: one per group (int8) or `d, m` per group (the asymmetric formats).
+    /// f16 bits: one per group (int8, int4 symmetric) or `d, m` per group (the asymmetric
+    /// formats).
     halves: Vec<u16>,
 }
 
@@ -96,7 +102,7 @@ impl Packer {
             return Err(Error::internal(format!("{format:?} is not a grouped integer format")));
         }
         let words = n * bits(format) as usize / 32;
-        let halves = if format == WeightFormat::Int8 { n / GROUP } else { 2 * n / group(format) };
+        let halves = if format.one_scale_per_group() { n / GROUP } else { 2 * n / group(format) };
         Ok(Packer { format, words: Vec::with_capacity(words), halves: Vec::with_capacity(halves) })
     }
 
@@ -127,7 +133,11 @@ impl Packer {
                         }
                         (m, &b[2..18])
                     };
-                    self.halves.extend([d.to_bits(), m.to_bits()]);
+                    if self.format == WeightFormat::Int4Sym {
+                        self.halves.push(d.to_bits());
+                    } else {
+                        self.halves.extend([d.to_bits(), m.to_bits()]);
+                    }
                     // Element i is the low nibble of qs[i] (i < 16) or the high nibble of
                     // qs[i - 16]; store element i at nibble i % 8 of word i / 8.
                     let q = |i: usize| u32::from(if i < 16 { qs[i] & 0x0f } else { qs[i - 16] >> 4 });
@@ -161,7 +171,11 @@ impl Packer {
                 let c0 = i * g % c.len();
                 &c[c0..c0 + g]
             });
-            let f = fit_group_weighted(xs, w, bits(self.format), quantizer);
+            let f = if self.format == WeightFormat::Int4Sym {
+                fit_q4_0(xs)
+            } else {
+                fit_group_weighted(xs, w, bits(self.format), quantizer)
+            };
             self.push_fit(&f);
         }
         Ok(())
@@ -189,7 +203,11 @@ impl Packer {
             _ => {
                 // int4, int2: codes ascending from the low bits of each word.
                 let b = bits(self.format) as usize;
-                self.halves.extend([f.d, f.m]);
+                if self.format == WeightFormat::Int4Sym {
+                    self.halves.push(f.d);
+                } else {
+                    self.halves.extend([f.d, f.m]);
+                }
                 for c in (0..f.q.len()).step_by(32 / b) {
                     self.words.push((0..32 / b).fold(0u32, |acc, j| acc | (q(c + j) << (b * j))));
                 }
@@ -206,6 +224,17 @@ impl Packer {
             .collect();
         Packed { words: self.words, scales }
     }
+}
+
+/// Round-to-nearest of one group into int4 without a minimum, as GGML's Q4_0 does: the
+/// element of largest magnitude `v` sets `d = v / -8`, codes `round(x / d) + 8` in 0..=15.
+/// (Only tests and non-Q4_0 parts of a Q4_0 matrix take this path: Q4_0 files pass through.)
+fn fit_q4_0(x: &[f32]) -> Fit {
+    let v = x.iter().copied().fold(0f32, |a, b| if b.abs() > a.abs() { b } else { a });
+    let d = f16::from_f32(v / -8.0);
+    let df = d.to_f32();
+    let q = x.iter().map(|&e| if df == 0.0 { 8 } else { ((e / df).round_ties_even() + 8.0).clamp(0.0, 15.0) as i32 });
+    Fit { d: d.to_bits(), m: f16::from_f32(-8.0 * df).to_bits(), q: q.collect() }
 }
 
 /// Pack f32 weights (`[n]`, n a multiple of the group) into `format`.
@@ -230,6 +259,14 @@ pub fn dequantize(format: WeightFormat, packed: &Packed, n: usize) -> Result<Vec
                 let d = half(g / 2, g % 2)?;
                 let q = (word(i / 4)? >> (8 * (i % 4))) as u8 as i8;
                 out.push(f32::from(q) * d);
+            }
+        }
+        WeightFormat::Int4Sym => {
+            for i in 0..n {
+                let g = i / GROUP;
+                let d = half(g / 2, g % 2)?;
+                let q = (word(i / 8)? >> (4 * (i % 8))) & 0x0f;
+                out.push(q as f32 * d + -8.0 * d);
             }
         }
         WeightFormat::Int4 | WeightFormat::Int3 | WeightFormat::Int2 => {
@@ -300,6 +337,7 @@ mod tests {
             (WeightFormat::Int8, HostFormat::Q8_0),
             (WeightFormat::Int4, HostFormat::Q4_0),
             (WeightFormat::Int4, HostFormat::Q4_1),
+            (WeightFormat::Int4Sym, HostFormat::Q4_0),
         ] {
             let blocks = ggml::quantize(host, &x).expect("quantize");
             let want = ggml::dequantize(host, &blocks, x.len()).expect("dequantize");
@@ -321,6 +359,7 @@ mod tests {
         };
         assert_eq!(sizes(WeightFormat::Int8), (48, 3));
         assert_eq!(sizes(WeightFormat::Int4), (24, 6));
+        assert_eq!(sizes(WeightFormat::Int4Sym), (24, 3));
         assert_eq!(sizes(WeightFormat::Int3), (18, 192 / INT3_GROUP));
         assert_eq!(sizes(WeightFormat::Int2), (12, 192 / INT2_GROUP));
     }
@@ -328,7 +367,9 @@ mod tests {
     #[test]
     fn every_code_unpacks_to_where_it_was_packed() {
         // Codes chosen per position (q = i mod levels) with d = 1, m = 0 come back exactly.
-        for format in [WeightFormat::Int8, WeightFormat::Int4, WeightFormat::Int3, WeightFormat::Int2] {
+        for format in
+            [WeightFormat::Int8, WeightFormat::Int4, WeightFormat::Int4Sym, WeightFormat::Int3, WeightFormat::Int2]
+        {
             let g = group(format);
             let levels = if format == WeightFormat::Int8 { 255 } else { 1 << bits(format) };
             let mut p = Packer::new(format, 4 * g).expect("packer");
@@ -340,7 +381,9 @@ mod tests {
                         if format == WeightFormat::Int8 { v - 127 } else { v }
                     })
                     .collect();
-                want.extend(q.iter().map(|v| *v as f32));
+                // Int4Sym has no minimum: its weights are q - 8.
+                let m = if format == WeightFormat::Int4Sym { -8.0 } else { 0.0 };
+                want.extend(q.iter().map(|v| *v as f32 + m));
                 p.push_fit(&Fit { d: f16::ONE.to_bits(), m: 0, q });
             }
             let got = dequantize(format, &p.finish(), 4 * g).expect("dequantize");
@@ -354,15 +397,19 @@ mod tests {
         for (format, levels) in [
             (WeightFormat::Int8, 254.0),
             (WeightFormat::Int4, 15.0),
+            (WeightFormat::Int4Sym, 16.0),
             (WeightFormat::Int3, 7.0),
             (WeightFormat::Int2, 3.0),
         ] {
             let y = quantize_dequantize(format, &x, Quantizer::Rtn).expect("round trip");
+            // Q4_0's grid reaches -8 d but only +7 d: the far end of the range can be a whole
+            // step from its code.
+            let reach = if format == WeightFormat::Int4Sym { 1.01 } else { 0.51 };
             for (gx, gy) in x.chunks(group(format)).zip(y.chunks(group(format))) {
                 let range = gx.iter().fold(0f32, |a, v| a.max(v.abs())) * 2.0;
                 let step = range / levels;
                 for (a, b) in gx.iter().zip(gy) {
-                    assert!((a - b).abs() <= step * 0.51 + 4e-3, "{format:?}: {a} -> {b}");
+                    assert!((a - b).abs() <= step * reach + 4e-3, "{format:?}: {a} -> {b}");
                 }
             }
         }

@@ -27,7 +27,7 @@ struct QuantParams {
 
 /// Weights per kernel thread: one group, or two groups of 32 for int8 (one scale word).
 pub fn unit(format: WeightFormat) -> usize {
-    if format == WeightFormat::Int8 { 2 * GROUP } else { group(format) }
+    if format.one_scale_per_group() { 2 * GROUP } else { group(format) }
 }
 
 /// Scale words per `n` weights of `format` (n whole units).
