@@ -56,6 +56,14 @@ pub fn profile(engine: &Engine, reps: u32, prefill_tokens: u32) -> Result<(Vec<F
     Ok((by_family(times.rows), times.gpu_timestamps))
 }
 
+/// Per kernel family, a prefill chunk of `n` tokens timed inside the one pass the engine
+/// runs it in (timestamps between dispatches), `reps` times; None without timestamps
+/// inside passes.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn profile_prefill_in_pass(engine: &Engine, n: u32, reps: u32) -> Result<Option<Vec<FamilyTime>>> {
+    Ok(engine.model.profile_prefill_in_pass(&engine.gpu, n, reps)?.map(|t| by_family(t.rows)))
+}
+
 /// In-stream cost of each decode kernel family (µs per step saved without it, see
 /// `LlamaGpu::ablate`) after a bench run that left the sequence at `pos`, and the whole step.
 #[cfg(not(target_arch = "wasm32"))]

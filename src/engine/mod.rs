@@ -31,7 +31,7 @@ pub use bench::{
     synthetic_prompt,
 };
 #[cfg(not(target_arch = "wasm32"))]
-pub use bench::{ablate, profile, profile_batch};
+pub use bench::{ablate, profile, profile_batch, profile_prefill_in_pass};
 pub use options::weight_format;
 pub use pressure::{MemoryPressureEvent, PressureMonitor};
 pub use stats::{FinishReason, GenerationStats};

@@ -15,6 +15,8 @@ pub struct GpuCaps {
     /// The adapter's smallest subgroup (lanes; 0 without subgroups).
     pub subgroup_min_size: u32,
     pub timestamps: bool,
+    /// Timestamps between the dispatches of one pass (native profiling).
+    pub timestamps_in_passes: bool,
     pub max_storage_binding: u64,
     pub max_buffer_size: u64,
     pub max_workgroup_storage: u32,
@@ -68,6 +70,9 @@ impl Gpu {
         if offered.contains(wgpu::Features::TIMESTAMP_QUERY) {
             wanted |= wgpu::Features::TIMESTAMP_QUERY;
         }
+        if offered.contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES) {
+            wanted |= wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
+        }
         let limits = adapter.limits();
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
@@ -85,6 +90,7 @@ impl Gpu {
             subgroups: wanted.contains(wgpu::Features::SUBGROUP),
             subgroup_min_size: if wanted.contains(wgpu::Features::SUBGROUP) { info.subgroup_min_size } else { 0 },
             timestamps: wanted.contains(wgpu::Features::TIMESTAMP_QUERY),
+            timestamps_in_passes: wanted.contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES),
             max_storage_binding: limits.max_storage_buffer_binding_size,
             max_buffer_size: limits.max_buffer_size,
             max_workgroup_storage: limits.max_compute_workgroup_storage_size,

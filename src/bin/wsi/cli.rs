@@ -523,6 +523,7 @@ fn run(cli: Cli) -> Result<()> {
                 let chunk = engine.model.options.chunk as u32;
                 let (decode, gpu_timed) = wsi::engine::profile(&engine, 10, 0)?;
                 let (prefill, _) = wsi::engine::profile(&engine, 3, chunk)?;
+                let prefill_in_pass = wsi::engine::profile_prefill_in_pass(&engine, chunk, 3)?;
                 let pos = (base.prompt_tokens + base.gen_tokens).min(engine.model.kv_plan().max_positions - 2);
                 let (in_stream, step_ms) = wsi::engine::ablate(&mut engine, pos, 32)?;
                 Some(json!({
@@ -530,6 +531,7 @@ fn run(cli: Cli) -> Result<()> {
                     "decode_in_stream_step_ms": step_ms,
                     "decode": decode,
                     "prefill_chunk": prefill,
+                    "prefill_chunk_in_pass": prefill_in_pass,
                     "chunk": chunk,
                     "timing": if gpu_timed { "gpu timestamps" } else { "cpu, each dispatch alone" },
                 }))
@@ -542,9 +544,12 @@ fn run(cli: Cli) -> Result<()> {
                     "decode step in stream: {:.3} ms; each family's share (step time saved without it):",
                     p["decode_in_stream_step_ms"].as_f64().unwrap_or(0.0)
                 );
-                for (what, unit) in
-                    [("decode_in_stream", "ms/token"), ("decode", "ms/token"), ("prefill_chunk", "ms/chunk")]
-                {
+                for (what, unit) in [
+                    ("decode_in_stream", "ms/token"),
+                    ("decode", "ms/token"),
+                    ("prefill_chunk", "ms/chunk"),
+                    ("prefill_chunk_in_pass", "ms/chunk"),
+                ] {
                     for row in p[what].as_array().into_iter().flatten() {
                         println!(
                             "{what:13} {:14} x{:<4} {:9.3} {unit}",

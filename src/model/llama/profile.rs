@@ -1,7 +1,9 @@
 //! Time per dispatch of a decode step or a prefill chunk (native only; `wsi bench --profile`).
 //! With TIMESTAMP_QUERY the GPU timestamps each dispatch in its own compute pass while the
 //! whole step runs in order (caches as in real decoding); without it each dispatch is run
-//! `reps` times alone and timed on the CPU around the submission.
+//! `reps` times alone and timed on the CPU around the submission. With timestamps inside
+//! passes, a prefill chunk is also timed as the engine runs it: one pass, a timestamp after
+//! each dispatch.
 
 use super::{Dispatch, LlamaGpu, run};
 use crate::error::{Error, Result};
@@ -23,19 +25,27 @@ impl LlamaGpu {
         let (list, tokens) = if prefill_tokens == 0 {
             (&self.lane().decode, 1)
         } else {
-            let n = prefill_tokens.min(self.options.chunk as u32);
-            self.write_state(gpu, 0, n);
-            (&self.lane().prefill, n)
+            (&self.lane().prefill, prefill_tokens.min(self.options.chunk as u32))
+        };
+        // The sampler ends a chunk by setting the state to one token at the next position, so
+        // every repetition of a chunk starts from its own state (session 10's profile wrote it
+        // once: repetitions after the first ran one token, and the chunk's dispatches seemed
+        // to add up to 248 of its 464 ms on a 7B).
+        let prepare = || {
+            if prefill_tokens > 0 {
+                self.write_state(gpu, 0, tokens);
+            }
         };
         let step: Vec<&Dispatch> = list.iter().chain(std::iter::once(&self.lane().sample)).collect();
         let reps = reps.max(1);
         // A query set holds at most 4096 timestamps (WebGPU's limit): two per dispatch.
         if gpu.caps.timestamps && step.len() * 2 <= 4096 {
             let step: Vec<(&Dispatch, u32)> = step.iter().map(|d| (*d, tokens)).collect();
-            return timestamped(gpu, &step, reps);
+            return timestamped(gpu, &step, reps, prepare);
         }
         let mut rows = Vec::new();
         for d in step {
+            prepare();
             let mut enc = gpu.device.create_command_encoder(&Default::default());
             {
                 let mut pass = enc.begin_compute_pass(&Default::default());
@@ -75,7 +85,7 @@ impl LlamaGpu {
         if !gpu.caps.timestamps || step.len() * 2 > 4096 {
             return Ok(None);
         }
-        timestamped(gpu, &step, reps.max(1)).map(Some)
+        timestamped(gpu, &step, reps.max(1), || {}).map(Some)
     }
 }
 
@@ -87,8 +97,8 @@ fn wait(gpu: &Gpu, idx: wgpu::SubmissionIndex) -> Result<()> {
 }
 
 /// Every dispatch in a pass of its own with begin/end timestamps; the step runs `reps`
-/// times in order, and each dispatch's mean duration is returned.
-fn timestamped(gpu: &Gpu, step: &[(&Dispatch, u32)], reps: u32) -> Result<KernelTimes> {
+/// times in order (`prepare` before each), and each dispatch's mean duration is returned.
+fn timestamped(gpu: &Gpu, step: &[(&Dispatch, u32)], reps: u32, prepare: impl Fn()) -> Result<KernelTimes> {
     let n = step.len() as u32 * 2;
     let set = gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
         label: Some("profile timestamps"),
@@ -111,6 +121,7 @@ fn timestamped(gpu: &Gpu, step: &[(&Dispatch, u32)], reps: u32) -> Result<Kernel
     let period_ns = f64::from(gpu.queue.get_timestamp_period());
     let mut total = vec![0f64; step.len()];
     for _ in 0..reps {
+        prepare();
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         for (i, (d, tokens)) in step.iter().enumerate() {
             let i = i as u32 * 2;
@@ -146,6 +157,75 @@ fn timestamped(gpu: &Gpu, step: &[(&Dispatch, u32)], reps: u32) -> Result<Kernel
     }
     let rows = step.iter().zip(total).map(|((d, _), t)| (d.family, t / f64::from(reps))).collect();
     Ok(KernelTimes { rows, gpu_timestamps: true })
+}
+
+impl LlamaGpu {
+    /// Each dispatch's time within a prefill chunk of `n` tokens from position 0 run as the
+    /// engine runs it, one pass, with a timestamp after each dispatch (written once the work
+    /// before it has finished); the chunk runs `reps` times and each dispatch's mean is
+    /// returned, in dispatch order. None without timestamps inside passes.
+    pub fn profile_prefill_in_pass(&self, gpu: &Gpu, n: u32, reps: u32) -> Result<Option<KernelTimes>> {
+        let n = n.min(self.options.chunk as u32);
+        let step: Vec<&Dispatch> = self.lane().prefill.iter().chain(std::iter::once(&self.lane().sample)).collect();
+        let count = step.len() as u32 + 1;
+        if !gpu.caps.timestamps_in_passes || count > 4096 {
+            return Ok(None);
+        }
+        let set = gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("in-pass timestamps"),
+            ty: wgpu::QueryType::Timestamp,
+            count,
+        });
+        let bytes = u64::from(count) * 8;
+        let resolve = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("in-pass resolve"),
+            size: bytes,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("in-pass readback"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let period_ns = f64::from(gpu.queue.get_timestamp_period());
+        let reps = reps.max(1);
+        let mut total = vec![0f64; step.len()];
+        for _ in 0..reps {
+            self.write_state(gpu, 0, n);
+            let mut enc = gpu.device.create_command_encoder(&Default::default());
+            {
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                pass.write_timestamp(&set, 0);
+                for (i, d) in step.iter().enumerate() {
+                    run(&mut pass, std::slice::from_ref(*d), n);
+                    pass.write_timestamp(&set, i as u32 + 1);
+                }
+            }
+            enc.resolve_query_set(&set, 0..count, &resolve, 0);
+            enc.copy_buffer_to_buffer(&resolve, 0, &staging, 0, bytes);
+            let idx = gpu.queue.submit([enc.finish()]);
+            let (tx, rx) = std::sync::mpsc::channel();
+            staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+                let _ = tx.send(r);
+            });
+            wait(gpu, idx)?;
+            rx.recv()
+                .map_err(|e| Error::Gpu(format!("timestamp readback: {e}")))?
+                .map_err(|e| Error::Gpu(format!("timestamp readback: {e}")))?;
+            {
+                let view = staging.slice(..).get_mapped_range().map_err(|e| Error::Gpu(format!("map: {e}")))?;
+                let ticks: &[u64] = bytemuck::cast_slice(&view);
+                for (t, w) in total.iter_mut().zip(ticks.windows(2)) {
+                    *t += w[1].saturating_sub(w[0]) as f64 * period_ns / 1e6;
+                }
+            }
+            staging.unmap();
+        }
+        let rows = step.iter().zip(total).map(|(d, t)| (d.family, t / f64::from(reps))).collect();
+        Ok(Some(KernelTimes { rows, gpu_timestamps: true }))
+    }
 }
 
 /// `(kernel family, dispatches per step, µs per step)`.
