@@ -96,29 +96,62 @@ fn wait(gpu: &Gpu, idx: wgpu::SubmissionIndex) -> Result<()> {
         .map_err(|e| Error::Gpu(format!("poll: {e}")))
 }
 
+/// A timestamp query set with its resolve and readback buffers.
+struct Stamps {
+    set: wgpu::QuerySet,
+    resolve: wgpu::Buffer,
+    staging: wgpu::Buffer,
+    count: u32,
+}
+
+impl Stamps {
+    fn new(gpu: &Gpu, count: u32) -> Stamps {
+        let set = gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("profile timestamps"),
+            ty: wgpu::QueryType::Timestamp,
+            count,
+        });
+        let buffer = |label, usage| {
+            gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: u64::from(count) * 8,
+                usage,
+                mapped_at_creation: false,
+            })
+        };
+        let resolve = buffer("profile resolve", wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC);
+        let staging = buffer("profile readback", wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
+        Stamps { set, resolve, staging, count }
+    }
+
+    /// Submit `enc` (whose passes wrote the timestamps) and read them back, in ms.
+    fn submit(&self, gpu: &Gpu, mut enc: wgpu::CommandEncoder) -> Result<Vec<f64>> {
+        let bytes = u64::from(self.count) * 8;
+        enc.resolve_query_set(&self.set, 0..self.count, &self.resolve, 0);
+        enc.copy_buffer_to_buffer(&self.resolve, 0, &self.staging, 0, bytes);
+        let idx = gpu.queue.submit([enc.finish()]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        wait(gpu, idx)?;
+        rx.recv()
+            .map_err(|e| Error::Gpu(format!("timestamp readback: {e}")))?
+            .map_err(|e| Error::Gpu(format!("timestamp readback: {e}")))?;
+        let period_ms = f64::from(gpu.queue.get_timestamp_period()) / 1e6;
+        let ms = {
+            let view = self.staging.slice(..).get_mapped_range().map_err(|e| Error::Gpu(format!("map: {e}")))?;
+            bytemuck::cast_slice::<u8, u64>(&view).iter().map(|t| *t as f64 * period_ms).collect()
+        };
+        self.staging.unmap();
+        Ok(ms)
+    }
+}
+
 /// Every dispatch in a pass of its own with begin/end timestamps; the step runs `reps`
 /// times in order (`prepare` before each), and each dispatch's mean duration is returned.
 fn timestamped(gpu: &Gpu, step: &[(&Dispatch, u32)], reps: u32, prepare: impl Fn()) -> Result<KernelTimes> {
-    let n = step.len() as u32 * 2;
-    let set = gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
-        label: Some("profile timestamps"),
-        ty: wgpu::QueryType::Timestamp,
-        count: n,
-    });
-    let bytes = u64::from(n) * 8;
-    let resolve = gpu.device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("profile resolve"),
-        size: bytes,
-        usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
-        mapped_at_creation: false,
-    });
-    let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("profile readback"),
-        size: bytes,
-        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
-    let period_ns = f64::from(gpu.queue.get_timestamp_period());
+    let stamps = Stamps::new(gpu, step.len() as u32 * 2);
     let mut total = vec![0f64; step.len()];
     for _ in 0..reps {
         prepare();
@@ -128,32 +161,17 @@ fn timestamped(gpu: &Gpu, step: &[(&Dispatch, u32)], reps: u32, prepare: impl Fn
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some(d.family),
                 timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
-                    query_set: &set,
+                    query_set: &stamps.set,
                     beginning_of_pass_write_index: Some(i),
                     end_of_pass_write_index: Some(i + 1),
                 }),
             });
             run(&mut pass, std::slice::from_ref(*d), *tokens);
         }
-        enc.resolve_query_set(&set, 0..n, &resolve, 0);
-        enc.copy_buffer_to_buffer(&resolve, 0, &staging, 0, bytes);
-        let idx = gpu.queue.submit([enc.finish()]);
-        let (tx, rx) = std::sync::mpsc::channel();
-        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
-        wait(gpu, idx)?;
-        rx.recv()
-            .map_err(|e| Error::Gpu(format!("timestamp readback: {e}")))?
-            .map_err(|e| Error::Gpu(format!("timestamp readback: {e}")))?;
-        {
-            let view = staging.slice(..).get_mapped_range().map_err(|e| Error::Gpu(format!("map: {e}")))?;
-            let ticks: &[u64] = bytemuck::cast_slice(&view);
-            for (t, pair) in total.iter_mut().zip(ticks.chunks_exact(2)) {
-                *t += pair[1].saturating_sub(pair[0]) as f64 * period_ns / 1e6;
-            }
+        let ms = stamps.submit(gpu, enc)?;
+        for (t, pair) in total.iter_mut().zip(ms.chunks_exact(2)) {
+            *t += (pair[1] - pair[0]).max(0.0);
         }
-        staging.unmap();
     }
     let rows = step.iter().zip(total).map(|((d, _), t)| (d.family, t / f64::from(reps))).collect();
     Ok(KernelTimes { rows, gpu_timestamps: true })
@@ -171,25 +189,7 @@ impl LlamaGpu {
         if !gpu.caps.timestamps_in_passes || count > 4096 {
             return Ok(None);
         }
-        let set = gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
-            label: Some("in-pass timestamps"),
-            ty: wgpu::QueryType::Timestamp,
-            count,
-        });
-        let bytes = u64::from(count) * 8;
-        let resolve = gpu.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("in-pass resolve"),
-            size: bytes,
-            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
-            mapped_at_creation: false,
-        });
-        let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("in-pass readback"),
-            size: bytes,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let period_ns = f64::from(gpu.queue.get_timestamp_period());
+        let stamps = Stamps::new(gpu, count);
         let reps = reps.max(1);
         let mut total = vec![0f64; step.len()];
         for _ in 0..reps {
@@ -197,31 +197,16 @@ impl LlamaGpu {
             let mut enc = gpu.device.create_command_encoder(&Default::default());
             {
                 let mut pass = enc.begin_compute_pass(&Default::default());
-                pass.write_timestamp(&set, 0);
+                pass.write_timestamp(&stamps.set, 0);
                 for (i, d) in step.iter().enumerate() {
                     run(&mut pass, std::slice::from_ref(*d), n);
-                    pass.write_timestamp(&set, i as u32 + 1);
+                    pass.write_timestamp(&stamps.set, i as u32 + 1);
                 }
             }
-            enc.resolve_query_set(&set, 0..count, &resolve, 0);
-            enc.copy_buffer_to_buffer(&resolve, 0, &staging, 0, bytes);
-            let idx = gpu.queue.submit([enc.finish()]);
-            let (tx, rx) = std::sync::mpsc::channel();
-            staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
-                let _ = tx.send(r);
-            });
-            wait(gpu, idx)?;
-            rx.recv()
-                .map_err(|e| Error::Gpu(format!("timestamp readback: {e}")))?
-                .map_err(|e| Error::Gpu(format!("timestamp readback: {e}")))?;
-            {
-                let view = staging.slice(..).get_mapped_range().map_err(|e| Error::Gpu(format!("map: {e}")))?;
-                let ticks: &[u64] = bytemuck::cast_slice(&view);
-                for (t, w) in total.iter_mut().zip(ticks.windows(2)) {
-                    *t += w[1].saturating_sub(w[0]) as f64 * period_ns / 1e6;
-                }
+            let ms = stamps.submit(gpu, enc)?;
+            for (t, w) in total.iter_mut().zip(ms.windows(2)) {
+                *t += (w[1] - w[0]).max(0.0);
             }
-            staging.unmap();
         }
         let rows = step.iter().zip(total).map(|(d, t)| (d.family, t / f64::from(reps))).collect();
         Ok(Some(KernelTimes { rows, gpu_timestamps: true }))
