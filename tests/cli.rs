@@ -109,6 +109,19 @@ fn synth_then_generate_logits_and_bench_on_a_tiny_model() {
     let dispatches: u64 = decode.iter().filter_map(|r| r[1].as_u64()).sum();
     assert_eq!(dispatches as f64, v["base"]["dispatches_per_token"].as_f64().expect("dispatches"), "{v}");
     assert!(decode.iter().all(|r| r[2].as_f64().is_some_and(|ms| ms >= 0.0)), "{decode:?}");
+    // The prefill chunk timed inside the one pass the engine runs (lavapipe has timestamps
+    // inside passes): the same families and dispatch counts as the per-pass profile.
+    let counts = |what: &str| -> Vec<(String, u64)> {
+        let mut rows: Vec<(String, u64)> = v["profile"][what]
+            .as_array()
+            .unwrap_or_else(|| panic!("{what} rows in {v}"))
+            .iter()
+            .map(|r| (r[0].as_str().unwrap_or("").to_string(), r[1].as_u64().unwrap_or(0)))
+            .collect();
+        rows.sort();
+        rows
+    };
+    assert_eq!(counts("prefill_chunk_in_pass"), counts("prefill_chunk"));
     // Sampled decoding (seeded top-k + top-p) through the bench.
     let v = wsi_json(&[
         "--model",

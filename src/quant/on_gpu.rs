@@ -25,7 +25,8 @@ struct QuantParams {
     _pad: [u32; 3],
 }
 
-/// Weights per kernel thread: one group, or two groups of 32 for int8 (one scale word).
+/// Weights per kernel thread: one group, or two groups of 32 where a group has one f16 scale
+/// (int8, int4 symmetric: one scale word).
 pub fn unit(format: WeightFormat) -> usize {
     if format.one_scale_per_group() { 2 * GROUP } else { group(format) }
 }
