@@ -102,10 +102,7 @@ impl WeightFormat {
 
     /// Whether the format has a second (scale) buffer at binding 2.
     pub fn has_scales(self) -> bool {
-        matches!(
-            self,
-            WeightFormat::Int8 | WeightFormat::Int4 | WeightFormat::Int4Sym | WeightFormat::Int3 | WeightFormat::Int2
-        )
+        !matches!(self, WeightFormat::F32 | WeightFormat::F16)
     }
 
     /// Override constants of the weight prelude: the scale group of int3 and int2, int4's

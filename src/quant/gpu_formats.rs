@@ -119,7 +119,7 @@ impl Packer {
         for b in bytes.chunks_exact(bb) {
             match host {
                 HostFormat::Q8_0 => {
-                    self.halves.push(half_bits(b, 0));
+                    self.push_scale(half_bits(b, 0), 0);
                     self.words.extend(b[2..34].chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])));
                 }
                 HostFormat::Q4_0 | HostFormat::Q4_1 => {
@@ -128,16 +128,13 @@ impl Packer {
                         (f16::from_bits(half_bits(b, 2)), &b[4..20])
                     } else {
                         let m = f16::from_f32(-8.0 * d.to_f32());
-                        if m.to_f32() != -8.0 * d.to_f32() {
+                        // Only a stored minimum must hold -8 d (Int4Sym derives it in f32).
+                        if !self.format.one_scale_per_group() && m.to_f32() != -8.0 * d.to_f32() {
                             return Err(Error::model(format!("Q4_0 scale {d} is too large for an f16 minimum")));
                         }
                         (m, &b[2..18])
                     };
-                    if self.format == WeightFormat::Int4Sym {
-                        self.halves.push(d.to_bits());
-                    } else {
-                        self.halves.extend([d.to_bits(), m.to_bits()]);
-                    }
+                    self.push_scale(d.to_bits(), m.to_bits());
                     // Element i is the low nibble of qs[i] (i < 16) or the high nibble of
                     // qs[i - 16]; store element i at nibble i % 8 of word i / 8.
                     let q = |i: usize| u32::from(if i < 16 { qs[i] & 0x0f } else { qs[i - 16] >> 4 });
@@ -166,19 +163,28 @@ impl Packer {
         {
             return Err(Error::internal(format!("{} weights are not whole groups of {g} and rows", x.len())));
         }
+        if self.format == WeightFormat::Int4Sym {
+            // Q4_0's own round-to-nearest (only tests and non-Q4_0 sources asked for this
+            // layout come here: Q4_0 files pass through).
+            return self.push_blocks(HostFormat::Q4_0, &ggml::quantize(HostFormat::Q4_0, x)?);
+        }
         for (i, xs) in x.chunks_exact(g).enumerate() {
             let w = imp.map(|c| {
                 let c0 = i * g % c.len();
                 &c[c0..c0 + g]
             });
-            let f = if self.format == WeightFormat::Int4Sym {
-                fit_q4_0(xs)
-            } else {
-                fit_group_weighted(xs, w, bits(self.format), quantizer)
-            };
-            self.push_fit(&f);
+            self.push_fit(&fit_group_weighted(xs, w, bits(self.format), quantizer));
         }
         Ok(())
+    }
+
+    /// Append one group's f16 scale `d` and minimum `m` (only `d` where the format has one
+    /// scale per group).
+    fn push_scale(&mut self, d: u16, m: u16) {
+        self.halves.push(d);
+        if !self.format.one_scale_per_group() {
+            self.halves.push(m);
+        }
     }
 
     /// Append one fitted group.
@@ -186,14 +192,14 @@ impl Packer {
         let q = |i: usize| f.q[i] as u32;
         match self.format {
             WeightFormat::Int8 => {
-                self.halves.push(f.d);
+                self.push_scale(f.d, f.m);
                 self.words.extend(
                     f.q.chunks_exact(4)
                         .map(|c| c.iter().enumerate().fold(0u32, |acc, (j, v)| acc | ((*v as u32 & 0xff) << (8 * j)))),
                 );
             }
             WeightFormat::Int3 => {
-                self.halves.extend([f.d, f.m]);
+                self.push_scale(f.d, f.m);
                 for b in (0..f.q.len()).step_by(32) {
                     let lo = |h: usize| (0..16).fold(0u32, |acc, j| acc | ((q(b + 16 * h + j) & 3) << (2 * j)));
                     let hi = (0..32).fold(0u32, |acc, j| acc | ((q(b + j) >> 2) << j));
@@ -203,11 +209,7 @@ impl Packer {
             _ => {
                 // int4, int2: codes ascending from the low bits of each word.
                 let b = bits(self.format) as usize;
-                if self.format == WeightFormat::Int4Sym {
-                    self.halves.push(f.d);
-                } else {
-                    self.halves.extend([f.d, f.m]);
-                }
+                self.push_scale(f.d, f.m);
                 for c in (0..f.q.len()).step_by(32 / b) {
                     self.words.push((0..32 / b).fold(0u32, |acc, j| acc | (q(c + j) << (b * j))));
                 }
@@ -224,17 +226,6 @@ impl Packer {
             .collect();
         Packed { words: self.words, scales }
     }
-}
-
-/// Round-to-nearest of one group into int4 without a minimum, as GGML's Q4_0 does: the
-/// element of largest magnitude `v` sets `d = v / -8`, codes `round(x / d) + 8` in 0..=15.
-/// (Only tests and non-Q4_0 parts of a Q4_0 matrix take this path: Q4_0 files pass through.)
-fn fit_q4_0(x: &[f32]) -> Fit {
-    let v = x.iter().copied().fold(0f32, |a, b| if b.abs() > a.abs() { b } else { a });
-    let d = f16::from_f32(v / -8.0);
-    let df = d.to_f32();
-    let q = x.iter().map(|&e| if df == 0.0 { 8 } else { ((e / df).round_ties_even() + 8.0).clamp(0.0, 15.0) as i32 });
-    Fit { d: d.to_bits(), m: f16::from_f32(-8.0 * df).to_bits(), q: q.collect() }
 }
 
 /// Pack f32 weights (`[n]`, n a multiple of the group) into `format`.
@@ -261,20 +252,17 @@ pub fn dequantize(format: WeightFormat, packed: &Packed, n: usize) -> Result<Vec
                 out.push(f32::from(q) * d);
             }
         }
-        WeightFormat::Int4Sym => {
-            for i in 0..n {
-                let g = i / GROUP;
-                let d = half(g / 2, g % 2)?;
-                let q = (word(i / 8)? >> (4 * (i % 8))) & 0x0f;
-                out.push(q as f32 * d + -8.0 * d);
-            }
-        }
-        WeightFormat::Int4 | WeightFormat::Int3 | WeightFormat::Int2 => {
+        WeightFormat::Int4 | WeightFormat::Int4Sym | WeightFormat::Int3 | WeightFormat::Int2 => {
             for i in 0..n {
                 let g = i / group(format);
-                let (d, m) = (half(g, 0)?, half(g, 1)?);
+                let (d, m) = if format == WeightFormat::Int4Sym {
+                    let d = half(g / 2, g % 2)?;
+                    (d, -8.0 * d)
+                } else {
+                    (half(g, 0)?, half(g, 1)?)
+                };
                 let q = match format {
-                    WeightFormat::Int4 => (word(i / 8)? >> (4 * (i % 8))) & 0x0f,
+                    WeightFormat::Int4 | WeightFormat::Int4Sym => (word(i / 8)? >> (4 * (i % 8))) & 0x0f,
                     WeightFormat::Int2 => (word(i / 16)? >> (2 * (i % 16))) & 3,
                     _ => {
                         let (b, j) = (i / 32, i % 32);
