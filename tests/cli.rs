@@ -122,7 +122,7 @@ fn synth_then_generate_logits_and_bench_on_a_tiny_model() {
         rows
     };
     assert_eq!(counts("prefill_chunk_in_pass"), counts("prefill_chunk"));
-    // Sampled decoding (seeded top-k + top-p) through the bench.
+    // Sampled decoding (seeded top-k + top-p) through the bench, without the warm-up run.
     let v = wsi_json(&[
         "--model",
         m,
@@ -131,6 +131,8 @@ fn synth_then_generate_logits_and_bench_on_a_tiny_model() {
         "8",
         "--gen-tokens",
         "8",
+        "--warmup-tokens",
+        "0",
         "--temperature",
         "0.8",
         "--top-k",

@@ -133,7 +133,7 @@ pub const REPETITIVE_PROMPT: &str = concat!(
 
 /// Run the benchmark on a synthetic prompt of `prompt_tokens` ids.
 pub async fn bench(engine: &mut Engine, prompt_tokens: usize, gen_tokens: usize) -> Result<BenchReport> {
-    bench_prompt(engine, &bench_ids(engine, prompt_tokens), gen_tokens, &SampleSettings::greedy()).await
+    bench_prompt(engine, &bench_ids(engine, prompt_tokens), gen_tokens, &SampleSettings::greedy(), gen_tokens).await
 }
 
 /// The synthetic prompt of [`bench`]: `prompt_tokens` ids within the context.
@@ -143,14 +143,22 @@ pub fn bench_ids(engine: &Engine, prompt_tokens: usize) -> Vec<u32> {
 }
 
 /// Run the benchmark on `prompt` (cut to leave room for a token) with the sampling settings
-/// `sample` (seeded, so runs repeat): one warm-up generation, then the measured one.
+/// `sample` (seeded, so runs repeat): a warm-up generation of `warmup_tokens` (0: none),
+/// then the measured one.
+///
+/// The warm-up should be as long as the measured run (llama-bench runs one such warm-up):
+/// a GPU that has idled for a second or more (during a load from disk, say) runs its first
+/// few hundred ms of work about three times slower. H200, 7B int4, 128 tokens after a
+/// 1-token prompt: a 4-token warm-up gave 283 tok/s, the first ~50 steps taking 6-9 ms
+/// instead of 2.3; a 64- or 128-token warm-up 437; 3 s idle after the warm-up 242, 0.5 s 436.
 pub async fn bench_prompt(
     engine: &mut Engine,
     prompt: &[u32],
     gen_tokens: usize,
     sample: &SampleSettings,
+    warmup_tokens: usize,
 ) -> Result<BenchReport> {
-    bench_run(engine, prompt, gen_tokens, sample, true).await
+    bench_run(engine, prompt, gen_tokens, sample, warmup_tokens).await
 }
 
 /// One measured run without the warm-up (for repeated rounds on a warm engine).
@@ -160,7 +168,7 @@ pub async fn bench_again(
     gen_tokens: usize,
     sample: &SampleSettings,
 ) -> Result<BenchReport> {
-    bench_run(engine, prompt, gen_tokens, sample, false).await
+    bench_run(engine, prompt, gen_tokens, sample, 0).await
 }
 
 async fn bench_run(
@@ -168,7 +176,7 @@ async fn bench_run(
     prompt: &[u32],
     gen_tokens: usize,
     sample: &SampleSettings,
-    warm_up: bool,
+    warmup_tokens: usize,
 ) -> Result<BenchReport> {
     let ctx = engine.model.options.context;
     let prompt = &prompt[..prompt.len().min(ctx.saturating_sub(2).max(1))];
@@ -176,8 +184,8 @@ async fn bench_run(
     let gen_tokens = gen_tokens.clamp(1, ctx - prompt_tokens);
     let params =
         GenerateParams { max_tokens: gen_tokens, ignore_eos: true, sample: sample.clone(), ..Default::default() };
-    if warm_up {
-        let warm = GenerateParams { max_tokens: 4.min(gen_tokens), ..params.clone() };
+    if warmup_tokens > 0 {
+        let warm = GenerateParams { max_tokens: warmup_tokens.min(ctx - prompt_tokens), ..params.clone() };
         engine.generate(prompt, &warm, &mut |_| true).await?;
     }
     let g = engine.generate(prompt, &params, &mut |_| true).await?;

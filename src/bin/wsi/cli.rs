@@ -95,6 +95,11 @@ enum Command {
         /// engines stay loaded) and report the median of the per-round decode ratios.
         #[arg(long, default_value_t = 1)]
         rounds: usize,
+        /// Tokens of the warm-up generation before the measured one (default: --gen-tokens,
+        /// as llama-bench warms up with a whole run; a GPU that has idled runs slowly for its
+        /// first few hundred ms of work).
+        #[arg(long)]
+        warmup_tokens: Option<usize>,
         /// Also time each kernel family of a decode step (CPU-timed, dispatches run alone).
         #[arg(long)]
         profile: bool,
@@ -437,6 +442,7 @@ fn run(cli: Cli) -> Result<()> {
             prompt_file,
             repetitive,
             rounds,
+            warmup_tokens,
             profile,
             batch,
             temperature,
@@ -515,7 +521,8 @@ fn run(cli: Cli) -> Result<()> {
             };
             let run_bench = |engine: &mut Engine| -> Result<wsi::engine::BenchReport> {
                 let ids = prompt_of(engine)?;
-                pollster::block_on(wsi::engine::bench_prompt(engine, &ids, *gen_tokens, &sample))
+                let warmup = warmup_tokens.unwrap_or(*gen_tokens);
+                pollster::block_on(wsi::engine::bench_prompt(engine, &ids, *gen_tokens, &sample, warmup))
             };
             let mut engine = open_engine(&cli.model, &cfg)?;
             let base = run_bench(&mut engine)?;
