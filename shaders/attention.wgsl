@@ -48,6 +48,8 @@ var<workgroup> v_new: array<vec4<f32>, 64>;    // codes, the scale apart)
 // of contexts up to SPLIT * SCORES_SH): no global round trip and no storage barrier.
 const SCORES_SH: u32 = 1024u;
 var<workgroup> sc_sh: array<f32, SCORES_SH>;
+// The head's output (hd <= 256), for attention_q8.wgsl to pack.
+var<workgroup> o_sh: array<vec4<f32>, 64>;
 
 const NO_KEY: u32 = 0xffffffffu;
 
@@ -255,11 +257,12 @@ fn attend(tid: u32, h: u32, z: u32, row: u32, live: bool, latest: u32, kk: Keys,
             partial[o + 3u] = sum.w;
         } else {
             let o = (row * p.n_heads + h) * p.hd + d4 * 4u;
-            let inv = 1.0 / total;
-            out[o] = sum.x * inv;
-            out[o + 1u] = sum.y * inv;
-            out[o + 2u] = sum.z * inv;
-            out[o + 3u] = sum.w * inv;
+            let v = sum * (1.0 / total);
+            out[o] = v.x;
+            out[o + 1u] = v.y;
+            out[o + 2u] = v.z;
+            out[o + 3u] = v.w;
+            o_sh[d4] = v;
         }
     }
 }
@@ -286,7 +289,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 // and key, its K/V append and its attention in one dispatch.
 @compute @workgroup_size(WG)
 fn decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let tid = lid.x;
+    decode_head(wid, lid.x);
+}
+
+fn decode_head(wid: vec3<u32>, tid: u32) {
     let h = wid.x;
     let live = state[1] > 0u;
     let pos = state[0];
@@ -333,6 +339,10 @@ fn decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
 // the stream, decode GPU time per step 1375 -> 1353 µs).
 @compute @workgroup_size(WG)
 fn combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    combine_head(wid, lid.x);
+}
+
+fn combine_head(wid: vec3<u32>, tid: u32) {
     let h = wid.x;
     let t = wid.y;
     if (t >= state[1]) {
@@ -346,7 +356,7 @@ fn combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) 
         let pz = base + z * stride;
         mx = max(mx, select(-3.0e38, partial[pz], partial[pz + 1u] > 0.0));
     }
-    for (var d = lid.x; d < p.hd; d += WG) {
+    for (var d = tid; d < p.hd; d += WG) {
         var l = 0.0;
         var acc = 0.0;
         for (var z = 0u; z < SPLIT; z++) {
@@ -357,5 +367,6 @@ fn combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) 
             acc += partial[pz + 4u + d] * w;
         }
         out[row * p.n_heads * p.hd + h * p.hd + d] = acc / l;
+        o_sh[d / 4u][d % 4u] = acc / l;
     }
 }

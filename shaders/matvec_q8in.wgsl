@@ -1,5 +1,5 @@
 // Decode matvec of int4 weights against int8-quantised inputs (appended to matvec.wgsl after
-// the int4 prelude; entry point `q8in`): the codes of 8 weights meet 8 input bytes in two
+// the int4 prelude and q8_group.wgsl; entry point `q8in`): the codes of 8 weights meet 8 input bytes in two
 // `dot4I8Packed`, an integer dot product the GPU does in one instruction where it has one
 // (Vulkan 1.3 / SPIR-V `OpSDot`). The int4 matvec is bound by instructions per weight
 // (README, session 5); this path takes about a third of them.
@@ -22,43 +22,6 @@ const Q8_GROUPS: u32 = 128u;
 // Per group: the 8 packed code words (even, odd, even, odd, ...) and (d_x, sum x, sum raw x^2).
 var<workgroup> xq: array<vec4<u32>, 2u * Q8_GROUPS>;
 var<workgroup> xg: array<vec4<f32>, Q8_GROUPS>;
-
-fn pack_pair(a: vec4<f32>, b: vec4<f32>, inv: f32) -> vec2<u32> {
-    let qa = vec4<i32>(round(a * inv));
-    let qb = vec4<i32>(round(b * inv));
-    return vec2<u32>(pack4xI8(vec4<i32>(qa.x, qa.z, qb.x, qb.z)), pack4xI8(vec4<i32>(qa.y, qa.w, qb.y, qb.w)));
-}
-
-// One group of 32 inputs (v0..v7, consecutive) as int8: scale d = max|v| / 127, the code
-// words in the layout above (`lo` words 0..3, `hi` words 4..7), and the exact sum of v.
-struct QGroup {
-    lo: vec4<u32>,
-    hi: vec4<u32>,
-    d: f32,
-    sum: f32,
-}
-
-fn quant_group(
-    v0: vec4<f32>,
-    v1: vec4<f32>,
-    v2: vec4<f32>,
-    v3: vec4<f32>,
-    v4: vec4<f32>,
-    v5: vec4<f32>,
-    v6: vec4<f32>,
-    v7: vec4<f32>,
-) -> QGroup {
-    let m4 = max(max(max(abs(v0), abs(v1)), max(abs(v2), abs(v3))), max(max(abs(v4), abs(v5)), max(abs(v6), abs(v7))));
-    let amax = max(max(m4.x, m4.y), max(m4.z, m4.w));
-    let inv = select(0.0, 127.0 / amax, amax > 0.0);
-    let s4 = v0 + v1 + v2 + v3 + v4 + v5 + v6 + v7;
-    return QGroup(
-        vec4<u32>(pack_pair(v0, v1, inv), pack_pair(v2, v3, inv)),
-        vec4<u32>(pack_pair(v4, v5, inv), pack_pair(v6, v7, inv)),
-        amax / 127.0,
-        s4.x + s4.y + s4.z + s4.w,
-    );
-}
 
 // Quantise groups c0..c0 + cn of the input row at `xbase` into xq / xg (every thread; ends
 // with a barrier).

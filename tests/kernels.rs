@@ -822,7 +822,7 @@ fn check_attention_at(wg: u32, hd: usize, split: u32, f: KvFormats, window: Opti
     if split > 1 {
         run(
             &gpu,
-            KernelKey { kernel: Kernel::AttentionCombine { split }, wg, rows: 1, tpr: 1 },
+            KernelKey { kernel: Kernel::AttentionCombine { split, pack: false }, wg, rows: 1, tpr: 1 },
             &[(0, &ub), (4, &out), (6, &partial), (7, &state)],
             [nh as u32, t as u32, 1],
         );
@@ -868,6 +868,36 @@ fn fused_decode_attention_rotates_appends_and_attends_in_every_format_with_gqa()
     }
 }
 
+/// Row `row` of a packed attention output (`[rows, n / 32, 3]` vec4<u32>: code words, then
+/// (d, sum)) against the floats `x` of that row: d = max|x| / 127 per group of 32, each code
+/// within half a step of x / d at its place in the `q8pre` layout (byte j of word 2i holds
+/// element 8i + 2j, of word 2i + 1 element 8i + 2j + 1), the sum exact; other rows stay zero.
+fn check_packed_row(words: &[u32], x_rows: &[f32], row: usize, case: &str) {
+    let groups = words.len() / 12 / 2;
+    let x = &x_rows[row * groups * 32..][..groups * 32];
+    for (r, chunk) in words.chunks(groups * 12).enumerate() {
+        if r != row {
+            assert!(chunk.iter().all(|&w| w == 0), "{case}: row {r} of the packed output was written");
+            continue;
+        }
+        for (g, w) in chunk.chunks(12).enumerate() {
+            let xg = &x[g * 32..][..32];
+            let amax = xg.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let (d, sum) = (f32::from_bits(w[8]), f32::from_bits(w[9]));
+            assert!((d - amax / 127.0).abs() <= 1e-6 * amax, "{case}: group {g}: d {d}, max {amax}");
+            let exact: f32 = xg.iter().sum();
+            assert!((sum - exact).abs() <= 1e-5 * (amax * 32.0).max(1e-6), "{case}: group {g}: sum {sum} vs {exact}");
+            for (wi, word) in w[..8].iter().enumerate() {
+                for (j, byte) in word.to_le_bytes().into_iter().enumerate() {
+                    let e = 8 * (wi / 2) + 2 * j + wi % 2;
+                    let got = f32::from(byte as i8) * d;
+                    assert!((got - xg[e]).abs() <= 0.5 * d * 1.001 + 1e-7, "{case}: group {g} element {e}");
+                }
+            }
+        }
+    }
+}
+
 /// Positions 0..pos0 with random K/V stored in `f` (as in [`check_attention`]) and a lane
 /// at activation row 1 decoding position pos0 from random QKV activations: the fused kernel
 /// writes pos0's row (rotated K, V) in the cache's format and nothing else, and its output
@@ -902,24 +932,37 @@ fn check_decode_attention(
     let scores = gpu.storage("scores", (2 * nh * (sinks + win) * 4) as u64);
     let partial = gpu.storage("partial", (2 * nh * split as usize * (hd + 4) * 4) as u64);
     let key = |kernel| KernelKey { kernel, wg, rows: 1, tpr: 1 };
-    let combine = |out: &wgpu::Buffer| {
+    // The packed output (`pack`): 2 rows of nh * hd / 32 groups of 3 vec4<u32>.
+    let packed = gpu.storage("packed", (2 * nh * hd / 32 * 48) as u64);
+    let combine = |out: &wgpu::Buffer, pack: bool| {
         if split > 1 {
-            let bindings = [(0, &ub), (4, out), (6, &partial), (7, &state)];
-            run(&gpu, key(Kernel::AttentionCombine { split }), &bindings, [nh as u32, 1, 1]);
+            let mut bindings = vec![(0, &ub), (4, out), (6, &partial), (7, &state)];
+            if pack {
+                bindings.push((10, &packed));
+            }
+            run(&gpu, key(Kernel::AttentionCombine { split, pack }), &bindings, [nh as u32, 1, 1]);
         }
     };
     let adjacent = layout == RopeLayout::Adjacent;
-    // Fused.
-    let (kb, vb) = (gpu.storage_init("k", bytemuck::cast_slice(&kw)), gpu.storage_init("v", bytemuck::cast_slice(&vw)));
-    let out = gpu.storage("out", (2 * nh * hd * 4) as u64);
-    run(
-        &gpu,
-        KernelKey { tpr: lanes, ..key(Kernel::AttentionDecode { split, adjacent, kv: f }) },
-        &[(0, &ub), (2, &kb), (3, &vb), (4, &out), (5, &scores), (6, &partial), (7, &state), (8, &qkv_b), (9, &rope_b)],
-        [nh as u32, 1, split],
-    );
-    combine(&out);
-    let (got, gk, gv) = (read_f32(&gpu, &out), read_u32(&gpu, &kb), read_u32(&gpu, &vb));
+    // Fused, then fused packing its output for the o projection (at split 1 the decode kernel
+    // packs, otherwise the combine).
+    let fused = |pack: bool| {
+        let (kb, vb) =
+            (gpu.storage_init("k", bytemuck::cast_slice(&kw)), gpu.storage_init("v", bytemuck::cast_slice(&vw)));
+        let out = gpu.storage("out", (2 * nh * hd * 4) as u64);
+        let mut bindings =
+            vec![(0, &ub), (2, &kb), (3, &vb), (4, &out), (5, &scores), (6, &partial), (7, &state), (8, &qkv_b)];
+        bindings.push((9, &rope_b));
+        if pack && split == 1 {
+            bindings.push((10, &packed));
+        }
+        let kernel = Kernel::AttentionDecode { split, adjacent, kv: f, pack: pack && split == 1 };
+        run(&gpu, KernelKey { tpr: lanes, ..key(kernel) }, &bindings, [nh as u32, 1, split]);
+        combine(&out, pack);
+        (read_f32(&gpu, &out), read_u32(&gpu, &kb), read_u32(&gpu, &vb))
+    };
+    let (got, gk, gv) = fused(false);
+    let (got_p, gk_p, gv_p) = fused(true);
     // Unfused: rope_kv then attention over the rotated query.
     let (kb2, vb2) =
         (gpu.storage_init("k", bytemuck::cast_slice(&kw)), gpu.storage_init("v", bytemuck::cast_slice(&vw)));
@@ -932,12 +975,15 @@ fn check_decode_attention(
         &[(0, &ub), (1, &q_rot), (2, &kb2), (3, &vb2), (4, &out2), (5, &scores), (6, &partial), (7, &state)],
         [nh as u32, 1, split],
     );
-    combine(&out2);
+    combine(&out2, false);
     let unfused = read_f32(&gpu, &out2);
     let case = format!("split={split} {f:?} {window:?} pos={pos0} {layout:?} wg={wg} lanes={lanes}");
     assert_eq!((&gk, &gv), (&read_u32(&gpu, &kb2), &read_u32(&gpu, &vb2)), "{case}: caches differ from rope_kv's");
     let err = max_rel_err(&got, &unfused, 0.1);
     assert!(err < 1e-5, "{case}: fused vs unfused max rel err {err}");
+    assert_eq!((&gk_p, &gv_p), (&gk, &gv), "{case}: packing changed the caches");
+    assert!(max_rel_err(&got_p, &got, 0.1) < 1e-6, "{case}: packing changed the float output");
+    check_packed_row(&read_u32(&gpu, &packed), &got, 1, &case);
 
     // The new row: rotated K and V of row 1 in the write format; every other word unchanged.
     let src = &qkv[qkv_row..];

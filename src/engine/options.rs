@@ -191,6 +191,11 @@ impl EngineOptions {
                 // The gate/up matvec packs the SwiGLU product for the down projection
                 // (`WSI_Q8_PACK=0`: each down workgroup quantises it).
                 q8_pack: env_u32("WSI_Q8_PACK") != Some(0),
+                // Decode attention packs its output for the o projection (`WSI_Q8_PACK_O=0`:
+                // o loads the floats). H100 int4, GPU µs per step, empty context / after 512:
+                // 7B 2,736-2,740 -> 2,648 / 3,023 -> 2,923; 1.1B 1,005-1,014 -> 1,000 / 1,117 ->
+                // 1,101; 135M 948-951 -> 943-944 / 1,059 -> 1,051.
+                q8_pack_o: env_u32("WSI_Q8_PACK_O") != Some(0),
                 // Merging the attention partials in the o projection's loads pays with the
                 // `wide` matvec (int4) and costs with `main` (H100, 135M, combine dispatch vs
                 // merged: int4 751 -> 770 tok/s; int8 728 -> 656, fp16 748 -> 671).

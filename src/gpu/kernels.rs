@@ -8,6 +8,10 @@ use std::sync::Mutex;
 use super::kv::{KV_PRELUDE, KV_WRITE, KvFormat, KvFormats};
 use crate::error::{Error, Result};
 
+/// Quantisation of a group of 32 values to int8 and its packed layout (the `q8` matvecs'
+/// inputs; decode attention's output for a packed o projection).
+const Q8_GROUP: &str = include_str!("../../shaders/q8_group.wgsl");
+
 /// How a weight matrix is stored on the GPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum WeightFormat {
@@ -188,12 +192,15 @@ pub enum Kernel {
     /// spreads its keys over `split` workgroups that write partials for
     /// [`Kernel::AttentionCombine`].
     Attention { split: u32, kv: KvFormats },
-    /// Merge of the attention partials.
-    AttentionCombine { split: u32 },
+    /// Merge of the attention partials; `pack` (entry point `combine_q8`) also writes the
+    /// output packed as int8 per 32 (binding 10) for a `Q8::Packed` o projection.
+    AttentionCombine { split: u32, pack: bool },
     /// A decode step's attention with its RoPE and KV append fused in (entry point
     /// `decode`): reads the QKV activations instead of the rotated query; partials for
-    /// [`Kernel::AttentionCombine`] with `split > 1`.
-    AttentionDecode { split: u32, adjacent: bool, kv: KvFormats },
+    /// [`Kernel::AttentionCombine`] with `split > 1`; `pack` (split 1, entry point
+    /// `decode_q8`) also writes the output packed as int8 per 32 (binding 10) for a
+    /// `Q8::Packed` o projection.
+    AttentionDecode { split: u32, adjacent: bool, kv: KvFormats, pack: bool },
     /// Sampling + step advance.
     Sample,
     /// Load-time quantisation of f32 rows into an integer format.
@@ -231,8 +238,10 @@ impl KernelKey {
 
     fn entry_point(&self) -> &'static str {
         match self.kernel {
+            Kernel::AttentionCombine { pack: true, .. } => "combine_q8",
             Kernel::AttentionCombine { .. } => "combine",
             Kernel::KvRequant { .. } => "requant",
+            Kernel::AttentionDecode { pack: true, .. } => "decode_q8",
             Kernel::AttentionDecode { .. } => "decode",
             Kernel::Matvec { q8: Q8::In, batch: 0 | 1, .. } => "q8in",
             Kernel::Matvec { q8: Q8::Pack, batch: 0 | 1, .. } => "q8pack",
@@ -265,8 +274,9 @@ impl KernelKey {
                 // load storage lane by lane, one scalar at a time, and 16-bit scalars halve
                 // what each load brings (lavapipe, 3072x576: 0.47 vs 0.88 ns/weight).
                 let native = native_f16 && !self.is_cpu_matvec();
+                let q8in = format!("{Q8_GROUP}\n{}", include_str!("../../shaders/matvec_q8in.wgsl"));
                 let (enable, entry) = if q8 != Q8::Off {
-                    ("", include_str!("../../shaders/matvec_q8in.wgsl"))
+                    ("", q8in.as_str())
                 } else if subgroup {
                     // Browsers' WGSL compilers want the extension named; naga takes the
                     // device feature instead and rejects the directive.
@@ -290,6 +300,11 @@ impl KernelKey {
             Kernel::Embed { format } => (format.prelude(native_f16), include_str!("../../shaders/embed.wgsl")),
             Kernel::RopeKv { .. } | Kernel::KvRequant { .. } => {
                 return format!("{KV_PRELUDE}\n{KV_WRITE}\n{}", include_str!("../../shaders/rope_kv.wgsl"));
+            }
+            Kernel::AttentionCombine { pack: true, .. } | Kernel::AttentionDecode { pack: true, .. } => {
+                let attention = include_str!("../../shaders/attention.wgsl");
+                let q8 = include_str!("../../shaders/attention_q8.wgsl");
+                return format!("{KV_PRELUDE}\n{KV_WRITE}\n{attention}\n{Q8_GROUP}\n{q8}");
             }
             Kernel::Attention { .. } | Kernel::AttentionCombine { .. } | Kernel::AttentionDecode { .. } => {
                 return format!("{KV_PRELUDE}\n{KV_WRITE}\n{}", include_str!("../../shaders/attention.wgsl"));
@@ -329,7 +344,7 @@ impl KernelKey {
                 kv.main_constant(),
                 kv.ring_constant(),
             ],
-            Kernel::AttentionDecode { split, adjacent, kv } => vec![
+            Kernel::AttentionDecode { split, adjacent, kv, .. } => vec![
                 ("WG", f64::from(self.wg)),
                 ("SPLIT", f64::from(split.max(1))),
                 ("KEY_LANES", f64::from(self.tpr.clamp(1, self.wg))),
@@ -337,7 +352,9 @@ impl KernelKey {
                 kv.main_constant(),
                 kv.ring_constant(),
             ],
-            Kernel::AttentionCombine { split } => vec![("WG", f64::from(self.wg)), ("SPLIT", f64::from(split.max(1)))],
+            Kernel::AttentionCombine { split, .. } => {
+                vec![("WG", f64::from(self.wg)), ("SPLIT", f64::from(split.max(1)))]
+            }
             Kernel::Quantize { format, quantizer } => {
                 let (starts, iters) = quantizer.schedule();
                 vec![
@@ -439,7 +456,9 @@ impl Kernels {
             Kernel::RopeKv { adjacent: true, kv },
             Kernel::KvRequant { kv },
             Kernel::Attention { split: 1, kv },
-            Kernel::AttentionDecode { split: 4, adjacent: false, kv },
+            Kernel::AttentionDecode { split: 4, adjacent: false, kv, pack: false },
+            Kernel::AttentionDecode { split: 1, adjacent: true, kv, pack: true },
+            Kernel::AttentionCombine { split: 4, pack: true },
             Kernel::Sample,
             q,
             q8(Q8::In, norm),

@@ -90,6 +90,10 @@ pub struct LoadOptions {
     /// (workgroup, rows per lane group, lanes per row group) of the int8-input matvec for
     /// every matrix (None: chosen per matrix).
     pub q8_shape: Option<(u32, u32, u32)>,
+    /// Under `q8_inputs`, a decode step's attention (or its combine) also writes its output
+    /// packed as int8 per 32, and the int4 o projection reads that (`Q8::Packed`) instead of
+    /// the floats.
+    pub q8_pack_o: bool,
     /// Under `q8_inputs`, a decode step's gate/up matvec writes its SwiGLU product packed as
     /// int8 per 32 and the down projection reads it (`Q8::Pack`, `Q8::Packed`), instead of
     /// every down workgroup quantising the product again.
@@ -138,6 +142,7 @@ impl Default for LoadOptions {
             subgroup_shape: None,
             q8_inputs: None,
             q8_shape: None,
+            q8_pack_o: false,
             q8_pack: true,
             combine_in_o_max: 8192,
             batch_matvec_min_weights: 1 << 22,
@@ -208,6 +213,9 @@ struct Activations {
     /// `[d_ff / 32, 3]` vec4<u32>: a decode step's SwiGLU product packed as int8 per 32
     /// (`Q8::Pack`).
     h_packed: wgpu::Buffer,
+    /// `[lanes, n_heads * hd / 32, 3]` vec4<u32>: a decode step's attention output packed as
+    /// int8 per 32 for the o projection (`LoadOptions::q8_pack_o`).
+    attn_packed: wgpu::Buffer,
     /// `[chunk, n_heads, sinks + window]`
     scores: wgpu::Buffer,
     /// `[rope_rows + extra, hd / 2]` (cos, sin)
@@ -406,6 +414,7 @@ impl LlamaGpu {
             attn: gpu.storage("attn", c * qdim as u64 * f),
             gate_up: gpu.storage("gate_up", c * 2 * dff as u64 * f),
             h_packed: gpu.storage("h packed", (dff as u64).div_ceil(32) * 48),
+            attn_packed: gpu.storage("attn packed", lanes_max * (qdim as u64).div_ceil(32) * 48),
             scores: gpu.storage("scores", c * nh as u64 * keys * f),
             rope: gpu.storage_init("rope", bytemuck::cast_slice(&rope_table(&cfg, ctx, plan.max_positions))),
             filler: gpu.storage("unused binding", 16),
@@ -414,8 +423,9 @@ impl LlamaGpu {
         let logits = gpu.storage("logits", c * vocab as u64 * f); // [chunk, vocab]
         let a = &acts;
         let activation_bytes =
-            [&a.x, &a.qkv, &a.q, &a.attn, &a.gate_up, &a.h_packed, &logits, &a.scores, &a.rope, &a.filler, &a.partial]
+            [&a.x, &a.qkv, &a.q, &a.attn, &a.gate_up, &a.h_packed, &a.attn_packed, &logits, &a.scores, &a.rope]
                 .iter()
+                .chain([&&a.filler, &&a.partial])
                 .map(|b| b.size())
                 .sum();
         let wg = options.workgroup.next_power_of_two().clamp(32, 256);
@@ -482,6 +492,21 @@ impl LlamaGpu {
     fn combine_in_o(&self, split: u32) -> u32 {
         let qdim = self.config.n_heads * self.config.head_dim;
         if split > 1 && qdim * split as usize <= self.options.combine_in_o_max { split } else { 0 }
+    }
+
+    /// Whether decode steps at `split` key splits give the o projection `o` its input packed
+    /// as int8 per 32: attention (split 1) or its combine packs it, `q8pre` reads it, instead
+    /// of each of o's workgroups loading the float row (7B: 1,024 workgroups of 4 rows, 16
+    /// KiB each). H100 int4: 7B's GPU step 2,736 -> 2,648 µs (`options.rs` has the rest).
+    fn o_packed(&self, o: &GpuMatrix, split: u32) -> bool {
+        self.options.q8_pack_o
+            && self.options.q8_inputs.is_some()
+            && self.geo.tpr > 1
+            && self.combine_in_o(split) == 0
+            && o.format.is_int4()
+            && o.shards.len() == 1
+            && o.cols.is_multiple_of(32)
+            && self.config.head_dim.is_multiple_of(32)
     }
 
     /// The decode o projection's mode and input after attention with `split` key splits:
@@ -775,6 +800,19 @@ impl Builder<'_> {
         let read =
             self.matrix_shard(tiled, down, ds, down_mode, h, x, None, None, false, Some((Q8::Packed, packed)))?;
         Ok(vec![pack, read])
+    }
+
+    /// A decode step's o projection (one shard) reading its input packed by attention.
+    fn o_packed(
+        &self,
+        o: &GpuMatrix,
+        mode: MatMode,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        packed: &wgpu::Buffer,
+    ) -> Result<Dispatch> {
+        let shard = o.shards.first().ok_or_else(|| Error::model("the o projection has no rows"))?;
+        self.matrix_shard(false, o, shard, mode, x, y, None, None, false, Some((Q8::Packed, packed)))
     }
 
     /// One shard's dispatch: its rows land at `shard.row0..` of each output row. With

@@ -228,10 +228,14 @@ impl Lane {
                 }
                 let heads = u32_of(nh, "heads")?;
                 let key = |kernel| KernelKey { kernel, wg: attn_wg, rows: 1, tpr: 1 };
+                // The o projection reads the attention output packed: the decode kernel packs
+                // it at split 1, the combine otherwise.
+                let o_packed = !tiled && m.o_packed(&layer.o, list_split);
                 let kernel = if tiled {
                     Kernel::Attention { split: list_split, kv: kv_formats }
                 } else {
-                    Kernel::AttentionDecode { split: list_split, adjacent, kv: kv_formats }
+                    let pack = o_packed && list_split == 1;
+                    Kernel::AttentionDecode { split: list_split, adjacent, kv: kv_formats, pack }
                 };
                 let tpr = if tiled { 1 } else { lanes };
                 let pipeline = kernels.get(&gpu.device, KernelKey { tpr, ..key(kernel) })?;
@@ -248,12 +252,20 @@ impl Lane {
                     entries.push((1, buf(&a.q)));
                 } else {
                     entries.extend([(8, buf(&a.qkv)), (9, buf(&a.rope))]);
+                    if o_packed && list_split == 1 {
+                        entries.push((10, buf(&a.attn_packed)));
+                    }
                 }
                 let grid = if list_split > 1 { Grid::Fixed([heads, 1, list_split]) } else { Grid::PerToken(heads) };
                 kv_dispatch(list, li, pipeline, entries, grid, "attention");
                 if list_split > 1 && m.combine_in_o(list_split) == 0 {
-                    let pipeline = kernels.get(&gpu.device, key(Kernel::AttentionCombine { split: list_split }))?;
-                    let bind = b.bind(&pipeline, &[(0, &rp), (4, &a.attn), (6, &a.partial), (7, &state)]);
+                    let combine = Kernel::AttentionCombine { split: list_split, pack: o_packed };
+                    let pipeline = kernels.get(&gpu.device, key(combine))?;
+                    let mut entries = vec![(0, &rp), (4, &a.attn), (6, &a.partial), (7, &state)];
+                    if o_packed {
+                        entries.push((10, &a.attn_packed));
+                    }
+                    let bind = b.bind(&pipeline, &entries);
                     list.push(Dispatch {
                         pipeline,
                         bind,
@@ -269,7 +281,11 @@ impl Lane {
                 } else {
                     m.decode_o_input(list_split)
                 };
-                list.extend(b.matrix(tiled, &layer.o, o_mode, o_in, &a.x, None, None, false)?);
+                if o_packed {
+                    list.push(b.o_packed(&layer.o, o_mode, o_in, &a.x, &a.attn_packed)?);
+                } else {
+                    list.extend(b.matrix(tiled, &layer.o, o_mode, o_in, &a.x, None, None, false)?);
+                }
                 list.extend(b.ffn(
                     tiled,
                     &layer.gate_up,
