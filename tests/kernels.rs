@@ -1155,3 +1155,21 @@ fn gpu_sampler_top_k_and_top_p_keep_ties_at_the_threshold_like_the_cpu_reference
     // As in the test above: exp() may differ in the last bit between CPU and GPU.
     assert!(agree * 10 >= total * 9, "only {agree}/{total} sampled picks agree with the CPU reference");
 }
+
+/// Every kernel module the engine can build (each family with each weight prelude, the
+/// native-f16 loads, the int8-input matvecs and the attention that packs its output) parses
+/// and validates as WGSL under naga, whichever of them this adapter's paths select.
+#[test]
+fn every_kernel_source_parses_and_validates_as_wgsl() {
+    use wgpu::naga;
+    let sources = Kernels::all_sources_for_validation();
+    assert!(sources.len() > 20, "{} sources", sources.len());
+    for (name, src) in sources {
+        let module =
+            naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&src)));
+        let flags = naga::valid::ValidationFlags::all();
+        naga::valid::Validator::new(flags, naga::valid::Capabilities::all())
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&src)));
+    }
+}
