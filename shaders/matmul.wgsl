@@ -35,9 +35,12 @@ const BK: u32 = 16u;
 @group(0) @binding(7) var<storage, read> state: array<u32>;
 
 // Tiled: [BK][64 / 4] vec4s, k-major, so a thread's 4 consecutive tokens (rows) are one
-// vec4. After the K loop `xs` holds the per-token partial sums of x^2 (RMSNorm).
-var<workgroup> xs: array<vec4<f32>, 256>;
-var<workgroup> ws: array<vec4<f32>, 256>;
+// vec4; each k row takes SK vec4 (one of padding), so that the four threads storing the same
+// token's k 4 c4 .. 4 c4 + 3 (c4 = 0..3) meet in two banks instead of one.
+// After the K loop `xs` holds the per-token partial sums of x^2 (RMSNorm).
+const SK: u32 = 17u;
+var<workgroup> xs: array<vec4<f32>, 272>;
+var<workgroup> ws: array<vec4<f32>, 272>;
 var<workgroup> invs: array<f32, 32>;  // untiled: per-token 1/rms
 
 // Input elements kb..kb+3 of the row at `base` (kb a multiple of 4), SwiGLU-combined when
@@ -84,15 +87,15 @@ fn slab_w(k0: u32, n0: u32, tid: u32, i: u32) -> vec4<f32> {
 // Stores input and weight vec4 i of the slab into workgroup memory, k-major.
 fn slab_store(tid: u32, i: u32, v: vec4<f32>, wv: vec4<f32>) {
     let r = tid / 4u + 16u * i;
-    let xo = 4u * (tid % 4u) * 16u + r / 4u;
+    let xo = 4u * (tid % 4u) * SK + r / 4u;
     xs[xo][r % 4u] = v.x;
-    xs[xo + 16u][r % 4u] = v.y;
-    xs[xo + 32u][r % 4u] = v.z;
-    xs[xo + 48u][r % 4u] = v.w;
+    xs[xo + SK][r % 4u] = v.y;
+    xs[xo + 2u * SK][r % 4u] = v.z;
+    xs[xo + 3u * SK][r % 4u] = v.w;
     ws[xo][r % 4u] = wv.x;
-    ws[xo + 16u][r % 4u] = wv.y;
-    ws[xo + 32u][r % 4u] = wv.z;
-    ws[xo + 48u][r % 4u] = wv.w;
+    ws[xo + SK][r % 4u] = wv.y;
+    ws[xo + 2u * SK][r % 4u] = wv.z;
+    ws[xo + 3u * SK][r % 4u] = wv.w;
 }
 
 // The tiled kernel. RMSNorm: 1/rms of a token scales its whole output row, so it is applied
@@ -164,10 +167,10 @@ fn tiled(wid: vec3<u32>, tid: u32) {
             w3 = slab_w(k1, n0, tid, 3u);
         }
         for (var kk = 0u; kk < BK; kk++) {
-            let xa = xs[kk * 16u + ty * 2u];
-            let xb = xs[kk * 16u + ty * 2u + 1u];
-            let wa = ws[kk * 16u + tx * 2u];
-            let wb = ws[kk * 16u + tx * 2u + 1u];
+            let xa = xs[kk * SK + ty * 2u];
+            let xb = xs[kk * SK + ty * 2u + 1u];
+            let wa = ws[kk * SK + tx * 2u];
+            let wb = ws[kk * SK + tx * 2u + 1u];
             a0 += xa.x * wa;
             b0 += xa.x * wb;
             a1 += xa.y * wa;
