@@ -1,7 +1,7 @@
 // Decode matvec of int4 weights against int8-quantised inputs (appended to matvec.wgsl after
-// the int4 prelude and q8_group.wgsl; entry point `q8in`): the codes of 8 weights meet 8 input bytes in two
-// `dot4I8Packed`, an integer dot product the GPU does in one instruction where it has one
-// (Vulkan 1.3 / SPIR-V `OpSDot`). The int4 matvec is bound by instructions per weight
+// the int4 prelude and q8_group.wgsl; entry point `q8in`): the codes of 8 weights meet 8
+// input bytes in two `dot4I8Packed`, an integer dot product the GPU does in one instruction
+// where it has one (Vulkan 1.3 / SPIR-V `OpSDot`). The int4 matvec is bound by instructions per weight
 // (README, session 5); this path takes about a third of them.
 //
 // The workgroup first quantises its input row (SwiGLU-combined, merged from attention
