@@ -20,11 +20,14 @@ fn pack_head(tid: u32, h: u32, row: u32) {
     }
 }
 
-// `decode` at SPLIT 1, packing the head's output.
+// `decode`, packing the head's output: only at SPLIT 1, where the workgroup holds all of it
+// (larger splits leave that to `combine_q8`).
 @compute @workgroup_size(WG)
 fn decode_q8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     decode_head(wid, lid.x);
-    pack_head(lid.x, wid.x, state[2]);
+    if (SPLIT == 1u) {
+        pack_head(lid.x, wid.x, state[2]);
+    }
 }
 
 // `combine` of a decode step, packing the head's output.

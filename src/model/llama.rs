@@ -422,12 +422,23 @@ impl LlamaGpu {
         };
         let logits = gpu.storage("logits", c * vocab as u64 * f); // [chunk, vocab]
         let a = &acts;
-        let activation_bytes =
-            [&a.x, &a.qkv, &a.q, &a.attn, &a.gate_up, &a.h_packed, &a.attn_packed, &logits, &a.scores, &a.rope]
-                .iter()
-                .chain([&&a.filler, &&a.partial])
-                .map(|b| b.size())
-                .sum();
+        let activation_bytes = [
+            &a.x,
+            &a.qkv,
+            &a.q,
+            &a.attn,
+            &a.gate_up,
+            &a.h_packed,
+            &a.attn_packed,
+            &logits,
+            &a.scores,
+            &a.rope,
+            &a.filler,
+            &a.partial,
+        ]
+        .iter()
+        .map(|b| b.size())
+        .sum();
         let wg = options.workgroup.next_power_of_two().clamp(32, 256);
         let tpr = options.threads_per_row.clamp(1, wg).next_power_of_two();
         let geo = Geometry {
@@ -794,25 +805,24 @@ impl Builder<'_> {
             list.extend(self.matrix(tiled, down, down_mode, h, x, None, None, false)?);
             return Ok(list);
         }
-        let (gs, ds) = (&gate_up.shards[0], &down.shards[0]);
+        let gs = &gate_up.shards[0];
         let pack =
             self.matrix_shard(tiled, gate_up, gs, norm_mode, x, h, Some(norm), None, false, Some((Q8::Pack, packed)))?;
-        let read =
-            self.matrix_shard(tiled, down, ds, down_mode, h, x, None, None, false, Some((Q8::Packed, packed)))?;
-        Ok(vec![pack, read])
+        Ok(vec![pack, self.on_packed(down, down_mode, h, x, packed)?])
     }
 
-    /// A decode step's o projection (one shard) reading its input packed by attention.
-    fn o_packed(
+    /// A decode matvec of `m` (one shard) on the input another dispatch packed as int8 per 32
+    /// (`Q8::Packed`: the down projection after gate/up, the o projection after attention).
+    fn on_packed(
         &self,
-        o: &GpuMatrix,
+        m: &GpuMatrix,
         mode: MatMode,
         x: &wgpu::Buffer,
         y: &wgpu::Buffer,
         packed: &wgpu::Buffer,
     ) -> Result<Dispatch> {
-        let shard = o.shards.first().ok_or_else(|| Error::model("the o projection has no rows"))?;
-        self.matrix_shard(false, o, shard, mode, x, y, None, None, false, Some((Q8::Packed, packed)))
+        let shard = m.shards.first().ok_or_else(|| Error::model("a packed-input matrix has no rows"))?;
+        self.matrix_shard(false, m, shard, mode, x, y, None, None, false, Some((Q8::Packed, packed)))
     }
 
     /// One shard's dispatch: its rows land at `shard.row0..` of each output row. With

@@ -231,11 +231,11 @@ impl Lane {
                 // The o projection reads the attention output packed: the decode kernel packs
                 // it at split 1, the combine otherwise.
                 let o_packed = !tiled && m.o_packed(&layer.o, list_split);
+                let attention_packs = o_packed && list_split == 1;
                 let kernel = if tiled {
                     Kernel::Attention { split: list_split, kv: kv_formats }
                 } else {
-                    let pack = o_packed && list_split == 1;
-                    Kernel::AttentionDecode { split: list_split, adjacent, kv: kv_formats, pack }
+                    Kernel::AttentionDecode { split: list_split, adjacent, kv: kv_formats, pack: attention_packs }
                 };
                 let tpr = if tiled { 1 } else { lanes };
                 let pipeline = kernels.get(&gpu.device, KernelKey { tpr, ..key(kernel) })?;
@@ -252,7 +252,7 @@ impl Lane {
                     entries.push((1, buf(&a.q)));
                 } else {
                     entries.extend([(8, buf(&a.qkv)), (9, buf(&a.rope))]);
-                    if o_packed && list_split == 1 {
+                    if attention_packs {
                         entries.push((10, buf(&a.attn_packed)));
                     }
                 }
@@ -282,7 +282,7 @@ impl Lane {
                     m.decode_o_input(list_split)
                 };
                 if o_packed {
-                    list.push(b.o_packed(&layer.o, o_mode, o_in, &a.x, &a.attn_packed)?);
+                    list.push(b.on_packed(&layer.o, o_mode, o_in, &a.x, &a.attn_packed)?);
                 } else {
                     list.extend(b.matrix(tiled, &layer.o, o_mode, o_in, &a.x, None, None, false)?);
                 }
