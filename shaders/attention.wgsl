@@ -51,6 +51,12 @@ var<workgroup> sc_sh: array<f32, SCORES_SH>;
 // The head's output (hd <= 256), for attention_q8.wgsl to pack.
 var<workgroup> o_sh: array<vec4<f32>, 64>;
 
+// `decode_merge` (SPLIT > 1): splits finished per (row, head), [lanes, n_heads], zero between
+// dispatches. The workgroup that finishes a head's last split merges its partials itself, so
+// no combine dispatch follows.
+@group(0) @binding(11) var<storage, read_write> split_done: array<atomic<u32>>;
+var<workgroup> merges: u32;
+
 const NO_KEY: u32 = 0xffffffffu;
 
 fn reduce_sum(tid: u32, v: f32) -> f32 {
@@ -331,6 +337,36 @@ fn decode_head(wid: vec3<u32>, tid: u32) {
     let int8 = slot.fmt == 2u;
     let jn = select(NO_KEY, kk.n - 1u, holds);
     attend(tid, h, wid.z, row, live, pos, kk, jn, select(1.0, k_amax, int8), select(1.0, v_amax, int8));
+}
+
+// After a split of head h wrote its partial: whether this workgroup was the head's last
+// split (its counter is reset then). Written for naga's SPIR-V, where storageBarrier() is a
+// control barrier with Device memory scope and AcquireRelease on storage memory: the barrier
+// before the count publishes this split's partial, the one after it lets the last workgroup
+// see the others' (the last-block pattern; no workgroup waits on another, so nothing depends
+// on which workgroups are resident). Native GPUs only: Tint gives the barrier Workgroup scope.
+fn last_split(tid: u32, h: u32, row: u32) -> bool {
+    storageBarrier();
+    if (tid == 0u) {
+        let c = row * p.n_heads + h;
+        let last = atomicAdd(&split_done[c], 1u) == SPLIT - 1u;
+        if (last) {
+            atomicStore(&split_done[c], 0u);
+        }
+        merges = select(0u, 1u, last);
+    }
+    let last = workgroupUniformLoad(&merges) == 1u;
+    storageBarrier();
+    return last;
+}
+
+// `decode` whose last split of each head merges the partials (no combine dispatch).
+@compute @workgroup_size(WG)
+fn decode_merge(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    decode_head(wid, lid.x);
+    if (last_split(lid.x, wid.x, state[2])) {
+        combine_head(vec3<u32>(wid.x, 0u, 0u), lid.x);
+    }
 }
 
 // Merge the SPLIT partials of one (head, token): one workgroup, a thread per dimension. No

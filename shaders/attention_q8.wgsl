@@ -36,3 +36,13 @@ fn combine_q8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
     combine_head(wid, lid.x);
     pack_head(lid.x, wid.x, state[2]);
 }
+
+// `decode_merge`, the merging workgroup packing the head's output.
+@compute @workgroup_size(WG)
+fn decode_merge_q8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    decode_head(wid, lid.x);
+    if (last_split(lid.x, wid.x, state[2])) {
+        combine_head(vec3<u32>(wid.x, 0u, 0u), lid.x);
+        pack_head(lid.x, wid.x, state[2]);
+    }
+}

@@ -956,13 +956,44 @@ fn check_decode_attention(
         if pack && split == 1 {
             bindings.push((10, &packed));
         }
-        let kernel = Kernel::AttentionDecode { split, adjacent, kv: f, pack: pack && split == 1 };
+        let kernel = Kernel::AttentionDecode { split, adjacent, kv: f, pack: pack && split == 1, merge: false };
         run(&gpu, KernelKey { tpr: lanes, ..key(kernel) }, &bindings, [nh as u32, 1, split]);
         combine(&out, pack);
         (read_f32(&gpu, &out), read_u32(&gpu, &kb), read_u32(&gpu, &vb))
     };
     let (got, gk, gv) = fused(false);
     let (got_p, gk_p, gv_p) = fused(true);
+    let packed_words = read_u32(&gpu, &packed);
+    // Split: the same step with each head's last split merging (`decode_merge`, packing too),
+    // dispatched twice over one counter buffer: both give the combine's output bit for bit,
+    // so the counters count every split and are zero again after each dispatch.
+    if split > 1 {
+        let done = gpu.storage("split done", (2 * nh * 4) as u64);
+        for pack in [false, true] {
+            let kernel = Kernel::AttentionDecode { split, adjacent, kv: f, pack, merge: true };
+            for round in 0..2 {
+                let (kb, vb) = (
+                    gpu.storage_init("k", bytemuck::cast_slice(&kw)),
+                    gpu.storage_init("v", bytemuck::cast_slice(&vw)),
+                );
+                let out = gpu.storage("out", (2 * nh * hd * 4) as u64);
+                let packed_m = gpu.storage("packed", (2 * nh * hd / 32 * 48) as u64);
+                let mut bindings = vec![(0, &ub), (2, &kb), (3, &vb), (4, &out), (5, &scores), (6, &partial)];
+                bindings.extend([(7, &state), (8, &qkv_b), (9, &rope_b), (11, &done)]);
+                if pack {
+                    bindings.push((10, &packed_m));
+                }
+                run(&gpu, KernelKey { tpr: lanes, ..key(kernel) }, &bindings, [nh as u32, 1, split]);
+                let case = format!("split={split} {f:?} pos={pos0} wg={wg} merge pack={pack} round {round}");
+                assert_eq!(read_f32(&gpu, &out), got, "{case}: output differs from the combine's");
+                assert_eq!((read_u32(&gpu, &kb), read_u32(&gpu, &vb)), (gk.clone(), gv.clone()), "{case}: caches");
+                if pack {
+                    assert_eq!(read_u32(&gpu, &packed_m), packed_words, "{case}: packed output");
+                }
+                assert!(read_u32(&gpu, &done).iter().all(|&c| c == 0), "{case}: counters left non-zero");
+            }
+        }
+    }
     // Unfused: rope_kv then attention over the rotated query.
     let (kb2, vb2) =
         (gpu.storage_init("k", bytemuck::cast_slice(&kw)), gpu.storage_init("v", bytemuck::cast_slice(&vw)));
@@ -983,7 +1014,7 @@ fn check_decode_attention(
     assert!(err < 1e-5, "{case}: fused vs unfused max rel err {err}");
     assert_eq!((&gk_p, &gv_p), (&gk, &gv), "{case}: packing changed the caches");
     assert!(max_rel_err(&got_p, &got, 0.1) < 1e-6, "{case}: packing changed the float output");
-    check_packed_row(&read_u32(&gpu, &packed), &got, 1, &case);
+    check_packed_row(&packed_words, &got, 1, &case);
 
     // The new row: rotated K and V of row 1 in the write format; every other word unchanged.
     let src = &qkv[qkv_row..];

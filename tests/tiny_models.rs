@@ -120,22 +120,26 @@ fn decode_steps_equal_teacher_forced_greedy() {
     // whole groups): the decode kernel packs it at split 1, the combine at larger splits (the
     // partials are not merged in o's loads here). Decode-path scores: packed, o gets the int8
     // grid its own `q8in` would give it (bit-equal scores), and not the float inputs it has
-    // without int8 inputs (o has 128 rows, the others 256 and 320).
+    // without int8 inputs (o has 128 rows, the others 256 and 320). With `merge_splits` each
+    // head's last split merges and packs instead of the combine: the same scores bit for bit.
     let wide_heads = TinySpec { d_model: 128, n_heads: 4, d_ff: 160, ..spec(false) };
     let bytes = tiny_gguf(&wide_heads, Arch::Llama, 5, HostFormat::Q4_0).expect("tiny model");
     let src = GgufSource::from_bytes(bytes).expect("parse");
     let ids: Vec<u32> = (0..40).map(|i| (i * 7 + 3) % 300).collect();
     let mut nll = Vec::new();
-    for (q8_min_rows, q8_pack_o) in [(200, false), (200, true), (1, false)] {
+    for (q8_min_rows, q8_pack_o, merge_splits) in
+        [(200, false, false), (200, true, false), (1, false, false), (200, true, true)]
+    {
         let mut e = engine(&src, WeightFormat::Int4, 64, 8);
         let q8_inputs = Some(q8_min_rows);
-        let load = LoadOptions { q8_inputs, q8_pack_o, combine_in_o_max: 0, ..e.model.options.clone() };
+        let load = LoadOptions { q8_inputs, q8_pack_o, merge_splits, combine_in_o_max: 0, ..e.model.options.clone() };
         e = Engine::load(gpu(), &src, EngineOptions { load, ..e.options.clone() }).expect("engine loads");
         greedy_near_teacher_forced(&src, &mut e, 0.3);
         nll.push(pollster::block_on(e.score_decode(&ids)).expect("score").0);
     }
-    let (float_o, packed, q8in) = (nll[0], nll[1], nll[2]);
+    let (float_o, packed, q8in, merged) = (nll[0], nll[1], nll[2], nll[3]);
     assert_eq!(packed, q8in, "packed by attention vs quantised by o's workgroups");
+    assert_eq!(merged, packed, "merged by the last split vs by the combine dispatch");
     assert!(packed != float_o && (packed - float_o).abs() < 0.02 * float_o.abs(), "{nll:?}");
 }
 

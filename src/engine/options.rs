@@ -191,6 +191,9 @@ impl EngineOptions {
                 // The gate/up matvec packs the SwiGLU product for the down projection
                 // (`WSI_Q8_PACK=0`: each down workgroup quantises it).
                 q8_pack: env_u32("WSI_Q8_PACK") != Some(0),
+                // Each head's last attention split merges the partials (`WSI_MERGE_SPLITS=0`:
+                // a combine dispatch does).
+                merge_splits: !cfg!(target_arch = "wasm32") && env_u32("WSI_MERGE_SPLITS") != Some(0),
                 // Decode attention packs its output for the o projection (`WSI_Q8_PACK_O=0`:
                 // o loads the floats). H100 int4, GPU µs per step, empty context / after 512:
                 // 7B 2,736-2,740 -> 2,648 / 3,023 -> 2,923; 1.1B 1,005-1,014 -> 1,000 / 1,117 ->

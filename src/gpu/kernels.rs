@@ -199,8 +199,11 @@ pub enum Kernel {
     /// `decode`): reads the QKV activations instead of the rotated query; partials for
     /// [`Kernel::AttentionCombine`] with `split > 1`; `pack` (split 1, entry point
     /// `decode_q8`) also writes the output packed as int8 per 32 (binding 10) for a
-    /// `Q8::Packed` o projection.
-    AttentionDecode { split: u32, adjacent: bool, kv: KvFormats, pack: bool },
+    /// `Q8::Packed` o projection. `merge` (split > 1, entry points `decode_merge` and
+    /// `decode_merge_q8`): the workgroup that finishes a head's last split merges the
+    /// partials and writes the output (packed too with `pack`), counting splits in binding 11
+    /// (`[lanes, n_heads]` u32, zero); no combine dispatch follows.
+    AttentionDecode { split: u32, adjacent: bool, kv: KvFormats, pack: bool, merge: bool },
     /// Sampling + step advance.
     Sample,
     /// Load-time quantisation of f32 rows into an integer format.
@@ -241,6 +244,8 @@ impl KernelKey {
             Kernel::AttentionCombine { pack: true, .. } => "combine_q8",
             Kernel::AttentionCombine { .. } => "combine",
             Kernel::KvRequant { .. } => "requant",
+            Kernel::AttentionDecode { pack: true, merge: true, .. } => "decode_merge_q8",
+            Kernel::AttentionDecode { merge: true, .. } => "decode_merge",
             Kernel::AttentionDecode { pack: true, .. } => "decode_q8",
             Kernel::AttentionDecode { .. } => "decode",
             Kernel::Matvec { q8: Q8::In, batch: 0 | 1, .. } => "q8in",
@@ -456,8 +461,10 @@ impl Kernels {
             Kernel::RopeKv { adjacent: true, kv },
             Kernel::KvRequant { kv },
             Kernel::Attention { split: 1, kv },
-            Kernel::AttentionDecode { split: 4, adjacent: false, kv, pack: false },
-            Kernel::AttentionDecode { split: 1, adjacent: true, kv, pack: true },
+            Kernel::AttentionDecode { split: 4, adjacent: false, kv, pack: false, merge: false },
+            Kernel::AttentionDecode { split: 1, adjacent: true, kv, pack: true, merge: false },
+            Kernel::AttentionDecode { split: 4, adjacent: false, kv, pack: false, merge: true },
+            Kernel::AttentionDecode { split: 4, adjacent: true, kv, pack: true, merge: true },
             Kernel::AttentionCombine { split: 4, pack: true },
             Kernel::Sample,
             q,

@@ -98,6 +98,11 @@ pub struct LoadOptions {
     /// int8 per 32 and the down projection reads it (`Q8::Pack`, `Q8::Packed`), instead of
     /// every down workgroup quantising the product again.
     pub q8_pack: bool,
+    /// Decode steps with split attention merge each head's partials in the workgroup that
+    /// finishes its last split (a counter per head, `decode_merge`), instead of a combine
+    /// dispatch. Native only: the cross-workgroup ordering relies on naga's device-scope
+    /// storage barriers.
+    pub merge_splits: bool,
     /// Decode steps merge the split attention's partials in the o projection's input loads
     /// (no combine dispatch) when `n_heads * head_dim * split` is at most this; each o
     /// workgroup then re-reads every partial, which only pays on small models.
@@ -144,6 +149,7 @@ impl Default for LoadOptions {
             q8_shape: None,
             q8_pack_o: false,
             q8_pack: true,
+            merge_splits: false,
             combine_in_o_max: 8192,
             batch_matvec_min_weights: 1 << 22,
         }
@@ -216,6 +222,9 @@ struct Activations {
     /// `[lanes, n_heads * hd / 32, 3]` vec4<u32>: a decode step's attention output packed as
     /// int8 per 32 for the o projection (`LoadOptions::q8_pack_o`).
     attn_packed: wgpu::Buffer,
+    /// `[lanes, n_heads]` u32: splits of a decode step's attention finished per head
+    /// (`LoadOptions::merge_splits`), zero between dispatches.
+    split_done: wgpu::Buffer,
     /// `[chunk, n_heads, sinks + window]`
     scores: wgpu::Buffer,
     /// `[rope_rows + extra, hd / 2]` (cos, sin)
@@ -415,6 +424,7 @@ impl LlamaGpu {
             gate_up: gpu.storage("gate_up", c * 2 * dff as u64 * f),
             h_packed: gpu.storage("h packed", (dff as u64).div_ceil(32) * 48),
             attn_packed: gpu.storage("attn packed", lanes_max * (qdim as u64).div_ceil(32) * 48),
+            split_done: gpu.storage("split done", lanes_max * nh as u64 * 4),
             scores: gpu.storage("scores", c * nh as u64 * keys * f),
             rope: gpu.storage_init("rope", bytemuck::cast_slice(&rope_table(&cfg, ctx, plan.max_positions))),
             filler: gpu.storage("unused binding", 16),
@@ -430,6 +440,7 @@ impl LlamaGpu {
             &a.gate_up,
             &a.h_packed,
             &a.attn_packed,
+            &a.split_done,
             &logits,
             &a.scores,
             &a.rope,
@@ -503,6 +514,13 @@ impl LlamaGpu {
     fn combine_in_o(&self, split: u32) -> u32 {
         let qdim = self.config.n_heads * self.config.head_dim;
         if split > 1 && qdim * split as usize <= self.options.combine_in_o_max { split } else { 0 }
+    }
+
+    /// Whether decode steps at `split` key splits merge the partials in the attention
+    /// dispatch itself, each head's last split doing it (`LoadOptions::merge_splits`),
+    /// rather than in a combine dispatch.
+    fn merges_in_attention(&self, split: u32) -> bool {
+        self.options.merge_splits && split > 1 && self.combine_in_o(split) == 0
     }
 
     /// Whether decode steps at `split` key splits give the o projection `o` its input packed

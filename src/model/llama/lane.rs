@@ -231,11 +231,21 @@ impl Lane {
                 // The o projection reads the attention output packed: the decode kernel packs
                 // it at split 1, the combine otherwise.
                 let o_packed = !tiled && m.o_packed(&layer.o, list_split);
-                let attention_packs = o_packed && list_split == 1;
+                // Split partials merged by each head's last split (`decode_merge`), by a
+                // combine dispatch, or by the o projection's loads.
+                let merges = !tiled && m.merges_in_attention(list_split);
+                let combines = list_split > 1 && m.combine_in_o(list_split) == 0 && !merges;
+                let attention_packs = o_packed && (list_split == 1 || merges);
                 let kernel = if tiled {
                     Kernel::Attention { split: list_split, kv: kv_formats }
                 } else {
-                    Kernel::AttentionDecode { split: list_split, adjacent, kv: kv_formats, pack: attention_packs }
+                    Kernel::AttentionDecode {
+                        split: list_split,
+                        adjacent,
+                        kv: kv_formats,
+                        pack: attention_packs,
+                        merge: merges,
+                    }
                 };
                 let tpr = if tiled { 1 } else { lanes };
                 let pipeline = kernels.get(&gpu.device, KernelKey { tpr, ..key(kernel) })?;
@@ -255,10 +265,13 @@ impl Lane {
                     if attention_packs {
                         entries.push((10, buf(&a.attn_packed)));
                     }
+                    if merges {
+                        entries.push((11, buf(&a.split_done)));
+                    }
                 }
                 let grid = if list_split > 1 { Grid::Fixed([heads, 1, list_split]) } else { Grid::PerToken(heads) };
                 kv_dispatch(list, li, pipeline, entries, grid, "attention");
-                if list_split > 1 && m.combine_in_o(list_split) == 0 {
+                if combines {
                     let combine = Kernel::AttentionCombine { split: list_split, pack: o_packed };
                     let pipeline = kernels.get(&gpu.device, key(combine))?;
                     let mut entries = vec![(0, &rp), (4, &a.attn), (6, &a.partial), (7, &state)];
