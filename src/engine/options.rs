@@ -119,6 +119,7 @@ impl EngineOptions {
         } else {
             (1, 1)
         };
+        let merge_splits = !cfg!(target_arch = "wasm32") && env_u32("WSI_MERGE_SPLITS") != Some(0);
         Ok(EngineOptions {
             load: LoadOptions {
                 format,
@@ -192,8 +193,9 @@ impl EngineOptions {
                 // (`WSI_Q8_PACK=0`: each down workgroup quantises it).
                 q8_pack: env_u32("WSI_Q8_PACK") != Some(0),
                 // Each head's last attention split merges the partials (`WSI_MERGE_SPLITS=0`:
-                // a combine dispatch does).
-                merge_splits: !cfg!(target_arch = "wasm32") && env_u32("WSI_MERGE_SPLITS") != Some(0),
+                // a combine dispatch does). H100 int4, GPU µs per step after 512 (split 8):
+                // 7B 2,932 -> 2,867, 1.1B 1,105 -> 1,073.
+                merge_splits,
                 // Decode attention packs its output for the o projection (`WSI_Q8_PACK_O=0`:
                 // o loads the floats). H100 int4, GPU µs per step, empty context / after 512:
                 // 7B 2,736-2,740 -> 2,648 / 3,023 -> 2,923; 1.1B 1,005-1,014 -> 1,000 / 1,117 ->
@@ -201,9 +203,18 @@ impl EngineOptions {
                 q8_pack_o: env_u32("WSI_Q8_PACK_O") != Some(0),
                 // Merging the attention partials in the o projection's loads pays with the
                 // `wide` matvec (int4) and costs with `main` (H100, 135M, combine dispatch vs
-                // merged: int4 751 -> 770 tok/s; int8 728 -> 656, fp16 748 -> 671).
-                combine_in_o_max: env_u32("WSI_COMBINE_IN_O_MAX")
-                    .map_or(if attn.prefers_wide_matvec() { 8192 } else { 0 }, |v| v as usize),
+                // merged: int4 751 -> 770 tok/s; int8 728 -> 656, fp16 748 -> 671). Where the
+                // last split merges, only small rows keep it (H100 int4, GPU µs per step at
+                // positions 129-193, split 4, in o vs by the last split: 1.1B, 2048 x 4, 996 ->
+                // 961; 135M, 576 x 4, 944 -> 965, and after 512, 576 x 8, 1,054 -> 1,085).
+                combine_in_o_max: env_u32("WSI_COMBINE_IN_O_MAX").map_or(
+                    match (attn.prefers_wide_matvec(), merge_splits) {
+                        (false, _) => 0,
+                        (true, true) => 4608,
+                        (true, false) => 8192,
+                    },
+                    |v| v as usize,
+                ),
                 batch_matvec_min_weights: 1 << 22,
             },
             steps_per_submit: steps,
