@@ -223,6 +223,30 @@ fn attend(tid: u32, h: u32, z: u32, row: u32, live: bool, latest: u32, kk: Keys,
     var acc = vec4<f32>(0.0);
     if (live && part < n_parts) {
         var j = j0 + part;
+        // Four keys per iteration while they last: a thread's loads are its latency chain.
+        for (; j + 3u * n_parts < j1; j += 4u * n_parts) {
+            let jb = j + n_parts;
+            let jc = jb + n_parts;
+            let jd = jc + n_parts;
+            let va = kv_slot(key_pos(j, kk), latest);
+            let vb = kv_slot(key_pos(jb, kk), latest);
+            let vc = kv_slot(key_pos(jc, kk), latest);
+            let vd = kv_slot(key_pos(jd, kk), latest);
+            let xa = kv_load4(true, va, kvh * p.hd + 4u * d4);
+            let xb = kv_load4(true, vb, kvh * p.hd + 4u * d4);
+            let xc = kv_load4(true, vc, kvh * p.hd + 4u * d4);
+            let xd = kv_load4(true, vd, kvh * p.hd + 4u * d4);
+            let sa = kv_scale(true, va, kvh);
+            let sb2 = kv_scale(true, vb, kvh);
+            let sc2 = kv_scale(true, vc, kvh);
+            let sd = kv_scale(true, vd, kvh);
+            let wa = weight_of(j, j0, sb, in_sh);
+            let wb = weight_of(jb, j0, sb, in_sh);
+            let wc = weight_of(jc, j0, sb, in_sh);
+            let wd = weight_of(jd, j0, sb, in_sh);
+            acc += wa * select(sa * xa, v_sc * v_new[d4], j == jn) + wb * select(sb2 * xb, v_sc * v_new[d4], jb == jn);
+            acc += wc * select(sc2 * xc, v_sc * v_new[d4], jc == jn) + wd * select(sd * xd, v_sc * v_new[d4], jd == jn);
+        }
         for (; j + n_parts < j1; j += 2u * n_parts) {
             let jb = j + n_parts;
             let va = kv_slot(key_pos(j, kk), latest);
