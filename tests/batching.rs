@@ -77,9 +77,15 @@ fn batched(e: &mut Engine, reqs: &[Req], depth: usize) -> HashMap<u64, (Generati
     done.into_iter().map(|(id, g)| (id, (g, streamed.remove(&id).unwrap_or_default()))).collect()
 }
 
-fn check_equal_to_solo(gpu_shaped: bool, kv: KvOptions) {
+/// `merge`: each head's last attention split merges the partials (`merge_splits`, native
+/// GPUs' default) instead of the o projection's loads, in every lane's row.
+fn check_equal_to_solo(gpu_shaped: bool, kv: KvOptions, merge: bool) {
     let src = tiny_llama(41);
     let mut e = engine(&src, gpu_shaped, kv, StreamingConfig::default());
+    if merge {
+        let load = LoadOptions { merge_splits: true, combine_in_o_max: 0, ..e.model.options.clone() };
+        e = Engine::load(gpu(), &src, EngineOptions { load, ..e.options.clone() }).expect("engine loads");
+    }
     let seeded = GenerateParams {
         max_tokens: 9,
         ignore_eos: true,
@@ -111,13 +117,18 @@ fn check_equal_to_solo(gpu_shaped: bool, kv: KvOptions) {
 
 #[test]
 fn batched_greedy_and_seeded_ids_equal_solo_ids() {
-    check_equal_to_solo(false, KvOptions::default());
+    check_equal_to_solo(false, KvOptions::default(), false);
+}
+
+#[test]
+fn batched_ids_equal_solo_ids_with_attention_splits_merged_by_their_last_workgroup() {
+    check_equal_to_solo(true, KvOptions::default(), true);
 }
 
 #[test]
 fn batched_ids_equal_solo_ids_with_gpu_kernel_shapes_and_a_growing_f16_cache() {
     let kv = KvOptions { strategy: KvCacheStrategy::Dynamic, compact: true, page: 8, ..Default::default() };
-    check_equal_to_solo(true, kv);
+    check_equal_to_solo(true, kv, false);
 }
 
 #[test]
