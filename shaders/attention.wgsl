@@ -369,7 +369,11 @@ fn decode_head(wid: vec3<u32>, tid: u32) {
 // before the count publishes this split's partial, the one after it lets the last workgroup
 // see the others' (the last-block pattern; no workgroup waits on another, so nothing depends
 // on which workgroups are resident). Native GPUs only: Tint gives the barrier Workgroup scope.
+// At SPLIT 1 there are no partials (the workgroup wrote the output): false, counter untouched.
 fn last_split(tid: u32, h: u32, row: u32) -> bool {
+    if (SPLIT == 1u) {
+        return false;
+    }
     storageBarrier();
     if (tid == 0u) {
         let c = row * p.n_heads + h;

@@ -37,12 +37,16 @@ fn combine_q8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
     pack_head(lid.x, wid.x, state[2]);
 }
 
-// `decode_merge`, the merging workgroup packing the head's output.
+// `decode_merge`, the workgroup holding a head's whole output (SPLIT 1, or the merging one)
+// packing it.
 @compute @workgroup_size(WG)
 fn decode_merge_q8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     decode_head(wid, lid.x);
-    if (last_split(lid.x, wid.x, state[2])) {
+    let merged = last_split(lid.x, wid.x, state[2]);
+    if (merged) {
         combine_head(vec3<u32>(wid.x, 0u, 0u), lid.x);
+    }
+    if (SPLIT == 1u || merged) {
         pack_head(lid.x, wid.x, state[2]);
     }
 }

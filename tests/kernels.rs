@@ -964,34 +964,31 @@ fn check_decode_attention(
     let (got, gk, gv) = fused(false);
     let (got_p, gk_p, gv_p) = fused(true);
     let packed_words = read_u32(&gpu, &packed);
-    // Split: the same step with each head's last split merging (`decode_merge`, packing too),
+    // The same step with each head's last split merging (`decode_merge`, packing too),
     // dispatched twice over one counter buffer: both give the combine's output bit for bit,
-    // so the counters count every split and are zero again after each dispatch.
-    if split > 1 {
-        let done = gpu.storage("split done", (2 * nh * 4) as u64);
-        for pack in [false, true] {
-            let kernel = Kernel::AttentionDecode { split, adjacent, kv: f, pack, merge: true };
-            for round in 0..2 {
-                let (kb, vb) = (
-                    gpu.storage_init("k", bytemuck::cast_slice(&kw)),
-                    gpu.storage_init("v", bytemuck::cast_slice(&vw)),
-                );
-                let out = gpu.storage("out", (2 * nh * hd * 4) as u64);
-                let packed_m = gpu.storage("packed", (2 * nh * hd / 32 * 48) as u64);
-                let mut bindings = vec![(0, &ub), (2, &kb), (3, &vb), (4, &out), (5, &scores), (6, &partial)];
-                bindings.extend([(7, &state), (8, &qkv_b), (9, &rope_b), (11, &done)]);
-                if pack {
-                    bindings.push((10, &packed_m));
-                }
-                run(&gpu, KernelKey { tpr: lanes, ..key(kernel) }, &bindings, [nh as u32, 1, split]);
-                let case = format!("split={split} {f:?} pos={pos0} wg={wg} merge pack={pack} round {round}");
-                assert_eq!(read_f32(&gpu, &out), got, "{case}: output differs from the combine's");
-                assert_eq!((read_u32(&gpu, &kb), read_u32(&gpu, &vb)), (gk.clone(), gv.clone()), "{case}: caches");
-                if pack {
-                    assert_eq!(read_u32(&gpu, &packed_m), packed_words, "{case}: packed output");
-                }
-                assert!(read_u32(&gpu, &done).iter().all(|&c| c == 0), "{case}: counters left non-zero");
+    // so the counters count every split and are zero again after each dispatch (at split 1,
+    // where there is nothing to merge, the plain kernel's output and packing).
+    let done = gpu.storage("split done", (2 * nh * 4) as u64);
+    for pack in [false, true] {
+        let kernel = Kernel::AttentionDecode { split, adjacent, kv: f, pack, merge: true };
+        for round in 0..2 {
+            let (kb, vb) =
+                (gpu.storage_init("k", bytemuck::cast_slice(&kw)), gpu.storage_init("v", bytemuck::cast_slice(&vw)));
+            let out = gpu.storage("out", (2 * nh * hd * 4) as u64);
+            let packed_m = gpu.storage("packed", (2 * nh * hd / 32 * 48) as u64);
+            let mut bindings = vec![(0, &ub), (2, &kb), (3, &vb), (4, &out), (5, &scores), (6, &partial)];
+            bindings.extend([(7, &state), (8, &qkv_b), (9, &rope_b), (11, &done)]);
+            if pack {
+                bindings.push((10, &packed_m));
             }
+            run(&gpu, KernelKey { tpr: lanes, ..key(kernel) }, &bindings, [nh as u32, 1, split]);
+            let case = format!("split={split} {f:?} pos={pos0} wg={wg} merge pack={pack} round {round}");
+            assert_eq!(read_f32(&gpu, &out), got, "{case}: output differs from the combine's");
+            assert_eq!((read_u32(&gpu, &kb), read_u32(&gpu, &vb)), (gk.clone(), gv.clone()), "{case}: caches");
+            if pack {
+                assert_eq!(read_u32(&gpu, &packed_m), packed_words, "{case}: packed output");
+            }
+            assert!(read_u32(&gpu, &done).iter().all(|&c| c == 0), "{case}: counters left non-zero");
         }
     }
     // Unfused: rope_kv then attention over the rotated query.

@@ -235,6 +235,19 @@ struct Activations {
     partial: wgpu::Buffer,
 }
 
+/// Where a decode step's attention output comes together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Partials {
+    /// Split 1: each head's workgroup writes the whole output.
+    Whole,
+    /// The o projection merges the split partials as it loads them (`combine_in_o_max`).
+    InO,
+    /// A combine dispatch after attention.
+    Combine,
+    /// Each head's last split merges them (`decode_merge`, `LoadOptions::merge_splits`).
+    LastSplit,
+}
+
 /// Kernel geometry chosen at load.
 struct Geometry {
     wg: u32,
@@ -516,11 +529,17 @@ impl LlamaGpu {
         if split > 1 && qdim * split as usize <= self.options.combine_in_o_max { split } else { 0 }
     }
 
-    /// Whether decode steps at `split` key splits merge the partials in the attention
-    /// dispatch itself, each head's last split doing it (`LoadOptions::merge_splits`),
-    /// rather than in a combine dispatch.
-    fn merges_in_attention(&self, split: u32) -> bool {
-        self.options.merge_splits && split > 1 && self.combine_in_o(split) == 0
+    /// Where decode steps at `split` key splits merge the attention partials.
+    fn partials(&self, split: u32) -> Partials {
+        if split <= 1 {
+            Partials::Whole
+        } else if self.combine_in_o(split) > 0 {
+            Partials::InO
+        } else if self.options.merge_splits {
+            Partials::LastSplit
+        } else {
+            Partials::Combine
+        }
     }
 
     /// Whether decode steps at `split` key splits give the o projection `o` its input packed
@@ -531,7 +550,7 @@ impl LlamaGpu {
         self.options.q8_pack_o
             && self.options.q8_inputs.is_some()
             && self.geo.tpr > 1
-            && self.combine_in_o(split) == 0
+            && self.partials(split) != Partials::InO
             && o.format.is_int4()
             && o.shards.len() == 1
             && o.cols.is_multiple_of(32)

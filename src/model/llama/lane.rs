@@ -5,7 +5,7 @@
 
 use std::ops::Range;
 
-use super::{Builder, Dispatch, Grid, LlamaGpu, u32_of};
+use super::{Builder, Dispatch, Grid, LlamaGpu, Partials, u32_of};
 use crate::error::Result;
 use crate::gpu::params::{EmbedParams, SampleParams};
 use crate::gpu::{Gpu, Kernel, KernelKey, MatMode};
@@ -231,11 +231,10 @@ impl Lane {
                 // The o projection reads the attention output packed: the decode kernel packs
                 // it at split 1, the combine otherwise.
                 let o_packed = !tiled && m.o_packed(&layer.o, list_split);
-                // Split partials merged by each head's last split (`decode_merge`), by a
-                // combine dispatch, or by the o projection's loads.
-                let merges = !tiled && m.merges_in_attention(list_split);
-                let combines = list_split > 1 && m.combine_in_o(list_split) == 0 && !merges;
-                let attention_packs = o_packed && (list_split == 1 || merges);
+                // Attention packs o's input where it writes the whole output itself.
+                let partials = m.partials(list_split);
+                let merges = partials == Partials::LastSplit;
+                let attention_packs = o_packed && (partials == Partials::Whole || merges);
                 let kernel = if tiled {
                     Kernel::Attention { split: list_split, kv: kv_formats }
                 } else {
@@ -271,7 +270,7 @@ impl Lane {
                 }
                 let grid = if list_split > 1 { Grid::Fixed([heads, 1, list_split]) } else { Grid::PerToken(heads) };
                 kv_dispatch(list, li, pipeline, entries, grid, "attention");
-                if combines {
+                if partials == Partials::Combine {
                     let combine = Kernel::AttentionCombine { split: list_split, pack: o_packed };
                     let pipeline = kernels.get(&gpu.device, key(combine))?;
                     let mut entries = vec![(0, &rp), (4, &a.attn), (6, &a.partial), (7, &state)];
