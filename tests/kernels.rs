@@ -98,6 +98,8 @@ enum Entry {
     Workgroup(u32),
     /// `q8in` (int4): inputs quantised to int8 per 32.
     Q8in,
+    /// The tiled prefill product on tensor cores (`coop`, 128 threads).
+    Coop,
 }
 
 /// The GPU's and the CPU reference's outputs of one matrix kernel variant.
@@ -119,6 +121,7 @@ fn matrix_outputs(
     let wg = match entry {
         Entry::Subgroup(wg) | Entry::Workgroup(wg) => wg,
         Entry::Plain | Entry::Q8in => 64,
+        Entry::Coop => 128,
     };
     let gpu = gpu();
     let w = rand_vec(n * k, 1, 0.5);
@@ -148,7 +151,11 @@ fn matrix_outputs(
     let (kernel, grid) = if tiled {
         {
             let (tile, rows) = (matmul_tile(tpr > 1) as usize, MATMUL_TILE_ROWS as usize);
-            (Kernel::Matmul { format, mode, tiled: tpr > 1 }, [n.div_ceil(rows) as u32, t.div_ceil(tile) as u32, 1])
+            let kernel = match entry {
+                Entry::Coop => Kernel::MatmulCoop { format, mode },
+                _ => Kernel::Matmul { format, mode, tiled: tpr > 1 },
+            };
+            (kernel, [n.div_ceil(rows) as u32, t.div_ceil(tile) as u32, 1])
         }
     } else {
         let groups = n.div_ceil((wg / tpr * rows) as usize) as u32;
@@ -190,6 +197,43 @@ fn fp16_native_loads_match_the_packed_prelude_where_the_adapter_has_shader_f16()
         assert_eq!(a, b, "{kernel:?} native vs packed");
         let err = max_rel_err(&a[..want.len()], &want, 1.0);
         assert!(err < 1e-4, "{kernel:?} native f16: max rel err {err}");
+    }
+}
+
+#[test]
+fn tensor_core_matmul_matches_the_cpu_reference_for_every_mode_and_format_where_the_adapter_has_them() {
+    let gpu = gpu();
+    if !gpu.caps.coop_f16 {
+        eprintln!("{}: no f16 cooperative matrices, the tiled matmul serves prefill here", gpu.caps.adapter_name);
+        return;
+    }
+    let kernels = Kernels::default();
+    let formats = [
+        WeightFormat::F32,
+        WeightFormat::F16,
+        WeightFormat::Int8,
+        WeightFormat::Int4,
+        WeightFormat::Int4Sym,
+        WeightFormat::Int3,
+        WeightFormat::Int2,
+    ];
+    for format in formats {
+        for mode in modes() {
+            // Tokens and rows ragged against the 64 x 64 tile (a second token tile nearly
+            // empty), K past one slab of 32 and, for the float formats, not a multiple of it.
+            let mut shapes = vec![(70, 96, 45), (130, 320, 66)];
+            if !format.has_scales() {
+                shapes.push((37, 52, 3));
+            }
+            for (n, k, t) in shapes {
+                let (got, want, kernel) =
+                    matrix_outputs(&kernels, true, format, mode, n, k, t, 64, 4, false, 1, Entry::Coop);
+                // Inputs and weights pass through f16 (a relative 2^-11 each), sums in f32.
+                let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let err = max_rel_err(&got[..want.len()], &want, scale);
+                assert!(err < 4e-3, "{kernel:?} n={n} k={k} t={t}: max rel err {err}");
+            }
+        }
     }
 }
 

@@ -76,6 +76,28 @@ fn llama_variants_match_the_cpu_reference() {
 }
 
 #[test]
+fn tensor_core_prefill_stays_within_f16_of_the_cpu_reference_where_the_adapter_has_them() {
+    if !gpu().caps.coop_f16 {
+        eprintln!("{}: no f16 cooperative matrices, prefill keeps the tiled kernel", gpu().caps.adapter_name);
+        return;
+    }
+    let ids: Vec<u32> = (0..37).map(|i| (i * 7 + 3) % 290).collect();
+    for (tied, format, arch, weights) in [
+        (true, HostFormat::F32, Arch::Llama, WeightFormat::F32),
+        (false, HostFormat::Q4_0, Arch::Llama, WeightFormat::Int4),
+        (true, HostFormat::F32, Arch::Qwen2, WeightFormat::F16),
+    ] {
+        let src = GgufSource::from_bytes(tiny_gguf(&spec(tied), arch, 11, format).expect("tiny")).expect("parse");
+        let e = engine(&src, weights, 64, 16);
+        let load = LoadOptions { coop_matmul: true, ..e.model.options.clone() };
+        let mut e = Engine::load(gpu(), &src, EngineOptions { load, ..e.options.clone() }).expect("engine loads");
+        // Every activation enters the products as f16 (a relative 2^-11), two layers deep;
+        // the reference takes the weights as stored (int4: the file's blocks).
+        check_against_reference(&src, &mut e, &ids, 1e-2);
+    }
+}
+
+#[test]
 fn decode_steps_equal_teacher_forced_greedy() {
     let bytes = tiny_gguf(&spec(false), Arch::Llama, 5, HostFormat::F32).expect("tiny model");
     let src = GgufSource::from_bytes(bytes).expect("parse");

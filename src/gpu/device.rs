@@ -24,6 +24,10 @@ pub struct GpuCaps {
     /// A CPU implementation (lavapipe, SwiftShader): workgroups run as SIMD loops, so
     /// kernels avoid barriers there.
     pub is_cpu: bool,
+    /// Tensor cores through wgpu's experimental cooperative matrices: 16x16x16 products of
+    /// f16 with f32 accumulation in subgroups of 32 (native; `WSI_COOP=0` turns it off). The
+    /// prefill matmul then runs `matmul_coop.wgsl`.
+    pub coop_f16: bool,
 }
 
 /// A device + queue and what they can do.
@@ -73,12 +77,17 @@ impl Gpu {
         if offered.contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES) {
             wanted |= wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
         }
+        let coop = coop_f16_offered(&adapter, wanted);
+        if coop {
+            wanted |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+        }
         let limits = adapter.limits();
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("wsi"),
                 required_features: wanted,
                 required_limits: limits.clone(),
+                experimental_features: experimental(coop),
                 ..Default::default()
             })
             .await
@@ -96,6 +105,7 @@ impl Gpu {
             max_workgroup_storage: limits.max_compute_workgroup_storage_size,
             max_invocations: limits.max_compute_invocations_per_workgroup,
             is_cpu: info.device_type == wgpu::DeviceType::Cpu || is_cpu_name(&info.name),
+            coop_f16: coop,
         };
         let errors = Arc::new(Mutex::new(Vec::new()));
         let sink = errors.clone();
@@ -156,6 +166,39 @@ impl Gpu {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         })
+    }
+}
+
+/// Whether `adapter` multiplies 16x16x16 f16 blocks into f32 in subgroups of exactly 32
+/// lanes (what `matmul_coop.wgsl` is written for), with shader-f16 and subgroups among the
+/// `wanted` features. Native only: browsers do not expose cooperative matrices.
+fn coop_f16_offered(adapter: &wgpu::Adapter, wanted: wgpu::Features) -> bool {
+    if cfg!(target_arch = "wasm32") || std::env::var("WSI_COOP").is_ok_and(|v| v == "0") {
+        return false;
+    }
+    let info = adapter.get_info();
+    let needed = wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP;
+    let f16 = wgpu::CooperativeScalarType::F16;
+    adapter.features().contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+        && wanted.contains(needed)
+        && info.subgroup_min_size == 32
+        && info.subgroup_max_size == 32
+        && adapter.cooperative_matrix_properties().iter().any(|c| {
+            (c.m_size, c.n_size, c.k_size) == (16, 16, 16)
+                && c.ab_type == f16
+                && c.cr_type == wgpu::CooperativeScalarType::F32
+        })
+}
+
+/// The experimental features to enable: cooperative matrices are one in wgpu 30.
+fn experimental(coop: bool) -> wgpu::ExperimentalFeatures {
+    if coop {
+        // SAFETY: wgpu asks callers to accept that experimental features may have bugs. The
+        // one used, cooperative matrices, is only reached by `matmul_coop.wgsl`, which the
+        // kernel tests check against the CPU on adapters that offer it.
+        unsafe { wgpu::ExperimentalFeatures::enabled() }
+    } else {
+        wgpu::ExperimentalFeatures::disabled()
     }
 }
 

@@ -182,6 +182,9 @@ pub enum Kernel {
     /// Prefill matrix-matrix product; `tiled` stages operands in workgroup memory (GPUs),
     /// otherwise reads them directly (CPU rasterisers).
     Matmul { format: WeightFormat, mode: MatMode, tiled: bool },
+    /// The tiled prefill product on tensor cores (entry point `coop` of `matmul_coop.wgsl`,
+    /// 128 threads, the tiled grid): adapters with `GpuCaps::coop_f16` only.
+    MatmulCoop { format: WeightFormat, mode: MatMode },
     /// Embedding gather from token ids on the GPU.
     Embed { format: WeightFormat },
     /// RoPE + KV append in the cache's formats (`ring` under progressive).
@@ -256,6 +259,7 @@ impl KernelKey {
             Kernel::Matvec { batch: 2.., .. } => "batch",
             Kernel::Matvec { .. } if self.is_cpu_matvec() => "cpu",
             Kernel::Matmul { .. } if self.is_cpu_int4_matmul() => "cpu_int4",
+            Kernel::MatmulCoop { .. } => "coop",
             Kernel::Matvec { wide: true, .. } => "wide",
             _ => "main",
         }
@@ -302,6 +306,15 @@ impl KernelKey {
                 return format!("{}\n{body}\n{cpu}", format.prelude(native_f16));
             }
             Kernel::Matmul { format, .. } => (format.prelude(native_f16), include_str!("../../shaders/matmul.wgsl")),
+            Kernel::MatmulCoop { format, .. } => {
+                // The packed fp16 prelude: the module enables f16 itself, first.
+                let body = include_str!("../../shaders/matmul.wgsl");
+                let coop = include_str!("../../shaders/matmul_coop.wgsl");
+                return format!(
+                    "enable f16;\nenable wgpu_cooperative_matrix;\n{}\n{body}\n{coop}",
+                    format.prelude(false)
+                );
+            }
             Kernel::Embed { format } => (format.prelude(native_f16), include_str!("../../shaders/embed.wgsl")),
             Kernel::RopeKv { .. } | Kernel::KvRequant { .. } => {
                 return format!("{KV_PRELUDE}\n{KV_WRITE}\n{}", include_str!("../../shaders/rope_kv.wgsl"));
@@ -333,6 +346,12 @@ impl KernelKey {
                 ("ACCUMULATE", b(mode.accumulate)),
                 ("HAS_BIAS", b(mode.bias)),
                 ("COMBINE_SPLIT", f64::from(mode.combine_split)),
+            ],
+            Kernel::MatmulCoop { mode, .. } => vec![
+                ("FUSE_NORM", b(mode.fuse_norm)),
+                ("SWIGLU_IN", b(mode.swiglu_in)),
+                ("ACCUMULATE", b(mode.accumulate)),
+                ("HAS_BIAS", b(mode.bias)),
             ],
             Kernel::Matmul { mode, tiled, .. } => vec![
                 ("TILED", b(tiled)),
@@ -372,7 +391,11 @@ impl KernelKey {
             }
             Kernel::Embed { .. } | Kernel::Sample => vec![],
         };
-        if let Kernel::Matvec { format, .. } | Kernel::Matmul { format, .. } | Kernel::Embed { format } = self.kernel {
+        if let Kernel::Matvec { format, .. }
+        | Kernel::Matmul { format, .. }
+        | Kernel::MatmulCoop { format, .. }
+        | Kernel::Embed { format } = self.kernel
+        {
             c.extend(format.prelude_constants());
         }
         c

@@ -112,6 +112,10 @@ pub struct LoadOptions {
     /// int4, 4 lanes: 7B 272 -> 341 tok/s and 1.1B 865 -> 942 with it, 135M 998 without
     /// against 896 with it everywhere).
     pub batch_matvec_min_weights: usize,
+    /// Prefill products on tensor cores (`matmul_coop.wgsl`) where the device has them
+    /// (`GpuCaps::coop_f16`): their inputs pass through f16, so it is opt-in here and on by
+    /// default in the engine's native options.
+    pub coop_matmul: bool,
 }
 
 impl LoadOptions {
@@ -152,6 +156,7 @@ impl Default for LoadOptions {
             merge_splits: false,
             combine_in_o_max: 8192,
             batch_matvec_min_weights: 1 << 22,
+            coop_matmul: false,
         }
     }
 }
@@ -896,7 +901,9 @@ impl Builder<'_> {
             None => Q8::Off,
         };
         let subgroup = q8 == Q8::Off && !tiled && self.geo.sg_tpr > 0 && self.batch <= 1 && m.cols.is_multiple_of(8);
-        let kernel = if tiled {
+        let kernel = if tiled && self.geo.tpr > 1 && self.options.coop_matmul && self.gpu.caps.coop_f16 {
+            Kernel::MatmulCoop { format: m.format, mode }
+        } else if tiled {
             Kernel::Matmul { format: m.format, mode, tiled: self.geo.tpr > 1 }
         } else {
             Kernel::Matvec {
@@ -908,7 +915,9 @@ impl Builder<'_> {
                 q8,
             }
         };
-        let key = if subgroup {
+        let key = if let Kernel::MatmulCoop { .. } = kernel {
+            KernelKey { kernel, wg: 128, rows: 1, tpr: 1 }
+        } else if subgroup {
             self.subgroup_key(kernel, shard.rows)
         } else if q8 == Q8::Pack {
             // 64 rows per workgroup: 32 gate rows and the 32 up rows of one group of h.
