@@ -6,8 +6,8 @@
 // `load_w4`) as f16 in workgroup memory; each of its 4 subgroups of 32 lanes then multiplies
 // 32 tokens x 32 rows of the tile as 2 x 2 blocks of 16 x 16 with f32 accumulators
 // (`coop_mat16x16`), which the end stores through workgroup memory for the tile's epilogue
-// (1/rms, bias, accumulate). Inputs pass through f16 (11-bit significands, exact for the
-// int4 / int8 weights): the price of the tensor cores, a relative 2^-11 per product.
+// (1/rms, bias, accumulate). Inputs and dequantised weights pass through f16 (11-bit
+// significands, a relative 2^-11 each): the price of the tensor cores.
 
 const CK: u32 = 32u;        // K per slab
 const CS: u32 = CK + 8u;    // f16 per stored row: 16-byte aligned rows, off the bank period
@@ -18,21 +18,18 @@ var<workgroup> wb: array<f16, 64u * CS>;   // [row][k]: matrix B (k x rows), col
 var<workgroup> ot: array<f32, 64u * OS>;   // [token][row]: the tile's sums
 var<workgroup> tss: array<f32, 128>;       // x^2 partials: token t's are 2t and 2t + 1
 
-// Stores vec4 `v` as f16 at `i` of xa or wb.
-fn put_x(i: u32, v: vec4<f32>) {
-    let h = vec4<f16>(v);
-    xa[i] = h.x;
-    xa[i + 1u] = h.y;
-    xa[i + 2u] = h.z;
-    xa[i + 3u] = h.w;
-}
-
-fn put_w(i: u32, v: vec4<f32>) {
-    let h = vec4<f16>(v);
-    wb[i] = h.x;
-    wb[i + 1u] = h.y;
-    wb[i + 2u] = h.z;
-    wb[i + 3u] = h.w;
+// Stores input vec4 `xv` and weight vec4 `wv` as f16 at `i` of xa and wb.
+fn put(i: u32, xv: vec4<f32>, wv: vec4<f32>) {
+    let x = vec4<f16>(xv);
+    let w = vec4<f16>(wv);
+    xa[i] = x.x;
+    xa[i + 1u] = x.y;
+    xa[i + 2u] = x.z;
+    xa[i + 3u] = x.w;
+    wb[i] = w.x;
+    wb[i + 1u] = w.y;
+    wb[i + 2u] = w.z;
+    wb[i + 3u] = w.w;
 }
 
 // Input vec4 i of the thread's part of the slab at k0 (k k0 + lk + 4 i; zero past the ends),
@@ -100,14 +97,10 @@ fn coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             x3 *= aux[min(a4 + 3u, last)];
         }
         let o = lt * CS + lk;
-        put_x(o, x0);
-        put_x(o + 4u, x1);
-        put_x(o + 8u, x2);
-        put_x(o + 12u, x3);
-        put_w(o, w0);
-        put_w(o + 4u, w1);
-        put_w(o + 8u, w2);
-        put_w(o + 12u, w3);
+        put(o, x0, w0);
+        put(o + 4u, x1, w1);
+        put(o + 8u, x2, w2);
+        put(o + 12u, x3, w3);
         workgroupBarrier();
         if (k0 + CK < p.k) {
             let k1 = k0 + CK;

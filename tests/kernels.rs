@@ -208,16 +208,7 @@ fn tensor_core_matmul_matches_the_cpu_reference_for_every_mode_and_format_where_
         return;
     }
     let kernels = Kernels::default();
-    let formats = [
-        WeightFormat::F32,
-        WeightFormat::F16,
-        WeightFormat::Int8,
-        WeightFormat::Int4,
-        WeightFormat::Int4Sym,
-        WeightFormat::Int3,
-        WeightFormat::Int2,
-    ];
-    for format in formats {
+    for format in WeightFormat::ALL {
         for mode in modes() {
             // Tokens and rows ragged against the 64 x 64 tile (a second token tile nearly
             // empty), K past one slab of 32 and, for the float formats, not a multiple of it.
