@@ -1220,8 +1220,9 @@ fn gpu_sampler_top_k_and_top_p_keep_ties_at_the_threshold_like_the_cpu_reference
 }
 
 /// Every kernel module the engine can build (each family with each weight prelude, the
-/// native-f16 loads, the int8-input matvecs and the attention that packs its output) parses
-/// and validates as WGSL under naga, whichever of them this adapter's paths select.
+/// native-f16 loads, the int8-input matvecs, the attention that packs its output and the
+/// tensor-core matmul) parses and validates as WGSL under naga, whichever of them this
+/// adapter's paths select.
 #[test]
 fn every_kernel_source_parses_and_validates_as_wgsl() {
     use wgpu::naga;

@@ -465,6 +465,7 @@ impl Kernels {
             for k in [
                 Kernel::Matvec { format, mode, wide: false, batch: 1, subgroup: false, q8: Q8::Off },
                 Kernel::Matmul { format, mode, tiled: true },
+                Kernel::MatmulCoop { format, mode },
                 Kernel::Embed { format },
             ] {
                 let key = KernelKey { kernel: k, wg: 64, rows: 4, tpr: 64 };
