@@ -216,7 +216,7 @@ impl EngineOptions {
                     |v| v as usize,
                 ),
                 batch_matvec_min_weights: 1 << 22,
-                // Prefill on tensor cores where the device has them (native; `WSI_COOP=0` or
+                // Prefill on tensor cores where the device has them (native; `WSI_DISABLE_COOP=1` or
                 // the device without them: the tiled f32 kernel).
                 coop_matmul: caps.coop_f16,
             },

@@ -25,7 +25,7 @@ pub struct GpuCaps {
     /// kernels avoid barriers there.
     pub is_cpu: bool,
     /// Tensor cores through wgpu's experimental cooperative matrices: 16x16x16 products of
-    /// f16 with f32 accumulation in subgroups of 32 (native; `WSI_COOP=0` turns it off). The
+    /// f16 with f32 accumulation in subgroups of 32 (native; `WSI_DISABLE_COOP=1` turns it off). The
     /// prefill matmul then runs `matmul_coop.wgsl`.
     pub coop_f16: bool,
 }
@@ -43,7 +43,8 @@ pub struct Gpu {
 
 impl Gpu {
     /// Acquire the best adapter and a device with every limit the adapter offers.
-    /// `WSI_FORCE_F32=1` and `WSI_DISABLE_SUBGROUPS=1` (native) turn fast paths off.
+    /// `WSI_FORCE_F32=1`, `WSI_DISABLE_SUBGROUPS=1` and `WSI_DISABLE_COOP=1` (native) turn
+    /// fast paths off.
     pub async fn new() -> Result<Gpu> {
         let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
         let adapter = instance
@@ -77,7 +78,7 @@ impl Gpu {
         if offered.contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES) {
             wanted |= wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
         }
-        let coop = coop_f16_offered(&adapter, wanted);
+        let coop = !env_flag("WSI_DISABLE_COOP") && coop_f16_offered(&adapter, wanted);
         if coop {
             wanted |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
         }
@@ -173,7 +174,7 @@ impl Gpu {
 /// lanes (what `matmul_coop.wgsl` is written for), with shader-f16 and subgroups among the
 /// `wanted` features. Native only: browsers do not expose cooperative matrices.
 fn coop_f16_offered(adapter: &wgpu::Adapter, wanted: wgpu::Features) -> bool {
-    if cfg!(target_arch = "wasm32") || std::env::var("WSI_COOP").is_ok_and(|v| v == "0") {
+    if cfg!(target_arch = "wasm32") {
         return false;
     }
     let info = adapter.get_info();
