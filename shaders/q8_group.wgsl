@@ -33,7 +33,8 @@ fn quant_group(
     let m4 = max(max(max(abs(v0), abs(v1)), max(abs(v2), abs(v3))), max(max(abs(v4), abs(v5)), max(abs(v6), abs(v7))));
     let amax = max(max(m4.x, m4.y), max(m4.z, m4.w));
     let inv = select(0.0, 127.0 / amax, amax > 0.0);
-    let s4 = v0 + v1 + v2 + v3 + v4 + v5 + v6 + v7;
+    // Summed by halves, as the two threads of `q8in`'s quantiser sum theirs (equal bits).
+    let s4 = (v0 + v1 + v2 + v3) + (v4 + v5 + v6 + v7);
     return QGroup(
         vec4<u32>(pack_pair(v0, v1, inv), pack_pair(v2, v3, inv)),
         vec4<u32>(pack_pair(v4, v5, inv), pack_pair(v6, v7, inv)),

@@ -185,7 +185,7 @@ impl EngineOptions {
                 q8_shape: env_u32("WSI_Q8_WG").zip(env_u32("WSI_Q8_ROWS")).zip(env_u32("WSI_Q8_TPR")).map(
                     |((wg, rows), tpr)| {
                         // Powers of two within the kernel's 256-entry reduction arrays.
-                        let wg = wg.clamp(1, 256).next_power_of_two();
+                        let wg = wg.clamp(2, 256).next_power_of_two();
                         (wg, rows.clamp(1, 4), tpr.clamp(1, wg).next_power_of_two())
                     },
                 ),

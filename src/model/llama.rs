@@ -925,7 +925,10 @@ impl Builder<'_> {
         } else if q8 == Q8::Packed {
             // H100, 4096x11008 with the input packed, GB/s from HBM: 128 threads on 64 lanes
             // x 4 rows 1,837; 128 lanes 1,819; 32 lanes 1,619; 256 threads x 32 lanes 1,019.
-            KernelKey { kernel, wg: 128, rows: 4, tpr: 64 }
+            // H200 in the model, 7B GPU µs per step (o and down), 64 lanes x 4 rows -> x 2:
+            // 2,201 -> 2,173, after 512 2,500 -> 2,468 (1.1B 902 -> 899, 1,002 -> 990); x 1
+            // 2,358, 128 lanes x 2 2,332, 256 threads x 4 rows 2,433, 64 threads 2,401.
+            KernelKey { kernel, wg: 128, rows: 2, tpr: 64 }
         } else if q8 == Q8::In {
             // 16 row groups of 16 lanes share the quantised input (H100, GB/s from HBM, with
             // the norm, `wide` -> this: 12288x4096 1,372 -> 1,691, 22016x4096 1,563 -> 1,981,
