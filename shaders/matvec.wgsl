@@ -464,6 +464,12 @@ fn finish(tid: u32, lane: u32, row0: u32, partial: vec4<f32>, partial_ss: f32, l
         acc = parts[tid];
         ss = red[tid];
     }
+    return store_reduced(lane, row0, acc, ss, live);
+}
+
+// `finish` after the reduction: the row group's sums `acc` and (FUSE_NORM) `ss`.
+fn store_reduced(lane: u32, row0: u32, total: vec4<f32>, ss: f32, live: bool) -> vec4<f32> {
+    var acc = total;
     if (FUSE_NORM) {
         acc *= inverseSqrt(ss / f32(p.k) + p.eps);
     }

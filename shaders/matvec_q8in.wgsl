@@ -23,6 +23,14 @@ const Q8_GROUPS: u32 = 128u;
 var<workgroup> xq: array<vec4<u32>, 2u * Q8_GROUPS>;
 var<workgroup> xg: array<vec4<f32>, Q8_GROUPS>;
 
+// A thread's half of an input group: its sum, max |v| and raw sum of squares (exchanged
+// with the partner thread by `partner_half`, of q8_lanes_shared.wgsl or q8_lanes_subgroup.wgsl).
+struct HalfGroup {
+    s4: vec4<f32>,
+    mx: f32,
+    ss: f32,
+}
+
 // Quantise groups c0..c0 + cn of the input row at `xbase` into xq / xg (every thread; ends
 // with a barrier). Two threads share a group, 16 elements each, and swap their half's
 // maximum and sums through workgroup memory: all 256 threads work on 7B's 128 groups, each
@@ -57,28 +65,19 @@ fn quantise_input(tid: u32, xbase: u32, c0: u32, cn: u32) {
             }
         }
         let m4 = max(max(abs(v0), abs(v1)), max(abs(v2), abs(v3)));
-        let s4 = v0 + v1 + v2 + v3;
-        let mx = max(max(m4.x, m4.y), max(m4.z, m4.w));
-        // Through `finish`'s reduction arrays (free until then; more workgroup memory made
-        // the 7B slower): both halves' maxima in `red`; the upper half's sum in its `parts`
-        // slot and its raw sum of squares in the lower half's.
-        red[tid] = mx;
-        if (half == 1u) {
-            parts[tid] = s4;
-            parts[tid - 1u] = vec4<f32>(ss, 0.0, 0.0, 0.0);
-        }
-        workgroupBarrier();
+        let mine = HalfGroup(v0 + v1 + v2 + v3, max(max(m4.x, m4.y), max(m4.z, m4.w)), ss);
+        let other = partner_half(tid, mine);
         if (act) {
-            let amax = max(mx, red[tid ^ 1u]);
+            let amax = max(mine.mx, other.mx);
             let inv = select(0.0, 127.0 / amax, amax > 0.0);
             xq[2u * g + half] = vec4<u32>(pack_pair(v0, v1, inv), pack_pair(v2, v3, inv));
             if (half == 0u) {
                 // quant_group's order: the lower half's sum plus the upper's.
-                let sum = s4 + parts[tid + 1u];
-                xg[g] = vec4<f32>(amax / 127.0, sum.x + sum.y + sum.z + sum.w, ss + parts[tid].x, 0.0);
+                let sum = mine.s4 + other.s4;
+                xg[g] = vec4<f32>(amax / 127.0, sum.x + sum.y + sum.z + sum.w, mine.ss + other.ss, 0.0);
             }
         }
-        // Publishes xq / xg, and the next pass overwrites red / parts.
+        // Publishes xq / xg, and the next pass overwrites what partner_half used.
         workgroupBarrier();
     }
 }
@@ -172,7 +171,7 @@ fn q8in(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let lane = tid % TPR;
     let row0 = (wid.x * (WG / TPR) + tid / TPR) * ROWS;
     let d = q8_dot(tid, lane, input_row(wid) * p.x_stride, clamped_rows(row0));
-    finish(tid, lane, row0, d.acc, d.ss, true);
+    q8_finish(tid, lane, row0, d.acc, d.ss, true);
 }
 
 // --- SwiGLU gate/up that packs its product (`q8pack`) and the matvec that reads it (`q8pre`).
@@ -205,7 +204,7 @@ fn q8pack(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
     let half_rows = (WG / TPR) * ROWS / 2u;
     let row0 = select(p.n / 2u + wid.x * half_rows + local - half_rows, wid.x * half_rows + local, local < half_rows);
     let d = q8_dot(tid, lane, input_row(wid) * p.x_stride, clamped_rows(row0));
-    let out = finish(tid, lane, row0, d.acc, d.ss, true);
+    let out = q8_finish(tid, lane, row0, d.acc, d.ss, true);
     if (lane == 0u) {
         hv[tid / TPR] = out;
     }

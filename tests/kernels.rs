@@ -98,6 +98,8 @@ enum Entry {
     Workgroup(u32),
     /// `q8in` (int4): inputs quantised to int8 per 32.
     Q8in,
+    /// `q8in` whose lanes share values by subgroup shuffles.
+    Q8inShuffled,
     /// The tiled prefill product on tensor cores (`coop`, 128 threads).
     Coop,
 }
@@ -120,7 +122,7 @@ fn matrix_outputs(
 ) -> (Vec<f32>, Vec<f32>, Kernel) {
     let wg = match entry {
         Entry::Subgroup(wg) | Entry::Workgroup(wg) => wg,
-        Entry::Plain | Entry::Q8in => 64,
+        Entry::Plain | Entry::Q8in | Entry::Q8inShuffled => 64,
         Entry::Coop => 128,
     };
     let gpu = gpu();
@@ -159,8 +161,8 @@ fn matrix_outputs(
         }
     } else {
         let groups = n.div_ceil((wg / tpr * rows) as usize) as u32;
-        let subgroup = matches!(entry, Entry::Subgroup(_));
-        let q8 = if matches!(entry, Entry::Q8in) { Q8::In } else { Q8::Off };
+        let subgroup = matches!(entry, Entry::Subgroup(_) | Entry::Q8inShuffled);
+        let q8 = if matches!(entry, Entry::Q8in | Entry::Q8inShuffled) { Q8::In } else { Q8::Off };
         (Kernel::Matvec { format, mode, wide, batch, subgroup, q8 }, [groups, (t as u32).div_ceil(batch), 1])
     };
     let mut bindings = vec![(0, &ub), (3, &xb), (4, &yb), (5, &nb), (6, &bb), (7, &state)];
@@ -316,8 +318,12 @@ fn int8_input_matvec_stays_within_the_input_grid_of_the_cpu_reference_for_every_
     // a row group several times, and past the workgroup's 4096-element store twice, the last
     // chunk short); rows ragged against the workgroup's.
     // Int4Sym (Q4_0's layout) with the fused norm.
+    // Where a row group fits in the adapter's subgroups, the lanes also share values by
+    // shuffles: the same sums in the same order, so the same bits.
     let kernels = Kernels::default();
+    let caps = gpu().caps.clone();
     let mut worst = 0f32;
+    let mut shuffled = 0;
     let norm = MatMode { fuse_norm: true, ..Default::default() };
     let cases = modes().into_iter().map(|m| (WeightFormat::Int4, m)).chain([(WeightFormat::Int4Sym, norm)]);
     for (format, mode) in cases {
@@ -326,6 +332,15 @@ fn int8_input_matvec_stays_within_the_input_grid_of_the_cpu_reference_for_every_
         {
             let (got, want, kernel) =
                 matrix_outputs(&kernels, false, format, mode, n, k, t, tpr, rows, false, 1, Entry::Q8in);
+            if caps.subgroups && tpr <= caps.subgroup_min_size {
+                let (by_shuffles, _, _) =
+                    matrix_outputs(&kernels, false, format, mode, n, k, t, tpr, rows, false, 1, Entry::Q8inShuffled);
+                assert_eq!(
+                    by_shuffles, got,
+                    "{kernel:?} tpr={tpr} rows={rows} n={n} k={k}: shuffles vs workgroup memory"
+                );
+                shuffled += 1;
+            }
             // An int8 grid per 32 inputs: each input is off by up to half a step (its group's
             // largest / 254), ~0.4% RMS for these uniform inputs, so an output is off by
             // ~0.5% of its typical size (1.6% of the largest of 9 outputs at k = 4096 seen);
@@ -340,6 +355,7 @@ fn int8_input_matvec_stays_within_the_input_grid_of_the_cpu_reference_for_every_
         }
     }
     assert!(worst > 0.0, "the inputs were quantised");
+    eprintln!("{}: {shuffled} cases also by subgroup shuffles", caps.adapter_name);
 }
 
 #[test]
@@ -1042,8 +1058,10 @@ fn check_decode_attention(
     let unfused = read_f32(&gpu, &out2);
     let case = format!("split={split} {f:?} {window:?} pos={pos0} {layout:?} wg={wg} lanes={lanes}");
     assert_eq!((&gk, &gv), (&read_u32(&gpu, &kb2), &read_u32(&gpu, &vb2)), "{case}: caches differ from rope_kv's");
+    // The two kernels sum in different orders: within 1e-5 on lavapipe, 2.2e-5 on the H200
+    // (split 1, f16 caches, position 190), with the caches equal bit for bit.
     let err = max_rel_err(&got, &unfused, 0.1);
-    assert!(err < 1e-5, "{case}: fused vs unfused max rel err {err}");
+    assert!(err < 1e-4, "{case}: fused vs unfused max rel err {err}");
     assert_eq!((&gk_p, &gv_p), (&gk, &gv), "{case}: packing changed the caches");
     assert!(max_rel_err(&got_p, &got, 0.1) < 1e-6, "{case}: packing changed the float output");
     check_packed_row(&packed_words, &got, 1, &case);

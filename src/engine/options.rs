@@ -189,6 +189,9 @@ impl EngineOptions {
                         (wg, rows.clamp(1, 4), tpr.clamp(1, wg).next_power_of_two())
                     },
                 ),
+                // `WSI_Q8_SHARED_LANES=1`: the q8 matvecs share values between lanes through
+                // workgroup memory where subgroups could shuffle them.
+                q8_shared_lanes: env_u32("WSI_Q8_SHARED_LANES") == Some(1),
                 // The gate/up matvec packs the SwiGLU product for the down projection
                 // (`WSI_Q8_PACK=0`: each down workgroup quantises it).
                 q8_pack: env_u32("WSI_Q8_PACK") != Some(0),

@@ -177,7 +177,8 @@ pub enum Kernel {
     /// `subgroup` (k a multiple of 8, single-row steps, devices with subgroups): entry
     /// point `subgroup` of `matvec_subgroup.wgsl`, shuffle reductions over `tpr` lanes.
     /// `q8` (int4, k a multiple of 32, single-row steps): int8 inputs through
-    /// `dot4I8Packed` (`matvec_q8in.wgsl`), see [`Q8`].
+    /// `dot4I8Packed` (`matvec_q8in.wgsl`), see [`Q8`]; with `subgroup` (`In` and `Pack`,
+    /// `tpr` within the adapter's smallest subgroup) its lanes share values by shuffles.
     Matvec { format: WeightFormat, mode: MatMode, wide: bool, batch: u32, subgroup: bool, q8: Q8 },
     /// Prefill matrix-matrix product; `tiled` stages operands in workgroup memory (GPUs),
     /// otherwise reads them directly (CPU rasterisers).
@@ -283,7 +284,14 @@ impl KernelKey {
                 // load storage lane by lane, one scalar at a time, and 16-bit scalars halve
                 // what each load brings (lavapipe, 3072x576: 0.47 vs 0.88 ns/weight).
                 let native = native_f16 && !self.is_cpu_matvec();
-                let q8in = format!("{Q8_GROUP}\n{}", include_str!("../../shaders/matvec_q8in.wgsl"));
+                // Lanes share values through shuffles where the key says the device has
+                // subgroups that hold a row group, through workgroup memory otherwise.
+                let lanes = if subgroup {
+                    include_str!("../../shaders/q8_lanes_subgroup.wgsl")
+                } else {
+                    include_str!("../../shaders/q8_lanes_shared.wgsl")
+                };
+                let q8in = format!("{Q8_GROUP}\n{lanes}\n{}", include_str!("../../shaders/matvec_q8in.wgsl"));
                 let (enable, entry) = if q8 != Q8::Off {
                     ("", q8in.as_str())
                 } else if subgroup {
@@ -476,8 +484,14 @@ impl Kernels {
             }
         }
         let q = Kernel::Quantize { format: WeightFormat::Int3, quantizer: Default::default() };
-        let q8 =
-            |q8, mode| Kernel::Matvec { format: WeightFormat::Int4, mode, wide: false, batch: 1, subgroup: false, q8 };
+        let q8 = |q8, mode, subgroup| Kernel::Matvec {
+            format: WeightFormat::Int4,
+            mode,
+            wide: false,
+            batch: 1,
+            subgroup,
+            q8,
+        };
         let norm = MatMode { fuse_norm: true, ..Default::default() };
         let down = MatMode { swiglu_in: true, accumulate: true, ..Default::default() };
         let kv = KvFormats { main: KvFormat::Int8, ring: KvFormat::F16 };
@@ -492,9 +506,11 @@ impl Kernels {
             Kernel::AttentionCombine { split: 4, pack: true },
             Kernel::Sample,
             q,
-            q8(Q8::In, norm),
-            q8(Q8::Pack, norm),
-            q8(Q8::Packed, down),
+            q8(Q8::In, norm, false),
+            q8(Q8::Pack, norm, false),
+            q8(Q8::Packed, down, false),
+            q8(Q8::In, norm, true),
+            q8(Q8::Pack, norm, true),
         ] {
             let key = KernelKey { kernel: k, wg: 64, rows: 1, tpr: 64 };
             out.push((format!("{k:?}"), key.source(false)));

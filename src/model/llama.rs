@@ -90,6 +90,9 @@ pub struct LoadOptions {
     /// (workgroup, rows per lane group, lanes per row group) of the int8-input matvec for
     /// every matrix (None: chosen per matrix).
     pub q8_shape: Option<(u32, u32, u32)>,
+    /// The `q8in` / `q8pack` lanes share values through workgroup memory even where the
+    /// device's subgroups could shuffle them (tests and comparisons).
+    pub q8_shared_lanes: bool,
     /// Under `q8_inputs`, a decode step's attention (or its combine) also writes its output
     /// packed as int8 per 32, and the int4 o projection reads that (`Q8::Packed`) instead of
     /// the floats.
@@ -151,6 +154,7 @@ impl Default for LoadOptions {
             subgroup_shape: None,
             q8_inputs: None,
             q8_shape: None,
+            q8_shared_lanes: false,
             q8_pack_o: false,
             q8_pack: true,
             merge_splits: false,
@@ -760,6 +764,17 @@ impl Builder<'_> {
     /// The subgroup matvec's geometry for `n` rows: 128 threads on 4 rows per lane group,
     /// fewer rows per workgroup while that leaves under 256 workgroups (small matrices want
     /// the whole GPU busy more than they want the staged input shared by more rows).
+    /// A `q8in` / `q8pack` key whose lanes share values by subgroup shuffles where a row
+    /// group fits in the adapter's smallest subgroup (figures in `shaders/q8_lanes_subgroup.wgsl`).
+    fn q8_lanes(&self, mut key: KernelKey) -> KernelKey {
+        let caps = &self.gpu.caps;
+        let fits = caps.subgroups && caps.subgroup_min_size >= 2 && key.tpr <= caps.subgroup_min_size;
+        if let Kernel::Matvec { subgroup, .. } = &mut key.kernel {
+            *subgroup = fits && !self.options.q8_shared_lanes;
+        }
+        key
+    }
+
     fn subgroup_key(&self, kernel: Kernel, n: u32) -> KernelKey {
         let tpr = self.geo.sg_tpr;
         if let Some((wg, rows)) = self.options.subgroup_shape {
@@ -921,7 +936,7 @@ impl Builder<'_> {
             self.subgroup_key(kernel, shard.rows)
         } else if q8 == Q8::Pack {
             // 64 rows per workgroup: 32 gate rows and the 32 up rows of one group of h.
-            KernelKey { kernel, wg: 256, rows: 4, tpr: 16 }
+            self.q8_lanes(KernelKey { kernel, wg: 256, rows: 4, tpr: 16 })
         } else if q8 == Q8::Packed {
             // H100, 4096x11008 with the input packed, GB/s from HBM: 128 threads on 64 lanes
             // x 4 rows 1,837; 128 lanes 1,819; 32 lanes 1,619; 256 threads x 32 lanes 1,019.
@@ -937,7 +952,7 @@ impl Builder<'_> {
             // 820 -> 940, 4096x11008 SwiGLU 1,004 -> 1,193 GB/s).
             let (wg, rows, tpr) =
                 self.options.q8_shape.unwrap_or(if shard.rows <= 4096 { (256, 4, 32) } else { (256, 4, 16) });
-            KernelKey { kernel, wg, rows, tpr }
+            self.q8_lanes(KernelKey { kernel, wg, rows, tpr })
         } else {
             self.key(kernel)
         };
