@@ -33,11 +33,10 @@ struct HalfGroup {
 
 // Quantise groups c0..c0 + cn of the input row at `xbase` into xq / xg (every thread; ends
 // with a barrier). Two threads share a group, 16 elements each, and swap their half's
-// maximum and sums through workgroup memory: all 256 threads work on 7B's 128 groups, each
-// with half the values live. H200 int4, GPU µs per step, a thread per group -> two: 7B
-// 2,203 -> 2,124, after 512 2,500 -> 2,423; 1.1B 902 -> 895, 1,002 -> 986. (This prologue
-// is ~190 µs of the 7B step: 2,006 with it skipped. The exchange through arrays of its own,
-// 6 KiB more workgroup memory, made the 7B slower instead: 2,332.)
+// maximum and sums (`partner_half`): all 256 threads work on 7B's 128 groups, each with half
+// the values live. H200 int4, GPU µs per step, a thread per group -> two (swapping through
+// workgroup memory): 7B 2,203 -> 2,124, after 512 2,500 -> 2,423; 1.1B 902 -> 895, 1,002 ->
+// 986. This prologue was ~190 µs of the 7B step (2,006 with it skipped).
 fn quantise_input(tid: u32, xbase: u32, c0: u32, cn: u32) {
     for (var t0 = 0u; t0 < 2u * cn; t0 += WG) {
         let t = t0 + tid;

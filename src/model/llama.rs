@@ -761,9 +761,6 @@ impl Builder<'_> {
         if key.is_cpu_matvec() { KernelKey { wg: self.geo.cpu_wg, ..key } } else { key }
     }
 
-    /// The subgroup matvec's geometry for `n` rows: 128 threads on 4 rows per lane group,
-    /// fewer rows per workgroup while that leaves under 256 workgroups (small matrices want
-    /// the whole GPU busy more than they want the staged input shared by more rows).
     /// A `q8in` / `q8pack` key whose lanes share values by subgroup shuffles where a row
     /// group fits in the adapter's smallest subgroup (figures in `shaders/q8_lanes_subgroup.wgsl`).
     fn q8_lanes(&self, mut key: KernelKey) -> KernelKey {
@@ -775,6 +772,9 @@ impl Builder<'_> {
         key
     }
 
+    /// The subgroup matvec's geometry for `n` rows: 128 threads on 4 rows per lane group,
+    /// fewer rows per workgroup while that leaves under 256 workgroups (small matrices want
+    /// the whole GPU busy more than they want the staged input shared by more rows).
     fn subgroup_key(&self, kernel: Kernel, n: u32) -> KernelKey {
         let tpr = self.geo.sg_tpr;
         if let Some((wg, rows)) = self.options.subgroup_shape {
