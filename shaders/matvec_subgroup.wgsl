@@ -1,5 +1,6 @@
 // Decode matvec entry point for adapters with subgroups, appended to matvec.wgsl (whose
-// helpers, bindings and overrides it uses; compiled only where the device has subgroups).
+// helpers, bindings and overrides it uses, after subgroup_sum.wgsl; compiled only where the
+// device has subgroups).
 //   y[t, n] (+)= sum_k in(t, k) * W[n, k] (+ bias[n]),  k a multiple of 8
 // Each subgroup-aligned group of TPR lanes (TPR <= the adapter's smallest subgroup) owns ROWS
 // rows and reduces them with shuffles: no workgroup barrier after the k loop. The input
@@ -11,18 +12,6 @@
 const TILE4: u32 = 512u;   // vec4s of input per tile (8 KiB)
 var<workgroup> x_tile: array<vec4<f32>, 512>;
 var<workgroup> ss_groups: array<f32, 64>;
-
-fn shuffle_sum4(v: vec4<f32>) -> vec4<f32> {
-    var a = v;
-    for (var o = TPR / 2u; o > 0u; o >>= 1u) {
-        a += subgroupShuffleXor(a, o);
-    }
-    return a;
-}
-
-fn shuffle_sum(v: f32) -> f32 {
-    return shuffle_sum4(vec4<f32>(v, 0.0, 0.0, 0.0)).x;
-}
 
 @compute @workgroup_size(WG)
 fn subgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {

@@ -1,23 +1,19 @@
 // How the `q8in` / `q8pack` matvecs (matvec_q8in.wgsl) share values between lanes on devices
 // with subgroups, where a row group's TPR lanes lie in one subgroup (TPR <= the adapter's
-// smallest subgroup, lanes in subgroup order as in matvec_subgroup.wgsl): shuffles, so the
+// smallest subgroup, lanes in subgroup order; after subgroup_sum.wgsl): shuffles, so the
 // kernel keeps only the quantised input in workgroup memory and needs no barrier to reduce.
 // H200 int4, GPU µs per step, workgroup memory -> shuffles: 7B 2,094 -> 2,059, after 512
-// 2,388 -> 2,351; 1.1B 892 -> 881, after 512 980 -> 969. The lanes' sums meet in the same
-// pairs as `finish`'s tree, so the outputs are the same bits.
+// 2,388 -> 2,351; 1.1B 892 -> 881, after 512 980 -> 969. The outputs are the same bits as
+// through workgroup memory.
 
 fn partner_half(tid: u32, mine: HalfGroup) -> HalfGroup {
     return HalfGroup(subgroupShuffleXor(mine.s4, 1u), subgroupShuffleXor(mine.mx, 1u), subgroupShuffleXor(mine.ss, 1u));
 }
 
-fn q8_finish(tid: u32, lane: u32, row0: u32, partial: vec4<f32>, partial_ss: f32, live: bool) -> vec4<f32> {
-    var acc = partial;
-    var ss = partial_ss;
-    for (var o = TPR / 2u; o > 0u; o >>= 1u) {
-        acc += subgroupShuffleXor(acc, o);
-        if (FUSE_NORM) {
-            ss += subgroupShuffleXor(ss, o);
-        }
+fn q8_finish(tid: u32, lane: u32, row0: u32, acc: vec4<f32>, ss: f32, live: bool) -> vec4<f32> {
+    var total_ss = ss;
+    if (FUSE_NORM) {
+        total_ss = shuffle_sum(ss);
     }
-    return store_reduced(lane, row0, acc, ss, live);
+    return store_reduced(lane, row0, shuffle_sum4(acc), total_ss, live);
 }

@@ -284,23 +284,26 @@ impl KernelKey {
                 // load storage lane by lane, one scalar at a time, and 16-bit scalars halve
                 // what each load brings (lavapipe, 3072x576: 0.47 vs 0.88 ns/weight).
                 let native = native_f16 && !self.is_cpu_matvec();
-                // Lanes share values through shuffles where the key says the device has
+                let q8in = include_str!("../../shaders/matvec_q8in.wgsl");
+                let sums = include_str!("../../shaders/subgroup_sum.wgsl");
+                // q8: lanes share values through shuffles where the key says the device has
                 // subgroups that hold a row group, through workgroup memory otherwise.
-                let lanes = if subgroup {
-                    include_str!("../../shaders/q8_lanes_subgroup.wgsl")
-                } else {
-                    include_str!("../../shaders/q8_lanes_shared.wgsl")
-                };
-                let q8in = format!("{Q8_GROUP}\n{lanes}\n{}", include_str!("../../shaders/matvec_q8in.wgsl"));
-                let (enable, entry) = if q8 != Q8::Off {
-                    ("", q8in.as_str())
-                } else if subgroup {
-                    // Browsers' WGSL compilers want the extension named; naga takes the
-                    // device feature instead and rejects the directive.
-                    let enable = if cfg!(target_arch = "wasm32") { "enable subgroups;\n" } else { "" };
-                    (enable, include_str!("../../shaders/matvec_subgroup.wgsl"))
-                } else {
-                    ("", "")
+                let (enable, entry) = match (q8 != Q8::Off, subgroup) {
+                    (true, true) => {
+                        let lanes = include_str!("../../shaders/q8_lanes_subgroup.wgsl");
+                        ("", format!("{Q8_GROUP}\n{sums}\n{lanes}\n{q8in}"))
+                    }
+                    (true, false) => {
+                        let lanes = include_str!("../../shaders/q8_lanes_shared.wgsl");
+                        ("", format!("{Q8_GROUP}\n{lanes}\n{q8in}"))
+                    }
+                    (false, true) => {
+                        // Browsers' WGSL compilers want the extension named; naga takes the
+                        // device feature instead and rejects the directive.
+                        let enable = if cfg!(target_arch = "wasm32") { "enable subgroups;\n" } else { "" };
+                        (enable, format!("{sums}\n{}", include_str!("../../shaders/matvec_subgroup.wgsl")))
+                    }
+                    (false, false) => ("", String::new()),
                 };
                 return format!(
                     "{enable}{}\n{}\n{entry}",
@@ -511,6 +514,7 @@ impl Kernels {
             q8(Q8::Packed, down, false),
             q8(Q8::In, norm, true),
             q8(Q8::Pack, norm, true),
+            q8(Q8::Off, norm, true),
         ] {
             let key = KernelKey { kernel: k, wg: 64, rows: 1, tpr: 64 };
             out.push((format!("{k:?}"), key.source(false)));

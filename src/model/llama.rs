@@ -91,7 +91,7 @@ pub struct LoadOptions {
     /// every matrix (None: chosen per matrix).
     pub q8_shape: Option<(u32, u32, u32)>,
     /// The `q8in` / `q8pack` lanes share values through workgroup memory even where the
-    /// device's subgroups could shuffle them (tests and comparisons).
+    /// device's subgroups could shuffle them (for comparisons: `WSI_Q8_SHARED_LANES=1`).
     pub q8_shared_lanes: bool,
     /// Under `q8_inputs`, a decode step's attention (or its combine) also writes its output
     /// packed as int8 per 32, and the int4 o projection reads that (`Q8::Packed`) instead of
