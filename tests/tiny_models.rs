@@ -165,6 +165,48 @@ fn decode_steps_equal_teacher_forced_greedy() {
     assert!(packed != float_o && (packed - float_o).abs() < 0.02 * float_o.abs(), "{nll:?}");
 }
 
+#[test]
+fn kernels_without_wgpus_runtime_checks_give_the_same_bits_as_with_them() {
+    // The engine drops wgpu's workgroup zeroing, division guards and (outside the matvecs
+    // that quantise their input) loop counters; none may change a result. int4 with int8
+    // inputs, packed o input and merged splits: every decode kernel family runs.
+    use wsi::gpu::{Kernel, MatMode, Q8, ShaderChecks};
+    let q8in = Kernel::Matvec {
+        format: WeightFormat::Int4,
+        mode: MatMode::default(),
+        wide: false,
+        batch: 1,
+        subgroup: false,
+        q8: Q8::In,
+    };
+    let plain = Kernel::Matvec {
+        q8: Q8::Packed,
+        format: WeightFormat::Int4,
+        mode: MatMode::default(),
+        wide: false,
+        batch: 1,
+        subgroup: false,
+    };
+    assert!(ShaderChecks::for_kernel(&q8in).loop_bounding && !ShaderChecks::for_kernel(&plain).loop_bounding);
+    assert!(!ShaderChecks::for_kernel(&q8in).zero_workgroup && ShaderChecks::ALL.zero_workgroup);
+    let wide_heads = TinySpec { d_model: 128, n_heads: 4, d_ff: 160, ..spec(false) };
+    let bytes = tiny_gguf(&wide_heads, Arch::Llama, 5, HostFormat::Q4_0).expect("tiny model");
+    let src = GgufSource::from_bytes(bytes).expect("parse");
+    let ids: Vec<u32> = (0..40).map(|i| (i * 7 + 3) % 300).collect();
+    let mut runs = Vec::new();
+    for shader_checks in [false, true] {
+        let mut e = engine(&src, WeightFormat::Int4, 64, 8);
+        let q8_inputs = Some(1);
+        let load =
+            LoadOptions { q8_inputs, q8_pack_o: true, merge_splits: true, shader_checks, ..e.model.options.clone() };
+        e = Engine::load(gpu(), &src, EngineOptions { load, ..e.options.clone() }).expect("engine loads");
+        let decoded = pollster::block_on(e.score_decode(&ids)).expect("score").0;
+        let prefilled = pollster::block_on(e.next_logits(&ids)).expect("logits");
+        runs.push((decoded.to_bits(), prefilled.iter().map(|v| v.to_bits()).collect::<Vec<_>>()));
+    }
+    assert_eq!(runs[0], runs[1], "decode scores and prefill logits, engine's checks vs all of wgpu's");
+}
+
 fn greedy_equals_teacher_forced(src: &GgufSource, e: &mut Engine) {
     greedy_near_teacher_forced(src, e, 0.0);
 }

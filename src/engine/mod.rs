@@ -180,7 +180,7 @@ impl Engine {
     ) -> Result<Engine> {
         let t0 = Instant::now();
         let tokenizer = src.tokenizer()?;
-        let kernels = Kernels::default();
+        let kernels = if options.load.shader_checks { Kernels::with_all_checks() } else { Kernels::default() };
         let mut model = LlamaGpu::load(&gpu, &kernels, src, options.load.clone(), progress)?;
         // initial_batch_size: lanes (KV cache, token buffer, dispatch lists) built now, so
         // the first concurrent generations do not build theirs; more come when needed.

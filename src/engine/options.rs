@@ -192,6 +192,8 @@ impl EngineOptions {
                 // `WSI_Q8_SHARED_LANES=1`: the q8 matvecs share values between lanes through
                 // workgroup memory where subgroups could shuffle them.
                 q8_shared_lanes: env_u32("WSI_Q8_SHARED_LANES") == Some(1),
+                // `WSI_SHADER_CHECKS=1`: every kernel keeps all of wgpu's runtime checks.
+                shader_checks: env_u32("WSI_SHADER_CHECKS") == Some(1),
                 // The gate/up matvec packs the SwiGLU product for the down projection
                 // (`WSI_Q8_PACK=0`: each down workgroup quantises it).
                 q8_pack: env_u32("WSI_Q8_PACK") != Some(0),

@@ -413,6 +413,56 @@ impl KernelKey {
     }
 }
 
+/// Which of wgpu's runtime checks a kernel is compiled with (native only: on WebGPU the
+/// browser applies its own). The engine's kernels are this crate's WGSL, so it drops the
+/// checks that only guard against hostile shaders, where the H200 measured them:
+/// - zeroing workgroup memory at every workgroup's start (no kernel reads workgroup memory
+///   before writing it);
+/// - integer-division guards (every divisor is a nonzero constant or extent);
+/// - the iteration counter wgpu adds to every loop (every loop is counted over a buffer
+///   extent with a nonzero constant step), except in the matvecs that quantise their own
+///   input: there the counter makes them faster (7B, GPU µs per step: without any counter
+///   2,086, with it only in those matvecs 1,988, with every check 2,065).
+///
+/// Index clamping stays (Vulkan's robust buffer access bounds the buffers themselves).
+/// `LoadOptions::shader_checks` compiles every kernel with all of them, for comparison.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShaderChecks {
+    /// Zero every workgroup variable before the kernel's first instruction.
+    pub zero_workgroup: bool,
+    /// An iteration counter in every loop.
+    pub loop_bounding: bool,
+    /// Clamped indices into fixed-size arrays (and buffers, where the driver has no robust access).
+    pub bounds: bool,
+    /// Guards on integer division and modulo.
+    pub int_div: bool,
+}
+
+impl ShaderChecks {
+    /// Every check wgpu has.
+    pub const ALL: ShaderChecks =
+        ShaderChecks { zero_workgroup: true, loop_bounding: true, bounds: true, int_div: true };
+
+    /// The checks the engine compiles `kernel` with.
+    pub fn for_kernel(kernel: &Kernel) -> ShaderChecks {
+        let quantises_input = matches!(kernel, Kernel::Matvec { q8: Q8::In | Q8::Pack, .. });
+        ShaderChecks { zero_workgroup: false, loop_bounding: quantises_input, bounds: true, int_div: false }
+    }
+
+    fn module(&self, device: &wgpu::Device, desc: wgpu::ShaderModuleDescriptor) -> wgpu::ShaderModule {
+        let mut checks = wgpu::ShaderRuntimeChecks::checked();
+        checks.bounds_checks = self.bounds;
+        checks.force_loop_bounding = self.loop_bounding;
+        checks.int_div_checks = self.int_div;
+        // SAFETY: wgpu asks that the shaders without these checks never loop forever, divide
+        // by zero or overflow a signed division, and index out of bounds where `bounds` is
+        // off. The kernels are this crate's own WGSL: every loop is a `for` over an extent
+        // with a nonzero constant step, every divisor is a nonzero constant or extent, there
+        // is no signed division by a variable, and `bounds` stays on.
+        unsafe { device.create_shader_module_trusted(desc, checks) }
+    }
+}
+
 /// Pipeline cache: one compute pipeline per key, created on first use (at load time;
 /// the decode loop only looks pipelines up). fp16 weights are read with native f16 loads
 /// where the device has shader-f16 (unless `packed_f16_only`), else unpacked from u32.
@@ -420,12 +470,18 @@ impl KernelKey {
 pub struct Kernels {
     cache: Mutex<HashMap<KernelKey, wgpu::ComputePipeline>>,
     packed_f16_only: bool,
+    all_checks: bool,
 }
 
 impl Kernels {
     /// A cache that always unpacks fp16 weights from u32 (for comparing the two paths).
     pub fn packed_f16_only() -> Kernels {
         Kernels { packed_f16_only: true, ..Default::default() }
+    }
+
+    /// A cache whose kernels keep every runtime check of wgpu ([`ShaderChecks::ALL`]).
+    pub fn with_all_checks() -> Kernels {
+        Kernels { all_checks: true, ..Default::default() }
     }
 
     /// Whether fp16 weights are read natively on `device`.
@@ -444,7 +500,8 @@ impl Kernels {
             label: Some(&label),
             source: wgpu::ShaderSource::Wgsl(key.source(self.native_f16(device)).into()),
         };
-        let module = device.create_shader_module(desc);
+        let checks = if self.all_checks { ShaderChecks::ALL } else { ShaderChecks::for_kernel(&key.kernel) };
+        let module = checks.module(device, desc);
         let constants = key.constants();
         let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(&label),
@@ -453,7 +510,7 @@ impl Kernels {
             entry_point: Some(key.entry_point()),
             compilation_options: wgpu::PipelineCompilationOptions {
                 constants: &constants,
-                zero_initialize_workgroup_memory: true,
+                zero_initialize_workgroup_memory: checks.zero_workgroup,
             },
             cache: None,
         });

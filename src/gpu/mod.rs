@@ -9,7 +9,7 @@ mod readback;
 mod scope;
 
 pub use device::{Gpu, GpuCaps};
-pub use kernels::{Kernel, KernelKey, Kernels, MATMUL_TILE_ROWS, MatMode, Q8, WeightFormat, matmul_tile};
+pub use kernels::{Kernel, KernelKey, Kernels, MATMUL_TILE_ROWS, MatMode, Q8, ShaderChecks, WeightFormat, matmul_tile};
 pub use kv::{KvFormat, KvFormats, decode_row, encode_row};
 pub use readback::{PendingMap, finish_map, read_buffer, start_map};
 pub use scope::{Scopes, in_generation};

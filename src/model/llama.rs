@@ -93,6 +93,10 @@ pub struct LoadOptions {
     /// The `q8in` / `q8pack` lanes share values through workgroup memory even where the
     /// device's subgroups could shuffle them (for comparisons: `WSI_Q8_SHARED_LANES=1`).
     pub q8_shared_lanes: bool,
+    /// Compile every kernel with all of wgpu's runtime checks instead of the engine's
+    /// [`crate::gpu::ShaderChecks::for_kernel`] (for comparisons: `WSI_SHADER_CHECKS=1`;
+    /// native only, the browser keeps its own).
+    pub shader_checks: bool,
     /// Under `q8_inputs`, a decode step's attention (or its combine) also writes its output
     /// packed as int8 per 32, and the int4 o projection reads that (`Q8::Packed`) instead of
     /// the floats.
@@ -155,6 +159,7 @@ impl Default for LoadOptions {
             q8_inputs: None,
             q8_shape: None,
             q8_shared_lanes: false,
+            shader_checks: false,
             q8_pack_o: false,
             q8_pack: true,
             merge_splits: false,
