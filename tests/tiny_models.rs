@@ -179,7 +179,7 @@ fn kernels_without_wgpus_runtime_checks_give_the_same_bits_as_with_them() {
         subgroup: false,
         q8: Q8::In,
     };
-    let plain = Kernel::Matvec {
+    let packed = Kernel::Matvec {
         q8: Q8::Packed,
         format: WeightFormat::Int4,
         mode: MatMode::default(),
@@ -187,7 +187,7 @@ fn kernels_without_wgpus_runtime_checks_give_the_same_bits_as_with_them() {
         batch: 1,
         subgroup: false,
     };
-    assert!(ShaderChecks::for_kernel(&q8in).loop_bounding && !ShaderChecks::for_kernel(&plain).loop_bounding);
+    assert!(ShaderChecks::for_kernel(&q8in).loop_bounding && !ShaderChecks::for_kernel(&packed).loop_bounding);
     assert!(!ShaderChecks::for_kernel(&q8in).zero_workgroup && ShaderChecks::ALL.zero_workgroup);
     let wide_heads = TinySpec { d_model: 128, n_heads: 4, d_ff: 160, ..spec(false) };
     let bytes = tiny_gguf(&wide_heads, Arch::Llama, 5, HostFormat::Q4_0).expect("tiny model");

@@ -433,33 +433,29 @@ pub struct ShaderChecks {
     pub zero_workgroup: bool,
     /// An iteration counter in every loop.
     pub loop_bounding: bool,
-    /// Clamped indices into fixed-size arrays (and buffers, where the driver has no robust access).
-    pub bounds: bool,
     /// Guards on integer division and modulo.
     pub int_div: bool,
 }
 
 impl ShaderChecks {
     /// Every check wgpu has.
-    pub const ALL: ShaderChecks =
-        ShaderChecks { zero_workgroup: true, loop_bounding: true, bounds: true, int_div: true };
+    pub const ALL: ShaderChecks = ShaderChecks { zero_workgroup: true, loop_bounding: true, int_div: true };
 
     /// The checks the engine compiles `kernel` with.
     pub fn for_kernel(kernel: &Kernel) -> ShaderChecks {
         let quantises_input = matches!(kernel, Kernel::Matvec { q8: Q8::In | Q8::Pack, .. });
-        ShaderChecks { zero_workgroup: false, loop_bounding: quantises_input, bounds: true, int_div: false }
+        ShaderChecks { zero_workgroup: false, loop_bounding: quantises_input, int_div: false }
     }
 
     fn module(&self, device: &wgpu::Device, desc: wgpu::ShaderModuleDescriptor) -> wgpu::ShaderModule {
+        // Index clamping (bounds_checks) stays on in every mode.
         let mut checks = wgpu::ShaderRuntimeChecks::checked();
-        checks.bounds_checks = self.bounds;
         checks.force_loop_bounding = self.loop_bounding;
         checks.int_div_checks = self.int_div;
         // SAFETY: wgpu asks that the shaders without these checks never loop forever, divide
-        // by zero or overflow a signed division, and index out of bounds where `bounds` is
-        // off. The kernels are this crate's own WGSL: every loop is a `for` over an extent
-        // with a nonzero constant step, every divisor is a nonzero constant or extent, there
-        // is no signed division by a variable, and `bounds` stays on.
+        // by zero or overflow a signed division. The kernels are this crate's own WGSL: every
+        // loop is a `for` over an extent with a nonzero constant step, every divisor is a
+        // nonzero constant or extent, and there is no signed division by a variable.
         unsafe { device.create_shader_module_trusted(desc, checks) }
     }
 }
