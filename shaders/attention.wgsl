@@ -39,9 +39,9 @@ override KEY_LANES: u32 = 1u;
 @group(0) @binding(8) var<storage, read> qkv: array<f32>;
 @group(0) @binding(9) var<storage, read> rope: array<vec2<f32>>;
 
-var<workgroup> red: array<f32, 256>;
+var<workgroup> red: array<f32, WG>;
 var<workgroup> q_sh: array<vec4<f32>, 64>;     // this head's query, hd <= 256
-var<workgroup> parts: array<vec4<f32>, 256>;   // partial sums of the V phase
+var<workgroup> parts: array<vec4<f32>, WG>;    // partial sums of the V phase
 var<workgroup> k_new: array<vec4<f32>, 64>;    // decode: P's key and value as stored (int8:
 var<workgroup> v_new: array<vec4<f32>, 64>;    // codes, the scale apart)
 // The scores of a split with at most SCORES_SH keys stay in workgroup memory (decode splits
@@ -316,10 +316,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 }
 
 // A decode step's token (grid [n_heads, 1, SPLIT], state.n_tokens = 1): RoPE on its query
-// and key, its K/V append and its attention in one dispatch.
+// and key, its K/V append and its attention in one dispatch. `decode_step` is `decode_head`
+// below, or attention_sg.wgsl's where the module appends that file.
 @compute @workgroup_size(WG)
 fn decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    decode_head(wid, lid.x);
+    decode_step(wid, lid.x);
 }
 
 fn decode_head(wid: vec3<u32>, tid: u32) {
@@ -391,7 +392,7 @@ fn last_split(tid: u32, h: u32, row: u32) -> bool {
 // `decode` whose last split of each head merges the partials (no combine dispatch).
 @compute @workgroup_size(WG)
 fn decode_merge(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    decode_head(wid, lid.x);
+    decode_step(wid, lid.x);
     if (last_split(lid.x, wid.x, state[2])) {
         combine_head(vec3<u32>(wid.x, 0u, 0u), lid.x);
     }

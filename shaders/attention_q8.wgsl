@@ -24,7 +24,7 @@ fn pack_head(tid: u32, h: u32, row: u32) {
 // (larger splits leave that to `combine_q8`).
 @compute @workgroup_size(WG)
 fn decode_q8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    decode_head(wid, lid.x);
+    decode_step(wid, lid.x);
     if (SPLIT == 1u) {
         pack_head(lid.x, wid.x, state[2]);
     }
@@ -41,7 +41,7 @@ fn combine_q8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
 // packing it.
 @compute @workgroup_size(WG)
 fn decode_merge_q8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    decode_head(wid, lid.x);
+    decode_step(wid, lid.x);
     let merged = last_split(lid.x, wid.x, state[2]);
     if (merged) {
         combine_head(vec3<u32>(wid.x, 0u, 0u), lid.x);

@@ -915,7 +915,28 @@ fn fused_decode_attention_rotates_appends_and_attends_in_every_format_with_gqa()
         (progressive, Some((4, 100)), 7, 190, half, (256, 2)),
         (int8, Some((3, 150)), 3, 2, adj, (64, 16)),
     ] {
-        check_decode_attention(split, f, window, pos0, layout, wg, lanes);
+        check_decode_attention(split, f, window, pos0, layout, wg, lanes, 64);
+    }
+    // Heads of 32 (8 lanes: the subgroup kernel runs on lavapipe's 8-lane subgroups too).
+    let mut subgroup_runs = 0;
+    for (f, window, split, pos0, layout, wg) in [
+        (f16, None, 1u32, 190usize, adj, 256u32),
+        (int8, None, 5, 190, half, 64),
+        (KvFormats::plain(KvFormat::F32), None, 8, 9, adj, 256),
+        (progressive, Some((4usize, 100usize)), 7, 190, half, 256),
+        (int8, Some((3, 150)), 3, 2, adj, 64),
+    ] {
+        subgroup_runs += usize::from(check_decode_attention(split, f, window, pos0, layout, wg, 2, 32));
+    }
+    let caps = &gpu().caps;
+    if caps.subgroups && caps.subgroup_min_size >= 8 {
+        assert_eq!(subgroup_runs, 5, "the subgroup kernel ran in every case with 8-lane heads");
+    }
+    // Heads of 128, the engine's case (32 lanes: GPUs whose subgroups hold 32).
+    for (f, split, layout, wg) in [(f16, 4u32, half, 512u32), (int8, 1, adj, 256), (progressive, 3, adj, 512)] {
+        let window = if f == progressive { Some((4, 100)) } else { None };
+        let ran = check_decode_attention(split, f, window, 190, layout, wg, 4, 128);
+        assert_eq!(ran, caps.subgroups && caps.subgroup_min_size >= 32);
     }
 }
 
@@ -954,6 +975,10 @@ fn check_packed_row(words: &[u32], x_rows: &[f32], row: usize, case: &str) {
 /// writes pos0's row (rotated K, V) in the cache's format and nothing else, and its output
 /// equals the CPU's attention of the rotated query over the cache as read back afterwards
 /// (so the new key is used as stored) and the unfused rope_kv + attention path's.
+/// Where a head's hd / 4 lanes fit in the adapter's smallest subgroup, the subgroup kernel
+/// (`head_lanes`, plain and merging, packing or not) writes the same caches bit for bit and
+/// the same output within 1e-4; returns whether it ran.
+#[allow(clippy::too_many_arguments)]
 fn check_decode_attention(
     split: u32,
     f: KvFormats,
@@ -962,9 +987,10 @@ fn check_decode_attention(
     layout: RopeLayout,
     wg: u32,
     lanes: u32,
-) {
+    hd: usize,
+) -> bool {
     let gpu = gpu();
-    let (nh, nkv, hd, layers, layer) = (6usize, 2usize, 64usize, 2usize, 1usize);
+    let (nh, nkv, layers, layer) = (6usize, 2usize, 2usize, 1usize);
     let (qkv_row, rope_rows) = ((nh + 2 * nkv) * hd, 64usize);
     let (sinks, win, rows) = match window {
         Some((s, w)) => (s, w, s + w + 4),
@@ -1007,7 +1033,8 @@ fn check_decode_attention(
         if pack && split == 1 {
             bindings.push((10, &packed));
         }
-        let kernel = Kernel::AttentionDecode { split, adjacent, kv: f, pack: pack && split == 1, merge: false };
+        let kernel =
+            Kernel::AttentionDecode { split, adjacent, kv: f, pack: pack && split == 1, merge: false, head_lanes: 0 };
         run(&gpu, KernelKey { tpr: lanes, ..key(kernel) }, &bindings, [nh as u32, 1, split]);
         combine(&out, pack);
         (read_f32(&gpu, &out), read_u32(&gpu, &kb), read_u32(&gpu, &vb))
@@ -1021,7 +1048,7 @@ fn check_decode_attention(
     // where there is nothing to merge, the plain kernel's output and packing).
     let done = gpu.storage("split done", (2 * nh * 4) as u64);
     for pack in [false, true] {
-        let kernel = Kernel::AttentionDecode { split, adjacent, kv: f, pack, merge: true };
+        let kernel = Kernel::AttentionDecode { split, adjacent, kv: f, pack, merge: true, head_lanes: 0 };
         for round in 0..2 {
             let (kb, vb) =
                 (gpu.storage_init("k", bytemuck::cast_slice(&kw)), gpu.storage_init("v", bytemuck::cast_slice(&vw)));
@@ -1041,6 +1068,46 @@ fn check_decode_attention(
             }
             assert!(read_u32(&gpu, &done).iter().all(|&c| c == 0), "{case}: counters left non-zero");
         }
+    }
+    // The subgroup kernel: no scores scratch (binding 5).
+    let head_lanes = (hd / 4) as u32;
+    let subgroups = gpu.caps.subgroups && gpu.caps.subgroup_min_size >= head_lanes;
+    for (merge, pack) in [(false, false), (false, true), (true, false), (true, true)] {
+        if !subgroups {
+            break;
+        }
+        let (kb, vb) =
+            (gpu.storage_init("k", bytemuck::cast_slice(&kw)), gpu.storage_init("v", bytemuck::cast_slice(&vw)));
+        let out = gpu.storage("out", (2 * nh * hd * 4) as u64);
+        let packed_s = gpu.storage("packed", (2 * nh * hd / 32 * 48) as u64);
+        let mut bindings = vec![(0, &ub), (2, &kb), (3, &vb), (4, &out), (6, &partial), (7, &state)];
+        bindings.extend([(8, &qkv_b), (9, &rope_b)]);
+        let kernel_packs = pack && (merge || split == 1);
+        if kernel_packs {
+            bindings.push((10, &packed_s));
+        }
+        if merge {
+            bindings.push((11, &done));
+        }
+        let kernel = Kernel::AttentionDecode { split, adjacent, kv: f, pack: kernel_packs, merge, head_lanes };
+        run(&gpu, key(kernel), &bindings, [nh as u32, 1, split]);
+        if !merge && split > 1 {
+            let mut bindings = vec![(0, &ub), (4, &out), (6, &partial), (7, &state)];
+            if pack {
+                bindings.push((10, &packed_s));
+            }
+            run(&gpu, key(Kernel::AttentionCombine { split, pack }), &bindings, [nh as u32, 1, 1]);
+        }
+        let case =
+            format!("subgroups split={split} {f:?} {window:?} pos={pos0} wg={wg} hd={hd} merge={merge} pack={pack}");
+        let sg_out = read_f32(&gpu, &out);
+        let err = max_rel_err(&sg_out, &got, 0.1);
+        assert!(err < 1e-4, "{case}: max rel err {err} against the workgroup-memory kernel");
+        assert_eq!((read_u32(&gpu, &kb), read_u32(&gpu, &vb)), (gk.clone(), gv.clone()), "{case}: caches");
+        if pack {
+            check_packed_row(&read_u32(&gpu, &packed_s), &sg_out, 1, &case);
+        }
+        assert!(read_u32(&gpu, &done).iter().all(|&c| c == 0), "{case}: counters left non-zero");
     }
     // Unfused: rope_kv then attention over the rotated query.
     let (kb2, vb2) =
@@ -1104,6 +1171,7 @@ fn check_decode_attention(
     }
     let err = max_rel_err(&got[nh * hd..], &want, 0.1);
     assert!(err < 1e-4, "{case}: max rel err {err} against the CPU");
+    subgroups
 }
 
 fn gpu_sample(logits: &[f32], history: &[u32], s: &SampleSettings) -> (u32, Vec<u32>) {

@@ -238,6 +238,31 @@ fn greedy_near_teacher_forced(src: &GgufSource, e: &mut Engine, slack: f32) {
 }
 
 #[test]
+fn decode_attention_through_subgroups_follows_the_cpu_reference_and_prefill() {
+    // Heads of 128: where the adapter's subgroups hold 32 lanes (the H200), the decode
+    // attention runs shaders/attention_sg.wgsl (512 threads; split 1 up to 5 keys, then 2, 4,
+    // 5); elsewhere the workgroup-memory kernel. Either way greedy decoding follows the CPU
+    // reference and teacher-forced decode scores equal prefill's up to float order, and the
+    // subgroup kernel scores like the workgroup-memory one.
+    let heads_128 = TinySpec { d_model: 256, n_heads: 2, n_kv_heads: 1, ..spec(false) };
+    let bytes = tiny_gguf(&heads_128, Arch::Llama, 5, HostFormat::F32).expect("tiny model");
+    let src = GgufSource::from_bytes(bytes).expect("parse");
+    let ids: Vec<u32> = (0..40).map(|i| (i * 11 + 5) % 290).collect();
+    let mut decoded = Vec::new();
+    for attention_subgroups in [true, false] {
+        let mut e = engine(&src, WeightFormat::F32, 64, 8);
+        let load = LoadOptions { attention_subgroups, attention_subgroup_workgroup: 512, ..e.model.options.clone() };
+        e = Engine::load(gpu(), &src, EngineOptions { load, ..e.options.clone() }).expect("engine loads");
+        greedy_equals_teacher_forced(&src, &mut e);
+        let (prefill, _) = pollster::block_on(e.score(&ids)).expect("score");
+        let (decode, _) = pollster::block_on(e.score_decode(&ids)).expect("score_decode");
+        assert!((prefill - decode).abs() < 1e-4 * prefill.abs(), "prefill {prefill} vs decode {decode}");
+        decoded.push(decode);
+    }
+    assert!((decoded[0] - decoded[1]).abs() < 1e-5 * decoded[1].abs(), "{decoded:?}");
+}
+
+#[test]
 fn decode_path_scoring_equals_prefill_scoring() {
     // Teacher-forced decode steps (split attention, single-row matvecs) against prefill
     // chunks (tiled matmul): the same log-likelihood up to float order.

@@ -192,6 +192,12 @@ impl EngineOptions {
                 // `WSI_Q8_SHARED_LANES=1`: the q8 matvecs share values between lanes through
                 // workgroup memory where subgroups could shuffle them.
                 q8_shared_lanes: env_u32("WSI_Q8_SHARED_LANES") == Some(1),
+                // Decode attention shuffles within subgroups on GPUs (`WSI_ATTN_SG=0`: through
+                // workgroup memory).
+                attention_subgroups: !caps.is_cpu && env_u32("WSI_ATTN_SG") != Some(0),
+                // 512 threads: 16 key groups of 32 lanes (H200 7B int4, GPU µs per step, 256 ->
+                // 512: empty context 1,979 -> 1,944, after 512 2,117 -> 2,084).
+                attention_subgroup_workgroup: env_u32("WSI_ATTN_SG_WG").unwrap_or(512).next_power_of_two(),
                 // `WSI_SHADER_CHECKS=1`: every kernel keeps all of wgpu's runtime checks.
                 shader_checks: env_u32("WSI_SHADER_CHECKS") == Some(1),
                 // The gate/up matvec packs the SwiGLU product for the down projection

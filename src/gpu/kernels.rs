@@ -11,6 +11,8 @@ use crate::error::{Error, Result};
 /// Quantisation of a group of 32 values to int8 and its packed layout (the `q8` matvecs'
 /// inputs; decode attention's output for a packed o projection).
 const Q8_GROUP: &str = include_str!("../../shaders/q8_group.wgsl");
+/// The decode attention entry points' step where the module has no attention_sg.wgsl.
+const DECODE_STEP_SHARED: &str = "fn decode_step(wid: vec3<u32>, tid: u32) {\n    decode_head(wid, tid);\n}\n";
 
 /// How a weight matrix is stored on the GPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -206,8 +208,10 @@ pub enum Kernel {
     /// `Q8::Packed` o projection. `merge` (split > 1, entry points `decode_merge` and
     /// `decode_merge_q8`): the workgroup that finishes a head's last split merges the
     /// partials and writes the output (packed too with `pack`), counting splits in binding 11
-    /// (`[lanes, n_heads]` u32, zero); no combine dispatch follows.
-    AttentionDecode { split: u32, adjacent: bool, kv: KvFormats, pack: bool, merge: bool },
+    /// (`[lanes, n_heads]` u32, zero); no combine dispatch follows. `head_lanes` > 0
+    /// (hd / 4, within the adapter's smallest subgroup): the head's lanes share the scores by
+    /// subgroup shuffles (shaders/attention_sg.wgsl); 0: through workgroup memory.
+    AttentionDecode { split: u32, adjacent: bool, kv: KvFormats, pack: bool, merge: bool, head_lanes: u32 },
     /// Sampling + step advance.
     Sample,
     /// Load-time quantisation of f32 rows into an integer format.
@@ -330,13 +334,23 @@ impl KernelKey {
             Kernel::RopeKv { .. } | Kernel::KvRequant { .. } => {
                 return format!("{KV_PRELUDE}\n{KV_WRITE}\n{}", include_str!("../../shaders/rope_kv.wgsl"));
             }
-            Kernel::AttentionCombine { pack: true, .. } | Kernel::AttentionDecode { pack: true, .. } => {
-                let attention = include_str!("../../shaders/attention.wgsl");
-                let q8 = include_str!("../../shaders/attention_q8.wgsl");
-                return format!("{KV_PRELUDE}\n{KV_WRITE}\n{attention}\n{Q8_GROUP}\n{q8}");
-            }
             Kernel::Attention { .. } | Kernel::AttentionCombine { .. } | Kernel::AttentionDecode { .. } => {
-                return format!("{KV_PRELUDE}\n{KV_WRITE}\n{}", include_str!("../../shaders/attention.wgsl"));
+                let attention = include_str!("../../shaders/attention.wgsl");
+                // The decode entry points' `decode_step`: the subgroup kernel or `decode_head`.
+                let (enable, step) = match self.kernel {
+                    Kernel::AttentionDecode { head_lanes: 1.., .. } => {
+                        let enable = if cfg!(target_arch = "wasm32") { "enable subgroups;\n" } else { "" };
+                        (enable, include_str!("../../shaders/attention_sg.wgsl"))
+                    }
+                    _ => ("", DECODE_STEP_SHARED),
+                };
+                let q8 = match self.kernel {
+                    Kernel::AttentionCombine { pack: true, .. } | Kernel::AttentionDecode { pack: true, .. } => {
+                        format!("{Q8_GROUP}\n{}", include_str!("../../shaders/attention_q8.wgsl"))
+                    }
+                    _ => String::new(),
+                };
+                return format!("{enable}{KV_PRELUDE}\n{KV_WRITE}\n{attention}\n{step}\n{q8}");
             }
             Kernel::Sample => ("", include_str!("../../shaders/sample.wgsl")),
             Kernel::Quantize { .. } => ("", include_str!("../../shaders/quantize.wgsl")),
@@ -379,14 +393,20 @@ impl KernelKey {
                 kv.main_constant(),
                 kv.ring_constant(),
             ],
-            Kernel::AttentionDecode { split, adjacent, kv, .. } => vec![
-                ("WG", f64::from(self.wg)),
-                ("SPLIT", f64::from(split.max(1))),
-                ("KEY_LANES", f64::from(self.tpr.clamp(1, self.wg))),
-                ("ADJACENT", b(adjacent)),
-                kv.main_constant(),
-                kv.ring_constant(),
-            ],
+            Kernel::AttentionDecode { split, adjacent, kv, head_lanes, .. } => {
+                let mut c = vec![
+                    ("WG", f64::from(self.wg)),
+                    ("SPLIT", f64::from(split.max(1))),
+                    ("KEY_LANES", f64::from(self.tpr.clamp(1, self.wg))),
+                    ("ADJACENT", b(adjacent)),
+                    kv.main_constant(),
+                    kv.ring_constant(),
+                ];
+                if head_lanes > 0 {
+                    c.push(("HEAD_LANES", f64::from(head_lanes)));
+                }
+                c
+            }
             Kernel::AttentionCombine { split, .. } => {
                 vec![("WG", f64::from(self.wg)), ("SPLIT", f64::from(split.max(1)))]
             }
@@ -556,10 +576,12 @@ impl Kernels {
             Kernel::RopeKv { adjacent: true, kv },
             Kernel::KvRequant { kv },
             Kernel::Attention { split: 1, kv },
-            Kernel::AttentionDecode { split: 4, adjacent: false, kv, pack: false, merge: false },
-            Kernel::AttentionDecode { split: 1, adjacent: true, kv, pack: true, merge: false },
-            Kernel::AttentionDecode { split: 4, adjacent: false, kv, pack: false, merge: true },
-            Kernel::AttentionDecode { split: 4, adjacent: true, kv, pack: true, merge: true },
+            Kernel::AttentionDecode { split: 4, adjacent: false, kv, pack: false, merge: false, head_lanes: 0 },
+            Kernel::AttentionDecode { split: 1, adjacent: true, kv, pack: true, merge: false, head_lanes: 0 },
+            Kernel::AttentionDecode { split: 4, adjacent: false, kv, pack: false, merge: true, head_lanes: 0 },
+            Kernel::AttentionDecode { split: 4, adjacent: true, kv, pack: true, merge: true, head_lanes: 0 },
+            Kernel::AttentionDecode { split: 1, adjacent: true, kv, pack: true, merge: false, head_lanes: 16 },
+            Kernel::AttentionDecode { split: 4, adjacent: false, kv, pack: false, merge: true, head_lanes: 16 },
             Kernel::AttentionCombine { split: 4, pack: true },
             Kernel::Sample,
             q,

@@ -93,6 +93,12 @@ pub struct LoadOptions {
     /// The `q8in` / `q8pack` lanes share values through workgroup memory even where the
     /// device's subgroups could shuffle them (for comparisons: `WSI_Q8_SHARED_LANES=1`).
     pub q8_shared_lanes: bool,
+    /// Decode attention through subgroup shuffles (shaders/attention_sg.wgsl) where a head's
+    /// hd / 4 lanes fit in the adapter's smallest subgroup (`WSI_ATTN_SG=0`: the
+    /// workgroup-memory kernel everywhere, for comparisons).
+    pub attention_subgroups: bool,
+    /// Threads per workgroup of the subgroup decode attention (a power of two).
+    pub attention_subgroup_workgroup: u32,
     /// Compile every kernel with all of wgpu's runtime checks instead of the engine's
     /// [`crate::gpu::ShaderChecks::for_kernel`] (for comparisons: `WSI_SHADER_CHECKS=1`;
     /// native only, the browser keeps its own).
@@ -159,6 +165,8 @@ impl Default for LoadOptions {
             q8_inputs: None,
             q8_shape: None,
             q8_shared_lanes: false,
+            attention_subgroups: false,
+            attention_subgroup_workgroup: 512,
             shader_checks: false,
             q8_pack_o: false,
             q8_pack: true,

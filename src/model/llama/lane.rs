@@ -156,7 +156,7 @@ impl Lane {
             w => w.next_power_of_two(),
         }
         .max(hd4.next_power_of_two())
-        .min(256);
+        .min(1 << gpu.caps.max_invocations.max(64).ilog2());
         let mut lanes = match m.options.attention_key_lanes {
             0 => (hd4 / 8).max(1),
             l => l,
@@ -167,6 +167,16 @@ impl Lane {
         while hd4 % lanes != 0 {
             lanes /= 2;
         }
+
+        // Decode attention shuffles between a head's hd / 4 lanes where they fill at least
+        // 32 lanes of the adapter's smallest subgroup (`LoadOptions::attention_subgroups`;
+        // figures in shaders/attention_sg.wgsl: heads of 64 measured slower).
+        let caps = &gpu.caps;
+        let head_lanes = match m.options.attention_subgroups {
+            true if caps.subgroups && hd4.is_power_of_two() && hd4 >= 32 && hd4 <= caps.subgroup_min_size => hd4,
+            _ => 0,
+        };
+        let sg_wg = m.options.attention_subgroup_workgroup.clamp(hd4, 1 << caps.max_invocations.max(64).ilog2());
 
         // Lists 0 (decode at the full split), 1 (prefill), 2 (prefill keeping every row's
         // logits), then a decode list per smaller split (1, 2, 4, ... below g.split).
@@ -244,19 +254,24 @@ impl Lane {
                         kv: kv_formats,
                         pack: attention_packs,
                         merge: merges,
+                        head_lanes,
                     }
                 };
                 let tpr = if tiled { 1 } else { lanes };
-                let pipeline = kernels.get(&gpu.device, KernelKey { tpr, ..key(kernel) })?;
+                let wg = if !tiled && head_lanes > 0 { sg_wg } else { attn_wg };
+                let pipeline = kernels.get(&gpu.device, KernelKey { tpr, wg, ..key(kernel) })?;
                 let mut entries = vec![
                     (0, buf(&rp)),
                     (2, KvBind::K),
                     (3, KvBind::V),
                     (4, buf(&a.attn)),
-                    (5, buf(&a.scores)),
                     (6, buf(&a.partial)),
                     (7, buf(&state)),
                 ];
+                // The subgroup kernel keeps no scores.
+                if tiled || head_lanes == 0 {
+                    entries.push((5, buf(&a.scores)));
+                }
                 if tiled {
                     entries.push((1, buf(&a.q)));
                 } else {
