@@ -14,14 +14,18 @@
 // host checks), and every shuffle runs in control flow uniform over the subgroup: keys past
 // the split are masked, not skipped.
 // H200 int4, `attend` -> this kernel (512 threads), decode tok/s (GPU µs per step): 7B
-// 517 -> 533 (1,990 -> 1,944), after 512 454 -> 483 (2,243 -> 2,081); attention's share of
-// the 7B step in the stream 402 -> 360 µs. Heads of 64 (16 lanes, two key groups per
-// subgroup) measured slower (1.1B after 512: 885 -> 919 µs at 256 threads, 888 at 512), so
-// the host uses it for heads of 128 and up.
+// 518.6 -> 540.5 / 540.8 (1,992 -> 1,929 / 1,924); after 512 (first version, another call)
+// 454.4 -> 483.3 (2,243 -> 2,081), this version 483.6 (2,079);
+// attention's share of the 7B step in the stream 402 -> 360 µs (first version). Measured
+// and not kept (7B, same call): 8 keys per key group at a time 1,976 (after 512 2,098), also
+// with one split up to 255 keys 1,979; 256 threads with 8 keys and 64 keys per split 2,002;
+// 1,024 threads with one split up to 255 keys 1,967; 256 threads 1,979 (first version).
+// Heads of 64 (16 lanes, two key groups per subgroup) measured slower (1.1B after 512: 885
+// -> 919 µs at 256 threads, 888 at 512), so the host uses it for heads of 128 and up.
 
 override HEAD_LANES: u32 = 32u;
 
-fn lanes_sum(v: f32) -> f32 {
+fn lanes_sum4(v: vec4<f32>) -> vec4<f32> {
     var a = v;
     for (var o = HEAD_LANES / 2u; o > 0u; o >>= 1u) {
         a += subgroupShuffleXor(a, o);
@@ -85,25 +89,18 @@ fn decode_step(wid: vec3<u32>, tid: u32) {
     var m = -3.0e38;
     var l = 0.0;
     var acc = vec4<f32>(0.0);
-    // Chunks of 4 keys per key group: group g takes keys c + g + i * n_groups, i < 4. Named
-    // values, not arrays, which could land in local memory.
+    // Four keys per key group at a time: group g takes keys c + g + i * n_groups, i < 4, the
+    // four keys' loads issued before any is used (8 at a time, or 4 with another split
+    // policy or workgroup size, measured no faster: see the figures above).
     let step = 4u * n_groups;
     for (var c = j0 + g; c < j1 + g; c += step) {
-        let a = key_part(c, j1, jn, kk, pos, hb, kvh, qv, kn, vn);
-        let b = key_part(c + n_groups, j1, jn, kk, pos, hb, kvh, qv, kn, vn);
-        let cc = key_part(c + 2u * n_groups, j1, jn, kk, pos, hb, kvh, qv, kn, vn);
-        let d = key_part(c + 3u * n_groups, j1, jn, kk, pos, hb, kvh, qv, kn, vn);
-        let sa = lanes_sum(a.s) * p.scale;
-        let sb = lanes_sum(b.s) * p.scale;
-        let sc = lanes_sum(cc.s) * p.scale;
-        let sd = lanes_sum(d.s) * p.scale;
-        let ok = vec4<bool>(c < j1, c + n_groups < j1, c + 2u * n_groups < j1, c + 3u * n_groups < j1);
-        let sv = select(vec4<f32>(-3.0e38), vec4<f32>(sa, sb, sc, sd), ok);
-        let cm = max(m, max4(sv));
+        let q = quad(c, n_groups, j1, jn, kk, pos, hb, kvh, qv, kn, vn);
+        let s = quad_scores(q, c, n_groups, j1);
+        let cm = max(m, max4(s));
         let f = exp(m - cm);
-        let w = select(vec4<f32>(0.0), exp(sv - cm), ok);
+        let w = select(vec4<f32>(0.0), exp(s - cm), s > vec4<f32>(-1.0e38));
         l = l * f + (w.x + w.y + w.z + w.w);
-        acc = acc * f + w.x * a.v + w.y * b.v + w.z * cc.v + w.w * d.v;
+        acc = acc * f + w.x * q.v0 + w.y * q.v1 + w.z * q.v2 + w.w * q.v3;
         m = cm;
     }
 
@@ -149,18 +146,39 @@ fn decode_step(wid: vec3<u32>, tid: u32) {
     }
 }
 
-// A key group lane's part of key j (clamped to the split's last key j1 - 1, so that masked
-// keys load a real row): its 4 dimensions' share of q . k, and its 4 dimensions of V, both
-// with their int8 scales; key `jn` is P's, from kn / vn.
-struct KeyPart {
-    s: f32,
-    v: vec4<f32>,
+// A key group lane's part of keys c + i * n_groups, i < 4 (each clamped to the split's last
+// key j1 - 1, so that masked keys load a real row): its 4 dimensions' share of q . k in `s`,
+// and its 4 dimensions of V, both with their int8 scales; key `jn` is P's, from kn / vn.
+// Named values, not arrays, which could land in local memory.
+struct Quad {
+    s: vec4<f32>,
+    v0: vec4<f32>,
+    v1: vec4<f32>,
+    v2: vec4<f32>,
+    v3: vec4<f32>,
 }
 
-fn key_part(j_in: u32, j1: u32, jn: u32, kk: Keys, pos: u32, hb: u32, kvh: u32, qv: vec4<f32>, kn: vec4<f32>, vn: vec4<f32>) -> KeyPart {
-    let j = min(j_in, j1 - 1u);
-    let ks = kv_slot(key_pos(j, kk), pos);
-    let kx = kv_load4(false, ks, hb) * kv_scale(false, ks, kvh);
-    let vx = kv_load4(true, ks, hb) * kv_scale(true, ks, kvh);
-    return KeyPart(dot(qv, select(kx, kn, j == jn)), select(vx, vn, j == jn));
+fn key_v(j: u32, jn: u32, ks: KvSlot, hb: u32, kvh: u32, vn: vec4<f32>) -> vec4<f32> {
+    return select(kv_load4(true, ks, hb) * kv_scale(true, ks, kvh), vn, j == jn);
+}
+
+fn key_s(j: u32, jn: u32, ks: KvSlot, hb: u32, kvh: u32, qv: vec4<f32>, kn: vec4<f32>) -> f32 {
+    return dot(qv, select(kv_load4(false, ks, hb) * kv_scale(false, ks, kvh), kn, j == jn));
+}
+
+fn quad(c: u32, n_groups: u32, j1: u32, jn: u32, kk: Keys, pos: u32, hb: u32, kvh: u32, qv: vec4<f32>, kn: vec4<f32>, vn: vec4<f32>) -> Quad {
+    let j = min(vec4<u32>(c) + vec4<u32>(0u, 1u, 2u, 3u) * n_groups, vec4<u32>(j1 - 1u));
+    let s0 = kv_slot(key_pos(j.x, kk), pos);
+    let s1 = kv_slot(key_pos(j.y, kk), pos);
+    let s2 = kv_slot(key_pos(j.z, kk), pos);
+    let s3 = kv_slot(key_pos(j.w, kk), pos);
+    let s = vec4<f32>(key_s(j.x, jn, s0, hb, kvh, qv, kn), key_s(j.y, jn, s1, hb, kvh, qv, kn), key_s(j.z, jn, s2, hb, kvh, qv, kn), key_s(j.w, jn, s3, hb, kvh, qv, kn));
+    return Quad(s, key_v(j.x, jn, s0, hb, kvh, vn), key_v(j.y, jn, s1, hb, kvh, vn), key_v(j.z, jn, s2, hb, kvh, vn), key_v(j.w, jn, s3, hb, kvh, vn));
+}
+
+// A quad's scores: the lanes' parts added, scaled; keys past the split -3e38.
+fn quad_scores(q: Quad, c: u32, n_groups: u32, j1: u32) -> vec4<f32> {
+    let s = lanes_sum4(q.s) * p.scale;
+    let ok = vec4<u32>(c) + vec4<u32>(0u, 1u, 2u, 3u) * n_groups < vec4<u32>(j1);
+    return select(vec4<f32>(-3.0e38), s, ok);
 }
