@@ -92,8 +92,10 @@ fn decode_step(wid: vec3<u32>, tid: u32) {
     // Four keys per key group at a time: group g takes keys c + g + i * n_groups, i < 4, the
     // four keys' loads issued before any is used (8 at a time, or 4 with another split
     // policy or workgroup size, measured no faster: see the figures above).
+    // The loop runs on uniform values (WGSL's uniformity analysis sees `g` as varying).
     let step = 4u * n_groups;
-    for (var c = j0 + g; c < j1 + g; c += step) {
+    for (var c0 = j0; c0 < j1; c0 += step) {
+        let c = c0 + g;
         let q = quad(c, n_groups, j1, jn, kk, pos, hb, kvh, qv, kn, vn);
         let s = quad_scores(q, c, n_groups, j1);
         let cm = max(m, max4(s));

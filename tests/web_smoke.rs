@@ -232,3 +232,32 @@ async fn reports_adapter_features_and_limits() {
     assert!(limits.max_compute_invocations_per_workgroup >= 256);
     assert!(limits.max_storage_buffers_per_shader_stage >= 8);
 }
+
+/// The decode attention kernels pass the browser's WGSL compiler: the workgroup-memory kernel
+/// (its reduction arrays sized by the `WG` override), packing and merging or not, and the
+/// subgroup kernel (shaders/attention_sg.wgsl) wherever wgpu reports subgroups. wgpu 30's
+/// WebGPU backend does not map the browser's `subgroups` feature (Chromium's SwiftShader lists
+/// it, with 4-lane subgroups; wgpu's features do not), so today's browsers run the
+/// workgroup-memory kernel, and the subgroup half runs once wgpu maps the feature.
+#[wasm_bindgen_test]
+async fn decode_attention_kernels_compile_in_the_browser() {
+    use wsi::gpu::{Gpu, Kernel, KernelKey, Kernels, KvFormat, KvFormats};
+    let gpu = Gpu::from_adapter(adapter().await).await.expect("device");
+    let kernels = Kernels::default();
+    let mut lanes = vec![0];
+    if gpu.caps.subgroups {
+        lanes.push(gpu.caps.subgroup_min_size.clamp(1, 32));
+    }
+    let kv = KvFormats { main: KvFormat::Int8, ring: KvFormat::F16 };
+    for head_lanes in lanes {
+        for (split, pack, merge) in [(1, true, false), (4, false, true), (4, true, true)] {
+            let kernel = Kernel::AttentionDecode { split, adjacent: true, kv, pack, merge, head_lanes };
+            let key = KernelKey { kernel, wg: 64.max(head_lanes), rows: 1, tpr: 1 };
+            let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
+            kernels.get(&gpu.device, key).expect("pipeline");
+            let error = scope.pop().await;
+            assert!(error.is_none(), "{kernel:?}: {error:?}");
+        }
+        console_log!("decode attention with head_lanes {head_lanes} compiled ({:?})", gpu.caps.adapter_name);
+    }
+}
