@@ -274,26 +274,33 @@ fn attend(tid: u32, h: u32, z: u32, row: u32, live: bool, latest: u32, kk: Keys,
         for (var i = 0u; i < n_parts; i++) {
             sum += parts[i * hd4 + d4];
         }
-        if (SPLIT > 1u) {
-            let pb = ((row * p.n_heads + h) * SPLIT + z) * (p.hd + 4u);
-            if (d4 == 0u) {
-                partial[pb] = mx;
-                partial[pb + 1u] = total;
-            }
-            let o = pb + 4u + d4 * 4u;
-            partial[o] = sum.x;
-            partial[o + 1u] = sum.y;
-            partial[o + 2u] = sum.z;
-            partial[o + 3u] = sum.w;
-        } else {
-            let o = (row * p.n_heads + h) * p.hd + d4 * 4u;
-            let v = sum * (1.0 / total);
-            out[o] = v.x;
-            out[o + 1u] = v.y;
-            out[o + 2u] = v.z;
-            out[o + 3u] = v.w;
-            o_sh[d4] = v;
+        put_head(row, h, z, d4, mx, total, sum);
+    }
+}
+
+// Dimensions 4 d4..4 d4 + 3 of head h's result over split z: with SPLIT > 1 the split's
+// partial (its maximum `mx` and sum `total` written by d4 0, then the unnormalised `sum`),
+// else the output `sum / total`, also kept in o_sh for attention_q8.wgsl's packing.
+fn put_head(row: u32, h: u32, z: u32, d4: u32, mx: f32, total: f32, sum: vec4<f32>) {
+    if (SPLIT > 1u) {
+        let pb = ((row * p.n_heads + h) * SPLIT + z) * (p.hd + 4u);
+        if (d4 == 0u) {
+            partial[pb] = mx;
+            partial[pb + 1u] = total;
         }
+        let o = pb + 4u + d4 * 4u;
+        partial[o] = sum.x;
+        partial[o + 1u] = sum.y;
+        partial[o + 2u] = sum.z;
+        partial[o + 3u] = sum.w;
+    } else {
+        let o = (row * p.n_heads + h) * p.hd + d4 * 4u;
+        let v = sum * (1.0 / total);
+        out[o] = v.x;
+        out[o + 1u] = v.y;
+        out[o + 2u] = v.z;
+        out[o + 3u] = v.w;
+        o_sh[d4] = v;
     }
 }
 
@@ -323,14 +330,34 @@ fn decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
     decode_step(wid, lid.x);
 }
 
-fn decode_head(wid: vec3<u32>, tid: u32) {
-    let h = wid.x;
-    let live = state[1] > 0u;
-    let pos = state[0];
-    let row = state[2];
+// The head of workgroup `wid` in a decode step (state: pos, n_tokens, row): query head h
+// of KV head kvh (`group` query heads per KV head), its activation row's QKV from qkv[src].
+struct StepHead {
+    h: u32,
+    kvh: u32,
+    group: u32,
+    pos: u32,
+    row: u32,
+    src: u32,
+    live: bool,
+}
+
+fn step_head(wid: vec3<u32>) -> StepHead {
     let group = p.n_heads / p.n_kv;
-    let kvh = h / group;
+    let row = state[2];
     let src = row * (p.n_heads + 2u * p.n_kv) * p.hd;
+    return StepHead(wid.x, wid.x / group, group, state[0], row, src, state[1] > 0u);
+}
+
+fn decode_head(wid: vec3<u32>, tid: u32) {
+    let sh = step_head(wid);
+    let h = sh.h;
+    let live = sh.live;
+    let pos = sh.pos;
+    let row = sh.row;
+    let group = sh.group;
+    let kvh = sh.kvh;
+    let src = sh.src;
     for (var d = tid; d < p.hd / 4u; d += WG) {
         q_sh[d] = head_value4(src + h * p.hd, 4u * d, pos, true);
     }

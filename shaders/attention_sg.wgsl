@@ -46,13 +46,12 @@ fn max4(x: vec4<f32>) -> f32 {
 }
 
 fn decode_step(wid: vec3<u32>, tid: u32) {
-    let h = wid.x;
-    let live = state[1] > 0u;
-    let pos = state[0];
-    let row = state[2];
-    let group = p.n_heads / p.n_kv;
-    let kvh = h / group;
-    let src = row * (p.n_heads + 2u * p.n_kv) * p.hd;
+    let sh = step_head(wid);
+    let h = sh.h;
+    let live = sh.live;
+    let pos = sh.pos;
+    let kvh = sh.kvh;
+    let src = sh.src;
     let d4 = tid % HEAD_LANES;
     let g = tid / HEAD_LANES;
     let n_groups = WG / HEAD_LANES;
@@ -78,7 +77,7 @@ fn decode_step(wid: vec3<u32>, tid: u32) {
         k_amax = lanes_max(max4(abs(kn)));
         v_amax = lanes_max(max4(abs(vn)));
     }
-    if (holds && g == 0u && h % group == 0u) {
+    if (holds && g == 0u && h % sh.group == 0u) {
         store4(false, slot, kvh, e, kn, k_amax);
         store4(true, slot, kvh, e, vn, v_amax);
     }
@@ -125,26 +124,7 @@ fn decode_step(wid: vec3<u32>, tid: u32) {
             total += red[n_groups + i] * f;
             sum += parts[i * HEAD_LANES + d4] * f;
         }
-        if (SPLIT > 1u) {
-            let pb = ((row * p.n_heads + h) * SPLIT + wid.z) * (p.hd + 4u);
-            if (d4 == 0u) {
-                partial[pb] = mx;
-                partial[pb + 1u] = total;
-            }
-            let o = pb + 4u + e;
-            partial[o] = sum.x;
-            partial[o + 1u] = sum.y;
-            partial[o + 2u] = sum.z;
-            partial[o + 3u] = sum.w;
-        } else {
-            let o = (row * p.n_heads + h) * p.hd + e;
-            let x = sum * (1.0 / total);
-            out[o] = x.x;
-            out[o + 1u] = x.y;
-            out[o + 2u] = x.z;
-            out[o + 3u] = x.w;
-            o_sh[d4] = x;
-        }
+        put_head(sh.row, h, wid.z, d4, mx, total, sum);
     }
 }
 
