@@ -41,8 +41,16 @@ fn head_value(src: u32, e: u32, pos: u32, rotate: bool) -> f32 {
     return y * cs.y + x * cs.x;
 }
 
-// Values e..e+3 of the head starting at qkv[src], rotated when `rotate`.
+// Values e..e+3 of the head starting at qkv[src], rotated when `rotate`. ADJACENT pairs lie
+// inside the four: each value loaded once and each pair's (cos, sin) once, with the same
+// products as `head_value` (figures in README, session 19).
 fn head_value4(src: u32, e: u32, pos: u32, rotate: bool) -> vec4<f32> {
+    if (ADJACENT && rotate) {
+        let x = vec4<f32>(qkv[src + e], qkv[src + e + 1u], qkv[src + e + 2u], qkv[src + e + 3u]);
+        let a = rope_cs(pos, e / 2u);
+        let b = rope_cs(pos, e / 2u + 1u);
+        return vec4<f32>(x.x * a.x - x.y * a.y, x.x * a.y + x.y * a.x, x.z * b.x - x.w * b.y, x.z * b.y + x.w * b.x);
+    }
     return vec4<f32>(
         head_value(src, e, pos, rotate),
         head_value(src, e + 1u, pos, rotate),

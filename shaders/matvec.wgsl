@@ -45,6 +45,10 @@ override COMBINE_SPLIT: u32 = 0u;
 var<workgroup> red: array<f32, 256>;
 var<workgroup> parts: array<vec4<f32>, 256>;
 var<private> out_row: u32;
+// Under ACCUMULATE, the output rows' values loaded early by `load_onto` (row0 + i in
+// component i), which `store` then adds to instead of loading them after the reduction.
+var<private> onto: vec4<f32>;
+var<private> onto_loaded: bool;
 
 // Input elements kb..kb+3 of the row at `base` (kb a multiple of 4), SwiGLU-combined when
 // the variant asks; RMSNorm is applied in two parts (the weight `aux` here, 1/rms at the end).
@@ -482,19 +486,21 @@ fn store_reduced(lane: u32, row0: u32, total: vec4<f32>, ss: f32, live: bool) ->
 // Rows row0 + i of a thread group's ROWS rows from acc[i], for the rows first + i < ROWS
 // (`first`: the place of row0 among them; 4 for the `cpu` entry point's second vec4).
 fn store4(row0: u32, first: u32, acc: vec4<f32>) {
-    store(row0, acc.x);
+    store(row0, acc.x, onto.x);
     if (ROWS > first + 1u) {
-        store(row0 + 1u, acc.y);
+        store(row0 + 1u, acc.y, onto.y);
     }
     if (ROWS > first + 2u) {
-        store(row0 + 2u, acc.z);
+        store(row0 + 2u, acc.z, onto.z);
     }
     if (ROWS > first + 3u) {
-        store(row0 + 3u, acc.w);
+        store(row0 + 3u, acc.w, onto.w);
     }
 }
 
-fn store(row: u32, v: f32) {
+// Output row `row` <- v (+ bias), added to the row's value under ACCUMULATE: `early`, when
+// `load_onto` loaded it, else loaded here.
+fn store(row: u32, v: f32, early: f32) {
     if (row >= p.n) {
         return;
     }
@@ -504,10 +510,28 @@ fn store(row: u32, v: f32) {
     }
     let yi = out_row * p.y_stride + p.y_off + row;
     if (ACCUMULATE) {
-        y[yi] += o;
+        var prev = early;
+        if (!onto_loaded) {
+            prev = y[yi];
+        }
+        y[yi] = prev + o;
     } else {
         y[yi] = o;
     }
+}
+
+// Under ACCUMULATE, load the values of output rows row0.. (the first ROWS, within p.n) that
+// `store` adds to, so that the load is in flight with the weights' and not a round trip after
+// the reduction (`out_row` set). The same sums: the rows are not written before `store`.
+fn load_onto(row0: u32) {
+    if (!ACCUMULATE) {
+        return;
+    }
+    let base = out_row * p.y_stride + p.y_off;
+    let last = p.n - 1u;
+    let r = min(vec4<u32>(row0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(last));
+    onto = vec4<f32>(y[base + r.x], y[base + r.y], y[base + r.z], y[base + r.w]);
+    onto_loaded = true;
 }
 
 // The 32 (norm-weighted) input elements of weight group `g` of the row at `base`, as the

@@ -229,11 +229,14 @@ fn q8pre(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) li
     let row0 = (wid.x * (WG / TPR) + tid / TPR) * ROWS;
     _ = input_row(wid);
     let r = clamped_rows(row0);
+    if (lane == 0u) {
+        load_onto(row0);
+    }
     let gn = p.k / 32u;
     var acc = vec4<f32>(0.0);
     for (var g = lane; g < gn; g += TPR) {
         let wg = load_group(r, gn, g);
         acc = q8_rows(acc, wg, xq_in[3u * g], xq_in[3u * g + 1u], bitcast<vec4<f32>>(xq_in[3u * g + 2u]));
     }
-    finish(tid, lane, row0, acc, 0.0, true);
+    q8_finish(tid, lane, row0, acc, 0.0, true);
 }
