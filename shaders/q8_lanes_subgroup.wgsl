@@ -10,10 +10,28 @@ fn partner_half(tid: u32, mine: HalfGroup) -> HalfGroup {
     return HalfGroup(subgroupShuffleXor(mine.s4, 1u), subgroupShuffleXor(mine.mx, 1u), subgroupShuffleXor(mine.ss, 1u));
 }
 
+// A row group's sums: the levels of lanes 32 or more apart (TPR > 32: another subgroup on
+// 32-lane devices; the host allows that only where the smallest subgroup has 32 lanes)
+// through `finish`'s arrays, the rest by shuffles: the same pairs as `finish`'s tree, so the
+// same bits. TPR 64 (`q8pre`, 128 threads): 5 of the tree's 6 barriers fewer (figures in
+// README, session 19).
 fn q8_finish(tid: u32, lane: u32, row0: u32, acc: vec4<f32>, ss: f32, live: bool) -> vec4<f32> {
-    var total_ss = ss;
-    if (FUSE_NORM) {
-        total_ss = shuffle_sum(ss);
+    var a = acc;
+    var s2 = ss;
+    for (var s = TPR / 2u; s >= 32u; s >>= 1u) {
+        parts[tid] = a;
+        red[tid] = s2;
+        workgroupBarrier();
+        if (lane < s) {
+            a += parts[tid + s];
+            s2 += red[tid + s];
+        }
+        workgroupBarrier();
     }
-    return store_reduced(lane, row0, shuffle_sum4(acc), total_ss, live);
+    let within = min(TPR, 32u);
+    var total_ss = s2;
+    if (FUSE_NORM) {
+        total_ss = shuffle_sum_within(s2, within);
+    }
+    return store_reduced(lane, row0, shuffle_sum4_within(a, within), total_ss, live);
 }

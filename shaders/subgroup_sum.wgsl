@@ -4,16 +4,26 @@
 // subgroup and a row group's lanes lie in one subgroup, in order.
 
 fn shuffle_sum4(v: vec4<f32>) -> vec4<f32> {
+    return shuffle_sum4_within(v, TPR);
+}
+
+// The same over the levels of lanes under `n` apart (n a power of two; the levels from n up
+// are the caller's).
+fn shuffle_sum4_within(v: vec4<f32>, n: u32) -> vec4<f32> {
     var a = v;
-    for (var o = TPR / 2u; o > 0u; o >>= 1u) {
+    for (var o = n / 2u; o > 0u; o >>= 1u) {
         a += subgroupShuffleXor(a, o);
     }
     return a;
 }
 
 fn shuffle_sum(v: f32) -> f32 {
+    return shuffle_sum_within(v, TPR);
+}
+
+fn shuffle_sum_within(v: f32, n: u32) -> f32 {
     var a = v;
-    for (var o = TPR / 2u; o > 0u; o >>= 1u) {
+    for (var o = n / 2u; o > 0u; o >>= 1u) {
         a += subgroupShuffleXor(a, o);
     }
     return a;

@@ -403,6 +403,20 @@ fn packed_swiglu_product_feeds_the_down_projection_within_the_input_grid_of_the_
         b.extend(mdn.bindings());
         let key = KernelKey { kernel: kernel(down_mode, Q8::Packed), wg: 128, rows: 4, tpr: 64 };
         run_with(&gpu, &kernels, key, &b, [d.div_ceil(8) as u32, 1, 1]);
+        // Where subgroups hold 32 lanes, the 64-lane row groups reduce by shuffles below 32
+        // lanes apart (q8_lanes_subgroup.wgsl): the same bits as the tree.
+        if gpu.caps.subgroups && gpu.caps.subgroup_min_size >= 32 {
+            let yb2 = gpu.storage_init("y shuffled", bytemuck::cast_slice(&y0));
+            let mut b = vec![(0, &pd), (4, &yb2), (6, &filler), (7, &state), (11, &packed)];
+            b.extend(mdn.bindings());
+            let shuffled =
+                Kernel::Matvec { format, mode: down_mode, wide: false, batch: 1, subgroup: true, q8: Q8::Packed };
+            let key = KernelKey { kernel: shuffled, wg: 128, rows: 4, tpr: 64 };
+            run_with(&gpu, &kernels, key, &b, [d.div_ceil(8) as u32, 1, 1]);
+            let (tree, shuffles) = (read_f32(&gpu, &yb), read_f32(&gpu, &yb2));
+            assert!(tree.iter().zip(&shuffles).all(|(a, b)| a.to_bits() == b.to_bits()), "d={d}: shuffled sums differ");
+            eprintln!("d={d}: q8pre's 64-lane sums by shuffles give the tree's bits");
+        }
 
         let want_h =
             mat_ref(&stored_weights(&gpu, &mgu, &gu), &x, &vec![0.0; 2 * dff], 2 * dff, d, 1, norm_mode, &norm, &[]);

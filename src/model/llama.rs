@@ -778,7 +778,11 @@ impl Builder<'_> {
     /// group fits in the adapter's smallest subgroup (figures in `shaders/q8_lanes_subgroup.wgsl`).
     fn q8_lanes(&self, mut key: KernelKey) -> KernelKey {
         let caps = &self.gpu.caps;
-        let fits = caps.subgroups && caps.subgroup_min_size >= 2 && key.tpr <= caps.subgroup_min_size;
+        // Row groups wider than the smallest subgroup reduce across subgroups through workgroup
+        // memory first (q8_lanes_subgroup.wgsl), which needs 32-lane subgroups at least.
+        let fits = caps.subgroups
+            && caps.subgroup_min_size >= 2
+            && (key.tpr <= caps.subgroup_min_size || caps.subgroup_min_size >= 32);
         if let Kernel::Matvec { subgroup, .. } = &mut key.kernel {
             *subgroup = fits && !self.options.q8_shared_lanes;
         }
@@ -956,7 +960,7 @@ impl Builder<'_> {
             // H200 in the model, 7B GPU µs per step (o and down), 64 lanes x 4 rows -> x 2:
             // 2,201 -> 2,173, after 512 2,500 -> 2,468 (1.1B 902 -> 899, 1,002 -> 990); x 1
             // 2,358, 128 lanes x 2 2,332, 256 threads x 4 rows 2,433, 64 threads 2,401.
-            KernelKey { kernel, wg: 128, rows: 2, tpr: 64 }
+            self.q8_lanes(KernelKey { kernel, wg: 128, rows: 2, tpr: 64 })
         } else if q8 == Q8::In {
             // 16 row groups of 16 lanes share the quantised input (H100, GB/s from HBM, with
             // the norm, `wide` -> this: 12288x4096 1,372 -> 1,691, 22016x4096 1,563 -> 1,981,
