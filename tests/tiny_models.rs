@@ -263,6 +263,60 @@ fn decode_attention_through_subgroups_follows_the_cpu_reference_and_prefill() {
 }
 
 #[test]
+fn qkv_fused_into_the_attention_dispatch_scores_like_separate_dispatches() {
+    // Multi-head attention, int4 (Q4_0) weights on int8 inputs, the subgroup attention: short
+    // decode lists compute QKV inside the attention dispatch (shaders/attention_qkv.wgsl,
+    // QKV rows 16 per workgroup here, the last workgroup of a head's rows attending at split
+    // 1). Heads of 32 take 8 lanes (lavapipe's subgroups), heads of 128 32 lanes where
+    // subgroups hold them (the H200). Fused or not, the decode scores agree up to the QKV
+    // sums' order (and the int8 codes of o's input that order flips: up to 4.2e-4 of the
+    // score on the H200, 3.5e-6 on lavapipe) and greedy decoding stays with the CPU
+    // reference, with one dispatch per layer fewer.
+    let caps = gpu().caps.clone();
+    let mut ran = 0;
+    for hd in [32usize, 128] {
+        let lanes = (hd / 4) as u32;
+        if !caps.subgroups || lanes > caps.subgroup_min_size {
+            continue;
+        }
+        let mha = TinySpec { d_model: 2 * hd, n_heads: 2, n_kv_heads: 2, d_ff: 160, ..spec(false) };
+        let bytes = tiny_gguf(&mha, Arch::Llama, 23, HostFormat::Q4_0).expect("tiny model");
+        let src = GgufSource::from_bytes(bytes).expect("parse");
+        let ids: Vec<u32> = (0..40).map(|i| (i * 7 + 3) % 290).collect();
+        let mut scores = Vec::new();
+        let mut dispatches = Vec::new();
+        for fused in [0, 8] {
+            let base = engine(&src, WeightFormat::Int4, 64, 8);
+            let load = LoadOptions {
+                q8_inputs: Some(1),
+                q8_pack_o: true,
+                merge_splits: true,
+                combine_in_o_max: 0,
+                attention_subgroups: true,
+                attention_subgroup_min_lanes: lanes,
+                attention_subgroup_workgroup: lanes * 4,
+                fused_qkv_workgroup: lanes * 4,
+                fused_qkv_max_split: fused,
+                ..base.model.options.clone()
+            };
+            let mut e =
+                Engine::load(gpu(), &src, EngineOptions { load, ..base.options.clone() }).expect("engine loads");
+            greedy_near_teacher_forced(&src, &mut e, 0.1);
+            let (decode, _) = pollster::block_on(e.score_decode(&ids)).expect("score_decode");
+            scores.push(decode);
+            let params = GenerateParams { max_tokens: 2, ignore_eos: true, ..Default::default() };
+            let g = pollster::block_on(e.generate(&[5, 6, 7], &params, &mut |_| true)).expect("generate");
+            dispatches.push(g.stats.dispatches_per_token);
+        }
+        eprintln!("heads of {hd}: decode scores {scores:?}, dispatches per token {dispatches:?}");
+        assert!((scores[0] - scores[1]).abs() < 1e-3 * scores[0].abs(), "heads of {hd}: {scores:?}");
+        assert_eq!(dispatches[1] + mha.n_layers, dispatches[0], "heads of {hd}: one dispatch per layer fewer");
+        ran += 1;
+    }
+    assert!(ran > 0 || !caps.subgroups, "the fused kernel ran");
+}
+
+#[test]
 fn decode_path_scoring_equals_prefill_scoring() {
     // Teacher-forced decode steps (split attention, single-row matvecs) against prefill
     // chunks (tiled matmul): the same log-likelihood up to float order.

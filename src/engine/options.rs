@@ -198,6 +198,16 @@ impl EngineOptions {
                 // 512 threads: 16 key groups of 32 lanes (H200 7B int4, GPU µs per step, 256 ->
                 // 512: empty context 1,979 -> 1,944, after 512 2,117 -> 2,084).
                 attention_subgroup_workgroup: env_u32("WSI_ATTN_SG_WG").unwrap_or(512).next_power_of_two(),
+                attention_subgroup_min_lanes: 32,
+                // QKV and attention in one dispatch while attention runs at most 2 splits
+                // (positions below 127; `WSI_FUSE_QKV`, 0: never). H200 7B int4, decode tok/s
+                // from an empty context: separate 552.8 / 553.2, up to split 1 557.1, 2 561.9,
+                // 4 561.4 (and the GPU step at positions 129-193 1,877 -> 1,904 µs).
+                fused_qkv_max_split: if caps.is_cpu { 0 } else { env_u32("WSI_FUSE_QKV").unwrap_or(2) },
+                // 1,024 threads: 128 QKV rows per workgroup and 128 keys per round of the
+                // attending workgroup (H200 7B int4, with the fused kernel and the split
+                // attention both at 512 threads: 563.4 / 564.1 tok/s; both at 1,024: 579.8).
+                fused_qkv_workgroup: env_u32("WSI_FUSE_QKV_WG").unwrap_or(1024).next_power_of_two(),
                 // `WSI_SHADER_CHECKS=1`: every kernel keeps all of wgpu's runtime checks.
                 shader_checks: env_u32("WSI_SHADER_CHECKS") == Some(1),
                 // The gate/up matvec packs the SwiGLU product for the down projection

@@ -212,6 +212,13 @@ pub enum Kernel {
     /// (hd / 4, within the adapter's smallest subgroup): the head's lanes share the scores by
     /// subgroup shuffles (shaders/attention_sg.wgsl); 0: through workgroup memory.
     AttentionDecode { split: u32, adjacent: bool, kv: KvFormats, pack: bool, merge: bool, head_lanes: u32 },
+    /// A decode step's QKV projection and attention in one dispatch (shaders/attention_qkv.wgsl,
+    /// entry point `decode_qkv`): the int4 QKV matvec (`sym`: Q4_0's layout) on int8 inputs,
+    /// `head_lanes` lanes per row group, 4 rows each; the last workgroup of each head's rows
+    /// attends for it as `AttentionDecode` with the subgroup kernel at split 1 and packs the
+    /// output. Multi-head attention only (n_kv = n_heads), hd a multiple of the workgroup's
+    /// rows. Bindings 12-17: QKV params, codes, scales, residual, norm weights, head counters.
+    AttentionQkv { adjacent: bool, kv: KvFormats, head_lanes: u32, sym: bool },
     /// Sampling + step advance.
     Sample,
     /// Load-time quantisation of f32 rows into an integer format.
@@ -256,6 +263,7 @@ impl KernelKey {
             Kernel::AttentionDecode { merge: true, .. } => "decode_merge",
             Kernel::AttentionDecode { pack: true, .. } => "decode_q8",
             Kernel::AttentionDecode { .. } => "decode",
+            Kernel::AttentionQkv { .. } => "decode_qkv",
             Kernel::Matvec { q8: Q8::In, batch: 0 | 1, .. } => "q8in",
             Kernel::Matvec { q8: Q8::Pack, batch: 0 | 1, .. } => "q8pack",
             Kernel::Matvec { q8: Q8::Packed, batch: 0 | 1, .. } => "q8pre",
@@ -334,23 +342,37 @@ impl KernelKey {
             Kernel::RopeKv { .. } | Kernel::KvRequant { .. } => {
                 return format!("{KV_PRELUDE}\n{KV_WRITE}\n{}", include_str!("../../shaders/rope_kv.wgsl"));
             }
-            Kernel::Attention { .. } | Kernel::AttentionCombine { .. } | Kernel::AttentionDecode { .. } => {
-                let attention = include_str!("../../shaders/attention.wgsl");
+            Kernel::Attention { .. }
+            | Kernel::AttentionCombine { .. }
+            | Kernel::AttentionDecode { .. }
+            | Kernel::AttentionQkv { .. } => {
+                let mut attention = include_str!("../../shaders/attention.wgsl").to_string();
+                let mut qkv = String::new();
+                if let Kernel::AttentionQkv { .. } = self.kernel {
+                    // The fused kernel writes the QKV activations it attends over.
+                    attention = attention.replace(
+                        "@group(0) @binding(8) var<storage, read> qkv",
+                        "@group(0) @binding(8) var<storage, read_write> qkv",
+                    );
+                    qkv = include_str!("../../shaders/attention_qkv.wgsl").to_string();
+                }
                 // The decode entry points' `decode_step`: the subgroup kernel or `decode_head`.
                 let (enable, step) = match self.kernel {
-                    Kernel::AttentionDecode { head_lanes: 1.., .. } => {
+                    Kernel::AttentionDecode { head_lanes: 1.., .. } | Kernel::AttentionQkv { .. } => {
                         let enable = if cfg!(target_arch = "wasm32") { "enable subgroups;\n" } else { "" };
                         (enable, include_str!("../../shaders/attention_sg.wgsl"))
                     }
                     _ => ("", DECODE_STEP_SHARED),
                 };
                 let q8 = match self.kernel {
-                    Kernel::AttentionCombine { pack: true, .. } | Kernel::AttentionDecode { pack: true, .. } => {
+                    Kernel::AttentionCombine { pack: true, .. }
+                    | Kernel::AttentionDecode { pack: true, .. }
+                    | Kernel::AttentionQkv { .. } => {
                         format!("{Q8_GROUP}\n{}", include_str!("../../shaders/attention_q8.wgsl"))
                     }
                     _ => String::new(),
                 };
-                return format!("{enable}{KV_PRELUDE}\n{KV_WRITE}\n{attention}\n{step}\n{q8}");
+                return format!("{enable}{KV_PRELUDE}\n{KV_WRITE}\n{attention}\n{step}\n{q8}\n{qkv}");
             }
             Kernel::Sample => ("", include_str!("../../shaders/sample.wgsl")),
             Kernel::Quantize { .. } => ("", include_str!("../../shaders/quantize.wgsl")),
@@ -407,6 +429,14 @@ impl KernelKey {
                 }
                 c
             }
+            Kernel::AttentionQkv { adjacent, kv, head_lanes, sym } => vec![
+                ("WG", f64::from(self.wg)),
+                ("ADJACENT", b(adjacent)),
+                kv.main_constant(),
+                kv.ring_constant(),
+                ("HEAD_LANES", f64::from(head_lanes)),
+                ("QKV_SYM", b(sym)),
+            ],
             Kernel::AttentionCombine { split, .. } => {
                 vec![("WG", f64::from(self.wg)), ("SPLIT", f64::from(split.max(1)))]
             }
@@ -582,6 +612,7 @@ impl Kernels {
             Kernel::AttentionDecode { split: 4, adjacent: true, kv, pack: true, merge: true, head_lanes: 0 },
             Kernel::AttentionDecode { split: 1, adjacent: true, kv, pack: true, merge: false, head_lanes: 16 },
             Kernel::AttentionDecode { split: 4, adjacent: false, kv, pack: false, merge: true, head_lanes: 16 },
+            Kernel::AttentionQkv { adjacent: true, kv, head_lanes: 16, sym: true },
             Kernel::AttentionCombine { split: 4, pack: true },
             Kernel::Sample,
             q,

@@ -16,6 +16,17 @@ pub struct MatParams {
     pub head_dim: u32,
 }
 
+/// Uniform mirrored by `QkvParams` in attention_qkv.wgsl: the QKV matrix's k and rows, the
+/// norm's epsilon.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct QkvParams {
+    pub k: u32,
+    pub rows: u32,
+    pub eps: f32,
+    pub _pad: u32,
+}
+
 /// Uniform mirrored by `EmbedParams` in embed.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]

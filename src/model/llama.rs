@@ -99,6 +99,18 @@ pub struct LoadOptions {
     pub attention_subgroups: bool,
     /// Threads per workgroup of the subgroup decode attention (a power of two).
     pub attention_subgroup_workgroup: u32,
+    /// The subgroup decode attention's smallest head (hd / 4 lanes): heads of 64 measured
+    /// slower than the workgroup-memory kernel (32 lanes; tests use 8 to run it on
+    /// lavapipe's 8-lane subgroups).
+    pub attention_subgroup_min_lanes: u32,
+    /// Decode steps whose attention runs at most this many key splits compute QKV and attend
+    /// in one dispatch (`Kernel::AttentionQkv`; the fused kernel attends at split 1) where
+    /// the model and device allow it (multi-head attention, int4 QKV on int8 inputs, the
+    /// subgroup attention, o on packed inputs); 0: never.
+    pub fused_qkv_max_split: u32,
+    /// Threads per workgroup of the fused QKV + attention kernel (a power of two; its QKV
+    /// rows per workgroup, wg / (hd / 4) * 4, must divide hd).
+    pub fused_qkv_workgroup: u32,
     /// Compile every kernel with all of wgpu's runtime checks instead of the engine's
     /// [`crate::gpu::ShaderChecks::for_kernel`] (for comparisons: `WSI_SHADER_CHECKS=1`;
     /// native only, the browser keeps its own).
@@ -167,6 +179,9 @@ impl Default for LoadOptions {
             q8_shared_lanes: false,
             attention_subgroups: false,
             attention_subgroup_workgroup: 512,
+            attention_subgroup_min_lanes: 32,
+            fused_qkv_max_split: 0,
+            fused_qkv_workgroup: 1024,
             shader_checks: false,
             q8_pack_o: false,
             q8_pack: true,
@@ -577,6 +592,21 @@ impl LlamaGpu {
             && o.shards.len() == 1
             && o.cols.is_multiple_of(32)
             && self.config.head_dim.is_multiple_of(32)
+    }
+
+    /// Whether the QKV matrix `qkv` suits the fused QKV + attention kernel at `rows` rows per
+    /// workgroup: int4 in one shard on int8 inputs, no bias, k a multiple of 32 up to 4096,
+    /// whole workgroups per head.
+    fn fits_fused_qkv(&self, qkv: &GpuMatrix, bias: bool, rows: u32) -> bool {
+        let hd = self.config.head_dim as u32;
+        self.options.q8_inputs.is_some()
+            && qkv.format.is_int4()
+            && qkv.shards.len() == 1
+            && !bias
+            && qkv.cols.is_multiple_of(32)
+            && qkv.cols <= 4096
+            && rows > 0
+            && hd.is_multiple_of(rows)
     }
 
     /// The decode o projection's mode and input after attention with `split` key splits:

@@ -7,8 +7,8 @@ use std::ops::Range;
 
 use super::{Builder, Dispatch, Grid, LlamaGpu, Partials, u32_of};
 use crate::error::Result;
-use crate::gpu::params::{EmbedParams, SampleParams};
-use crate::gpu::{Gpu, Kernel, KernelKey, MatMode};
+use crate::gpu::params::{EmbedParams, QkvParams, SampleParams};
+use crate::gpu::{Gpu, Kernel, KernelKey, MatMode, WeightFormat};
 use crate::model::RopeLayout;
 use crate::model::kv_cache::KvCache;
 
@@ -173,10 +173,20 @@ impl Lane {
         // figures in shaders/attention_sg.wgsl: heads of 64 measured slower).
         let caps = &gpu.caps;
         let head_lanes = match m.options.attention_subgroups {
-            true if caps.subgroups && hd4.is_power_of_two() && hd4 >= 32 && hd4 <= caps.subgroup_min_size => hd4,
+            true if caps.subgroups
+                && hd4.is_power_of_two()
+                && hd4 >= m.options.attention_subgroup_min_lanes
+                && hd4 <= caps.subgroup_min_size =>
+            {
+                hd4
+            }
             _ => 0,
         };
         let sg_wg = m.options.attention_subgroup_workgroup.clamp(hd4, 1 << caps.max_invocations.max(64).ilog2());
+        // The fused QKV + attention kernel: rows per workgroup, and a counter per head.
+        let fused_wg = m.options.fused_qkv_workgroup.clamp(hd4, 1 << caps.max_invocations.max(64).ilog2());
+        let fused_rows = fused_wg.checked_div(head_lanes).map_or(0, |groups| groups * 4);
+        let head_done = gpu.storage("qkv rows done per head", (nh.max(1) * 4) as u64);
 
         // Lists 0 (decode at the full split), 1 (prefill), 2 (prefill keeping every row's
         // logits), then a decode list per smaller split (1, 2, 4, ... below g.split).
@@ -197,16 +207,26 @@ impl Lane {
             }
             for (l, layer) in w.layers.iter().enumerate() {
                 let norm_mode = MatMode { fuse_norm: true, bias: layer.qkv_bias.is_some(), ..Default::default() };
-                list.extend(b.matrix(
-                    tiled,
-                    &layer.qkv,
-                    norm_mode,
-                    &a.x,
-                    &a.qkv,
-                    Some(&layer.attn_norm),
-                    layer.qkv_bias.as_ref(),
-                    false,
-                )?);
+                // Short decode lists may compute QKV inside the attention dispatch.
+                let fuse_qkv = li >= 3
+                    && list_split <= m.options.fused_qkv_max_split
+                    && head_lanes > 0
+                    && nkv == nh
+                    && kv.plan.ring_rows == 0
+                    && m.o_packed(&layer.o, list_split)
+                    && m.fits_fused_qkv(&layer.qkv, layer.qkv_bias.is_some(), fused_rows);
+                if !fuse_qkv {
+                    list.extend(b.matrix(
+                        tiled,
+                        &layer.qkv,
+                        norm_mode,
+                        &a.x,
+                        &a.qkv,
+                        Some(&layer.attn_norm),
+                        layer.qkv_bias.as_ref(),
+                        false,
+                    )?);
+                }
                 let attn_start = list.len();
                 let kp = kv.plan.params(cfg, l, ctx)?;
                 let rp = gpu.uniform_init("kv params", bytemuck::bytes_of(&kp));
@@ -284,7 +304,37 @@ impl Lane {
                     }
                 }
                 let grid = if list_split > 1 { Grid::Fixed([heads, 1, list_split]) } else { Grid::PerToken(heads) };
-                kv_dispatch(list, li, pipeline, entries, grid, "attention");
+                if fuse_qkv {
+                    let shard = &layer.qkv.shards[0];
+                    let sym = layer.qkv.format == WeightFormat::Int4Sym;
+                    let kernel = Kernel::AttentionQkv { adjacent, kv: kv_formats, head_lanes, sym };
+                    let pipeline = kernels.get(&gpu.device, KernelKey { kernel, wg: fused_wg, rows: 1, tpr: 1 })?;
+                    let qp = QkvParams { k: layer.qkv.cols, rows: layer.qkv.rows, eps: cfg.rms_eps, _pad: 0 };
+                    let qp = gpu.uniform_init("qkv params", bytemuck::bytes_of(&qp));
+                    let mut entries = vec![
+                        (0, buf(&rp)),
+                        (2, KvBind::K),
+                        (3, KvBind::V),
+                        (4, buf(&a.attn)),
+                        (6, buf(&a.partial)),
+                        (7, buf(&state)),
+                        (8, buf(&a.qkv)),
+                        (9, buf(&a.rope)),
+                        (10, buf(&a.attn_packed)),
+                        (12, buf(&qp)),
+                        (13, buf(&shard.buf)),
+                        (15, buf(&a.x)),
+                        (16, buf(&layer.attn_norm)),
+                        (17, buf(&head_done)),
+                    ];
+                    if let Some(scales) = &shard.scales {
+                        entries.push((14, buf(scales)));
+                    }
+                    let grid = Grid::Fixed([layer.qkv.rows / fused_rows, 1, 1]);
+                    kv_dispatch(list, li, pipeline, entries, grid, "attention");
+                } else {
+                    kv_dispatch(list, li, pipeline, entries, grid, "attention");
+                }
                 if partials == Partials::Combine {
                     let combine = Kernel::AttentionCombine { split: list_split, pack: o_packed };
                     let pipeline = kernels.get(&gpu.device, key(combine))?;
