@@ -392,20 +392,26 @@ fn decode_head(wid: vec3<u32>, tid: u32) {
 }
 
 // After a split of head h wrote its partial: whether this workgroup was the head's last
-// split (its counter is reset then). Written for naga's SPIR-V, where storageBarrier() is a
-// control barrier with Device memory scope and AcquireRelease on storage memory: the barrier
-// before the count publishes this split's partial, the one after it lets the last workgroup
-// see the others' (the last-block pattern; no workgroup waits on another, so nothing depends
-// on which workgroups are resident). Native GPUs only: Tint gives the barrier Workgroup scope.
-// At SPLIT 1 there are no partials (the workgroup wrote the output): false, counter untouched.
+// split (its counter is reset then). At SPLIT 1 there are no partials (the workgroup wrote
+// the output): false, counter untouched.
 fn last_split(tid: u32, h: u32, row: u32) -> bool {
     if (SPLIT == 1u) {
         return false;
     }
+    return last_arrival(tid, row * p.n_heads + h, SPLIT);
+}
+
+// Whether this workgroup is the last of `n` to arrive at counter `c` of `split_done` (then
+// reset), after which it sees what the others wrote before arriving. Written for naga's
+// SPIR-V, where storageBarrier() is a control barrier with Device memory scope and
+// AcquireRelease on storage memory: the barrier before the count publishes this workgroup's
+// writes, the one after it lets the last workgroup see the others' (the last-block pattern;
+// no workgroup waits on another, so nothing depends on which workgroups are resident).
+// Native GPUs only: Tint gives the barrier Workgroup scope.
+fn last_arrival(tid: u32, c: u32, n: u32) -> bool {
     storageBarrier();
     if (tid == 0u) {
-        let c = row * p.n_heads + h;
-        let last = atomicAdd(&split_done[c], 1u) == SPLIT - 1u;
+        let last = atomicAdd(&split_done[c], 1u) == n - 1u;
         if (last) {
             atomicStore(&split_done[c], 0u);
         }

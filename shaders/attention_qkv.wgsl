@@ -5,9 +5,9 @@
 // Workgroup b computes QKV rows 64b.. (WG / HEAD_LANES row groups of 4 rows, HEAD_LANES lanes
 // each) as the `q8in` matvec does: the RMS-normed input quantised to int8 per 32 in workgroup
 // memory, the int4 codes met by `dot4I8Packed`, the lanes' sums by shuffles. The rows of a
-// workgroup belong to one head (64 divides hd); the workgroup that finishes a head's last
-// rows (a counter per head, the last-block pattern of `last_split`) attends for that head over
-// all its keys (SPLIT 1) and packs the output for the o projection.
+// workgroup belong to one head (they divide hd); the workgroup that finishes a head's last
+// rows (`last_arrival` on the head's counter in `split_done`) attends for that head over all
+// its keys (SPLIT 1) and packs the output for the o projection.
 //   w, s: the QKV matrix [(n_heads + 2 n_kv) hd, k] (int4 codes, scales as matvec's prelude)
 //   x:    [k] the residual row; norm: [k] the attention norm's weights
 //   qkv:  written here, read back by the attending workgroup
@@ -24,7 +24,6 @@ struct QkvParams {
 @group(0) @binding(14) var<storage, read> qs: array<u32>;
 @group(0) @binding(15) var<storage, read> qx: array<vec4<f32>>;
 @group(0) @binding(16) var<storage, read> qnorm: array<vec4<f32>>;
-@group(0) @binding(17) var<storage, read_write> head_done: array<atomic<u32>>;
 
 override QKV_SYM: bool = true;   // Q4_0's layout: one f16 scale per group, min = -8 scale
 const QKV_GROUPS: u32 = 128u;    // k <= 4096
@@ -39,14 +38,6 @@ fn qkv_dm(g: u32) -> vec2<f32> {
         return vec2<f32>(d, -8.0 * d);
     }
     return unpack2x16float(qs[g]);
-}
-
-fn qkv_group(qv: vec4<u32>, dm: vec2<f32>, xa: vec4<u32>, xb: vec4<u32>, xs: vec4<f32>) -> f32 {
-    let lo = qv & vec4<u32>(0x0f0f0f0fu);
-    let hi = (qv >> vec4<u32>(4u)) & vec4<u32>(0x0f0f0f0fu);
-    let c = dot4I8Packed(lo.x, xa.x) + dot4I8Packed(hi.x, xa.y) + dot4I8Packed(lo.y, xa.z) + dot4I8Packed(hi.y, xa.w)
-        + dot4I8Packed(lo.z, xb.x) + dot4I8Packed(hi.z, xb.y) + dot4I8Packed(lo.w, xb.z) + dot4I8Packed(hi.w, xb.w);
-    return f32(c) * (dm.x * xs.x) + dm.y * xs.y;
 }
 
 // Rows row0..row0 + 3 of the projection into qkv (every thread: a barrier).
@@ -82,7 +73,7 @@ fn qkv_rows(tid: u32, lane: u32, row0: u32) {
         let xb = fx[2u * g + 1u];
         let xs = fg[g];
         ss += xs.z;
-        acc += vec4<f32>(qkv_group(w0, d0, xa, xb, xs), qkv_group(w1, d1, xa, xb, xs), qkv_group(w2, d2, xa, xb, xs), qkv_group(w3, d3, xa, xb, xs));
+        acc += vec4<f32>(q8_group(w0, d0, xa, xb, xs), q8_group(w1, d1, xa, xb, xs), q8_group(w2, d2, xa, xb, xs), q8_group(w3, d3, xa, xb, xs));
     }
     let sums = lanes_sum4(acc);
     let total_ss = lanes_sum4(vec4<f32>(ss, 0.0, 0.0, 0.0)).x;
@@ -107,18 +98,7 @@ fn decode_qkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
     // The head of these rows (q, k and v rows of head h alike: n_kv = n_heads), and whether
     // this workgroup finished the last of its 3 hd / rows_per_wg workgroups.
     let h = (first % (p.n_heads * p.hd)) / p.hd;
-    storageBarrier();
-    if (tid == 0u) {
-        let per_head = 3u * p.hd / rows_per_wg;
-        let last = atomicAdd(&head_done[h], 1u) == per_head - 1u;
-        if (last) {
-            atomicStore(&head_done[h], 0u);
-        }
-        merges = select(0u, 1u, last);
-    }
-    let attend = workgroupUniformLoad(&merges) == 1u;
-    storageBarrier();
-    if (attend) {
+    if (last_arrival(tid, state[2] * p.n_heads + h, 3u * p.hd / rows_per_wg)) {
         decode_step(vec3<u32>(h, 0u, 0u), tid);
         pack_head(tid, h, state[2]);
     }

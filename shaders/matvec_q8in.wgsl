@@ -110,16 +110,6 @@ fn load_group(r: vec4<u32>, gn: u32, i: u32) -> WGroup {
     return g;
 }
 
-// One row's group (code words q, scale and min dm) against the packed inputs xa | xb with
-// their (d_x, sum x).
-fn q8_group(q: vec4<u32>, dm: vec2<f32>, xa: vec4<u32>, xb: vec4<u32>, xs: vec4<f32>) -> f32 {
-    let lo = q & vec4<u32>(0x0f0f0f0fu);
-    let hi = (q >> vec4<u32>(4u)) & vec4<u32>(0x0f0f0f0fu);
-    let c = dot4I8Packed(lo.x, xa.x) + dot4I8Packed(hi.x, xa.y) + dot4I8Packed(lo.y, xa.z) + dot4I8Packed(hi.y, xa.w)
-        + dot4I8Packed(lo.z, xb.x) + dot4I8Packed(hi.z, xb.y) + dot4I8Packed(lo.w, xb.z) + dot4I8Packed(hi.w, xb.w);
-    return f32(c) * (dm.x * xs.x) + dm.y * xs.y;
-}
-
 // acc + the products of a group of the rows (the first ROWS of them) with one input group.
 fn q8_rows(acc: vec4<f32>, g: WGroup, xa: vec4<u32>, xb: vec4<u32>, xs: vec4<f32>) -> vec4<f32> {
     var a = acc;

@@ -42,3 +42,14 @@ fn quant_group(
         s4.x + s4.y + s4.z + s4.w,
     );
 }
+
+// One row's int4 group (code words q, scale and min dm) against the packed inputs xa | xb
+// with their (d_x, sum x): the codes of 8 weights meet 8 input bytes in two `dot4I8Packed`
+// (the low nibbles of a word with the even word of a pair, the high with the odd).
+fn q8_group(q: vec4<u32>, dm: vec2<f32>, xa: vec4<u32>, xb: vec4<u32>, xs: vec4<f32>) -> f32 {
+    let lo = q & vec4<u32>(0x0f0f0f0fu);
+    let hi = (q >> vec4<u32>(4u)) & vec4<u32>(0x0f0f0f0fu);
+    let c = dot4I8Packed(lo.x, xa.x) + dot4I8Packed(hi.x, xa.y) + dot4I8Packed(lo.y, xa.z) + dot4I8Packed(hi.y, xa.w)
+        + dot4I8Packed(lo.z, xb.x) + dot4I8Packed(hi.z, xb.y) + dot4I8Packed(lo.w, xb.z) + dot4I8Packed(hi.w, xb.w);
+    return f32(c) * (dm.x * xs.x) + dm.y * xs.y;
+}

@@ -217,7 +217,8 @@ pub enum Kernel {
     /// `head_lanes` lanes per row group, 4 rows each; the last workgroup of each head's rows
     /// attends for it as `AttentionDecode` with the subgroup kernel at split 1 and packs the
     /// output. Multi-head attention only (n_kv = n_heads), hd a multiple of the workgroup's
-    /// rows. Bindings 12-17: QKV params, codes, scales, residual, norm weights, head counters.
+    /// rows. Bindings 12-16: QKV params, codes, scales, residual, norm weights; binding 11
+    /// counts each head's finished workgroups.
     AttentionQkv { adjacent: bool, kv: KvFormats, head_lanes: u32, sym: bool },
     /// Sampling + step advance.
     Sample,

@@ -183,10 +183,9 @@ impl Lane {
             _ => 0,
         };
         let sg_wg = m.options.attention_subgroup_workgroup.clamp(hd4, 1 << caps.max_invocations.max(64).ilog2());
-        // The fused QKV + attention kernel: rows per workgroup, and a counter per head.
+        // The fused QKV + attention kernel's QKV rows per workgroup.
         let fused_wg = m.options.fused_qkv_workgroup.clamp(hd4, 1 << caps.max_invocations.max(64).ilog2());
         let fused_rows = fused_wg.checked_div(head_lanes).map_or(0, |groups| groups * 4);
-        let head_done = gpu.storage("qkv rows done per head", (nh.max(1) * 4) as u64);
 
         // Lists 0 (decode at the full split), 1 (prefill), 2 (prefill keeping every row's
         // logits), then a decode list per smaller split (1, 2, 4, ... below g.split).
@@ -277,9 +276,6 @@ impl Lane {
                         head_lanes,
                     }
                 };
-                let tpr = if tiled { 1 } else { lanes };
-                let wg = if !tiled && head_lanes > 0 { sg_wg } else { attn_wg };
-                let pipeline = kernels.get(&gpu.device, KernelKey { tpr, wg, ..key(kernel) })?;
                 let mut entries = vec![
                     (0, buf(&rp)),
                     (2, KvBind::K),
@@ -296,46 +292,41 @@ impl Lane {
                     entries.push((1, buf(&a.q)));
                 } else {
                     entries.extend([(8, buf(&a.qkv)), (9, buf(&a.rope))]);
-                    if attention_packs {
+                    if attention_packs || fuse_qkv {
                         entries.push((10, buf(&a.attn_packed)));
                     }
-                    if merges {
+                    // Split counters: the merging kernel's, and the fused kernel's per head.
+                    if merges || fuse_qkv {
                         entries.push((11, buf(&a.split_done)));
                     }
                 }
-                let grid = if list_split > 1 { Grid::Fixed([heads, 1, list_split]) } else { Grid::PerToken(heads) };
                 if fuse_qkv {
+                    // The fused kernel also reads the QKV weights, the residual and the norm.
                     let shard = &layer.qkv.shards[0];
                     let sym = layer.qkv.format == WeightFormat::Int4Sym;
                     let kernel = Kernel::AttentionQkv { adjacent, kv: kv_formats, head_lanes, sym };
                     let pipeline = kernels.get(&gpu.device, KernelKey { kernel, wg: fused_wg, rows: 1, tpr: 1 })?;
                     let qp = QkvParams { k: layer.qkv.cols, rows: layer.qkv.rows, eps: cfg.rms_eps, _pad: 0 };
                     let qp = gpu.uniform_init("qkv params", bytemuck::bytes_of(&qp));
-                    let mut entries = vec![
-                        (0, buf(&rp)),
-                        (2, KvBind::K),
-                        (3, KvBind::V),
-                        (4, buf(&a.attn)),
-                        (6, buf(&a.partial)),
-                        (7, buf(&state)),
-                        (8, buf(&a.qkv)),
-                        (9, buf(&a.rope)),
-                        (10, buf(&a.attn_packed)),
+                    entries.extend([
                         (12, buf(&qp)),
                         (13, buf(&shard.buf)),
                         (15, buf(&a.x)),
                         (16, buf(&layer.attn_norm)),
-                        (17, buf(&head_done)),
-                    ];
+                    ]);
                     if let Some(scales) = &shard.scales {
                         entries.push((14, buf(scales)));
                     }
                     let grid = Grid::Fixed([layer.qkv.rows / fused_rows, 1, 1]);
                     kv_dispatch(list, li, pipeline, entries, grid, "attention");
                 } else {
+                    let tpr = if tiled { 1 } else { lanes };
+                    let wg = if !tiled && head_lanes > 0 { sg_wg } else { attn_wg };
+                    let pipeline = kernels.get(&gpu.device, KernelKey { tpr, wg, ..key(kernel) })?;
+                    let grid = if list_split > 1 { Grid::Fixed([heads, 1, list_split]) } else { Grid::PerToken(heads) };
                     kv_dispatch(list, li, pipeline, entries, grid, "attention");
                 }
-                if partials == Partials::Combine {
+                if partials == Partials::Combine && !fuse_qkv {
                     let combine = Kernel::AttentionCombine { split: list_split, pack: o_packed };
                     let pipeline = kernels.get(&gpu.device, key(combine))?;
                     let mut entries = vec![(0, &rp), (4, &a.attn), (6, &a.partial), (7, &state)];
