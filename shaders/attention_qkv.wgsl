@@ -40,7 +40,8 @@ fn qkv_dm(g: u32) -> vec2<f32> {
     return unpack2x16float(qs[g]);
 }
 
-// Rows row0..row0 + 3 of the projection into qkv (every thread: a barrier).
+// Rows row0..row0 + 3 of the projection into qkv (every thread: a barrier). A thread per
+// input group quantises it (k / 32 <= WG, as the host checks).
 fn qkv_rows(tid: u32, lane: u32, row0: u32) {
     let gn = qp.k / 32u;
     if (tid < gn) {

@@ -26,11 +26,7 @@
 override HEAD_LANES: u32 = 32u;
 
 fn lanes_sum4(v: vec4<f32>) -> vec4<f32> {
-    var a = v;
-    for (var o = HEAD_LANES / 2u; o > 0u; o >>= 1u) {
-        a += subgroupShuffleXor(a, o);
-    }
-    return a;
+    return shuffle_sum4(v, HEAD_LANES);
 }
 
 fn lanes_max(v: f32) -> f32 {

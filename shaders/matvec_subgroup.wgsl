@@ -49,10 +49,10 @@ fn subgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id)
             acc += rows8(r.x, r.y, r.z, r.w, k8_0 + j, k8n, x_tile[2u * j], x_tile[2u * j + 1u]);
         }
     }
-    acc = shuffle_sum4(acc);
+    acc = shuffle_sum4(acc, TPR);
     if (FUSE_NORM) {
         // Each thread staged a share of the input: x^2 summed over the whole workgroup.
-        let s = shuffle_sum(ss);
+        let s = shuffle_sum(ss, TPR);
         if (lane == 0u) {
             ss_groups[tid / TPR] = s;
         }

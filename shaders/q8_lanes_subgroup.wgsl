@@ -31,7 +31,7 @@ fn q8_finish(tid: u32, lane: u32, row0: u32, acc: vec4<f32>, ss: f32, live: bool
     let within = min(TPR, 32u);
     var total_ss = s2;
     if (FUSE_NORM) {
-        total_ss = shuffle_sum_within(s2, within);
+        total_ss = shuffle_sum(s2, within);
     }
-    return store_reduced(lane, row0, shuffle_sum4_within(a, within), total_ss, live);
+    return store_reduced(lane, row0, shuffle_sum4(a, within), total_ss, live);
 }

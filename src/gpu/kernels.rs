@@ -361,9 +361,10 @@ impl KernelKey {
                 let (enable, step) = match self.kernel {
                     Kernel::AttentionDecode { head_lanes: 1.., .. } | Kernel::AttentionQkv { .. } => {
                         let enable = if cfg!(target_arch = "wasm32") { "enable subgroups;\n" } else { "" };
-                        (enable, include_str!("../../shaders/attention_sg.wgsl"))
+                        let sums = include_str!("../../shaders/subgroup_sum.wgsl");
+                        (enable, format!("{sums}\n{}", include_str!("../../shaders/attention_sg.wgsl")))
                     }
-                    _ => ("", DECODE_STEP_SHARED),
+                    _ => ("", DECODE_STEP_SHARED.to_string()),
                 };
                 let q8 = match self.kernel {
                     Kernel::AttentionCombine { pack: true, .. }

@@ -594,10 +594,10 @@ impl LlamaGpu {
             && self.config.head_dim.is_multiple_of(32)
     }
 
-    /// Whether the QKV matrix `qkv` suits the fused QKV + attention kernel at `rows` rows per
-    /// workgroup: int4 in one shard on int8 inputs, no bias, k a multiple of 32 up to 4096,
-    /// whole workgroups per head.
-    fn fits_fused_qkv(&self, qkv: &GpuMatrix, bias: bool, rows: u32) -> bool {
+    /// Whether the QKV matrix `qkv` suits the fused QKV + attention kernel at `wg` threads
+    /// and `rows` rows per workgroup: int4 in one shard on int8 inputs, no bias, k a multiple
+    /// of 32 up to 4096 with a thread per input group, whole workgroups per head.
+    fn fits_fused_qkv(&self, qkv: &GpuMatrix, bias: bool, wg: u32, rows: u32) -> bool {
         let hd = self.config.head_dim as u32;
         self.options.q8_inputs.is_some()
             && qkv.format.is_int4()
@@ -605,6 +605,7 @@ impl LlamaGpu {
             && !bias
             && qkv.cols.is_multiple_of(32)
             && qkv.cols <= 4096
+            && qkv.cols / 32 <= wg
             && rows > 0
             && hd.is_multiple_of(rows)
     }

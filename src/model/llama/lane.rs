@@ -213,7 +213,7 @@ impl Lane {
                     && nkv == nh
                     && kv.plan.ring_rows == 0
                     && m.o_packed(&layer.o, list_split)
-                    && m.fits_fused_qkv(&layer.qkv, layer.qkv_bias.is_some(), fused_rows);
+                    && m.fits_fused_qkv(&layer.qkv, layer.qkv_bias.is_some(), fused_wg, fused_rows);
                 if !fuse_qkv {
                     list.extend(b.matrix(
                         tiled,
