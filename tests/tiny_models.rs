@@ -21,6 +21,27 @@ fn engine(src: &dyn ModelSource, format: WeightFormat, tpr: u32, chunk: usize) -
 
 /// `max_binding` > 0 splits every weight bigger than that into row shards.
 fn engine_sharded(src: &dyn ModelSource, format: WeightFormat, tpr: u32, chunk: usize, max_binding: u64) -> Engine {
+    engine_loaded(src, format, tpr, chunk, max_binding, |load| load)
+}
+
+/// `engine` with its load options changed by `edit` before the one load.
+fn engine_with(
+    src: &dyn ModelSource,
+    format: WeightFormat,
+    chunk: usize,
+    edit: impl FnOnce(LoadOptions) -> LoadOptions,
+) -> Engine {
+    engine_loaded(src, format, 64, chunk, 0, edit)
+}
+
+fn engine_loaded(
+    src: &dyn ModelSource,
+    format: WeightFormat,
+    tpr: u32,
+    chunk: usize,
+    max_binding: u64,
+    edit: impl FnOnce(LoadOptions) -> LoadOptions,
+) -> Engine {
     let load = LoadOptions {
         format,
         context: 64,
@@ -37,7 +58,7 @@ fn engine_sharded(src: &dyn ModelSource, format: WeightFormat, tpr: u32, chunk: 
         max_binding,
         ..Default::default()
     };
-    let options = EngineOptions { load, steps_per_submit: 3, in_flight: 2, ..Default::default() };
+    let options = EngineOptions { load: edit(load), steps_per_submit: 3, in_flight: 2, ..Default::default() };
     Engine::load(gpu(), src, options).expect("engine loads")
 }
 
@@ -88,9 +109,7 @@ fn tensor_core_prefill_stays_within_f16_of_the_cpu_reference_where_the_adapter_h
         (true, HostFormat::F32, Arch::Qwen2, WeightFormat::F16),
     ] {
         let src = GgufSource::from_bytes(tiny_gguf(&spec(tied), arch, 11, format).expect("tiny")).expect("parse");
-        let e = engine(&src, weights, 64, 16);
-        let load = LoadOptions { coop_matmul: true, ..e.model.options.clone() };
-        let mut e = Engine::load(gpu(), &src, EngineOptions { load, ..e.options.clone() }).expect("engine loads");
+        let mut e = engine_with(&src, weights, 16, |load| LoadOptions { coop_matmul: true, ..load });
         // Every activation enters the products as f16 (a relative 2^-11), two layers deep;
         // the reference takes the weights as stored (int4: the file's blocks).
         check_against_reference(&src, &mut e, &ids, 1e-2);
@@ -105,9 +124,7 @@ fn decode_steps_equal_teacher_forced_greedy() {
     // small models) in the o projection's input loads: one dispatch fewer per layer.
     let mut dispatches = Vec::new();
     for combine_in_o_max in [0, usize::MAX] {
-        let mut e = engine(&src, WeightFormat::F32, 64, 8);
-        let load = LoadOptions { combine_in_o_max, ..e.model.options.clone() };
-        e = Engine::load(gpu(), &src, EngineOptions { load, ..e.options.clone() }).expect("engine loads");
+        let mut e = engine_with(&src, WeightFormat::F32, 8, |load| LoadOptions { combine_in_o_max, ..load });
         // Position 40: the full split; position 11: split 4, whose partials are merged by
         // the combine dispatch or in the o projection alike.
         dispatches.push([40, 11].map(|pos| e.model.dispatches_per_decode_step(pos)));
@@ -133,9 +150,8 @@ fn decode_steps_equal_teacher_forced_greedy() {
     // `q8in`; gate/up packs the SwiGLU product for down (`q8pack`, `q8pre`: d_ff = 160 is 5
     // groups), or with `q8_pack` off down quantises it itself (`q8in`, SwiGLU input).
     for q8_pack in [true, false] {
-        let mut e = engine(&src, WeightFormat::Int4, 64, 8);
-        let load = LoadOptions { q8_inputs: Some(1), q8_pack, ..e.model.options.clone() };
-        e = Engine::load(gpu(), &src, EngineOptions { load, ..e.options.clone() }).expect("engine loads");
+        let mut e =
+            engine_with(&src, WeightFormat::Int4, 8, |load| LoadOptions { q8_inputs: Some(1), q8_pack, ..load });
         greedy_near_teacher_forced(&src, &mut e, 0.3);
     }
     // The o projection on the attention output packed as int8 (`q8_pack_o`; head_dim 32, so
@@ -152,10 +168,14 @@ fn decode_steps_equal_teacher_forced_greedy() {
     for (q8_min_rows, q8_pack_o, merge_splits) in
         [(200, false, false), (200, true, false), (1, false, false), (200, true, true)]
     {
-        let mut e = engine(&src, WeightFormat::Int4, 64, 8);
         let q8_inputs = Some(q8_min_rows);
-        let load = LoadOptions { q8_inputs, q8_pack_o, merge_splits, combine_in_o_max: 0, ..e.model.options.clone() };
-        e = Engine::load(gpu(), &src, EngineOptions { load, ..e.options.clone() }).expect("engine loads");
+        let mut e = engine_with(&src, WeightFormat::Int4, 8, |load| LoadOptions {
+            q8_inputs,
+            q8_pack_o,
+            merge_splits,
+            combine_in_o_max: 0,
+            ..load
+        });
         greedy_near_teacher_forced(&src, &mut e, 0.3);
         nll.push(pollster::block_on(e.score_decode(&ids)).expect("score").0);
     }
@@ -195,11 +215,14 @@ fn kernels_without_wgpus_runtime_checks_give_the_same_bits_as_with_them() {
     let ids: Vec<u32> = (0..40).map(|i| (i * 7 + 3) % 300).collect();
     let mut runs = Vec::new();
     for shader_checks in [false, true] {
-        let mut e = engine(&src, WeightFormat::Int4, 64, 8);
         let q8_inputs = Some(1);
-        let load =
-            LoadOptions { q8_inputs, q8_pack_o: true, merge_splits: true, shader_checks, ..e.model.options.clone() };
-        e = Engine::load(gpu(), &src, EngineOptions { load, ..e.options.clone() }).expect("engine loads");
+        let mut e = engine_with(&src, WeightFormat::Int4, 8, |load| LoadOptions {
+            q8_inputs,
+            q8_pack_o: true,
+            merge_splits: true,
+            shader_checks,
+            ..load
+        });
         let decoded = pollster::block_on(e.score_decode(&ids)).expect("score").0;
         let prefilled = pollster::block_on(e.next_logits(&ids)).expect("logits");
         runs.push((decoded.to_bits(), prefilled.iter().map(|v| v.to_bits()).collect::<Vec<_>>()));
@@ -250,9 +273,11 @@ fn decode_attention_through_subgroups_follows_the_cpu_reference_and_prefill() {
     let ids: Vec<u32> = (0..40).map(|i| (i * 11 + 5) % 290).collect();
     let mut decoded = Vec::new();
     for attention_subgroups in [true, false] {
-        let mut e = engine(&src, WeightFormat::F32, 64, 8);
-        let load = LoadOptions { attention_subgroups, attention_subgroup_workgroup: 512, ..e.model.options.clone() };
-        e = Engine::load(gpu(), &src, EngineOptions { load, ..e.options.clone() }).expect("engine loads");
+        let mut e = engine_with(&src, WeightFormat::F32, 8, |load| LoadOptions {
+            attention_subgroups,
+            attention_subgroup_workgroup: 512,
+            ..load
+        });
         greedy_equals_teacher_forced(&src, &mut e);
         let (prefill, _) = pollster::block_on(e.score(&ids)).expect("score");
         let (decode, _) = pollster::block_on(e.score_decode(&ids)).expect("score_decode");
@@ -286,8 +311,7 @@ fn qkv_fused_into_the_attention_dispatch_scores_like_separate_dispatches() {
         let mut scores = Vec::new();
         let mut dispatches = Vec::new();
         for fused in [0, 8] {
-            let base = engine(&src, WeightFormat::Int4, 64, 8);
-            let load = LoadOptions {
+            let mut e = engine_with(&src, WeightFormat::Int4, 8, |load| LoadOptions {
                 q8_inputs: Some(1),
                 q8_pack_o: true,
                 merge_splits: true,
@@ -297,10 +321,8 @@ fn qkv_fused_into_the_attention_dispatch_scores_like_separate_dispatches() {
                 attention_subgroup_workgroup: lanes * 4,
                 fused_qkv_workgroup: lanes * 4,
                 fused_qkv_max_split: fused,
-                ..base.model.options.clone()
-            };
-            let mut e =
-                Engine::load(gpu(), &src, EngineOptions { load, ..base.options.clone() }).expect("engine loads");
+                ..load
+            });
             greedy_near_teacher_forced(&src, &mut e, 0.1);
             let (decode, _) = pollster::block_on(e.score_decode(&ids)).expect("score_decode");
             scores.push(decode);
