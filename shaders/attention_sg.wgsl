@@ -43,16 +43,13 @@ fn max4(x: vec4<f32>) -> f32 {
 
 fn decode_step(wid: vec3<u32>, tid: u32) {
     let sh = step_head(wid);
-    let h = sh.h;
-    let live = sh.live;
     let pos = sh.pos;
     let kvh = sh.kvh;
-    let src = sh.src;
     let d4 = tid % HEAD_LANES;
     let g = tid / HEAD_LANES;
     let n_groups = WG / HEAD_LANES;
     let e = 4u * d4;
-    let qv = head_value4(src + h * p.hd, e, pos, true);
+    let qv = head_value4(sh.src + sh.h * p.hd, e, pos, true);
 
     // P is the last key: the split holding it makes P's key and value itself, every key
     // group its lanes' part (the same loads), key group 0 of one split per KV head writing
@@ -60,20 +57,20 @@ fn decode_step(wid: vec3<u32>, tid: u32) {
     let kk = keys_of(pos);
     let r = split_range(kk.n, wid.z);
     let j0 = r.x;
-    let j1 = select(r.x, r.y, live);
+    let j1 = select(r.x, r.y, sh.live);
     let holds = j0 < j1 && j1 == kk.n;
     let jn = select(NO_KEY, kk.n - 1u, holds);
     let slot = kv_write_slot(pos);
     let int8 = slot.fmt == 2u;
-    var kn = head_value4(src + (p.n_heads + kvh) * p.hd, e, pos, true);
-    var vn = head_value4(src + (p.n_heads + p.n_kv + kvh) * p.hd, e, pos, false);
+    var kn = head_value4(sh.src + (p.n_heads + kvh) * p.hd, e, pos, true);
+    var vn = head_value4(sh.src + (p.n_heads + p.n_kv + kvh) * p.hd, e, pos, false);
     var k_amax = 0.0;
     var v_amax = 0.0;
     if (int8) {
         k_amax = lanes_max(max4(abs(kn)));
         v_amax = lanes_max(max4(abs(vn)));
     }
-    if (holds && g == 0u && h % sh.group == 0u) {
+    if (holds && g == 0u && sh.h % sh.group == 0u) {
         store4(false, slot, kvh, e, kn, k_amax);
         store4(true, slot, kvh, e, vn, v_amax);
     }
@@ -108,7 +105,7 @@ fn decode_step(wid: vec3<u32>, tid: u32) {
     }
     parts[tid] = acc;
     workgroupBarrier();
-    if (live && g == 0u) {
+    if (sh.live && g == 0u) {
         var mx = -3.0e38;
         for (var i = 0u; i < n_groups; i++) {
             mx = max(mx, red[i]);
@@ -120,7 +117,7 @@ fn decode_step(wid: vec3<u32>, tid: u32) {
             total += red[n_groups + i] * f;
             sum += parts[i * HEAD_LANES + d4] * f;
         }
-        put_head(sh.row, h, wid.z, d4, mx, total, sum);
+        put_head(sh.row, sh.h, wid.z, d4, mx, total, sum);
     }
 }
 

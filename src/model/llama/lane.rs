@@ -151,12 +151,14 @@ impl Lane {
         // phase takes `lanes` threads per key, a power of two dividing hd / 4 and at most a
         // quarter of the workgroup.
         let hd4 = u32_of(hd / 4, "head dim")?;
+        // The largest power-of-two workgroup the device runs.
+        let max_wg = 1 << gpu.caps.max_invocations.max(64).ilog2();
         let attn_wg = match m.options.attention_workgroup {
             0 => g.wg,
             w => w.next_power_of_two(),
         }
         .max(hd4.next_power_of_two())
-        .min(1 << gpu.caps.max_invocations.max(64).ilog2());
+        .min(max_wg);
         let mut lanes = match m.options.attention_key_lanes {
             0 => (hd4 / 8).max(1),
             l => l,
@@ -182,10 +184,14 @@ impl Lane {
             }
             _ => 0,
         };
-        let sg_wg = m.options.attention_subgroup_workgroup.clamp(hd4, 1 << caps.max_invocations.max(64).ilog2());
-        // The fused QKV + attention kernel's QKV rows per workgroup.
-        let fused_wg = m.options.fused_qkv_workgroup.clamp(hd4, 1 << caps.max_invocations.max(64).ilog2());
+        let sg_wg = m.options.attention_subgroup_workgroup.clamp(hd4, max_wg);
+        // The fused QKV + attention kernel: its QKV rows per workgroup, and its parameters
+        // (every layer's QKV matrix has the same shape).
+        let fused_wg = m.options.fused_qkv_workgroup.clamp(hd4, max_wg);
         let fused_rows = fused_wg.checked_div(head_lanes).map_or(0, |groups| groups * 4);
+        let qkv_rows = u32_of((nh + 2 * nkv) * hd, "qkv rows")?;
+        let qkv_params = QkvParams { k: u32_of(d, "d_model")?, rows: qkv_rows, eps: cfg.rms_eps, _pad: 0 };
+        let qkv_params = gpu.uniform_init("qkv params", bytemuck::bytes_of(&qkv_params));
 
         // Lists 0 (decode at the full split), 1 (prefill), 2 (prefill keeping every row's
         // logits), then a decode list per smaller split (1, 2, 4, ... below g.split).
@@ -306,10 +312,8 @@ impl Lane {
                     let sym = layer.qkv.format == WeightFormat::Int4Sym;
                     let kernel = Kernel::AttentionQkv { adjacent, kv: kv_formats, head_lanes, sym };
                     let pipeline = kernels.get(&gpu.device, KernelKey { kernel, wg: fused_wg, rows: 1, tpr: 1 })?;
-                    let qp = QkvParams { k: layer.qkv.cols, rows: layer.qkv.rows, eps: cfg.rms_eps, _pad: 0 };
-                    let qp = gpu.uniform_init("qkv params", bytemuck::bytes_of(&qp));
                     entries.extend([
-                        (12, buf(&qp)),
+                        (12, buf(&qkv_params)),
                         (13, buf(&shard.buf)),
                         (15, buf(&a.x)),
                         (16, buf(&layer.attn_norm)),
@@ -317,7 +321,7 @@ impl Lane {
                     if let Some(scales) = &shard.scales {
                         entries.push((14, buf(scales)));
                     }
-                    let grid = Grid::Fixed([layer.qkv.rows / fused_rows, 1, 1]);
+                    let grid = Grid::Fixed([qkv_rows / fused_rows, 1, 1]);
                     kv_dispatch(list, li, pipeline, entries, grid, "attention");
                 } else {
                     let tpr = if tiled { 1 } else { lanes };
