@@ -450,25 +450,36 @@ fn dot_rows8(w0: mat2x4<f32>, w1: mat2x4<f32>, w2: mat2x4<f32>, w3: mat2x4<f32>,
 // Reduce the TPR partial sums (dot products and, with FUSE_NORM, x^2) of each row group and
 // store its rows. Uniform control flow.
 fn finish(tid: u32, lane: u32, row0: u32, partial: vec4<f32>, partial_ss: f32, live: bool) -> vec4<f32> {
-    var acc = partial;
-    var ss = partial_ss;
-    if (TPR > 1u) {
-        parts[tid] = acc;
-        red[tid] = ss;
-        workgroupBarrier();
-        for (var s = TPR / 2u; s > 0u; s >>= 1u) {
-            if (lane < s) {
-                parts[tid] += parts[tid + s];
-                if (FUSE_NORM) {
-                    red[tid] += red[tid + s];
-                }
-            }
-            workgroupBarrier();
-        }
-        acc = parts[tid];
-        ss = red[tid];
+    let t = tree_sums(tid, lane, RowSums(partial, partial_ss), 1u);
+    return store_reduced(lane, row0, t.acc, t.ss, live);
+}
+
+// A row group's sums and (FUSE_NORM) sum of squares.
+struct RowSums {
+    acc: vec4<f32>,
+    ss: f32,
+}
+
+// The reduction tree's levels from TPR / 2 lanes apart down to `lowest` through workgroup
+// memory, lane l < s adding lane l + s (every thread calls it: barriers); the sums lanes
+// 0..lowest hold then. TPR 1: `v` as it is.
+fn tree_sums(tid: u32, lane: u32, v: RowSums, lowest: u32) -> RowSums {
+    if (TPR <= lowest) {
+        return v;
     }
-    return store_reduced(lane, row0, acc, ss, live);
+    parts[tid] = v.acc;
+    red[tid] = v.ss;
+    workgroupBarrier();
+    for (var s = TPR / 2u; s >= lowest; s >>= 1u) {
+        if (lane < s) {
+            parts[tid] += parts[tid + s];
+            if (FUSE_NORM) {
+                red[tid] += red[tid + s];
+            }
+        }
+        workgroupBarrier();
+    }
+    return RowSums(parts[tid], red[tid]);
 }
 
 // `finish` after the reduction: the row group's sums `acc` and (FUSE_NORM) `ss`.

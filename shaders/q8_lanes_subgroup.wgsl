@@ -12,26 +12,15 @@ fn partner_half(tid: u32, mine: HalfGroup) -> HalfGroup {
 
 // A row group's sums: the levels of lanes 32 or more apart (TPR > 32: another subgroup on
 // 32-lane devices; the host allows that only where the smallest subgroup has 32 lanes)
-// through `finish`'s arrays, the rest by shuffles: the same pairs as `finish`'s tree, so the
-// same bits. TPR 64 (`q8pre`, 128 threads): 5 of the tree's 6 barriers fewer (figures in
-// README, session 19).
+// through `finish`'s tree (`tree_sums`), the rest by shuffles in the same pairs, so the same
+// bits. TPR 64 (`q8pre`, 128 threads): 5 of the tree's 6 barriers fewer (figures in README,
+// session 19).
 fn q8_finish(tid: u32, lane: u32, row0: u32, acc: vec4<f32>, ss: f32, live: bool) -> vec4<f32> {
-    var a = acc;
-    var s2 = ss;
-    for (var s = TPR / 2u; s >= 32u; s >>= 1u) {
-        parts[tid] = a;
-        red[tid] = s2;
-        workgroupBarrier();
-        if (lane < s) {
-            a += parts[tid + s];
-            s2 += red[tid + s];
-        }
-        workgroupBarrier();
-    }
+    let t = tree_sums(tid, lane, RowSums(acc, ss), 32u);
     let within = min(TPR, 32u);
-    var total_ss = s2;
+    var total_ss = t.ss;
     if (FUSE_NORM) {
-        total_ss = shuffle_sum(s2, within);
+        total_ss = shuffle_sum(t.ss, within);
     }
-    return store_reduced(lane, row0, shuffle_sum4(a, within), total_ss, live);
+    return store_reduced(lane, row0, shuffle_sum4(t.acc, within), total_ss, live);
 }
