@@ -244,6 +244,91 @@ fn gpu_quantiser_with_column_weights_matches_the_cpu_reference() {
 }
 
 #[test]
+fn kept_columns_reach_every_weight_kernel_at_f16_and_leave_the_group_fit() {
+    use std::cell::Cell;
+    use wsi::model::upload::{Quant, upload_tensors_sharded};
+    use wsi::quant::kept;
+    let gpu = gpu();
+    let kernels = wsi::gpu::Kernels::default();
+    let (rows, k, n_kept) = (45, 192, 6);
+    let x: Vec<f32> = rand_vec(rows * k, 14, 1.0).iter().map(|v| v * v * v * 0.2).collect();
+    // A few outlier columns (as in the residual stream), two of them in one group.
+    let mut imp: Vec<f32> = rand_vec(k, 15, 1.0).iter().map(|v| 0.5 + v.abs()).collect();
+    for (c, v) in [(3, 300.0), (5, 120.0), (70, 80.0), (131, 60.0), (150, 40.0), (191, 30.0)] {
+        imp[c] = v;
+    }
+    let cols = kept::columns(Some(&imp), n_kept);
+    assert_eq!(cols, vec![3, 5, 70, 131, 150, 191]);
+    let host = HostTensor {
+        name: "w".into(),
+        shape: vec![rows, k],
+        format: HostFormat::F32,
+        bytes: Cow::Borrowed(bytemuck::cast_slice(&x)),
+    };
+    let q = GpuQuantizer::new(&gpu, &kernels, Quantizer::Refined);
+    let ms = Cell::new(0.0);
+    for format in [WeightFormat::Int3, WeightFormat::Int2] {
+        let want = kept::quantize_dequantize(format, &x, k, Some(&imp), n_kept, Quantizer::Refined).expect("cpu");
+        for c in &cols {
+            for r in 0..rows {
+                assert_eq!(want[r * k + c], half::f16::from_f32(x[r * k + c]).to_f32(), "reference keeps ({r}, {c})");
+            }
+        }
+        // The CPU reference's codes (exact through the kernels), then the GPU quantiser's.
+        for gpu_quantize in [false, true] {
+            let quant = Quant {
+                gpu: gpu_quantize.then_some(&q),
+                cpu: Quantizer::Refined,
+                ms: &ms,
+                imp: Some(&imp),
+                kept: n_kept,
+            };
+            let m = upload_tensors_sharded(&gpu, quant, "w", &[&host], k, format, 0).expect("upload");
+            let plain = upload_tensors(&gpu, "plain", &[&host], k, format).expect("upload");
+            // Beside the table both have (1 + 2 * 6 words), each row's 6 weights at f16.
+            assert_eq!(m.bytes() - plain.bytes(), (2 * rows * n_kept) as u64);
+            let mut kernels_run = vec![];
+            for tpr in [64, 8, 1] {
+                kernels_run.push((
+                    Kernel::Matvec {
+                        format,
+                        mode: MatMode::default(),
+                        wide: false,
+                        batch: 1,
+                        subgroup: false,
+                        q8: Q8::Off,
+                    },
+                    tpr,
+                ));
+            }
+            for tiled in [true, false] {
+                kernels_run.push((Kernel::Matmul { format, mode: MatMode::default(), tiled }, 64));
+            }
+            for (kernel, tpr) in kernels_run {
+                let got = columns_through_kernel(&gpu, &m, kernel, tpr);
+                let what = format!("{format:?} gpu quantiser {gpu_quantize} {kernel:?} tpr {tpr}");
+                if gpu_quantize {
+                    let same = got.iter().zip(&want).filter(|(a, b)| a == b).count();
+                    assert!(same as f64 >= 0.999 * want.len() as f64, "{what}: {same} of {} equal", want.len());
+                    for c in &cols {
+                        assert!((0..rows).all(|r| got[r * k + c] == want[r * k + c]), "{what}: column {c}");
+                    }
+                } else {
+                    assert_same_values(&got, &want, &what);
+                }
+            }
+        }
+        // The point of it: the calibrated error of the products falls.
+        let plain = quantize_dequantize_weighted(format, &x, Some(&imp), Quantizer::Refined).expect("cpu");
+        let werr = |y: &[f32]| {
+            x.iter().zip(y).enumerate().map(|(i, (a, b))| f64::from(imp[i % k] * (a - b) * (a - b))).sum::<f64>()
+        };
+        eprintln!("{format:?}: weighted error {:.4e} plain, {:.4e} with kept columns", werr(&plain), werr(&want));
+        assert!(werr(&want) < 0.8 * werr(&plain), "{format:?}: {} vs {}", werr(&want), werr(&plain));
+    }
+}
+
+#[test]
 fn the_quantization_option_selects_the_format_and_stats_report_its_memory() {
     use wsi::config::StreamingConfig;
     use wsi::engine::{Engine, EngineOptions, GenerationStats};
@@ -474,6 +559,8 @@ struct Requantized<'a> {
     inner: &'a dyn wsi::model::ModelSource,
     format: WeightFormat,
     imp: Vec<wsi::quant::calibrate::LayerImportance>,
+    /// Kept columns per matrix (`quant::kept`), as the load keeps them.
+    kept: usize,
 }
 
 impl wsi::model::ModelSource for Requantized<'_> {
@@ -500,7 +587,13 @@ impl wsi::model::ModelSource for Requantized<'_> {
             FfnDown(l) => Some(&self.imp[l].down),
             _ => None,
         };
-        let q = quantize_dequantize_weighted(format, &t.to_f32()?, imp.map(|v| &v[..]), Quantizer::Refined)?;
+        let (x, cols) = (t.to_f32()?, t.shape[1]);
+        let q = if matches!(format, WeightFormat::Int3 | WeightFormat::Int2) {
+            let imp = imp.map(|v| &v[..]);
+            wsi::quant::kept::quantize_dequantize(format, &x, cols, imp, self.kept, Quantizer::Refined)?
+        } else {
+            quantize_dequantize_weighted(format, &x, imp.map(|v| &v[..]), Quantizer::Refined)?
+        };
         let bytes = Cow::Owned(bytemuck::cast_slice(&q).to_vec());
         Ok(Some(HostTensor { name: t.name.clone(), shape: t.shape.clone(), format: HostFormat::F32, bytes }))
     }
@@ -532,12 +625,17 @@ fn int3_and_int2_models_give_the_logits_of_their_cpu_quantised_weights() {
         let mut e = Engine::load(gpu(), s, options).expect("load");
         pollster::block_on(e.next_logits(&ids)).expect("logits")
     };
+    let kept = wsi::quant::kept::DEFAULT_COLUMNS;
     for format in [WeightFormat::Int3, WeightFormat::Int2] {
         let got = logits(&src, format);
         let imp = wsi::quant::calibrate::importance(&src).expect("calibration");
-        let want = logits(&Requantized { inner: &src, format, imp }, WeightFormat::F32);
+        let want = logits(&Requantized { inner: &src, format, imp: imp.clone(), kept }, WeightFormat::F32);
         let err = common::max_rel_err(&got, &want, 1.0);
         eprintln!("{format:?}: max rel err {err}");
         assert!(err < 1e-4, "{format:?}: max rel err {err}");
+        // Without the kept columns the logits are those of the plain group fit, elsewhere.
+        let plain = logits(&Requantized { inner: &src, format, imp, kept: 0 }, WeightFormat::F32);
+        let moved = common::max_rel_err(&plain, &want, 1.0);
+        assert!(moved > 1e-3, "{format:?}: kept columns change nothing ({moved})");
     }
 }

@@ -3,7 +3,7 @@
 // from the low end), then bit 2 of all 32 (bit i). The 4 weights of vec4 f (f = row * k/4 +
 // k/4) are byte (f % 4) of low word (f % 8) / 4 plus nibble f % 8 of the high word.
 // `s`: per group of QG4 * 4 weights one u32: f16 scale (low half), f16 min (high half).
-// Weight = q * scale + min (q * scale exact in f32).
+// Weight = q * scale + min (q * scale exact in f32), or the kept column's (weights/kept.wgsl).
 @group(0) @binding(1) var<storage, read> w: array<u32>;
 @group(0) @binding(2) var<storage, read> s: array<u32>;
 override QG4: u32;  // vec4s per scale group (quant::gpu_formats::INT3_GROUP / 4)
@@ -16,7 +16,7 @@ fn load_w4(row: u32, k4: u32, k4_per_row: u32) -> vec4<f32> {
     let lo = vec4<u32>(w[b + (j >> 2u)] >> ((j & 3u) * 8u)) >> vec4<u32>(0u, 2u, 4u, 6u);
     let hi = vec4<u32>(w[b + 2u] >> (j * 4u)) >> vec4<u32>(0u, 1u, 2u, 3u);
     let q = (lo & vec4<u32>(3u)) | ((hi & vec4<u32>(1u)) << vec4<u32>(2u));
-    return vec4<f32>(q) * dm.x + dm.y;
+    return with_kept(row, k4, k4_per_row, vec4<f32>(q) * dm.x + dm.y);
 }
 
 // Weights 8*k8..8*k8+7 of a row (k a multiple of 8).

@@ -125,6 +125,7 @@ impl EngineOptions {
                 format,
                 mixed,
                 quantizer,
+                kept_columns: env_u32("WSI_KEPT_COLUMNS").map_or(crate::quant::kept::DEFAULT_COLUMNS, |k| k as usize),
                 gpu_quantize,
                 context,
                 chunk,

@@ -57,8 +57,18 @@ impl WeightFormat {
             WeightFormat::F16 => include_str!("../../shaders/weights/f16.wgsl"),
             WeightFormat::Int8 => include_str!("../../shaders/weights/int8.wgsl"),
             WeightFormat::Int4 | WeightFormat::Int4Sym => include_str!("../../shaders/weights/int4.wgsl"),
-            WeightFormat::Int3 => include_str!("../../shaders/weights/int3.wgsl"),
-            WeightFormat::Int2 => include_str!("../../shaders/weights/int2.wgsl"),
+            WeightFormat::Int3 => {
+                concat!(
+                    include_str!("../../shaders/weights/kept.wgsl"),
+                    include_str!("../../shaders/weights/int3.wgsl")
+                )
+            }
+            WeightFormat::Int2 => {
+                concat!(
+                    include_str!("../../shaders/weights/kept.wgsl"),
+                    include_str!("../../shaders/weights/int2.wgsl")
+                )
+            }
         }
     }
 

@@ -30,6 +30,9 @@ pub struct LoadOptions {
     pub mixed: Option<(WeightFormat, WeightFormat)>,
     /// How integer formats choose their codes when quantising at load.
     pub quantizer: Quantizer,
+    /// Input columns per matrix whose weights int3 / int2 keep at f16, the ones of largest
+    /// calibrated importance (`quant::kept`; 0: none).
+    pub kept_columns: usize,
     /// Quantise at load with the GPU kernel (false: the CPU reference, for comparisons).
     pub gpu_quantize: bool,
     /// Most tokens the KV cache holds (clamped to the model's context length; the KV budget
@@ -156,6 +159,7 @@ impl Default for LoadOptions {
             format: WeightFormat::F32,
             mixed: None,
             quantizer: Quantizer::default(),
+            kept_columns: crate::quant::kept::DEFAULT_COLUMNS,
             gpu_quantize: true,
             context: 2048,
             chunk: 64,
@@ -386,6 +390,7 @@ impl LlamaGpu {
             cpu: options.quantizer,
             ms: &quantize_ms,
             imp: None,
+            kept: options.kept_columns,
         };
         // Row-concatenate the named tensors into one GPU matrix of width `cols`.
         let matrix_imp = |label: String, names: &[(WeightName, usize)], cols: usize, fmt: WeightFormat, imp| {

@@ -8,8 +8,8 @@ use crate::error::{Error, Result};
 use crate::gpu::{Gpu, WeightFormat};
 use crate::model::{HostFormat, HostTensor, ModelSource, WeightName};
 use crate::quant::fit::Quantizer;
-use crate::quant::gpu_formats;
 use crate::quant::on_gpu::{GpuQuantizer, code_words, scale_words};
+use crate::quant::{gpu_formats, kept};
 
 /// A weight matrix on the GPU: `[rows, cols]`, row-major, in `format`.
 pub struct GpuMatrix {
@@ -25,26 +25,33 @@ pub struct MatrixShard {
     pub buf: wgpu::Buffer,
     /// Per-group scales (binding 2) of the integer formats.
     pub scales: Option<wgpu::Buffer>,
+    /// int3 / int2: the kept columns' table and weights of these rows (binding 17,
+    /// `quant::kept`).
+    pub kept: Option<wgpu::Buffer>,
     pub row0: u32,
     pub rows: u32,
 }
 
 impl MatrixShard {
     /// The buffers a matrix kernel binds: `(1, weights)` and, for the integer formats,
-    /// `(2, scales)`.
+    /// `(2, scales)`, for int3 / int2 `(17, kept columns)`.
     pub fn bindings(&self) -> Vec<(u32, &wgpu::Buffer)> {
         let mut v = vec![(1, &self.buf)];
         if let Some(s) = &self.scales {
             v.push((2, s));
+        }
+        if let Some(k) = &self.kept {
+            v.push((17, k));
         }
         v
     }
 }
 
 impl GpuMatrix {
-    /// Bytes allocated on the GPU (scales included).
+    /// Bytes allocated on the GPU (scales and kept columns included).
     pub fn bytes(&self) -> u64 {
-        self.shards.iter().map(|s| s.buf.size() + s.scales.as_ref().map_or(0, |b| b.size())).sum()
+        let size = |b: &Option<wgpu::Buffer>| b.as_ref().map_or(0, |b| b.size());
+        self.shards.iter().map(|s| s.buf.size() + size(&s.scales) + size(&s.kept)).sum()
     }
 
     /// The bindings of the first shard (the whole matrix unless it was sharded).
@@ -128,7 +135,7 @@ pub fn upload_matrix_with(
 ) -> Result<GpuMatrix> {
     let parts: Vec<Part> = parts.iter().map(|p| Part::F32(p)).collect();
     let ms = Cell::new(0.0);
-    let q = Quant { gpu: quant, cpu: quant.map_or(Quantizer::default(), |q| q.quantizer), ms: &ms, imp: None };
+    let q = Quant { gpu: quant, cpu: quant.map_or(Quantizer::default(), |q| q.quantizer), ms: &ms, imp: None, kept: 0 };
     upload_parts(gpu, q, label, &parts, cols, format, 0)
 }
 
@@ -150,6 +157,8 @@ pub struct Quant<'a, 'b> {
     /// Error weight of each input column (`[cols]`, `quant::calibrate`) for int3 / int2;
     /// None: the fit's own weights `mean|x| + |x_i|`.
     pub imp: Option<&'a [f32]>,
+    /// Columns of largest `imp` whose weights int3 / int2 keep at f16 (`quant::kept`).
+    pub kept: usize,
 }
 
 /// Upload row-concatenated tensors `parts` (each `[rows_i, cols]`, any file format) as
@@ -164,7 +173,7 @@ pub fn upload_tensors(
     format: WeightFormat,
 ) -> Result<GpuMatrix> {
     let ms = Cell::new(0.0);
-    let q = Quant { gpu: None, cpu: Quantizer::default(), ms: &ms, imp: None };
+    let q = Quant { gpu: None, cpu: Quantizer::default(), ms: &ms, imp: None, kept: 0 };
     upload_tensors_sharded(gpu, q, label, parts, cols, format, 0)
 }
 
@@ -207,7 +216,30 @@ fn upload_parts(
     let all_q4_0 = parts.iter().all(|p| matches!(p, Part::Host(t) if t.format == HostFormat::Q4_0));
     let format = if format == WeightFormat::Int4 && all_q4_0 { WeightFormat::Int4Sym } else { format };
     // The calibrated weights are for the low-bit formats (quant::calibrate::for_load).
-    let quant = Quant { imp: quant.imp.filter(|_| matches!(format, WeightFormat::Int3 | WeightFormat::Int2)), ..quant };
+    let low_bit = matches!(format, WeightFormat::Int3 | WeightFormat::Int2);
+    let quant = Quant { imp: quant.imp.filter(|_| low_bit), ..quant };
+    // Their kept columns leave the groups before the fit (and the fit's weights).
+    let kept_cols = kept::columns(quant.imp, quant.kept);
+    let mut kept_values = Vec::new();
+    let (owned, fit_imp) = if kept_cols.is_empty() {
+        (Vec::new(), None)
+    } else {
+        let t0 = web_time::Instant::now();
+        let mut owned = Vec::with_capacity(parts.len());
+        for p in parts {
+            let mut v = p.to_f32()?.into_owned();
+            kept_values.extend(kept::take(&mut v, cols, &kept_cols, gpu_formats::group(format)));
+            owned.push(v);
+        }
+        quant.ms.set(quant.ms.get() + t0.elapsed().as_secs_f64() * 1e3);
+        (owned, quant.imp.map(|imp| kept::fit_weights(imp, &kept_cols)))
+    };
+    let taken: Vec<Part> = owned.iter().map(|v| Part::F32(v)).collect();
+    let parts = if kept_cols.is_empty() { parts } else { &taken[..] };
+    let quant = Quant { imp: fit_imp.as_deref().or(quant.imp), ..quant };
+    let with_kept = |m: GpuMatrix| -> Result<GpuMatrix> {
+        if low_bit { attach_kept(gpu, m, &kept_cols, &kept_values) } else { Ok(m) }
+    };
     let total: usize = parts.iter().map(|p| p.len()).sum();
     if !total.is_multiple_of(cols) {
         return Err(Error::internal(format!("{label}: {total} values do not fill rows of {cols}")));
@@ -257,7 +289,8 @@ fn upload_parts(
             };
             if let Some(q) = quant.gpu.filter(|_| aligned && !parts.iter().all(passes)) {
                 let imp = quant.imp;
-                return timed(upload_quantized_on_gpu(gpu, q, label, parts, rows, cols, format, shard_rows, imp));
+                let m = upload_quantized_on_gpu(gpu, q, label, parts, rows, cols, format, shard_rows, imp);
+                return timed(m).and_then(with_kept);
             }
             let mut packer = gpu_formats::Packer::new(format, total)?;
             for p in parts {
@@ -285,14 +318,26 @@ fn upload_parts(
             let w1 = ((r1 as f64 * scale_words_per_row).ceil() as usize).min(s.len());
             gpu.storage_init(&format!("{name}.scales"), bytemuck::cast_slice(&s[w0..w1]))
         });
-        shards.push(MatrixShard { buf, scales, row0: to_u32(r0)?, rows: to_u32(r1 - r0)? });
+        shards.push(MatrixShard { buf, scales, kept: None, row0: to_u32(r0)?, rows: to_u32(r1 - r0)? });
     }
-    Ok(GpuMatrix {
+    with_kept(GpuMatrix {
         shards,
         rows: u32::try_from(rows).map_err(|_| Error::model("too many rows"))?,
         cols: u32::try_from(cols).map_err(|_| Error::model("too many columns"))?,
         format,
     })
+}
+
+/// Gives each shard of an int3 / int2 matrix its kept-column buffer (`quant::kept`; with
+/// no kept columns, the table that says so, which the shaders still bind).
+fn attach_kept(gpu: &Gpu, mut m: GpuMatrix, kept_cols: &[usize], values: &[u16]) -> Result<GpuMatrix> {
+    let cols = m.cols as usize;
+    for s in &mut m.shards {
+        let (r0, r1) = (s.row0 as usize, (s.row0 + s.rows) as usize);
+        let words = kept::words(cols, kept_cols, values, r0, r1)?;
+        s.kept = Some(gpu.storage_init("kept columns", bytemuck::cast_slice(&words)));
+    }
+    Ok(m)
 }
 
 /// An integer matrix whose non-passthrough parts are quantised by the GPU kernel straight
@@ -318,6 +363,7 @@ fn upload_quantized_on_gpu(
         shards.push(MatrixShard {
             buf: gpu.storage(&name, ((r1 - r0) * wpr * 4) as u64),
             scales: Some(gpu.storage(&format!("{name}.scales"), ((r1 - r0) * spr * 4) as u64)),
+            kept: None,
             row0: to_u32(r0)?,
             rows: to_u32(r1 - r0)?,
         });

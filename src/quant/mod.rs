@@ -5,4 +5,5 @@ pub mod calibrate;
 pub mod fit;
 pub mod ggml;
 pub mod gpu_formats;
+pub mod kept;
 pub mod on_gpu;
