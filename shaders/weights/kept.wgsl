@@ -4,7 +4,14 @@
 // per row the K kept weights as f16, two per word, in column order.
 @group(0) @binding(17) var<storage, read> kept: array<u32>;
 
+// The kept weight at half `i` of `kept`.
+fn kept_half(i: u32) -> f32 {
+    let u = unpack2x16float(kept[i >> 1u]);
+    return select(u.x, u.y, (i & 1u) == 1u);
+}
+
 // Weights 4*k4..4*k4+3 of `row`, `v` from the groups, with the kept ones put in their place.
+// No run-time-indexed vector and no loop: the common case costs one load and a branch.
 fn with_kept(row: u32, k4: u32, k4_per_row: u32, v: vec4<f32>) -> vec4<f32> {
     let g = k4 >> 3u;
     let shift = (k4 & 7u) * 4u;
@@ -14,13 +21,19 @@ fn with_kept(row: u32, k4: u32, k4_per_row: u32, v: vec4<f32>) -> vec4<f32> {
         return v;
     }
     let gn = k4_per_row >> 3u;
-    var h = 2u * (1u + 2u * gn) + kept[0] * row + kept[1u + gn + g] + countOneBits(mask & ((1u << shift) - 1u));
-    var out = v;
-    for (var i = 0u; i < 4u; i++) {
-        if ((here & (1u << i)) != 0u) {
-            out[i] = unpack2x16float(kept[h >> 1u])[h & 1u];
-            h++;
-        }
+    let h = 2u * (1u + 2u * gn) + kept[0] * row + kept[1u + gn + g] + countOneBits(mask & ((1u << shift) - 1u));
+    // Component i's weight is the kept one after those of components < i (others read h).
+    let on = (vec4<u32>(here) >> vec4<u32>(0u, 1u, 2u, 3u)) & vec4<u32>(1u);
+    let at = select(vec4<u32>(h), vec4<u32>(h, h + on.x, h + on.x + on.y, h + on.x + on.y + on.z), on == vec4<u32>(1u));
+    let k = vec4<f32>(kept_half(at.x), kept_half(at.y), kept_half(at.z), kept_half(at.w));
+    return select(v, k, on == vec4<u32>(1u));
+}
+
+// `with_kept` for weights 8*k8..8*k8+7 (the columns of `v`): one mask load for the 8.
+fn with_kept8(row: u32, k8: u32, k4_per_row: u32, v: mat2x4<f32>) -> mat2x4<f32> {
+    let here = (kept[1u + (k8 >> 2u)] >> ((k8 & 3u) * 8u)) & 255u;
+    if (here == 0u) {
+        return v;
     }
-    return out;
+    return mat2x4<f32>(with_kept(row, 2u * k8, k4_per_row, v[0]), with_kept(row, 2u * k8 + 1u, k4_per_row, v[1]));
 }
