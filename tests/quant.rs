@@ -304,17 +304,37 @@ fn kept_columns_reach_every_weight_kernel_at_f16_and_leave_the_group_fit() {
             for tiled in [true, false] {
                 kernels_run.push((Kernel::Matmul { format, mode: MatMode::default(), tiled }, 64));
             }
+            // What the kernels must give: the stored codes dequantised on the CPU, with the
+            // kept weights in place. The GPU quantiser's codes agree with the CPU's but for
+            // rounding ties (WGSL's division is not correctly rounded: 99.57% equal on an
+            // H200, 99.9% on lavapipe), so they are read back rather than assumed.
+            let s = &m.shards[0];
+            let stored = Packed {
+                words: common::read_u32(&gpu, &s.buf),
+                scales: common::read_u32(&gpu, s.scales.as_ref().expect("scales")),
+            };
+            let mut exact = dequantize(format, &stored, rows * k).expect("dequantize");
+            kept::restore(
+                &mut exact,
+                k,
+                &cols,
+                &kept::take(&mut x.clone(), k, &cols, wsi::quant::gpu_formats::group(format)),
+            );
+            let same = exact.iter().zip(&want).filter(|(a, b)| a == b).count();
+            assert!(
+                same as f64 >= 0.99 * want.len() as f64,
+                "{format:?}: {same} of {} weights as the CPU's",
+                want.len()
+            );
             for (kernel, tpr) in kernels_run {
                 let got = columns_through_kernel(&gpu, &m, kernel, tpr);
-                let what = format!("{format:?} gpu quantiser {gpu_quantize} {kernel:?} tpr {tpr}");
-                if gpu_quantize {
-                    let same = got.iter().zip(&want).filter(|(a, b)| a == b).count();
-                    assert!(same as f64 >= 0.999 * want.len() as f64, "{what}: {same} of {} equal", want.len());
-                    for c in &cols {
-                        assert!((0..rows).all(|r| got[r * k + c] == want[r * k + c]), "{what}: column {c}");
-                    }
-                } else {
-                    assert_same_values(&got, &want, &what);
+                assert_same_values(
+                    &got,
+                    &exact,
+                    &format!("{format:?} gpu quantiser {gpu_quantize} {kernel:?} tpr {tpr}"),
+                );
+                for c in &cols {
+                    assert!((0..rows).all(|r| got[r * k + c] == want[r * k + c]), "{kernel:?}: column {c} at f16");
                 }
             }
         }
