@@ -269,6 +269,7 @@ fn kept_columns_reach_every_weight_kernel_at_f16_and_leave_the_group_fit() {
     let ms = Cell::new(0.0);
     for format in [WeightFormat::Int3, WeightFormat::Int2] {
         let want = kept::quantize_dequantize(format, &x, k, Some(&imp), n_kept, Quantizer::Refined).expect("cpu");
+        let kept_values = kept::take(&mut x.clone(), k, &cols, wsi::quant::gpu_formats::group(format));
         for c in &cols {
             for r in 0..rows {
                 assert_eq!(want[r * k + c], half::f16::from_f32(x[r * k + c]).to_f32(), "reference keeps ({r}, {c})");
@@ -314,12 +315,7 @@ fn kept_columns_reach_every_weight_kernel_at_f16_and_leave_the_group_fit() {
                 scales: common::read_u32(&gpu, s.scales.as_ref().expect("scales")),
             };
             let mut exact = dequantize(format, &stored, rows * k).expect("dequantize");
-            kept::restore(
-                &mut exact,
-                k,
-                &cols,
-                &kept::take(&mut x.clone(), k, &cols, wsi::quant::gpu_formats::group(format)),
-            );
+            kept::restore(&mut exact, k, &cols, &kept_values);
             let same = exact.iter().zip(&want).filter(|(a, b)| a == b).count();
             assert!(
                 same as f64 >= 0.99 * want.len() as f64,
