@@ -521,10 +521,12 @@ fn integer_formats_fall_back_to_fp16_for_widths_not_a_multiple_of_32() {
         let want = match format {
             WeightFormat::Int8 => 37 * 64 + 37 * 4,
             WeightFormat::Int4 => 37 * 32 + 37 * 2 * 4,
-            WeightFormat::Int3 => 37 * 24 + 37 * 4 * (64 / gpu_formats::INT3_GROUP) as u64,
-            _ => 37 * 16 + 37 * 4 * (64 / gpu_formats::INT2_GROUP) as u64,
+            // int3 / int2 also bind a kept-columns table: here none are kept (no calibrated
+            // importance), so it is the count and two words per 32 columns (quant::kept).
+            WeightFormat::Int3 => 37 * 24 + 37 * 4 * (64 / gpu_formats::INT3_GROUP) as u64 + 4 * (1 + 2 * 2),
+            _ => 37 * 16 + 37 * 4 * (64 / gpu_formats::INT2_GROUP) as u64 + 4 * (1 + 2 * 2),
         };
-        assert_eq!((m.format, m.bytes()), (format, want), "bytes include the scale buffer");
+        assert_eq!((m.format, m.bytes()), (format, want), "bytes include the scale and kept-column buffers");
         // Widths that are whole 32-blocks but not whole int3/int2 groups are stored as int4.
         let m = upload_matrix(&gpu, "w", &[&rand_vec(37 * 96, 1, 0.5)], 96, format).expect("upload");
         let want = if 96 % gpu_formats::group(format) == 0 { format } else { WeightFormat::Int4 };
