@@ -8,7 +8,8 @@
 @group(0) @binding(2) var<storage, read> s: array<u32>;
 override QG4: u32;  // vec4s per scale group (quant::gpu_formats::INT3_GROUP / 4)
 
-// Weights 4*k4..4*k4+3 of a row as the groups give them.
+// Weights 4*k4..4*k4+3 of a row as the groups give them (`load_w4` / `load_w8`, which put
+// the kept columns in, are in weights/kept.wgsl).
 fn group_w4(row: u32, k4: u32, k4_per_row: u32) -> vec4<f32> {
     let f = row * k4_per_row + k4;
     let dm = unpack2x16float(s[f / QG4]);
@@ -18,14 +19,4 @@ fn group_w4(row: u32, k4: u32, k4_per_row: u32) -> vec4<f32> {
     let hi = vec4<u32>(w[b + 2u] >> (j * 4u)) >> vec4<u32>(0u, 1u, 2u, 3u);
     let q = (lo & vec4<u32>(3u)) | ((hi & vec4<u32>(1u)) << vec4<u32>(2u));
     return vec4<f32>(q) * dm.x + dm.y;
-}
-
-fn load_w4(row: u32, k4: u32, k4_per_row: u32) -> vec4<f32> {
-    return with_kept(row, k4, k4_per_row, group_w4(row, k4, k4_per_row));
-}
-
-// Weights 8*k8..8*k8+7 of a row (k a multiple of 8).
-fn load_w8(row: u32, k8: u32, k8_per_row: u32) -> mat2x4<f32> {
-    let k4n = 2u * k8_per_row;
-    return with_kept8(row, k8, k4n, mat2x4<f32>(group_w4(row, 2u * k8, k4n), group_w4(row, 2u * k8 + 1u, k4n)));
 }

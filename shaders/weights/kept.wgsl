@@ -1,8 +1,19 @@
 // Kept columns of int3 / int2 (quant::kept): a few input columns keep their weights at f16
 // outside the groups. `kept`: [0] K; [1 + g] bit c % 32 of each kept column c of group g
 // (32 columns); [1 + G + g] kept columns before group g (G groups per row); from 1 + 2G,
-// per row the K kept weights as f16, two per word, in column order.
+// per row the K kept weights as f16, two per word, in column order. The format's prelude
+// supplies `group_w4` (4 weights from the groups); this file its `load_w4` and `load_w8`.
 @group(0) @binding(17) var<storage, read> kept: array<u32>;
+
+fn load_w4(row: u32, k4: u32, k4_per_row: u32) -> vec4<f32> {
+    return with_kept(row, k4, k4_per_row, group_w4(row, k4, k4_per_row));
+}
+
+// Weights 8*k8..8*k8+7 of a row (k a multiple of 8).
+fn load_w8(row: u32, k8: u32, k8_per_row: u32) -> mat2x4<f32> {
+    let k4n = 2u * k8_per_row;
+    return with_kept8(row, k8, k4n, mat2x4<f32>(group_w4(row, 2u * k8, k4n), group_w4(row, 2u * k8 + 1u, k4n)));
+}
 
 // The kept weight at half `i` of `kept`.
 fn kept_half(i: u32) -> f32 {

@@ -220,20 +220,7 @@ fn upload_parts(
     let quant = Quant { imp: quant.imp.filter(|_| low_bit), ..quant };
     // Their kept columns leave the groups before the fit (and the fit's weights).
     let kept_cols = kept::columns(quant.imp, quant.kept);
-    let mut kept_values = Vec::new();
-    let (owned, fit_imp) = if kept_cols.is_empty() {
-        (Vec::new(), None)
-    } else {
-        let t0 = web_time::Instant::now();
-        let mut owned = Vec::with_capacity(parts.len());
-        for p in parts {
-            let mut v = p.to_f32()?.into_owned();
-            kept_values.extend(kept::take(&mut v, cols, &kept_cols, gpu_formats::group(format)));
-            owned.push(v);
-        }
-        quant.ms.set(quant.ms.get() + t0.elapsed().as_secs_f64() * 1e3);
-        (owned, quant.imp.map(|imp| kept::fit_weights(imp, &kept_cols)))
-    };
+    let Taken { owned, values: kept_values, fit_imp } = take_kept(parts, cols, &kept_cols, format, quant)?;
     let taken: Vec<Part> = owned.iter().map(|v| Part::F32(v)).collect();
     let parts = if kept_cols.is_empty() { parts } else { &taken[..] };
     let quant = Quant { imp: fit_imp.as_deref().or(quant.imp), ..quant };
@@ -326,6 +313,34 @@ fn upload_parts(
         cols: u32::try_from(cols).map_err(|_| Error::model("too many columns"))?,
         format,
     })
+}
+
+/// A matrix's parts with its kept columns taken out (`quant::kept`).
+#[derive(Default)]
+struct Taken {
+    /// The parts as f32, each kept weight replaced by its group's mean.
+    owned: Vec<Vec<f32>>,
+    /// The kept weights' f16 bits, `[rows, K]`.
+    values: Vec<u16>,
+    /// The fit's error weights, `[cols]`: the importance with the kept columns at 0.
+    fit_imp: Option<Vec<f32>>,
+}
+
+/// Takes the kept columns out of `parts` (timed into `quant.ms`); nothing when none is kept.
+fn take_kept(parts: &[Part], cols: usize, kept_cols: &[usize], format: WeightFormat, quant: Quant) -> Result<Taken> {
+    if kept_cols.is_empty() {
+        return Ok(Taken::default());
+    }
+    let t0 = web_time::Instant::now();
+    let mut values = Vec::new();
+    let mut owned = Vec::with_capacity(parts.len());
+    for p in parts {
+        let mut v = p.to_f32()?.into_owned();
+        values.extend(kept::take(&mut v, cols, kept_cols, gpu_formats::group(format)));
+        owned.push(v);
+    }
+    quant.ms.set(quant.ms.get() + t0.elapsed().as_secs_f64() * 1e3);
+    Ok(Taken { owned, values, fit_imp: quant.imp.map(|imp| kept::fit_weights(imp, kept_cols)) })
 }
 
 /// Gives each shard of an int3 / int2 matrix its kept-column buffer (`quant::kept`; with
